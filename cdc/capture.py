@@ -1,0 +1,162 @@
+"""Capture triggers and the capture tables they write, inside each legacy database.
+
+Shape (chosen for the bot's cost, see bench/): a trigger records only *which key* changed
+(table id, op, key values) in `_cdc_changes`; the harvester reads the row's image itself,
+in the same read transaction as the capture rows. That keeps each trigger one narrow
+INSERT into a table with no constraint that can fail, stores key values natively (no JSON,
+no quote(): storage classes survive), and means a column added by a bot's ALTER is read
+from its first row. An UPDATE that changes the key records the old key too, so the
+harvester sees it gone. The capture table never empties (the harvester keeps the newest
+row when trimming), so its INTEGER PRIMARY KEY sequence stays monotonic without the cost
+of AUTOINCREMENT.
+
+Only SQL available in SQLite 3.31 is used. Everything is created in one transaction and
+`uninstall` removes exactly these objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import apsw
+
+from cdc.errors import SourceError
+from cdc.inventory import TableInfo
+from cdc.sqlident import q
+
+log = logging.getLogger(__name__)
+
+CHANGES = "_cdc_changes"
+TABLES = "_cdc_tables"
+META = "_cdc_meta"
+FORMAT_VERSION = 1
+OP_INSERT, OP_UPDATE, OP_OLD_KEY = 1, 2, 3
+
+
+def key_exprs(info: TableInfo, row: str) -> list[str]:
+    """How a trigger reaches the identity of NEW/OLD row."""
+    if info.key:
+        return [f"{row}.{q(k)}" for k in info.key]
+    return [f"{row}.{info.rowid_alias()}"]
+
+
+def key_width(info: TableInfo) -> int:
+    return max(1, len(info.key))
+
+
+def trigger_names(tid: int) -> list[str]:
+    return [f"_cdc_t{tid}_{s}" for s in ("ins", "upd", "updkey", "del")]
+
+
+def trigger_sql(tid: int, info: TableInfo) -> list[str]:
+    kcols = ", ".join(f"k{i + 1}" for i in range(key_width(info)))
+    new_k = ", ".join(key_exprs(info, "NEW"))
+    old_k = ", ".join(key_exprs(info, "OLD"))
+    changed = " OR ".join(
+        f"{o} IS NOT {n}" for o, n in zip(key_exprs(info, "OLD"), key_exprs(info, "NEW"), strict=True)
+    )
+    t = q(info.name)
+    ins, upd, updkey, dele = trigger_names(tid)
+
+    def body(op: int, keys: str) -> str:
+        return f"INSERT INTO {CHANGES}(tid, op, {kcols}) VALUES ({tid}, {op}, {keys});"
+
+    return [
+        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {body(OP_INSERT, new_k)} END",
+        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {body(OP_UPDATE, new_k)} END",
+        f"CREATE TRIGGER {updkey} AFTER UPDATE ON {t} WHEN {changed} "
+        f"BEGIN {body(OP_OLD_KEY, old_k)} END",
+        f"CREATE TRIGGER {dele} AFTER DELETE ON {t} BEGIN {body(OP_OLD_KEY, old_k)} END",
+    ]
+
+
+def is_installed(conn: apsw.Connection) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN (?,?,?)",
+        (CHANGES, TABLES, META),
+    ).fetchone()
+    return row[0] == 3
+
+
+def install_id(conn: apsw.Connection) -> str | None:
+    if not is_installed(conn):
+        return None
+    row = conn.execute(f"SELECT v FROM {META} WHERE k='install_id'").fetchone()
+    return row[0] if row else None
+
+
+def installed_tables(conn: apsw.Connection) -> dict[str, int]:
+    """Table name -> tid for every table with capture triggers."""
+    if not is_installed(conn):
+        return {}
+    return {name: tid for tid, name in conn.execute(f"SELECT tid, name FROM {TABLES}")}
+
+
+def install(conn: apsw.Connection, tables: list[TableInfo], path: str = "") -> str:
+    """Create capture tables and (re)create triggers for `tables`; return the install id.
+
+    Idempotent: tables already captured keep their id; triggers are recreated so a key
+    change in the table definition is picked up. Tables captured before but no longer in
+    `tables` lose their triggers (their rows stay in the capture table until harvested).
+    """
+    try:
+        with conn:  # one transaction: the bots see all of it or none
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {META}(k TEXT PRIMARY KEY, v)")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLES}(tid INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL UNIQUE, key_width INTEGER NOT NULL)"
+            )
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY, tid, op, k1)"
+            )
+            conn.execute(
+                f"INSERT OR IGNORE INTO {META}(k, v) VALUES ('install_id', ?), "
+                "('format', ?)",
+                (uuid.uuid4().hex, FORMAT_VERSION),
+            )
+            width = max([key_width(t) for t in tables] + [1])
+            have = [r[1] for r in conn.execute(f"SELECT * FROM pragma_table_info('{CHANGES}')")]
+            for i in range(2, width + 1):
+                if f"k{i}" not in have:
+                    conn.execute(f"ALTER TABLE {CHANGES} ADD COLUMN k{i}")
+            existing = installed_tables(conn)
+            wanted = {t.name for t in tables}
+            for name, tid in existing.items():
+                if name not in wanted:
+                    _drop_triggers(conn, tid)
+                    conn.execute(f"DELETE FROM {TABLES} WHERE tid=?", (tid,))
+            for info in tables:
+                tid = existing.get(info.name)
+                if tid is None:
+                    conn.execute(
+                        f"INSERT INTO {TABLES}(name, key_width) VALUES (?, ?)",
+                        (info.name, key_width(info)),
+                    )
+                    tid = conn.last_insert_rowid()
+                _drop_triggers(conn, tid)
+                for sql in trigger_sql(tid, info):
+                    conn.execute(sql)
+            return conn.execute(f"SELECT v FROM {META} WHERE k='install_id'").fetchone()[0]
+    except apsw.BusyError as e:
+        raise SourceError(
+            f"{path}: database stayed locked during install: {e}",
+            hint="retry; a bot holds a long write transaction",
+        ) from e
+
+
+def _drop_triggers(conn: apsw.Connection, tid: int) -> None:
+    for name in trigger_names(tid):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+
+
+def uninstall(conn: apsw.Connection) -> int:
+    """Remove every trigger and table `install` created, and nothing else. Returns triggers dropped."""
+    with conn:
+        tids = list(installed_tables(conn).values())
+        for tid in tids:
+            _drop_triggers(conn, tid)
+        for t in (CHANGES, TABLES, META):
+            conn.execute(f"DROP TABLE IF EXISTS {t}")
+    return len(tids) * 4
+

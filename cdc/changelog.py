@@ -1,0 +1,336 @@
+"""The change log: append-only segment files of length + CRC32 framed msgpack.
+
+Offsets are global byte positions: a segment named `<base>.seg` holds offsets
+[base, base + size). A harvest batch is written whole, closed by a `SourceMark`, and
+fsynced before anyone may act on it (the harvester trims the legacy capture rows, the
+replicator applies). On open, anything after the last mark of the last segment is an
+unfinished batch or a torn write and is cut off, so the log always ends on a mark.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from cdc.errors import LogCorruptError
+from cdc.events import Frame, SegmentStart, SourceMark, SourcePosition, decode_frame, encode_frame
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<II")  # payload length, crc32(payload)
+MAX_FRAME = 1 << 30
+SUFFIX = ".seg"
+
+
+def segment_name(base: int) -> str:
+    return f"{base:020d}{SUFFIX}"
+
+
+def list_segments(log_dir: str) -> list[int]:
+    """Base offsets of the segments present, ascending."""
+    try:
+        names = os.listdir(log_dir)
+    except FileNotFoundError:
+        return []
+    bases = []
+    for n in names:
+        if n.endswith(SUFFIX) and n[: -len(SUFFIX)].isdigit():
+            bases.append(int(n[: -len(SUFFIX)]))
+    return sorted(bases)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A decoded frame and where it sits: `offset` is its start, `next_offset` its end."""
+
+    offset: int
+    next_offset: int
+    frame: Frame
+
+
+def _frames_in(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes | None]]:
+    """Walk frames in a buffer: (pos, end, payload) or payload None where the data goes bad."""
+    pos, n = start, len(buf)
+    while pos < n:
+        if pos + HEADER.size > n:
+            yield pos, n, None
+            return
+        length, crc = HEADER.unpack_from(buf, pos)
+        end = pos + HEADER.size + length
+        if length > MAX_FRAME or end > n:
+            yield pos, n, None
+            return
+        payload = bytes(buf[pos + HEADER.size : end])
+        if zlib.crc32(payload) != crc:
+            yield pos, end, None
+            return
+        yield pos, end, payload
+        pos = end
+
+
+def _frame_bytes(frame: Frame) -> bytes:
+    payload = encode_frame(frame)
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LogWriter:
+    """The single appender of a log directory (the daemon holds the state-dir lock)."""
+
+    def __init__(self, log_dir: str, segment_bytes: int = 64 * 1024 * 1024) -> None:
+        self.log_dir = log_dir
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._positions: dict[str, SourcePosition] = {}
+        self._fd = -1
+        self._base = 0
+        self._size = 0
+        self.truncated_bytes = 0
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        self._open()
+
+    # -- opening and recovery -------------------------------------------------------
+    def _open(self) -> None:
+        bases = list_segments(self.log_dir)
+        if not bases:
+            self._start_segment(0)
+            return
+        base = bases[-1]
+        path = os.path.join(self.log_dir, segment_name(base))
+        with open(path, "rb") as f:
+            data = f.read()
+        keep = 0
+        positions: dict[str, SourcePosition] = {}
+        for _pos, end, payload in _frames_in(data):
+            if payload is None:
+                break
+            try:
+                frame = decode_frame(payload)
+            except msgspec.DecodeError:
+                break
+            if isinstance(frame, SegmentStart):
+                positions = dict(frame.positions)
+                keep = end
+            elif isinstance(frame, SourceMark):
+                positions[frame.source] = frame.position
+                keep = end
+        if keep == 0:
+            # Not even a segment header survived: the segment was being created.
+            prev = self._positions_before(bases[:-1])
+            os.unlink(path)
+            self._positions = prev
+            self._start_segment(base)
+            return
+        if keep < len(data):
+            self.truncated_bytes = len(data) - keep
+            log.warning(
+                "change log %s: cut %d bytes after the last complete batch (offset %d)",
+                path, self.truncated_bytes, base + keep,
+            )
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.ftruncate(self._fd, keep)
+        os.fsync(self._fd)
+        os.lseek(self._fd, keep, os.SEEK_SET)
+        self._base, self._size, self._positions = base, keep, positions
+
+    def _positions_before(self, bases: list[int]) -> dict[str, SourcePosition]:
+        if not bases:
+            return {}
+        reader = LogReader(self.log_dir)
+        positions: dict[str, SourcePosition] = {}
+        for entry in reader.iter_from(bases[-1], stop_at_bad=True):
+            if isinstance(entry.frame, SegmentStart):
+                positions = dict(entry.frame.positions)
+            elif isinstance(entry.frame, SourceMark):
+                positions[entry.frame.source] = entry.frame.position
+        return positions
+
+    def _start_segment(self, base: int) -> None:
+        path = os.path.join(self.log_dir, segment_name(base))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        data = _frame_bytes(SegmentStart(base, dict(self._positions), time.time()))
+        os.write(fd, data)
+        os.fsync(fd)
+        _fsync_dir(self.log_dir)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._base, self._size = fd, base, len(data)
+
+    # -- appending ---------------------------------------------------------------------
+    @property
+    def end_offset(self) -> int:
+        """Offset just past the last durable frame; readers must not go beyond it."""
+        return self._base + self._size
+
+    @property
+    def positions(self) -> dict[str, SourcePosition]:
+        return dict(self._positions)
+
+    def append_batch(self, frames: list[Frame], mark: SourceMark) -> tuple[int, int]:
+        """Write frames + mark, fsync, and return (first offset, end offset).
+
+        When this returns, the batch survives a crash; before, none of it counts.
+        """
+        chunks = [_frame_bytes(f) for f in frames]
+        chunks.append(_frame_bytes(mark))
+        data = b"".join(chunks)
+        with self._lock:
+            start = self.end_offset
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                os.fdatasync(self._fd)
+            except OSError:
+                # Disk full or I/O error: take back the partial batch so the log still
+                # ends on a mark and the next append starts on a clean boundary.
+                os.ftruncate(self._fd, self._size)
+                os.lseek(self._fd, self._size, os.SEEK_SET)
+                raise
+            self._size += len(data)
+            self._positions[mark.source] = mark.position
+            if self._size >= self.segment_bytes:
+                self._start_segment(self.end_offset)
+            return start, start + len(data)
+
+    def delete_segments_before(self, offset: int) -> list[int]:
+        """Drop whole segments that end at or before `offset` (every consumer is past them)."""
+        removed = []
+        with self._lock:
+            bases = list_segments(self.log_dir)
+            for base, nxt in zip(bases, bases[1:], strict=False):
+                if nxt <= offset and base != self._base:
+                    os.unlink(os.path.join(self.log_dir, segment_name(base)))
+                    removed.append(base)
+            if removed:
+                _fsync_dir(self.log_dir)
+        return removed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class LogReader:
+    """Reads frames in offset order across segments, verifying every checksum."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+
+    def first_offset(self) -> int:
+        bases = list_segments(self.log_dir)
+        return bases[0] if bases else 0
+
+    def read(self, offset: int, limit_offset: int | None = None, max_frames: int = 10000,
+             max_bytes: int = 16 << 20) -> list[LogEntry]:
+        """Frames starting at `offset` (a frame boundary), never past `limit_offset`.
+
+        Without a limit (another process's view), a damaged frame at the very end of the
+        newest segment is taken as a write in progress and ends the read; anywhere else a
+        damaged frame raises `LogCorruptError` naming the segment and offset.
+        """
+        out: list[LogEntry] = []
+        bases = list_segments(self.log_dir)
+        if not bases:
+            return out
+        if offset < bases[0]:
+            raise LogCorruptError(
+                f"change log {self.log_dir}: offset {offset} was already deleted "
+                f"(log starts at {bases[0]})",
+                hint="a consumer fell behind the retention; re-snapshot the target",
+            )
+        nbytes = 0
+        while len(out) < max_frames and nbytes < max_bytes:
+            if limit_offset is not None and offset >= limit_offset:
+                break
+            idx = bisect.bisect_right(bases, offset) - 1
+            base = bases[idx]
+            newest = idx == len(bases) - 1
+            path = os.path.join(self.log_dir, segment_name(base))
+            got = self._read_segment(path, base, offset, limit_offset, newest,
+                                     max_frames - len(out), max_bytes - nbytes)
+            if got:
+                out.extend(got)
+                nbytes += got[-1].next_offset - offset
+                offset = got[-1].next_offset
+                continue
+            if newest or bases[idx + 1] != offset:
+                if not newest and os.path.getsize(path) + base == offset:
+                    raise LogCorruptError(
+                        f"change log {self.log_dir}: segment after {path} does not start "
+                        f"at offset {offset}"
+                    )
+                break
+        return out
+
+    def _read_segment(self, path: str, base: int, offset: int, limit: int | None,
+                      newest: bool, max_frames: int, max_bytes: int) -> list[LogEntry]:
+        out: list[LogEntry] = []
+        pos = offset
+        used = 0
+        with open(path, "rb", buffering=1 << 20) as f:
+            f.seek(offset - base)
+            while len(out) < max_frames and used < max_bytes:
+                if limit is not None and pos >= limit:
+                    break
+                hdr = f.read(HEADER.size)
+                if not hdr:
+                    break
+                bad = len(hdr) < HEADER.size
+                payload = b""
+                if not bad:
+                    length, crc = HEADER.unpack(hdr)
+                    bad = length > MAX_FRAME
+                    if not bad:
+                        payload = f.read(length)
+                        bad = len(payload) < length or zlib.crc32(payload) != crc
+                if bad:
+                    if newest and limit is None:
+                        break  # a batch being written right now by the daemon
+                    raise LogCorruptError(
+                        f"change log {path}: corrupt frame at offset {pos}",
+                        hint="run `cdc log check` to see the damage",
+                    )
+                try:
+                    frame = decode_frame(payload)
+                except msgspec.DecodeError as e:
+                    raise LogCorruptError(
+                        f"change log {path}: undecodable frame at offset {pos}: {e}"
+                    ) from e
+                end = pos + HEADER.size + len(payload)
+                out.append(LogEntry(pos, end, frame))
+                used += end - pos
+                pos = end
+        return out
+
+    def iter_from(self, offset: int, stop_at_bad: bool = False) -> Iterator[LogEntry]:
+        while True:
+            try:
+                batch = self.read(offset)
+            except LogCorruptError:
+                if stop_at_bad:
+                    return
+                raise
+            if not batch:
+                return
+            yield from batch
+            offset = batch[-1].next_offset

@@ -1,0 +1,145 @@
+"""The `cdc` command: a thin shell over the engine.
+
+Each command loads the config, calls one engine function and formats the result. Errors
+from the engine (`CdcError`) are turned into one line on stderr, an optional hint, and the
+error class's exit code, in one place (`_run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+import msgspec
+
+from cdc.config import Config, load_config
+from cdc.errors import CdcError
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "-c", "--config", "config_path", default="cdc.toml", show_default=True,
+    type=click.Path(dir_okay=False), help="Path to cdc.toml.",
+)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except CdcError as e:
+        click.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        sys.exit(e.exit_code)
+
+
+def _load(path: str) -> Config:
+    return _run(lambda: load_config(path))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def cli(verbose: int) -> None:
+    """sqlite-cdc: replicate live legacy SQLite databases into consolidated ones."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@config_option
+def install(config_path: str) -> None:
+    """Check the mapping and install capture triggers in every legacy database."""
+    from cdc import ops
+
+    cfg = _load(config_path)
+    report = _run(lambda: ops.install(cfg))
+    for s in report.sources:
+        click.echo(f"{s.source}: capturing {len(s.captured)} tables, "
+                   f"{len(s.excluded)} excluded ({s.path})")
+    click.echo(f"installed: {report.tables} tables in {len(report.sources)} databases")
+
+
+@cli.command()
+@config_option
+def uninstall(config_path: str) -> None:
+    """Remove every trigger and capture table sqlite-cdc added (and nothing else)."""
+    from cdc import ops
+
+    cfg = _load(config_path)
+    for r in _run(lambda: ops.uninstall(cfg)):
+        click.echo(f"{r.source}: removed {r.triggers_dropped} triggers ({r.path})")
+
+
+@cli.command()
+@config_option
+def check(config_path: str) -> None:
+    """Validate the config and the table mapping against the legacy files, changing nothing."""
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg))
+    n = sum(len(s.tables) for s in plan.sources)
+    x = sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources)
+    click.echo(f"ok: {len(plan.sources)} sources, {n} tables mapped, {x} excluded")
+
+
+@cli.command()
+@config_option
+def run(config_path: str) -> None:
+    """Run the daemon in the foreground until SIGINT/SIGTERM."""
+    from cdc.daemon import Daemon
+
+    cfg = _load(config_path)
+    daemon = _run(lambda: Daemon(cfg))
+    code = daemon.run()
+    if daemon.fatal is not None:
+        click.echo(f"error: {daemon.fatal}", err=True)
+        if getattr(daemon.fatal, "hint", None):
+            click.echo(f"hint: {daemon.fatal.hint}", err=True)
+    sys.exit(code)
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable fields).")
+@click.option("--watch", "watch", type=float, default=None, help="Refresh every N seconds.")
+def status(config_path: str, as_json: bool, watch: float | None) -> None:
+    """Show capture, log and apply positions and the backlog per source and target."""
+    from cdc.status import collect_status
+    from cdc.status_view import render_status
+
+    cfg = _load(config_path)
+    while True:
+        st = _run(lambda: collect_status(cfg))
+        if as_json:
+            click.echo(msgspec.json.encode(st).decode())
+        else:
+            if watch:
+                click.clear()
+            click.echo(render_status(st))
+        if not watch:
+            return
+        time.sleep(watch)
+
+
+@cli.command()
+@click.option("--dir", "root", default="cdc-demo", show_default=True,
+              type=click.Path(file_okay=False), help="Where to build the demo.")
+@click.option("--seconds", default=20.0, show_default=True, help="How long the bots write.")
+def demo(root: str, seconds: float) -> None:
+    """Build sample legacy DBs, run bots and the daemon, and prove the copies equal."""
+    from cdc.demo.runner import run_demo
+
+    sys.exit(_run(lambda: run_demo(root, seconds, echo=click.echo)))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The operator's configuration (`cdc.toml`), decoded and checked with msgspec.
+
+Decoding catches type and key mistakes with the key path; `_check` catches the mistakes that
+are well-typed but meaningless (a rule naming an unknown target, a merge with no target).
+Everything that needs the legacy files themselves (globs, orphans, collisions) is checked
+later, when the plan is resolved against the files (see `cdc.plan`).
+All paths are made absolute relative to the config file's folder, so the daemon does not
+depend on the directory it was started from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from cdc.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-{}]*$")
+
+
+class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A legacy database, or a glob of them.
+
+    With a glob, `name` must contain `{stem}` (the file name without extension) so that each
+    matched file gets its own source name.
+    """
+
+    name: str
+    path: str
+    required: bool = True
+
+
+class RuleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"as_": "as"}):
+    """Where a legacy table goes.
+
+    `source` and `table` are globs (fnmatch). A rule whose table pattern has no glob
+    characters is more specific than one that has; the most specific matching rule wins and
+    two equally specific matches are an error.
+    """
+
+    table: str
+    source: str = "*"
+    target: str | None = None
+    as_: str | None = None
+    exclude: bool = False
+    merge: bool = False
+    tag_column: str = "source"
+    tag: str | None = None
+
+
+class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Tuning knobs; the defaults suit a few dozen small, busy legacy files."""
+
+    poll_interval: float = 0.5
+    harvest_batch: int = 20000
+    snapshot_chunk: int = 2000
+    apply_batch: int = 20000
+    segment_bytes: int = 64 * 1024 * 1024
+    trim_interval: float = 1.0
+    busy_timeout_ms: int = 5000
+    watch: bool = True
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    targets: dict[str, str]
+    sources: list[SourceConfig]
+    rules: list[RuleConfig] = []
+    state_dir: str = "cdc-state"
+    daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    config_path: str = ""
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.state_dir, "log")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, decode, check and absolutize a config file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found", hint="create one (see docs/config.md)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    if "config_path" in data:
+        raise ConfigError(f"{path}: unknown key `config_path`")
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    base = path.resolve().parent
+    cfg = _absolutize(cfg, base, str(path.resolve()))
+    problems = _check(cfg)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return cfg
+
+
+def config_from_dict(data: dict, base_dir: str | os.PathLike[str]) -> Config:
+    """Build a config from Python data (used by the demo and tests that write no file)."""
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"<config>: {e}") from e
+    cfg = _absolutize(cfg, Path(base_dir).resolve(), "<config>")
+    problems = _check(cfg)
+    if problems:
+        raise ConfigError("<config>: " + "; ".join(problems))
+    return cfg
+
+
+def _abs(base: Path, p: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
+
+
+def _absolutize(cfg: Config, base: Path, config_path: str) -> Config:
+    return msgspec.structs.replace(
+        cfg,
+        state_dir=_abs(base, cfg.state_dir),
+        targets={k: _abs(base, v) for k, v in cfg.targets.items()},
+        sources=[msgspec.structs.replace(s, path=_abs(base, s.path)) for s in cfg.sources],
+        config_path=config_path,
+    )
+
+
+def _check(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    if not cfg.targets:
+        problems.append("`targets` is empty: declare at least one target database")
+    for name in cfg.targets:
+        if not _NAME.match(name) or "{" in name:
+            problems.append(f"`targets.{name}`: target names use letters, digits, _ . -")
+    paths = list(cfg.targets.values())
+    if len(set(paths)) != len(paths):
+        problems.append("`targets`: two targets share one file")
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.sources):
+        key = f"`sources[{i}]`"
+        if not _NAME.match(s.name):
+            problems.append(f"{key}.name {s.name!r}: use letters, digits, _ . - (and {{stem}})")
+        if _is_glob(s.path) and "{stem}" not in s.name:
+            problems.append(f"{key}.name {s.name!r}: a glob path needs `{{stem}}` in the name")
+        if s.name in seen:
+            problems.append(f"{key}.name {s.name!r}: declared twice")
+        seen.add(s.name)
+        if s.path in paths:
+            problems.append(f"{key}.path is also a target file")
+    for i, r in enumerate(cfg.rules):
+        key = f"`rules[{i}]`"
+        if r.exclude and (r.target or r.merge or r.as_):
+            problems.append(f"{key}: `exclude` cannot be combined with target/as/merge")
+        elif not r.exclude and r.target is None:
+            problems.append(f"{key}: give `target` or `exclude = true`")
+        elif r.target is not None and r.target not in cfg.targets:
+            known = ", ".join(sorted(cfg.targets))
+            problems.append(f"{key}.target {r.target!r}: no such target (known: {known})")
+        if r.merge and not r.tag_column:
+            problems.append(f"{key}.tag_column: a merge needs a tag column name")
+        if not r.table:
+            problems.append(f"{key}.table: empty pattern")
+    d = cfg.daemon
+    for field in ("harvest_batch", "snapshot_chunk", "apply_batch", "segment_bytes"):
+        if getattr(d, field) <= 0:
+            problems.append(f"`daemon.{field}` must be positive")
+    if d.poll_interval <= 0:
+        problems.append("`daemon.poll_interval` must be positive")
+    return problems
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")

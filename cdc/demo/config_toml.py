@@ -1,0 +1,96 @@
+"""The `cdc.toml` an operator would write for the demo files.
+
+Every table gets an explicit, literal rule (reviewable, and it pins the renames and the merge),
+and every source also gets a `table = "*"` fallback to its default target: the bots may create
+tables at start-up (`--alter`), and a table that appears in a live file must still have a home.
+That also exercises the precedence rule the engine promises: a literal pattern beats a glob.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cdc.demo.generator import LegacyFile
+
+TARGETS: dict[str, str] = {
+    "core": "consolidated/core.db",
+    "analytics": "consolidated/analytics.db",
+    "cache": "consolidated/cache.db",
+}
+
+DEFAULT_TARGET: dict[str, str] = {
+    "trading": "core",
+    "buy_tracker": "core",
+    "telegram": "core",
+    "x_memory": "core",
+    "llm_costs": "analytics",
+    "metrics": "analytics",
+    "rate_limiter": "cache",
+    "file_cache": "cache",
+}
+"""Where each source's tables go unless OVERRIDES says otherwise."""
+
+MERGE = {"merge": True, "tag_column": "source"}
+OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
+    # same name, different columns, same key column (`id TEXT`): one target table, tagged
+    ("trading", "trades"): MERGE,
+    ("buy_tracker", "trades"): MERGE,
+    ("trading", "test"): {"exclude": True},
+    # same name, unrelated tables: renamed apart
+    ("telegram", "users"): {"as": "telegram_users"},
+    ("x_memory", "users"): {"as": "x_users"},
+    ("telegram", "memories"): {"as": "telegram_memories"},
+    ("x_memory", "memories"): {"as": "x_memories"},
+}
+
+
+def demo_config_toml(root: Path, files: Iterable[LegacyFile], state_dir: str = "state") -> str:
+    """The config text for `files`, meant to be saved as `root/cdc.toml`.
+
+    Paths in it are relative to `root` (the config's folder), so the demo tree can be moved.
+    """
+    root = Path(root)
+    lines = [f"state_dir = {_s(state_dir)}", "", "[targets]"]
+    lines += [f"{name} = {_s(path)}" for name, path in TARGETS.items()]
+    rules: list[dict[str, object]] = []
+    for f in files:
+        if f.source not in DEFAULT_TARGET:
+            raise ValueError(f"no demo plan for source {f.source!r}")
+        rel = f.path if not f.path.is_absolute() else f.path.relative_to(root)
+        lines += ["", "[[sources]]", f"name = {_s(f.source)}", f"path = {_s(rel.as_posix())}"]
+        target = DEFAULT_TARGET[f.source]
+        for table in f.tables:
+            rule: dict[str, object] = {"source": f.source, "table": table}
+            extra = OVERRIDES.get((f.source, table), {})
+            if not extra.get("exclude"):
+                rule["target"] = target
+            rule.update(extra)
+            rules.append(rule)
+        rules.append({"source": f.source, "table": "*", "target": target})
+    for rule in rules:
+        lines += ["", "[[rules]]"] + [f"{k} = {_value(val)}" for k, val in rule.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_demo_config(root: Path, files: Iterable[LegacyFile], name: str = "cdc.toml") -> Path:
+    """Write `demo_config_toml` next to the legacy tree and return its path."""
+    path = Path(root) / name
+    path.write_text(demo_config_toml(root, files), encoding="utf-8")
+    return path
+
+
+def _value(x: object) -> str:
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, str):
+        return _s(x)
+    raise TypeError(f"unsupported TOML value {x!r}")
+
+
+def _s(x: str) -> str:
+    """A TOML basic string: JSON's escapes are valid TOML, except that TOML also bans DEL."""
+    return json.dumps(x, ensure_ascii=False).replace("\x7f", "\\u007f")

@@ -1,0 +1,57 @@
+"""One error hierarchy for the whole product.
+
+Engine code raises these with the context an operator needs (file, table, position) and,
+where there is one, a hint saying what to do. Only the CLI prints them.
+"""
+
+from __future__ import annotations
+
+
+class CdcError(Exception):
+    """Root of every error sqlite-cdc raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CdcError):
+    """The configuration file is unreadable, malformed or inconsistent."""
+
+    exit_code = 2
+
+
+class PlanError(CdcError):
+    """The mapping of legacy tables onto targets is incomplete or contradictory."""
+
+    exit_code = 3
+
+
+class SourceError(CdcError):
+    """A legacy database is missing, unreadable, corrupt or not installed."""
+
+    exit_code = 4
+
+
+class LogCorruptError(CdcError):
+    """The change log holds a damaged frame that is not a torn tail."""
+
+    exit_code = 5
+
+
+class TargetError(CdcError):
+    """A consolidated database refused a write or is in an unexpected state."""
+
+    exit_code = 6
+
+
+class DaemonError(CdcError):
+    """The daemon could not start or another instance already owns the state dir."""
+
+    exit_code = 7

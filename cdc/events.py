@@ -1,0 +1,122 @@
+"""The change log's vocabulary: typed frames that live for months on disk.
+
+Evolution rule (msgspec schema evolution): frames are tagged, array-like structs (compact
+msgpack arrays whose first element is the tag). A new field is only ever appended at the
+end and must have a default; a field is never reordered, renamed, retyped or removed; a new
+frame kind gets a new tag. `tests/test_events.py` decodes frames written by the first format
+version to hold us to this.
+
+Values keep their SQLite storage class through msgpack: int <-> INTEGER, float (always
+encoded as float64, so bit-exact including -0.0) <-> REAL, str <-> TEXT, bytes (msgpack
+bin) <-> BLOB, None <-> NULL.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Union
+
+import msgspec
+
+# int | float | str | bytes | None; msgspec cannot decode a union holding both str and bytes,
+# so values are typed Any (msgpack bin still decodes to bytes, str to str).
+Value = Any
+
+
+class Op(enum.IntEnum):
+    """What a row event does to the target. Snapshot rows are upserts too."""
+
+    UPSERT = 1
+    DELETE = 2
+
+
+class ColumnDef(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    decl_type: str = ""
+
+
+class TableSchema(msgspec.Struct, frozen=True, tag="schema", array_like=True):
+    """A captured table's shape; precedes any row of that shape in the log.
+
+    `key` names the identity columns; an empty key means the table is identified by its
+    rowid (no declared primary key). `create_sql` and `index_sql` are the source's own
+    definitions, used to create a faithful target table (defaults, AUTOINCREMENT, UNIQUE).
+    """
+
+    source: str
+    table: str
+    columns: list[ColumnDef]
+    key: list[str]
+    without_rowid: bool = False
+    create_sql: str = ""
+    index_sql: list[str] = []
+
+
+class RowChange(msgspec.Struct, frozen=True, tag="row", array_like=True):
+    """The state of one source row, read at `observed_at`.
+
+    Capture triggers record only which key changed; the harvester reads the row's current
+    image in the same read transaction. So `row` is the row as committed at that instant
+    (or None if it no longer exists), and applying events in log order can never revert
+    a row to an older image. `seq` is the source capture sequence of the last change to
+    this key covered by the event (0 for snapshot rows).
+    """
+
+    source: str
+    table: str
+    op: Op
+    seq: int
+    observed_at: float
+    key: list[Value]
+    row: list[Value] | None = None
+
+
+class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
+    """How far the initial copy of one table has got; `after` is the last key copied."""
+
+    table: str
+    done: bool = False
+    after: list[Value] | None = None
+
+
+class SourcePosition(msgspec.Struct, frozen=True):
+    """Everything needed to resume harvesting a source exactly where the log ends.
+
+    `install_id` ties the position to one installation of the capture tables: a
+    reinstalled source restarts its sequence and must not be confused with the old one.
+    """
+
+    install_id: str
+    through_seq: int = 0
+    snapshots: list[SnapshotCursor] = []
+    events: int = 0
+
+
+class SourceMark(msgspec.Struct, frozen=True, tag="mark", array_like=True):
+    """Closes one harvest batch. Frames after the last mark are an unfinished batch."""
+
+    source: str
+    position: SourcePosition
+    written_at: float = 0.0
+
+
+class SegmentStart(msgspec.Struct, frozen=True, tag="segment", array_like=True):
+    """First frame of every segment: carries all positions so old segments can be deleted."""
+
+    base_offset: int
+    positions: dict[str, SourcePosition] = {}
+    created_at: float = 0.0
+
+
+Frame = Union[TableSchema, RowChange, SourceMark, SegmentStart]  # noqa: UP007
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def decode_frame(payload: bytes) -> Frame:
+    return _decoder.decode(payload)

@@ -1,0 +1,277 @@
+"""Drains one legacy database's capture table into the change log.
+
+Each harvest is one short read transaction, so it is a consistent cut of committed work:
+the capture rows up to a sequence `hi` and, joined to them, the current image of every
+row whose key they name. Several changes to one key collapse into one event carrying the
+newest image (or a delete if the key is gone). Only after the batch is fsynced in the log
+are the capture rows trimmed, in a separate short write transaction, at most every
+`trim_interval` seconds: in rollback-journal mode every transaction we hold delays the bots.
+
+The initial snapshot reads each table in key order, a chunk per short read transaction,
+interleaved with stream harvests. It needs no fence: triggers were installed before it
+started, and every event carries the image current when it was read, so log order is
+never older-after-newer for any key.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+import apsw
+
+from cdc import capture
+from cdc.changelog import LogWriter
+from cdc.config import DaemonSettings
+from cdc.errors import SourceError
+from cdc.events import Frame, Op, RowChange, SnapshotCursor, SourceMark, SourcePosition
+from cdc.inventory import TableInfo, schema_version, table_info
+from cdc.plan import SourcePlan
+from cdc.sqlconn import open_legacy
+from cdc.sqlident import q
+
+log = logging.getLogger(__name__)
+
+
+class HarvestResult:
+    __slots__ = ("events", "through_seq", "snapshot_rows")
+
+    def __init__(self, events: int = 0, through_seq: int = 0, snapshot_rows: int = 0) -> None:
+        self.events, self.through_seq, self.snapshot_rows = events, through_seq, snapshot_rows
+
+
+class Harvester:
+    def __init__(self, plan: SourcePlan, writer: LogWriter, settings: DaemonSettings) -> None:
+        self.plan = plan
+        self.writer = writer
+        self.settings = settings
+        self.conn: apsw.Connection | None = None
+        self.tids: dict[int, str] = {}
+        self.infos: dict[str, TableInfo] = {}
+        self.position: SourcePosition | None = None
+        self._schema_version = -1
+        self._pending_schemas: list[Frame] = []
+        self._last_trim = 0.0
+        self._trimmed_through = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect and reconcile the log's position with the installed capture."""
+        self.conn = open_legacy(self.plan.path, self.settings.busy_timeout_ms)
+        iid = capture.install_id(self.conn)
+        if iid is None:
+            raise SourceError(
+                f"{self.plan.path}: capture is not installed for source {self.plan.name!r}",
+                hint="run `cdc install`",
+            )
+        tables = capture.installed_tables(self.conn)
+        wanted = [m.table for m in self.plan.tables]
+        missing = [t for t in wanted if t not in tables]
+        if missing:
+            raise SourceError(
+                f"{self.plan.path}: tables {missing} are mapped but not captured",
+                hint="run `cdc install` again after changing the rules",
+            )
+        self.tids = {tid: name for name, tid in tables.items() if name in wanted}
+        pos = self.writer.positions.get(self.plan.name)
+        if pos is None:
+            pos = SourcePosition(install_id=iid)
+        elif pos.install_id != iid:
+            raise SourceError(
+                f"{self.plan.path}: capture was reinstalled since the change log was written "
+                f"(log has install {pos.install_id[:8]}, database has {iid[:8]})",
+                hint="changes made while capture was off are unknown: re-initialize this "
+                "source's targets from a fresh snapshot",
+            )
+        cursors = {c.table: c for c in pos.snapshots}
+        for t in wanted:
+            cursors.setdefault(t, SnapshotCursor(t))
+        self.position = SourcePosition(
+            pos.install_id, pos.through_seq, [cursors[t] for t in sorted(cursors)], pos.events
+        )
+        self._trimmed_through = 0
+        self._refresh_schemas(force=True)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # -- schema --------------------------------------------------------------------------
+    def _refresh_schemas(self, force: bool = False) -> None:
+        """Called inside a read transaction: queue a schema frame for every changed table."""
+        version = schema_version(self.conn)
+        if version == self._schema_version and not force:
+            return
+        self._schema_version = version
+        for name in self.tids.values():
+            info = table_info(self.conn, name)
+            if not info.columns:
+                raise SourceError(f"{self.plan.path}: captured table {name!r} has disappeared")
+            if force or self.infos.get(name) != info:
+                if name in self.infos:
+                    log.info("source %s: table %s changed shape", self.plan.name, name)
+                self.infos[name] = info
+                self._pending_schemas.append(info.to_schema(self.plan.name))
+
+    # -- stream --------------------------------------------------------------------------
+    def harvest(self) -> HarvestResult:
+        """Move one batch of captured changes into the log. Returns what was moved."""
+        pos = self.position
+        conn = self.conn
+        now = time.time()
+        frames: list[Frame] = []
+        conn.execute("BEGIN")
+        try:
+            self._refresh_schemas()
+            hi = conn.execute(
+                f"SELECT max(seq) FROM (SELECT seq FROM {capture.CHANGES} WHERE seq > ? "
+                "ORDER BY seq LIMIT ?)",
+                (pos.through_seq, self.settings.harvest_batch),
+            ).fetchone()[0]
+            if hi is not None:
+                frames = self._read_changes(pos.through_seq, hi, now)
+        finally:
+            conn.execute("COMMIT")
+        if hi is None and not self._pending_schemas:
+            self._maybe_trim()
+            return HarvestResult(through_seq=pos.through_seq)
+        through = hi if hi is not None else pos.through_seq
+        schemas, self._pending_schemas = self._pending_schemas, []
+        new_pos = SourcePosition(pos.install_id, through, pos.snapshots, pos.events + len(frames))
+        try:
+            self.writer.append_batch(
+                schemas + frames, SourceMark(self.plan.name, new_pos, time.time())
+            )
+        except BaseException:
+            self._pending_schemas = schemas + self._pending_schemas
+            raise
+        self.position = new_pos  # only once the batch is durable
+        self._maybe_trim()
+        return HarvestResult(len(frames), through)
+
+    def _read_changes(self, lo: int, hi: int, now: float) -> list[RowChange]:
+        tids = [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT DISTINCT tid FROM {capture.CHANGES} WHERE seq > ? AND seq <= ?", (lo, hi)
+            )
+        ]
+        streams = []
+        for tid in tids:
+            name = self.tids.get(tid)
+            if name is None:
+                continue  # a table no longer mapped: its changes are dropped with the trim
+            streams.append(self._read_table(self.infos[name], tid, lo, hi, now))
+        return list(heapq.merge(*streams, key=lambda e: e.seq))
+
+    def _read_table(self, info: TableInfo, tid: int, lo: int, hi: int, now: float) -> list[RowChange]:
+        width = capture.key_width(info)
+        kcols = [f"k{i + 1}" for i in range(width)]
+        if info.key:
+            join = " AND ".join(f"t.{q(k)} IS c.{kc}" for k, kc in zip(info.key, kcols, strict=True))
+            # WITHOUT ROWID keys are NOT NULL, so a key column tells presence.
+            anchor = q(info.key[0]) if info.without_rowid else info.rowid_alias()
+            present = f"t.{anchor} IS NOT NULL"
+        else:
+            join = f"t.{info.rowid_alias()} = c.k1"
+            present = f"t.{info.rowid_alias()} IS NOT NULL"
+        cols = ", ".join(f"t.{q(c)}" for c in info.column_names)
+        sql = (
+            f"SELECT c.s, {present}, {', '.join('c.' + k for k in kcols)}, {cols} "
+            f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {capture.CHANGES} "
+            f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {', '.join(kcols)}) AS c "
+            f"LEFT JOIN {q(info.name)} AS t ON {join} ORDER BY c.s"
+        )
+        out = []
+        src, name = self.plan.name, info.name
+        for row in self.conn.execute(sql, (lo, hi, tid)):
+            key = list(row[2 : 2 + width])
+            if row[1]:
+                out.append(RowChange(src, name, Op.UPSERT, row[0], now, key, list(row[2 + width :])))
+            else:
+                out.append(RowChange(src, name, Op.DELETE, row[0], now, key))
+        return out
+
+    def _maybe_trim(self, force: bool = False) -> None:
+        through = self.position.through_seq
+        if through <= self._trimmed_through:
+            return
+        if not force and time.monotonic() - self._last_trim < self.settings.trim_interval:
+            return
+        try:
+            with self.conn:
+                # Keep the newest row so the INTEGER PRIMARY KEY never restarts numbering.
+                self.conn.execute(
+                    f"DELETE FROM {capture.CHANGES} WHERE seq <= ? AND seq < "
+                    f"(SELECT max(seq) FROM {capture.CHANGES})",
+                    (through,),
+                )
+        except apsw.BusyError:
+            log.debug("source %s: trim deferred, database busy", self.plan.name)
+            return
+        self._trimmed_through = through
+        self._last_trim = time.monotonic()
+
+    # -- snapshot ------------------------------------------------------------------------
+    @property
+    def snapshot_pending(self) -> bool:
+        return any(not c.done for c in self.position.snapshots)
+
+    def snapshot_chunk(self) -> int:
+        """Copy the next chunk of the first unfinished table; returns rows copied."""
+        pos = self.position
+        idx = next((i for i, c in enumerate(pos.snapshots) if not c.done), None)
+        if idx is None:
+            return 0
+        cur = pos.snapshots[idx]
+        limit = self.settings.snapshot_chunk
+        now = time.time()
+        self.conn.execute("BEGIN")
+        try:
+            self._refresh_schemas()  # the chunk must be read with the shape it has now
+            info = self.infos[cur.table]
+            kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
+            width = len(kexpr)
+            cols = ", ".join(q(c) for c in info.column_names)
+            where, args = "", []
+            if cur.after is not None:
+                where = f"WHERE ({', '.join(kexpr)}) > ({', '.join('?' * width)})"
+                args = list(cur.after)
+            rows = self.conn.execute(
+                f"SELECT {', '.join(kexpr)}, {cols} FROM {q(info.name)} {where} "
+                f"ORDER BY {', '.join(kexpr)} LIMIT {int(limit)}",
+                args,
+            ).fetchall()
+        finally:
+            self.conn.execute("COMMIT")
+        src = self.plan.name
+        frames = [
+            RowChange(src, cur.table, Op.UPSERT, 0, now, list(r[:width]), list(r[width:]))
+            for r in rows
+        ]
+        after = list(rows[-1][:width]) if rows else cur.after
+        snaps = list(pos.snapshots)
+        snaps[idx] = SnapshotCursor(cur.table, len(rows) < limit, after)
+        schemas, self._pending_schemas = self._pending_schemas, []
+        new_pos = SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(frames))
+        try:
+            self.writer.append_batch(schemas + frames, SourceMark(src, new_pos, time.time()))
+        except BaseException:
+            self._pending_schemas = schemas + self._pending_schemas
+            raise
+        self.position = new_pos
+        if snaps[idx].done:
+            log.info("source %s: snapshot of %s complete", src, cur.table)
+        return len(rows)
+
+    def pending(self) -> tuple[int, int]:
+        """(captured sequence high-water, changes captured but not yet harvested)."""
+        row = self.conn.execute(
+            f"SELECT max(seq), (SELECT count(*) FROM {capture.CHANGES} WHERE seq > ?) "
+            f"FROM {capture.CHANGES}",
+            (self.position.through_seq,),
+        ).fetchone()
+        return row[0] or 0, row[1]

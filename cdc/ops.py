@@ -1,0 +1,73 @@
+"""Install and uninstall capture across every source of a plan (the engine behind the CLI)."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from cdc import capture
+from cdc.config import Config
+from cdc.inventory import list_tables
+from cdc.plan import Plan, resolve_plan
+from cdc.sqlconn import open_legacy
+
+log = logging.getLogger(__name__)
+
+
+class SourceInstall(msgspec.Struct):
+    source: str
+    path: str
+    install_id: str
+    captured: list[str]
+    excluded: list[str]
+
+
+class InstallReport(msgspec.Struct):
+    sources: list[SourceInstall]
+
+    @property
+    def tables(self) -> int:
+        return sum(len(s.captured) for s in self.sources)
+
+
+def install(cfg: Config, plan: Plan | None = None) -> InstallReport:
+    """Resolve the plan (failing before touching any file if it is wrong), then install."""
+    plan = plan or resolve_plan(cfg)
+    out = []
+    for sp in plan.sources:
+        if not sp.tables:
+            continue
+        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
+        try:
+            wanted = {m.table for m in sp.tables}
+            infos = [t for t in list_tables(conn) if t.name in wanted]
+            iid = capture.install(conn, infos, sp.path)
+        finally:
+            conn.close()
+        out.append(SourceInstall(sp.name, sp.path, iid, sorted(wanted), sp.excluded))
+        log.info("source %s: capturing %d tables", sp.name, len(wanted))
+    return InstallReport(out)
+
+
+class SourceUninstall(msgspec.Struct):
+    source: str
+    path: str
+    triggers_dropped: int
+
+
+def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
+    from cdc.plan import expand_sources
+
+    out = []
+    for name, path, _required in expand_sources(cfg):
+        try:
+            conn = open_legacy(path, cfg.daemon.busy_timeout_ms)
+        except Exception:  # noqa: BLE001 - a missing source has nothing to uninstall
+            continue
+        try:
+            n = capture.uninstall(conn)
+        finally:
+            conn.close()
+        out.append(SourceUninstall(name, path, n))
+    return out

@@ -1,0 +1,220 @@
+"""`cdc status`: what was captured, logged and applied, per source and per target.
+
+Read straight from the files (capture tables, log, target checkpoints), each in a short
+read-only transaction, plus the daemon's status file for what only it knows (errors, lag).
+Sequences count captured changes, so `backlog` is "changes a bot committed that the
+targets do not have yet".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import apsw
+import msgspec
+
+from cdc import capture
+from cdc.changelog import LogReader, list_segments
+from cdc.config import Config
+from cdc.events import RowChange, SourcePosition
+from cdc.plan import Plan, resolve_plan
+from cdc.sqlconn import open_legacy
+from cdc.status_file import read_status
+from checkpoints.store import SOURCES, TABLE
+
+
+class SourceStatus(msgspec.Struct):
+    name: str
+    path: str
+    tables: int
+    installed: bool
+    captured: int = 0
+    logged: int = 0
+    applied: int = 0
+    backlog_events: int = 0
+    backlog_seconds: float = 0.0
+    snapshot: str = "pending"
+    last_error: str | None = None
+
+
+class TargetStatus(msgspec.Struct):
+    name: str
+    path: str
+    applied_events: int = 0
+    log_offset: int = 0
+    backlog_bytes: int = 0
+    lag_seconds: float | None = None
+    last_applied_at: float | None = None
+
+
+class DaemonState(msgspec.Struct):
+    state: str
+    pid: int | None = None
+    updated_at: float | None = None
+    error: str | None = None
+
+
+class LogStatus(msgspec.Struct):
+    segments: int
+    first_offset: int
+    end_offset: int
+
+
+class Status(msgspec.Struct):
+    daemon: DaemonState
+    log: LogStatus
+    sources: list[SourceStatus]
+    targets: list[TargetStatus]
+    unmapped: list[str] = []
+
+    @property
+    def backlog_events(self) -> int:
+        return sum(s.backlog_events for s in self.sources)
+
+
+def _target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
+    if not os.path.exists(path):
+        return 0, 0, None, {}
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.set_busy_timeout(2000)
+        has = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN (?,?)", (TABLE, SOURCES)
+        ).fetchone()[0]
+        if has < 2:
+            return 0, 0, None, {}
+        row = conn.execute(
+            f"SELECT log_offset, events, updated_at FROM {TABLE} WHERE consumer='replicator'"
+        ).fetchone()
+        seqs = dict(
+            conn.execute(
+                f"SELECT source, through_seq FROM {SOURCES} WHERE consumer='replicator'"
+            ).fetchall()
+        )
+        return (row[0], row[1], row[2], seqs) if row else (0, 0, None, seqs)
+    finally:
+        conn.close()
+
+
+def _log_positions(log_dir: str) -> dict[str, SourcePosition]:
+    """Positions as of the log's end, read without taking the writer's role."""
+    from cdc.events import SegmentStart, SourceMark
+
+    bases = list_segments(log_dir)
+    if not bases:
+        return {}
+    positions: dict[str, SourcePosition] = {}
+    for e in LogReader(log_dir).iter_from(bases[-1], stop_at_bad=True):
+        if isinstance(e.frame, SegmentStart):
+            positions = dict(e.frame.positions)
+        elif isinstance(e.frame, SourceMark):
+            positions[e.frame.source] = e.frame.position
+    return positions
+
+
+def _first_unapplied(log_dir: str, offset: int, limit: int = 20000) -> dict[str, float]:
+    """observed_at of the oldest unapplied event per source, from a bounded scan."""
+    out: dict[str, float] = {}
+    n = 0
+    try:
+        for e in LogReader(log_dir).iter_from(offset, stop_at_bad=True):
+            n += 1
+            if isinstance(e.frame, RowChange):
+                out.setdefault(e.frame.source, e.frame.observed_at)
+            if n >= limit:
+                break
+    except Exception:  # noqa: BLE001 - status is best effort for lag seconds only
+        pass
+    return out
+
+
+def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
+    plan = plan or resolve_plan(cfg)
+    now = time.time()
+    ds = read_status(cfg.state_dir)
+    daemon = _daemon_state(cfg, ds, now)
+    bases = list_segments(cfg.log_dir)
+    end = 0
+    if bases:
+        path = os.path.join(cfg.log_dir, f"{bases[-1]:020d}.seg")
+        end = bases[-1] + os.path.getsize(path)
+    logst = LogStatus(len(bases), bases[0] if bases else 0, end)
+    positions = _log_positions(cfg.log_dir)
+
+    targets, applied_seq, oldest = [], {}, {}
+    for name, path in sorted(plan.targets.items()):
+        off, events, at, seqs = _target_state(path)
+        rt = ds.targets.get(name) if ds else None
+        for src, seq in seqs.items():
+            applied_seq.setdefault(src, []).append((name, seq))
+        if off < end:
+            for src, t in _first_unapplied(cfg.log_dir, off).items():
+                oldest[src] = min(oldest.get(src, t), t)
+        targets.append(
+            TargetStatus(name, path, events, off, max(0, end - off),
+                         rt.last_lag if rt else None, at)
+        )
+
+    sources = []
+    for sp in plan.sources:
+        st = SourceStatus(sp.name, sp.path, len(sp.tables), False)
+        if sp.tables:
+            _fill_source(st, sp, cfg, positions.get(sp.name), applied_seq, oldest, now)
+        rt = ds.sources.get(sp.name) if ds else None
+        if rt and daemon.state == "running":
+            st.last_error = rt.last_error
+        sources.append(st)
+    return Status(daemon, logst, sources, targets)
+
+
+def _fill_source(st, sp, cfg, pos, applied_seq, oldest, now) -> None:
+    try:
+        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms, readonly=True)
+    except Exception as e:  # noqa: BLE001 - shown in the row
+        st.last_error = str(e)
+        return
+    try:
+        st.installed = capture.is_installed(conn)
+        if st.installed:
+            st.captured = conn.execute(
+                f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}"
+            ).fetchone()[0]
+    except apsw.BusyError:
+        st.last_error = "legacy database busy; capture count unavailable"
+    finally:
+        conn.close()
+    if pos is not None:
+        st.logged = pos.through_seq
+        done = sum(c.done for c in pos.snapshots)
+        st.snapshot = "done" if done == len(pos.snapshots) else f"{done}/{len(pos.snapshots)} tables"
+    fed = {m.target for m in sp.tables}
+    seqs = [seq for tgt, seq in applied_seq.get(sp.name, []) if tgt in fed]
+    st.applied = min(seqs) if len(seqs) == len(fed) else 0
+    st.backlog_events = max(0, st.captured - st.applied)
+    if st.snapshot != "done":
+        st.backlog_events = max(st.backlog_events, 1)
+    if st.backlog_events and sp.name in oldest:
+        st.backlog_seconds = max(0.0, now - oldest[sp.name])
+
+
+def _daemon_state(cfg: Config, ds, now: float) -> DaemonState:
+    if ds is None:
+        return DaemonState("not started")
+    state = ds.state
+    if state == "running" and not _pid_alive(ds.pid):
+        state = "dead"
+    elif state == "running" and now - ds.updated_at > 10:
+        state = "stalled"
+    return DaemonState(state, ds.pid, ds.updated_at, ds.error)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

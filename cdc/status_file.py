@@ -1,0 +1,59 @@
+"""The daemon's own view of itself, written atomically to the state dir every half second.
+
+`cdc status` combines it with what it reads directly from the legacy files, the log and
+the targets, so status works (and says so) when the daemon is down.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+
+class SourceRuntime(msgspec.Struct):
+    path: str
+    harvested: int = 0
+    through_seq: int = 0
+    snapshot_rows: int = 0
+    snapshot_done: bool = False
+    errors: int = 0
+    last_error: str | None = None
+
+
+class TargetRuntime(msgspec.Struct):
+    path: str
+    applied: int = 0
+    offset: int = 0
+    last_lag: float | None = None
+
+
+class DaemonStatus(msgspec.Struct):
+    pid: int
+    state: str
+    started_at: float
+    updated_at: float
+    log_end: int
+    sources: dict[str, SourceRuntime] = {}
+    targets: dict[str, TargetRuntime] = {}
+    error: str | None = None
+
+
+STATUS_FILE = "daemon-status.json"
+
+
+def write_status(state_dir: str, status: DaemonStatus) -> None:
+    path = os.path.join(state_dir, STATUS_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(status))
+    os.replace(tmp, path)
+
+
+def read_status(state_dir: str) -> DaemonStatus | None:
+    try:
+        with open(os.path.join(state_dir, STATUS_FILE), "rb") as f:
+            return msgspec.json.decode(f.read(), type=DaemonStatus)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None

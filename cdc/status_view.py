@@ -1,0 +1,41 @@
+"""Human rendering of `Status` for `cdc status` (the JSON form is the struct itself)."""
+
+from __future__ import annotations
+
+import time
+
+from cdc.status import Status
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return f"{max(0.0, time.time() - ts):.1f}s ago"
+
+
+def render_status(st: Status) -> str:
+    d = st.daemon
+    lines = [f"daemon: {d.state}" + (f" (pid {d.pid}, updated {_age(d.updated_at)})" if d.pid else "")]
+    if d.error:
+        lines.append(f"  error: {d.error}")
+    lines.append(f"log: {st.log.segments} segments, offsets {st.log.first_offset}..{st.log.end_offset}")
+    lines.append("")
+    hdr = f"{'source':<24} {'tables':>6} {'captured':>9} {'logged':>9} {'applied':>9} {'backlog':>8} {'lag':>7}  snapshot"
+    lines.append(hdr)
+    for s in st.sources:
+        lag = f"{s.backlog_seconds:.2f}s" if s.backlog_events else "0s"
+        inst = "" if s.installed or not s.tables else "  NOT INSTALLED"
+        lines.append(
+            f"{s.name:<24} {s.tables:>6} {s.captured:>9} {s.logged:>9} {s.applied:>9} "
+            f"{s.backlog_events:>8} {lag:>7}  {s.snapshot}{inst}"
+        )
+        if s.last_error:
+            lines.append(f"  last error: {s.last_error}")
+    lines.append("")
+    lines.append(f"{'target':<12} {'applied events':>14} {'behind (bytes)':>15} {'last apply':>12}")
+    for t in st.targets:
+        lines.append(f"{t.name:<12} {t.applied_events:>14} {t.backlog_bytes:>15} {_age(t.last_applied_at):>12}")
+    total = st.backlog_events
+    lines.append("")
+    lines.append("in sync" if total == 0 else f"backlog: {total} changes not yet applied")
+    return "\n".join(lines)

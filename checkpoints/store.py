@@ -1,0 +1,101 @@
+"""The replicator's checkpoint, stored in the target database itself.
+
+Exactly-once rests on one rule: the checkpoint row is updated in the same transaction as
+the rows it covers. Either both survive a crash or neither does, so after a restart the
+replicator resumes at exactly the first unapplied frame. The update is compare-and-set on
+the previous offset: a second replicator racing on the same target (two daemons, a
+restored backup) fails loudly instead of applying a batch twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+import apsw
+import msgspec
+
+from cdc.errors import TargetError
+
+TABLE = "_cdc_checkpoint"
+SOURCES = "_cdc_source_applied"
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """Where a consumer resumes in the change log: the offset of its next frame."""
+
+    consumer: str
+    offset: int = 0
+    events: int = 0
+    updated_at: float = 0.0
+
+
+class SourceApplied(msgspec.Struct, frozen=True):
+    """The newest harvest batch of a source fully applied to this target."""
+
+    source: str
+    install_id: str
+    through_seq: int
+    events: int
+    applied_at: float
+
+
+class CheckpointStore:
+    def __init__(self, conn: apsw.Connection, consumer: str, path: str = "") -> None:
+        self.conn = conn
+        self.consumer = consumer
+        self.path = path
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE}(consumer TEXT PRIMARY KEY, "
+            "log_offset INTEGER NOT NULL, events INTEGER NOT NULL, updated_at REAL NOT NULL)"
+        )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SOURCES}(consumer TEXT NOT NULL, source TEXT NOT NULL, "
+            "install_id TEXT NOT NULL, through_seq INTEGER NOT NULL, events INTEGER NOT NULL, "
+            "applied_at REAL NOT NULL, PRIMARY KEY(consumer, source))"
+        )
+
+    def load(self) -> Checkpoint:
+        row = self.conn.execute(
+            f"SELECT log_offset, events, updated_at FROM {TABLE} WHERE consumer=?",
+            (self.consumer,),
+        ).fetchone()
+        if row is None:
+            return Checkpoint(self.consumer)
+        return Checkpoint(self.consumer, row[0], row[1], row[2])
+
+    def advance(self, old: Checkpoint, offset: int, events: int) -> Checkpoint:
+        """Move the checkpoint; must run inside the transaction that applied the rows."""
+        new = Checkpoint(self.consumer, offset, old.events + events, time.time())
+        if old.updated_at == 0.0 and old.offset == 0:
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO {TABLE} VALUES (?, 0, 0, 0)", (self.consumer,)
+            )
+        self.conn.execute(
+            f"UPDATE {TABLE} SET log_offset=?, events=?, updated_at=? "
+            "WHERE consumer=? AND log_offset=?",
+            (new.offset, new.events, new.updated_at, self.consumer, old.offset),
+        )
+        if self.conn.changes() != 1:
+            raise TargetError(
+                f"{self.path}: checkpoint of {self.consumer!r} moved under us "
+                f"(expected offset {old.offset})",
+                hint="another replicator is writing this target; stop it",
+            )
+        return new
+
+    def record_source(self, applied: SourceApplied) -> None:
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO {SOURCES} VALUES (?, ?, ?, ?, ?, ?)",
+            (self.consumer, applied.source, applied.install_id, applied.through_seq,
+             applied.events, applied.applied_at),
+        )
+
+    def sources(self) -> dict[str, SourceApplied]:
+        return {
+            r[0]: SourceApplied(*r)
+            for r in self.conn.execute(
+                f"SELECT source, install_id, through_seq, events, applied_at FROM {SOURCES} "
+                "WHERE consumer=?",
+                (self.consumer,),
+            )
+        }

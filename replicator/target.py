@@ -1,0 +1,136 @@
+"""One consolidated database: its tables, created and widened from the source schemas.
+
+A table that keeps its own name and source gets the source's own CREATE statement (renamed),
+so defaults, AUTOINCREMENT, CHECKs and UNIQUE constraints carry over and the bots find the
+same table after cutover. A UNIQUE constraint matters for correctness too: a legacy
+`INSERT OR REPLACE` that silently deletes a row through a UNIQUE conflict does the same
+here when we apply the row with OR REPLACE.
+
+A merged table is built instead: the tag column, the union of the sources' columns
+*without declared types* (so no affinity can change a value's storage class, whichever
+source it came from) and PRIMARY KEY(tag, source key).
+
+Which positional row image means which columns is state of this database too
+(`_cdc_schemas`), written in the apply transaction like the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import apsw
+import msgspec
+
+from cdc.errors import TargetError
+from cdc.events import ColumnDef, TableSchema
+from cdc.plan import TableMapping
+from cdc.sqlconn import open_target
+from cdc.sqlident import index_name, q, rename_create_index, rename_create_table
+from checkpoints import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = "_cdc_schemas"
+ROWID_NAMES = ("rowid", "_rowid_", "oid")
+
+
+class AppliedShape(msgspec.Struct, frozen=True):
+    """How rows of one source table are written into this target."""
+
+    columns: list[str]
+    key: list[str]
+    target_table: str
+    tag_column: str | None = None
+    tag: str | None = None
+    rowid_alias: str = "rowid"
+
+    def key_columns(self) -> list[str]:
+        return list(self.key) if self.key else [self.rowid_alias]
+
+
+_shape_decoder = msgspec.msgpack.Decoder(AppliedShape)
+
+
+class TargetDB:
+    def __init__(self, name: str, path: str, busy_timeout_ms: int = 5000,
+                 consumer: str = "replicator") -> None:
+        self.name = name
+        self.path = path
+        self.conn = open_target(path, busy_timeout_ms)
+        try:
+            with self.conn:
+                self.conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SCHEMAS}(source TEXT NOT NULL, "
+                    "tbl TEXT NOT NULL, shape BLOB NOT NULL, PRIMARY KEY(source, tbl))"
+                )
+                self.checkpoints = CheckpointStore(self.conn, consumer, path)
+        except apsw.Error as e:
+            raise TargetError(f"{path}: cannot prepare target: {e}") from e
+        self.shapes: dict[tuple[str, str], AppliedShape] = {
+            (s, t): _shape_decoder.decode(b)
+            for s, t, b in self.conn.execute(f"SELECT source, tbl, shape FROM {SCHEMAS}")
+        }
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def table_columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
+
+    def apply_schema(self, schema: TableSchema, m: TableMapping) -> None:
+        """Create or widen the target table for `schema`; call inside the apply transaction."""
+        have = self.table_columns(m.target_table)
+        if not have:
+            self._create(schema, m)
+        else:
+            self._widen(schema, m, have)
+        alias = next(n for n in ROWID_NAMES if n not in {c.name.lower() for c in schema.columns})
+        shape = AppliedShape(
+            columns=[c.name for c in schema.columns],
+            key=list(schema.key),
+            target_table=m.target_table,
+            tag_column=m.tag_column,
+            tag=m.tag,
+            rowid_alias=alias,
+        )
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO {SCHEMAS} VALUES (?, ?, ?)",
+            (m.source, m.table, msgspec.msgpack.encode(shape)),
+        )
+        self.shapes[(m.source, m.table)] = shape
+
+    def _create(self, schema: TableSchema, m: TableMapping) -> None:
+        if m.tag_column is None and schema.create_sql:
+            self.conn.execute(rename_create_table(schema.create_sql, m.target_table))
+            for sql in schema.index_sql:
+                iname = index_name(sql)
+                self.conn.execute(
+                    rename_create_index(sql, f"{m.target_table}__{iname}", m.target_table)
+                )
+            log.info("target %s: created %s from %s.%s", self.name, m.target_table,
+                     m.source, m.table)
+            return
+        if m.tag_column is None:
+            raise TargetError(f"{self.path}: no definition for {m.source}.{m.table}")
+        cols = [q(m.tag_column) + " NOT NULL"] + [q(c.name) for c in schema.columns]
+        key = ", ".join(q(k) for k in [m.tag_column, *schema.key])
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {q(m.target_table)} ({', '.join(cols)}, "
+            f"PRIMARY KEY ({key}))"
+        )
+        log.info("target %s: created merged table %s", self.name, m.target_table)
+
+    def _widen(self, schema: TableSchema, m: TableMapping, have: list[str]) -> None:
+        present = {h.lower() for h in have}
+        for c in schema.columns:
+            if c.name.lower() in present:
+                continue
+            decl = _decl(c) if m.tag_column is None else ""
+            self.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {decl}")
+            log.info("target %s: added column %s.%s", self.name, m.target_table, c.name)
+
+
+def _decl(c: ColumnDef) -> str:
+    # Only the type: a column added later by a bot's ALTER keeps its affinity here.
+    return c.decl_type.replace('"', "") if c.decl_type else ""
+

@@ -1,0 +1,94 @@
+"""Exact comparison of a legacy table with its target table, by key, value and storage class.
+
+Python's `==` says 1 == 1.0 == True and -0.0 == 0.0; a migration must not. `canonical`
+turns a value into something that compares equal only when SQLite would store the same
+thing: the storage class plus, for REAL, the exact bits (float.hex keeps the sign of zero).
+SQLite never stores NaN (it becomes NULL), so NaN needs no rule.
+"""
+
+from __future__ import annotations
+
+import apsw
+import msgspec
+
+from cdc.inventory import table_info
+from cdc.plan import Plan, TableMapping
+from cdc.sqlconn import open_legacy
+from cdc.sqlident import q
+
+
+def canonical(v: object) -> tuple:
+    if v is None:
+        return ("null",)
+    if isinstance(v, int):
+        return ("integer", v)
+    if isinstance(v, float):
+        return ("real", v.hex())
+    if isinstance(v, str):
+        return ("text", v)
+    return ("blob", bytes(v))
+
+
+class TableDiff(msgspec.Struct):
+    source: str
+    table: str
+    target: str
+    target_table: str
+    source_rows: int = 0
+    target_rows: int = 0
+    missing: list[list] = []  # keys in source, not in target
+    extra: list[list] = []  # keys in target, not in source
+    different: list[list] = []  # keys whose values differ
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.different)
+
+
+def _rows(conn: apsw.Connection, sql: str, args, width: int) -> dict[tuple, tuple]:
+    out = {}
+    for r in conn.execute(sql, args):
+        out[tuple(canonical(v) for v in r[:width])] = tuple(canonical(v) for v in r[width:])
+    return out
+
+
+def compare_table(src: apsw.Connection, tgt: apsw.Connection, m: TableMapping,
+                  sample: int = 20) -> TableDiff:
+    """Compare every row; columns are those of the source (the target may have more)."""
+    info = table_info(src, m.table)
+    kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
+    cols = ", ".join(q(c) for c in info.column_names)
+    s = _rows(src, f"SELECT {', '.join(kexpr)}, {cols} FROM {q(m.table)}", (), len(kexpr))
+    where, args = "", ()
+    if m.tag_column:
+        where, args = f"WHERE {q(m.tag_column)} IS ?", (m.tag,)
+    try:
+        t = _rows(tgt, f"SELECT {', '.join(kexpr)}, {cols} FROM {q(m.target_table)} {where}",
+                  args, len(kexpr))
+    except apsw.SQLError:
+        t = {}
+    missing = [list(k) for k in s.keys() - t.keys()]
+    extra = [list(k) for k in t.keys() - s.keys()]
+    diff = [list(k) for k in s.keys() & t.keys() if s[k] != t[k]]
+    return TableDiff(m.source, m.table, m.target, m.target_table, len(s), len(t),
+                     missing[:sample], extra[:sample], diff[:sample])
+
+
+def compare_plan(plan: Plan, busy_timeout_ms: int = 5000) -> list[TableDiff]:
+    """Compare every mapped table; call when the sources are quiet and the backlog is zero."""
+    targets = {n: apsw.Connection(p, flags=apsw.SQLITE_OPEN_READONLY) for n, p in plan.targets.items()}
+    out = []
+    try:
+        for sp in plan.sources:
+            if not sp.tables:
+                continue
+            src = open_legacy(sp.path, busy_timeout_ms, readonly=True)
+            try:
+                for m in sp.tables:
+                    out.append(compare_table(src, targets[m.target], m))
+            finally:
+                src.close()
+    finally:
+        for c in targets.values():
+            c.close()
+    return out
