@@ -1,0 +1,137 @@
+"""Shared fixtures: real SQLite files in tmp dirs, real daemon processes, no mocks.
+
+Helpers wait for a condition with a timeout instead of sleeping a fixed time (watchdog's
+test hygiene), and every daemon process a test starts is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cdc.config import Config, load_config
+from cdc.plan import resolve_plan
+from tests.pipeline import Pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SOAK_SCALE = float(os.environ.get("CDC_SOAK_SCALE", "1"))
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_db(path: Path, script: str, wal: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = sqlite3.connect(path, isolation_level=None)
+    if wal:
+        c.execute("PRAGMA journal_mode=WAL")
+    c.executescript(script)
+    c.close()
+    return path
+
+
+def write_config(root: Path, text: str) -> Path:
+    p = root / "cdc.toml"
+    p.write_text(text)
+    return p
+
+
+def cdc_cmd(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+class DaemonProcess:
+    """A real `cdc run` process."""
+
+    def __init__(self, config: Path, extra_env: dict | None = None) -> None:
+        self.config = config
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "-v", "run", "-c", str(config)],
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})},
+        )
+
+    def status(self) -> dict:
+        r = cdc_cmd("status", "--json", "-c", str(self.config))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def wait_synced(self, timeout: float = 60) -> dict:
+        def synced():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
+            st = self.status()
+            ok = all(s["backlog_events"] == 0 for s in st["sources"]) and all(
+                t["backlog_bytes"] == 0 for t in st["targets"]
+            )
+            return st if ok else None
+
+        return wait_until(synced, timeout, 0.2, "daemon to reach zero backlog")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self._log.close()
+        return code
+
+    def stop(self) -> int:
+        return self.kill(signal.SIGTERM)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def daemons():
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, **kw) -> DaemonProcess:
+        d = DaemonProcess(config, **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()
+
+
+@pytest.fixture
+def pipeline_for():
+    """In-process harvest+apply, driven step by step (for tests about one component)."""
+    made: list[Pipeline] = []
+
+    def make(config: Path | Config) -> Pipeline:
+        cfg = load_config(config) if isinstance(config, Path) else config
+        p = Pipeline(cfg, resolve_plan(cfg))
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
