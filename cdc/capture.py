@@ -31,7 +31,7 @@ CHANGES = "_cdc_changes"
 TABLES = "_cdc_tables"
 META = "_cdc_meta"
 FORMAT_VERSION = 1
-OP_INSERT, OP_UPDATE, OP_OLD_KEY = 1, 2, 3
+OP_INSERT, OP_UPDATE, OP_OLD_KEY, OP_REPLACED = 1, 2, 3, 4
 
 
 def key_exprs(info: TableInfo, row: str) -> list[str]:
@@ -46,7 +46,7 @@ def key_width(info: TableInfo) -> int:
 
 
 def trigger_names(tid: int) -> list[str]:
-    return [f"_cdc_t{tid}_{s}" for s in ("ins", "upd", "updkey", "del")]
+    return [f"_cdc_t{tid}_{s}" for s in ("ins", "upd", "updkey", "del", "uniq", "uniqupd")]
 
 
 def trigger_sql(tid: int, info: TableInfo) -> list[str]:
@@ -57,17 +57,47 @@ def trigger_sql(tid: int, info: TableInfo) -> list[str]:
         f"{o} IS NOT {n}" for o, n in zip(key_exprs(info, "OLD"), key_exprs(info, "NEW"), strict=True)
     )
     t = q(info.name)
-    ins, upd, updkey, dele = trigger_names(tid)
+    ins, upd, updkey, dele = trigger_names(tid)[:4]
 
     def body(op: int, keys: str) -> str:
         return f"INSERT INTO {CHANGES}(tid, op, {kcols}) VALUES ({tid}, {op}, {keys});"
 
-    return [
+    sqls = [
         f"CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {body(OP_INSERT, new_k)} END",
         f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {body(OP_UPDATE, new_k)} END",
         f"CREATE TRIGGER {updkey} AFTER UPDATE ON {t} WHEN {changed} "
         f"BEGIN {body(OP_OLD_KEY, old_k)} END",
         f"CREATE TRIGGER {dele} AFTER DELETE ON {t} BEGIN {body(OP_OLD_KEY, old_k)} END",
+    ]
+    if info.unique_sets:
+        sqls += _replace_probe_triggers(tid, info, kcols)
+    return sqls
+
+
+def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
+    """Record rows that `INSERT/UPDATE OR REPLACE` may delete through a non-key UNIQUE.
+
+    SQLite deletes such a row without firing any DELETE trigger (unless the bot turned on
+    recursive_triggers), so a BEFORE trigger probes the unique columns for rows that hold
+    the incoming values and records their keys. Recording a key that turns out not to be
+    deleted is harmless (the harvester reads its current state), so the probe may
+    over-approximate; it must never miss.
+    """
+    t = q(info.name)
+    found = ", ".join(f"{t}.{e.split('.', 1)[1]}" for e in key_exprs(info, "X"))
+    probe = " OR ".join(
+        "(" + " AND ".join(f"{t}.{q(c)} = NEW.{q(c)}" for c in cols) + ")"
+        for cols in info.unique_sets
+    )
+    body = (
+        f"INSERT INTO {CHANGES}(tid, op, {kcols}) SELECT {tid}, {OP_REPLACED}, {found} "
+        f"FROM {t} WHERE {probe};"
+    )
+    ucols = ", ".join(q(c) for c in sorted({c for cols in info.unique_sets for c in cols}))
+    _, _, _, _, uniq, uniqupd = trigger_names(tid)
+    return [
+        f"CREATE TRIGGER {uniq} BEFORE INSERT ON {t} BEGIN {body} END",
+        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE OF {ucols} ON {t} BEGIN {body} END",
     ]
 
 
@@ -151,7 +181,7 @@ def _drop_triggers(conn: apsw.Connection, tid: int) -> None:
 
 
 def uninstall(conn: apsw.Connection) -> int:
-    """Remove every trigger and table `install` created, and nothing else. Returns triggers dropped."""
+    """Remove every trigger and table `install` created, and nothing else. Returns tables released."""
     with conn:
         tids = list(installed_tables(conn).values())
         for tid in tids:

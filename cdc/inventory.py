@@ -24,6 +24,7 @@ class TableInfo(msgspec.Struct, frozen=True):
     without_rowid: bool = False
     create_sql: str = ""
     index_sql: list[str] = []
+    unique_sets: list[list[str]] = []  # non-key UNIQUE column sets (REPLACE can delete through them)
 
     @property
     def column_names(self) -> list[str]:
@@ -102,7 +103,25 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
         without_rowid=without_rowid,
         create_sql=sql_row[0] if sql_row else "",
         index_sql=index_sql,
+        unique_sets=unique_sets(conn, name),
     )
+
+
+def unique_sets(conn: apsw.Connection, name: str) -> list[list[str]]:
+    """Column sets of the table's UNIQUE constraints and unique indexes, key excluded.
+
+    Indexes on expressions are left out (no column list to probe); see docs/architecture.md.
+    """
+    out = []
+    for idx, origin in conn.execute(
+        "SELECT name, origin FROM pragma_index_list(?) WHERE \"unique\" ORDER BY name", (name,)
+    ).fetchall():
+        if origin == "pk":
+            continue
+        cols = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (idx,))]
+        if cols and all(c is not None for c in cols) and cols not in out:
+            out.append(cols)
+    return out
 
 
 def schema_version(conn: apsw.Connection) -> int:

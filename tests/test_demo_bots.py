@@ -220,12 +220,20 @@ def test_config_maps_every_table(demo):
     assert _resolve(cfg["rules"], "llm_costs", "budget_alerts")["target"] == "analytics"
 
 
-def test_config_loads_in_engine(demo):
+def test_config_loads_and_resolves_in_engine(demo):
+    """Cross-check with the engine's own reader and resolver (skipped if they are absent)."""
     config = pytest.importorskip("cdc.config")
+    plan_mod = pytest.importorskip("cdc.plan")
     root, files = demo
     cfg = config.load_config(write_demo_config(root, files))
     assert set(cfg.targets) == {"core", "analytics", "cache"}
     assert {Path(s.path) for s in cfg.sources} == {root.resolve() / f.path for f in files}
+    plan = plan_mod.resolve_plan(cfg)
+    trades = [plan.mapping(src, "trades") for src in ("trading", "buy_tracker")]
+    assert {(m.target, m.target_table, m.tag_column) for m in trades} == {
+        ("core", "trades", "source")
+    }
+    assert plan.mapping("trading", "test") is None
 
 
 def test_every_bot_op_runs(tmp_path):

@@ -96,8 +96,7 @@ def start_bots(
             "--stats-file",
             str(stats),
         ]
-        if rate:
-            args += ["--rate", str(rate)]
+        args += ["--rate", str(rate or 0)]
         if alter:
             args.append("--alter")
         with open(stats_dir / f"{kind}.{i}.log", "wb") as log:

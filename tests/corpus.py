@@ -1,0 +1,322 @@
+"""Helpers for the jarvis legacy corpus (`../shared/corpus/jarvis` beside the repo root).
+
+The corpus ships the operator's consolidation plan (`plan.json`): per legacy file, per table,
+a target database (`core`, `analytics`, `cache` or `exclude`) and a target table name (`as`).
+`plan_to_config` turns it into our config dict (`cdc.config.config_from_dict`, or a `cdc.toml`
+through `config_to_toml`), one literal rule per (source, table), so that every choice is
+reviewable and nothing is matched by accident.
+
+Decisions the conversion makes, whatever `resolve` says:
+
+* `sqlite_*` tables (`sqlite_sequence`, listed in the plan as "exclude") are SQLite's own:
+  they get no rule, as our inventory skips them. FTS5 shadow tables (`facts_fts_data`, ...) are
+  not in the plan and need no rule either: they belong to their virtual table.
+* Virtual tables (`facts_fts`, `reflections_fts`, which the plan maps to analytics) are
+  excluded explicitly: triggers cannot capture them, and the FTS index is rebuilt in the
+  target from `facts` / `reflections` after cutover. They are found by inspecting the file,
+  not by name.
+* A file the plan marks `exclude` as a whole (`database.db`, `data/alerts.db`,
+  `data/recycle_test.db`) is still declared as a source, with a literal exclude rule for each
+  table the plan lists and no catch-all: the files are visible in `cdc status`, nothing in
+  them is captured (install skips a source with no mapped table), and a table the plan does
+  not list makes `resolve_plan` fail naming it instead of vanishing into a glob.
+  `recycle_test.db` holds no table at all, so it resolves to a source with nothing to do.
+* A SQLite file under `legacy_root` that the plan does not mention (there is none in the
+  shipped corpus; `audit_plan` says so) is declared as a source with no rule: if it holds any
+  table, `resolve_plan` fails naming the table and the file, so the operator has to decide.
+  A file the plan lists that is missing on disk stays a required source, so `resolve_plan`
+  reports it as not found. Neither is ever silently dropped.
+
+With `resolve=False` the table mapping is the plan as written; `resolve_plan` rejects it (four
+target tables receive two different source tables). With `resolve=True` the four collisions
+are resolved as `RESOLUTIONS` documents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+EXCLUDE = "exclude"
+SQLITE_HEADER = b"SQLite format 3\x00"
+CONTAINER_DIRS = ("data", "bots")
+"""Leading folders that say nothing about a file (dropped from its source name)."""
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
+
+RESOLUTIONS: dict[tuple[str, str], str] = {
+    # core.users: jarvis.db `users(id, name, email)` is the web app's account table;
+    # jarvis_admin.db `users(user_id, username, ..., spam_score, is_banned)` is the Telegram
+    # moderation roster. Different entities and different key columns (`id` vs `user_id`):
+    # `resolve_plan` refuses such a merge, so the admin table is renamed apart.
+    ("data/jarvis_admin.db", "users"): "admin_users",
+    # analytics.predictions: jarvis_memory's `predictions(id INTEGER AUTOINCREMENT,
+    # prediction, confidence, ...)` (the assistant's own forecasts) vs sentiment.db's
+    # `predictions(id TEXT, symbol, sentiment_score, ...)` (market calls). The key *names*
+    # agree, so the engine would accept a merge, but the key types do not (integer vs uuid
+    # text), no other column is shared, and a merged table keys on (tag, id): `id` would
+    # stop being a rowid alias, so the memory bot's `INSERT ... (prediction, ...)` without an
+    # id would store NULL ids after cutover. Renamed apart; jarvis_memory keeps the name.
+    ("data/sentiment.db", "predictions"): "sentiment_predictions",
+    # analytics.interactions: both `id INTEGER PRIMARY KEY AUTOINCREMENT`, so a merge is
+    # possible, but only `id` and `timestamp` are shared: a chat turn (user_input,
+    # jarvis_response, feedback, session_id) and an X interaction (tweet_id, user_handle,
+    # interaction_type) are different records. A merge would give a sparse table, drop the
+    # AUTOINCREMENT both bots rely on and force them to write the tag column; a rename keeps
+    # the X bot's own CREATE statement (defaults, AUTOINCREMENT) in the target.
+    ("data/jarvis_x_memory.db", "interactions"): "x_interactions",
+    # cache.memories: ai_memory.db `memories(id INTEGER AUTOINCREMENT, namespace, key,
+    # value, UNIQUE(namespace, key))` vs long_term.db `memories(id TEXT, content, embedding
+    # BLOB, ...)`. Beyond being different stores, a merged table is built from the union of
+    # columns without the sources' constraints: UNIQUE(namespace, key) would be lost, and it
+    # is what makes the ai_memory bot's `INSERT OR REPLACE` delete the old row in the target
+    # exactly as it does (silently, no DELETE trigger) in the legacy file. Renamed apart.
+    ("data/memory/long_term.db", "memories"): "long_term_memories",
+}
+"""(legacy file, table) -> new target table name, for the four collisions of plan.json."""
+
+
+def corpus_root(tests_file: str | os.PathLike[str]) -> Path:
+    """`../shared/corpus/jarvis` beside the repo root holding `tests_file`."""
+    return Path(tests_file).resolve().parents[2] / "shared" / "corpus" / "jarvis"
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def copy_legacy(src: Path, dst: Path) -> Path:
+    """Copy the legacy tree (databases and their -wal files) into `dst`, writable.
+
+    `shutil.copytree` would copy the fixtures' read-only modes (a read-only folder stops SQLite
+    from creating a journal), so files are copied by content only. `-shm` files are skipped:
+    they are a rebuildable index of the -wal, never data.
+    """
+    for dirpath, _dirs, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not f.endswith("-shm"):
+                shutil.copyfile(Path(dirpath) / f, dst / rel / f)
+    return dst
+
+
+def source_name(rel_path: str) -> str:
+    """`data/jarvis_admin.db` -> `jarvis_admin`; `bots/twitter/engagement.db` -> `twitter_engagement`."""
+    parts = list(PurePosixPath(rel_path).with_suffix("").parts)
+    while len(parts) > 1 and parts[0] in CONTAINER_DIRS:
+        parts.pop(0)
+    return _clean("_".join(parts))
+
+
+def source_names(rel_paths: list[str]) -> dict[str, str]:
+    """A unique, valid source name per path; colliding short names fall back to the full path."""
+    short = {p: source_name(p) for p in rel_paths}
+    counts: dict[str, int] = {}
+    for n in short.values():
+        counts[n] = counts.get(n, 0) + 1
+    out = {
+        p: n if counts[n] == 1 else _clean("_".join(PurePosixPath(p).with_suffix("").parts))
+        for p, n in short.items()
+    }
+    if len(set(out.values())) != len(out):
+        dup = sorted(n for n in set(out.values()) if list(out.values()).count(n) > 1)
+        raise ValueError(f"cannot derive unique source names: {dup}")
+    return out
+
+
+def _clean(name: str) -> str:
+    name = _NAME_OK.sub("_", name)
+    return name if re.match(r"[A-Za-z0-9_]", name) else "_" + name
+
+
+def is_sqlite_file(path: Path) -> bool:
+    if not path.is_file() or path.name.endswith(("-wal", "-shm", "-journal")):
+        return False
+    with open(path, "rb") as f:
+        return f.read(16) == SQLITE_HEADER
+
+
+@dataclass(frozen=True)
+class TableShape:
+    name: str
+    kind: str  # "table", "virtual" or "shadow"
+    columns: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+
+
+def read_tables(path: Path) -> dict[str, TableShape]:
+    """Every table of the main schema, read with Python's sqlite3 (independently of `cdc`)."""
+    uri = f"file:{path}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        out = {}
+        for name, kind in conn.execute(
+            "SELECT name, type FROM pragma_table_list WHERE schema='main' "
+            "AND type IN ('table','virtual','shadow') ORDER BY name"
+        ):
+            cols: tuple[str, ...] = ()
+            key: tuple[str, ...] = ()
+            if kind == "table":
+                info = conn.execute(
+                    "SELECT name, pk FROM pragma_table_xinfo(?) WHERE hidden=0 ORDER BY cid",
+                    (name,),
+                ).fetchall()
+                cols = tuple(c[0] for c in info)
+                key = tuple(c[0] for c in sorted((c for c in info if c[1]), key=lambda c: c[1]))
+            out[name] = TableShape(name, kind, cols, key)
+        return out
+
+
+def is_internal(name: str) -> bool:
+    return name.lower().startswith("sqlite_")
+
+
+@dataclass
+class PlanAudit:
+    """plan.json checked against the files under `legacy_root`."""
+
+    listed: list[str] = field(default_factory=list)  # plan paths, in plan order
+    unlisted_files: list[str] = field(default_factory=list)  # on disk, not in the plan
+    missing_files: list[str] = field(default_factory=list)  # in the plan, not on disk
+    unplanned_tables: list[tuple[str, str]] = field(default_factory=list)  # on disk, no entry
+    stale_tables: list[tuple[str, str]] = field(default_factory=list)  # in the plan, not on disk
+    virtual_tables: list[tuple[str, str]] = field(default_factory=list)
+    excluded_files: list[str] = field(default_factory=list)  # DB-level target "exclude"
+    collisions: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    inconsistent: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    tables: dict[str, dict[str, TableShape]] = field(default_factory=dict)
+
+
+def audit_plan(plan_json: dict, legacy_root: Path) -> PlanAudit:
+    """Compare the plan with the files: what it misses, what it names wrongly, what collides.
+
+    A collision is a target table receiving more than one source table; it is inconsistent
+    when their columns (names, order or key) differ.
+    """
+    legacy_root = Path(legacy_root)
+    dbs = plan_json["databases"]
+    a = PlanAudit(listed=list(dbs))
+    on_disk = sorted(
+        p.relative_to(legacy_root).as_posix()
+        for p in legacy_root.rglob("*")
+        if is_sqlite_file(p)
+    )
+    a.unlisted_files = [p for p in on_disk if p not in dbs]
+    for rel, entry in dbs.items():
+        if entry.get("target") == EXCLUDE:
+            a.excluded_files.append(rel)
+        path = legacy_root / rel
+        if not path.exists():
+            a.missing_files.append(rel)
+            continue
+        tables = read_tables(path)
+        a.tables[rel] = tables
+        planned = entry.get("tables", {})
+        for name, shape in tables.items():
+            if shape.kind == "virtual":
+                a.virtual_tables.append((rel, name))
+            if shape.kind != "shadow" and not is_internal(name) and name not in planned:
+                a.unplanned_tables.append((rel, name))
+        for name, rule in planned.items():
+            if name not in tables and not is_internal(name):
+                a.stale_tables.append((rel, name))
+            if rule["target"] == EXCLUDE or name not in tables or is_internal(name):
+                continue
+            if tables[name].kind != "table":
+                continue
+            key = (rule["target"], rule.get("as") or name)
+            a.collisions.setdefault(key, []).append((rel, name))
+    a.collisions = {k: v for k, v in a.collisions.items() if len(v) > 1}
+    for key, members in a.collisions.items():
+        shapes = {(a.tables[r][t].columns, a.tables[r][t].key) for r, t in members}
+        if len(shapes) > 1:
+            a.inconsistent[key] = members
+    return a
+
+
+def plan_to_config(plan_json: dict, legacy_root: Path, out_root: Path, resolve: bool) -> dict:
+    """The config dict for the operator's plan (see the module docstring for the decisions).
+
+    Targets are `out_root/<name>.db`, the state dir `out_root/cdc-state`; all paths absolute.
+    With `resolve=True`, `RESOLUTIONS` renames one side of each collision; a collision it does
+    not cover, or a resolution that no longer matches a collision of the plan, is an error
+    (so the resolutions cannot silently go stale when the plan changes).
+    """
+    legacy_root, out_root = Path(legacy_root), Path(out_root)
+    audit = audit_plan(plan_json, legacy_root)
+    dbs = plan_json["databases"]
+    if resolve:
+        covered = {(rel, t) for members in audit.inconsistent.values() for rel, t in members}
+        stale = [k for k in RESOLUTIONS if k not in covered]
+        if stale:
+            raise ValueError(f"resolutions for tables that no longer collide: {stale}")
+        for key, members in audit.collisions.items():
+            if sum(1 for m in members if m not in RESOLUTIONS) > 1:
+                raise ValueError(f"unresolved collision on {key[0]}.{key[1]}: {members}")
+    virtual = set(audit.virtual_tables)
+    names = source_names([*dbs, *audit.unlisted_files])
+    targets = sorted(
+        {e["target"] for e in dbs.values()}
+        | {r["target"] for e in dbs.values() for r in e.get("tables", {}).values()}
+    )
+    targets = [t for t in targets if t != EXCLUDE]
+
+    sources: list[dict] = []
+    rules: list[dict] = []
+    for rel, entry in dbs.items():
+        name = names[rel]
+        sources.append({"name": name, "path": str(legacy_root / rel)})
+        for table, r in entry.get("tables", {}).items():
+            if is_internal(table):
+                continue
+            rule: dict = {"source": name, "table": table}
+            if r["target"] == EXCLUDE or (rel, table) in virtual:
+                rule["exclude"] = True
+            else:
+                as_name = r.get("as") or table
+                if resolve:
+                    as_name = RESOLUTIONS.get((rel, table), as_name)
+                rule["target"] = r["target"]
+                rule["as"] = as_name
+            rules.append(rule)
+    for rel in audit.unlisted_files:  # declared, with no rule: resolve_plan names its tables
+        sources.append({"name": names[rel], "path": str(legacy_root / rel)})
+    return {
+        "state_dir": str(out_root / "cdc-state"),
+        "targets": {t: str(out_root / f"{t}.db") for t in targets},
+        "sources": sources,
+        "rules": rules,
+    }
+
+
+def config_to_toml(cfg: dict) -> str:
+    """Render a config dict (as `plan_to_config` makes it, plus optional `daemon`) as TOML."""
+    lines: list[str] = []
+    for k, v in cfg.items():
+        if not isinstance(v, dict | list):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+    for k, v in cfg.items():
+        if isinstance(v, list):
+            for item in v:
+                lines += ["", f"[[{k}]]"]
+                lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(x: object) -> str:
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int | float):
+        return repr(x)
+    if isinstance(x, str):
+        return json.dumps(x, ensure_ascii=False).replace("\x7f", "\\u007f")
+    raise TypeError(f"unsupported TOML value {x!r}")

@@ -1,0 +1,92 @@
+"""A bot process for crash tests: writes like the legacy bots, counts its own failures.
+
+Run as `python -m tests.workload DB SECONDS SEED`. Each operation opens a new connection
+(timeout 5 s, the driver default the real bots rely on) and commits; the mix covers
+inserts, REPLACE upserts, updates (REAL, TEXT, BLOB), key changes, deletes and whole-table
+rewrites. It prints one JSON line of counters on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import sys
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS positions(id INTEGER PRIMARY KEY AUTOINCREMENT, symbol TEXT UNIQUE,
+    qty REAL, px REAL, meta BLOB, opened TEXT DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v);
+CREATE TABLE IF NOT EXISTS ticks(sym TEXT, ts INTEGER, px REAL, PRIMARY KEY(sym, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_lines(msg TEXT, lvl INTEGER);
+"""
+
+VALUES = [None, 0, -1, 2**62, -0.0, 1e-300, 0.1 + 0.2, "é😀", "", b"\x00\x01\x00", 3.5]
+
+
+def op(c: sqlite3.Connection, rnd: random.Random) -> None:
+    r = rnd.random()
+    sym = f"S{rnd.randrange(60)}"
+    if r < 0.25:
+        c.execute("INSERT OR REPLACE INTO positions(symbol, qty, px, meta) VALUES (?, ?, ?, ?)",
+                  (sym, rnd.random() * 10, rnd.choice(VALUES), rnd.randbytes(rnd.randrange(4))))
+    elif r < 0.40:
+        c.execute("UPDATE positions SET px = ?, qty = qty + 1 WHERE symbol = ?", (rnd.random(), sym))
+    elif r < 0.45:
+        c.execute("UPDATE positions SET id = id + 100000 WHERE symbol = ? AND id < 100000", (sym,))
+    elif r < 0.50:
+        c.execute("DELETE FROM positions WHERE symbol = ?", (sym,))
+    elif r < 0.62:
+        c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"k{rnd.randrange(100)}", rnd.choice(VALUES)))
+    elif r < 0.66:
+        c.execute("DELETE FROM kv WHERE k = ?", (f"k{rnd.randrange(100)}",))
+    elif r < 0.80:
+        c.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?, ?)", (sym, rnd.randrange(50), rnd.random()))
+    elif r < 0.83:
+        c.execute("UPDATE ticks SET ts = ts + 1000 WHERE sym = ? AND ts < 1000", (sym,))
+    elif r < 0.95:
+        c.execute("INSERT INTO log_lines VALUES (?, ?)", (rnd.choice(["ok", "warn", "é"]), rnd.randrange(5)))
+        if rnd.random() < 0.2:
+            c.execute("DELETE FROM log_lines WHERE rowid IN (SELECT rowid FROM log_lines LIMIT 3)")
+    else:  # whole-table rewrite in one transaction, as the real treasury writer does
+        c.execute("BEGIN IMMEDIATE")  # deferred would deadlock two bots against each other
+        rows = c.execute("SELECT symbol, qty, px, meta FROM positions").fetchall()
+        c.execute("DELETE FROM positions")
+        c.executemany("INSERT INTO positions(symbol, qty, px, meta) VALUES (?, ?, ?, ?)", rows)
+        c.execute("COMMIT")
+
+
+def main() -> None:
+    db, seconds, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    rnd = random.Random(seed)
+    stop = False
+
+    def on_term(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    ops = errors = 0
+    worst = 0.0
+    last_error = None
+    deadline = time.monotonic() + seconds
+    while not stop and time.monotonic() < deadline:
+        t0 = time.monotonic()
+        try:
+            c = sqlite3.connect(db, timeout=5.0, isolation_level=None)
+            op(c, rnd)
+            c.close()
+            ops += 1
+        except sqlite3.Error as e:
+            errors += 1
+            last_error = str(e)
+        worst = max(worst, time.monotonic() - t0)
+        time.sleep(rnd.random() * 0.004)
+    print(json.dumps({"ops": ops, "errors": errors, "max_stall_ms": worst * 1000,
+                      "last_error": last_error}))
+
+
+if __name__ == "__main__":
+    main()
