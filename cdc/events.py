@@ -31,8 +31,15 @@ class Op(enum.IntEnum):
 
 
 class ColumnDef(msgspec.Struct, frozen=True, array_like=True):
+    """A column as declared; `default` is the SQL text of its DEFAULT clause, if any.
+
+    The default matters when a bot adds a column with ALTER TABLE: rows that existed
+    before read the default without any trigger firing, so the target column needs it too.
+    """
+
     name: str
     decl_type: str = ""
+    default: str | None = None
 
 
 class TableSchema(msgspec.Struct, frozen=True, tag="schema", array_like=True):
@@ -72,11 +79,18 @@ class RowChange(msgspec.Struct, frozen=True, tag="row", array_like=True):
 
 
 class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
-    """How far the initial copy of one table has got; `after` is the last key copied."""
+    """How far the initial copy of one table has got.
+
+    `after` is the last key copied; `until` the highest key when the copy began. Rows above
+    it were written after capture started, so the trigger stream carries them: bounding
+    the copy keeps a bot that rewrites a whole table (new ids each time) from making the
+    snapshot chase its tail forever.
+    """
 
     table: str
     done: bool = False
     after: list[Value] | None = None
+    until: list[Value] | None = None
 
 
 class SourcePosition(msgspec.Struct, frozen=True):

@@ -235,16 +235,26 @@ class Harvester:
             info = self.infos[cur.table]
             kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
             width = len(kexpr)
-            cols = ", ".join(q(c) for c in info.column_names)
-            where, args = "", []
-            if cur.after is not None:
-                where = f"WHERE ({', '.join(kexpr)}) > ({', '.join('?' * width)})"
-                args = list(cur.after)
-            rows = self.conn.execute(
-                f"SELECT {', '.join(kexpr)}, {cols} FROM {q(info.name)} {where} "
-                f"ORDER BY {', '.join(kexpr)} LIMIT {int(limit)}",
-                args,
-            ).fetchall()
+            keys = ", ".join(kexpr)
+            marks = ", ".join("?" * width)
+            until = cur.until
+            if until is None:
+                top = self.conn.execute(
+                    f"SELECT {keys} FROM {q(info.name)} ORDER BY {', '.join(k + ' DESC' for k in kexpr)} LIMIT 1"
+                ).fetchone()
+                until = list(top) if top else None
+            rows = []
+            if until is not None:
+                conds, args = [f"({keys}) <= ({marks})"], list(until)
+                if cur.after is not None:
+                    conds.append(f"({keys}) > ({marks})")
+                    args += list(cur.after)
+                cols = ", ".join(q(c) for c in info.column_names)
+                rows = self.conn.execute(
+                    f"SELECT {keys}, {cols} FROM {q(info.name)} WHERE {' AND '.join(conds)} "
+                    f"ORDER BY {keys} LIMIT {int(limit)}",
+                    args,
+                ).fetchall()
         finally:
             self.conn.execute("COMMIT")
         src = self.plan.name
@@ -254,7 +264,8 @@ class Harvester:
         ]
         after = list(rows[-1][:width]) if rows else cur.after
         snaps = list(pos.snapshots)
-        snaps[idx] = SnapshotCursor(cur.table, len(rows) < limit, after)
+        done = until is None or len(rows) < limit or after == until
+        snaps[idx] = SnapshotCursor(cur.table, done, after, until)
         schemas, self._pending_schemas = self._pending_schemas, []
         new_pos = SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(frames))
         try:

@@ -75,14 +75,15 @@ def list_tables(conn: apsw.Connection) -> list[TableInfo]:
 
 def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = None) -> TableInfo:
     cols = conn.execute(
-        "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?) ORDER BY cid", (name,)
+        "SELECT name, type, pk, hidden, dflt_value FROM pragma_table_xinfo(?) ORDER BY cid",
+        (name,),
     ).fetchall()
     if without_rowid is None:
         row = conn.execute(
             "SELECT wr FROM pragma_table_list WHERE schema='main' AND name=?", (name,)
         ).fetchone()
         without_rowid = bool(row and row[0])
-    columns = [ColumnDef(c[0], c[1] or "") for c in cols if c[3] == 0]
+    columns = [ColumnDef(c[0], c[1] or "", c[4]) for c in cols if c[3] == 0]
     pk = [c[0] for c in sorted((c for c in cols if c[2] > 0), key=lambda c: c[2])]
     sql_row = conn.execute(
         "SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)

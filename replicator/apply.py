@@ -53,7 +53,7 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
                     m = plan.mapping(f.source, f.table)
                     if m is not None and m.target == target.name:
                         # Rows queued so far were shaped by the previous schema.
-                        _flush(conn, target, runs.pop((f.source, f.table), []))
+                        applied += _flush(conn, target, runs.pop((f.source, f.table), []))
                         target.apply_schema(f, m)
                 elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
                     p = f.position

@@ -126,6 +126,8 @@ class TargetDB:
             if c.name.lower() in present:
                 continue
             decl = _decl(c) if m.tag_column is None else ""
+            if c.default is not None:
+                decl += f" DEFAULT {c.default}"  # SQL text from the source's own schema
             self.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {decl}")
             log.info("target %s: added column %s.%s", self.name, m.target_table, c.name)
 

@@ -174,7 +174,8 @@ def read_tables(path: Path) -> dict[str, TableShape]:
 
 
 def is_internal(name: str) -> bool:
-    return name.lower().startswith("sqlite_")
+    """SQLite's own tables (`sqlite_sequence`, ...) and the capture tables `cdc` installs."""
+    return name.lower().startswith(("sqlite_", "_cdc_"))
 
 
 @dataclass
@@ -203,9 +204,7 @@ def audit_plan(plan_json: dict, legacy_root: Path) -> PlanAudit:
     dbs = plan_json["databases"]
     a = PlanAudit(listed=list(dbs))
     on_disk = sorted(
-        p.relative_to(legacy_root).as_posix()
-        for p in legacy_root.rglob("*")
-        if is_sqlite_file(p)
+        p.relative_to(legacy_root).as_posix() for p in legacy_root.rglob("*") if is_sqlite_file(p)
     )
     a.unlisted_files = [p for p in on_disk if p not in dbs]
     for rel, entry in dbs.items():

@@ -1,0 +1,695 @@
+"""The jarvis legacy corpus end to end: its plan checked, resolved, installed and replicated live.
+
+The corpus (29 real-schema SQLite files, see its README) lives beside the repo root in
+`../shared/corpus/jarvis` and is read-only: every test works on a copy in `tmp_path`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cdc import ops
+from cdc.config import config_from_dict, load_config
+from cdc.errors import PlanError
+from cdc.plan import Plan, resolve_plan
+from cdc.status import collect_status
+from tests.corpus import (
+    RESOLUTIONS,
+    audit_plan,
+    config_to_toml,
+    copy_legacy,
+    is_internal,
+    plan_to_config,
+    read_tables,
+    source_name,
+    source_names,
+)
+from verifier.compare import compare_plan
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "jarvis"
+REPO = Path(__file__).resolve().parents[1]
+INCONSISTENT = ["core.users", "analytics.predictions", "analytics.interactions", "cache.memories"]
+DAEMON = {"poll_interval": 0.05, "trim_interval": 0.2}
+WAIT = 30.0  # seconds; each wait polls, this is only the give-up bound
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    if not (CORPUS / "plan.json").is_file() or not (CORPUS / "legacy").is_dir():
+        pytest.skip(f"jarvis corpus not found at {CORPUS} (expected ../shared beside the repo)")
+    return CORPUS
+
+
+@pytest.fixture(scope="module")
+def plan_json(corpus: Path) -> dict:
+    return json.loads((corpus / "plan.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def manifest(corpus: Path) -> dict[str, dict[str, int]]:
+    data = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    return {d["path"]: d["tables"] for d in data["databases"]}
+
+
+@pytest.fixture
+def legacy(corpus: Path, tmp_path: Path) -> Path:
+    """A writable copy of the legacy tree (the fixtures themselves are never opened for write)."""
+    return copy_legacy(corpus / "legacy", tmp_path / "legacy")
+
+
+def _config(plan_json: dict, legacy: Path, out: Path, resolve: bool):
+    data = plan_to_config(plan_json, legacy, out, resolve)
+    data["daemon"] = dict(DAEMON)
+    out.mkdir(parents=True, exist_ok=True)
+    return data, config_from_dict(data, out)
+
+
+def _cdc_objects(legacy: Path) -> list[tuple[str, str]]:
+    """Every object sqlite-cdc could have added to a legacy file."""
+    found = []
+    for p in sorted(legacy.rglob("*.db")):
+        with contextlib.closing(sqlite3.connect(f"file:{p}?mode=ro", uri=True)) as c:
+            rows = c.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE '\\_cdc\\_%' ESCAPE '\\'"
+            )
+            found += [(p.relative_to(legacy).as_posix(), r[0]) for r in rows]
+    return found
+
+
+def _assert_nothing_orphaned(plan: Plan, plan_json: dict, legacy: Path) -> None:
+    """Every table of every legacy file is mapped or excluded (read independently of `cdc`)."""
+    names = source_names(list(plan_json["databases"]))
+    files = sorted(p.relative_to(legacy).as_posix() for p in legacy.rglob("*.db"))
+    assert sorted(names) == files, "a legacy file is missing from the plan (or vice versa)"
+    for rel in files:
+        sp = plan.source(names[rel])
+        assert Path(sp.path) == legacy / rel
+        handled = {m.table for m in sp.tables} | set(sp.excluded) | set(sp.uncapturable)
+        for name, shape in read_tables(legacy / rel).items():
+            if is_internal(name) or shape.kind == "shadow":
+                continue
+            assert name in handled, f"{rel}: table {name} is neither mapped nor excluded"
+        assert not (set(sp.excluded) & {m.table for m in sp.tables})
+
+
+# -- the plan and its conversion ------------------------------------------------------------
+
+
+def test_source_names_are_derived_from_paths_unique_and_valid(plan_json: dict) -> None:
+    assert source_name("data/jarvis_admin.db") == "jarvis_admin"
+    assert source_name("bots/twitter/engagement.db") == "twitter_engagement"
+    assert source_name("data/memory/long_term.db") == "memory_long_term"
+    assert source_name("database.db") == "database"
+    assert source_name("bots/treasury/.positions.db") == "treasury_.positions"
+    names = source_names(list(plan_json["databases"]))
+    assert len(set(names.values())) == len(names) == 29
+    assert all(
+        n.replace("_", "a").replace(".", "a").replace("-", "a").isalnum() for n in names.values()
+    )
+    # colliding short names fall back to the whole path, still unique
+    assert source_names(["data/x.db", "bots/x.db"]) == {
+        "data/x.db": "data_x",
+        "bots/x.db": "bots_x",
+    }
+
+
+def test_plan_audit_against_the_files(plan_json: dict, manifest: dict, legacy: Path) -> None:
+    a = audit_plan(plan_json, legacy)
+    assert a.unlisted_files == []  # every SQLite file on disk is in the plan ...
+    assert a.missing_files == []  # ... and every file of the plan is on disk
+    assert sorted(a.listed) == sorted(manifest)
+    assert a.unplanned_tables == [] and a.stale_tables == []
+    assert a.virtual_tables == [
+        ("data/jarvis_memory.db", "facts_fts"),
+        ("data/jarvis_memory.db", "reflections_fts"),
+    ]
+    assert sorted(a.excluded_files) == ["data/alerts.db", "data/recycle_test.db", "database.db"]
+    # recycle_test.db is excluded as a whole and holds nothing at all
+    assert plan_json["databases"]["data/recycle_test.db"] == {"target": "exclude", "tables": {}}
+    assert [t for t in a.tables["data/recycle_test.db"] if not is_internal(t)] == []
+    # the four collisions are exactly the README's, each between tables whose columns differ
+    assert sorted(f"{t}.{n}" for t, n in a.inconsistent) == sorted(INCONSISTENT)
+    assert a.collisions == a.inconsistent
+    for members in a.inconsistent.values():
+        (r1, t1), (r2, t2) = members
+        assert a.tables[r1][t1].columns != a.tables[r2][t2].columns
+    # each resolution renames one side of one of them
+    for (rel, table), new in RESOLUTIONS.items():
+        assert any((rel, table) in m for m in a.inconsistent.values()), (rel, table)
+        assert all(
+            new != rule.get("as")
+            for e in plan_json["databases"].values()
+            for rule in e["tables"].values()
+        )
+
+
+def test_conversion_rules(plan_json: dict, legacy: Path, tmp_path: Path) -> None:
+    data = plan_to_config(plan_json, legacy, tmp_path / "out", resolve=False)
+    assert sorted(data["targets"]) == ["analytics", "cache", "core"]
+    rules = {(r["source"], r["table"]): r for r in data["rules"]}
+    assert not any(t.startswith("sqlite_") for _, t in rules)  # internal: no rule
+    assert not any("_fts_" in t for _, t in rules)  # FTS5 shadow tables: no rule
+    # virtual tables excluded although the plan maps them to analytics
+    assert (
+        plan_json["databases"]["data/jarvis_memory.db"]["tables"]["facts_fts"]["target"]
+        == "analytics"
+    )
+    assert rules[("jarvis_memory", "facts_fts")] == {
+        "source": "jarvis_memory",
+        "table": "facts_fts",
+        "exclude": True,
+    }
+    assert rules[("jarvis_memory", "reflections_fts")]["exclude"] is True
+    assert rules[("jarvis", "test")]["exclude"] is True
+    assert rules[("twitter_engagement", "threads")] == {
+        "source": "twitter_engagement",
+        "table": "threads",
+        "target": "analytics",
+        "as": "threads",
+    }
+    assert rules[("telegram_memory", "messages")]["as"] == "telegram_messages"
+    # DB-level "exclude": declared, every table excluded by a literal rule, no glob anywhere
+    for src in ("database", "alerts"):
+        assert {r.get("exclude") for (s, _), r in rules.items() if s == src} == {True}
+    assert "recycle_test" in {s["name"] for s in data["sources"]}
+    assert not any(set("*?[") & set(r["table"] + r["source"]) for r in data["rules"])
+    # the TOML rendering loads back to the same config
+    data["daemon"] = dict(DAEMON)
+    toml = tmp_path / "out" / "cdc.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text(config_to_toml(data), encoding="utf-8")
+    from_file = load_config(toml)
+    from_dict = config_from_dict(data, toml.parent)
+    assert from_file.sources == from_dict.sources and from_file.rules == from_dict.rules
+    assert from_file.targets == from_dict.targets and from_file.daemon == from_dict.daemon
+
+
+def test_plan_as_written_is_rejected_before_anything_is_installed(
+    plan_json: dict, legacy: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    data, cfg = _config(plan_json, legacy, out, resolve=False)
+    with pytest.raises(PlanError) as ei:
+        resolve_plan(cfg)
+    msg = str(ei.value)
+    assert "4 problem(s)" in msg  # the four collisions and nothing else
+    for target in INCONSISTENT:
+        assert f"{target} receives" in msg, target
+    with pytest.raises(PlanError):
+        ops.install(cfg)
+    (out / "cdc.toml").write_text(config_to_toml(data), encoding="utf-8")
+    r = _cli("install", out / "cdc.toml")
+    assert r.returncode == PlanError.exit_code, r.stderr
+    assert all(t in r.stderr for t in INCONSISTENT)
+    assert _cdc_objects(legacy) == []
+    assert not any(Path(p).exists() for p in cfg.targets.values())
+
+
+def test_merge_is_refused_where_primary_keys_differ(
+    plan_json: dict, legacy: Path, tmp_path: Path
+) -> None:
+    """Why core.users is a rename: its two tables key on `id` and `user_id`."""
+    data = plan_to_config(plan_json, legacy, tmp_path / "out", resolve=False)
+    for r in data["rules"]:
+        if r["table"] == "users" and r["source"] in ("jarvis", "jarvis_admin"):
+            r["merge"] = True
+    with pytest.raises(PlanError) as ei:
+        resolve_plan(config_from_dict(data, tmp_path))
+    assert "core.users: merged tables have different primary keys (id; user_id)" in str(ei.value)
+
+
+def test_resolved_plan_maps_every_table(plan_json: dict, legacy: Path, tmp_path: Path) -> None:
+    _, cfg = _config(plan_json, legacy, tmp_path / "out", resolve=True)
+    plan = resolve_plan(cfg)
+    _assert_nothing_orphaned(plan, plan_json, legacy)
+    assert sum(len(s.tables) for s in plan.sources) == 95  # 104 tables - 9 excluded
+    assert plan.mapping("jarvis", "users").target_table == "users"
+    assert plan.mapping("jarvis_admin", "users").target_table == "admin_users"
+    assert plan.mapping("jarvis_memory", "predictions").target_table == "predictions"
+    assert plan.mapping("sentiment", "predictions").target_table == "sentiment_predictions"
+    assert plan.mapping("jarvis_memory", "interactions").target_table == "interactions"
+    assert plan.mapping("jarvis_x_memory", "interactions").target_table == "x_interactions"
+    assert plan.mapping("ai_memory", "memories").target_table == "memories"
+    assert plan.mapping("memory_long_term", "memories").target_table == "long_term_memories"
+    assert all(m.tag_column is None for s in plan.sources for m in s.tables)  # no merges
+    assert plan.source("jarvis_memory").uncapturable == ["facts_fts", "reflections_fts"]
+    for name in ("database", "alerts", "recycle_test"):
+        assert plan.source(name).tables == []
+    assert plan.source("recycle_test").excluded == []
+
+
+def test_file_the_plan_does_not_list_is_not_dropped(
+    plan_json: dict, legacy: Path, tmp_path: Path
+) -> None:
+    """An unlisted SQLite file becomes a source with no rule: its tables stop the plan."""
+    stray = legacy / "data" / "stray.sqlite3"
+    with contextlib.closing(sqlite3.connect(stray)) as c, c:
+        c.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+    assert audit_plan(plan_json, legacy).unlisted_files == ["data/stray.sqlite3"]
+    _, cfg = _config(plan_json, legacy, tmp_path / "out", resolve=True)
+    assert ("stray", str(stray)) in {(s.name, s.path) for s in cfg.sources}
+    with pytest.raises(PlanError) as ei:
+        resolve_plan(cfg)
+    assert "1 problem(s)" in str(ei.value)
+    assert f"table 'notes' of source 'stray' ({stray}) is matched by no rule" in str(ei.value)
+    # an empty unlisted file is declared too, and has nothing to capture
+    stray.unlink()
+    with contextlib.closing(sqlite3.connect(stray)) as c:
+        c.execute("PRAGMA user_version=1")
+    _, cfg = _config(plan_json, legacy, tmp_path / "out2", resolve=True)
+    assert resolve_plan(cfg).source("stray").tables == []
+
+
+def test_file_the_plan_lists_but_is_missing_is_reported(
+    plan_json: dict, legacy: Path, tmp_path: Path
+) -> None:
+    for suffix in ("", "-wal"):
+        (legacy / f"data/custom.db{suffix}").unlink()
+    assert audit_plan(plan_json, legacy).missing_files == ["data/custom.db"]
+    _, cfg = _config(plan_json, legacy, tmp_path / "out", resolve=True)
+    with pytest.raises(PlanError) as ei:
+        resolve_plan(cfg)
+    assert "source 'custom'" in str(ei.value) and "not found" in str(ei.value)
+    assert not (legacy / "data/custom.db").exists()  # and it was not created by accident
+
+
+# -- live replication ---------------------------------------------------------------------
+
+
+def _cli(*args: object, timeout: float = WAIT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cdc", args[0], "-c", str(args[1]), *map(str, args[2:])]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _wait_for(what: str, cond: Callable[[], object], proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + WAIT
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"daemon exited ({proc.returncode}) while waiting for {what}:\n"
+                + log.read_text(errors="replace")
+            )
+        last = cond()
+        if last is True:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}; last: {last}\n" + log.read_text(errors="replace"))
+
+
+def _caught_up(cfg, plan: Plan, need_snapshot: bool = True):
+    st = collect_status(cfg, plan)
+    if st.daemon.state != "running":
+        return f"daemon {st.daemon.state}: {st.daemon.error}"
+    busy = [
+        (s.name, s.snapshot, s.backlog_events, s.last_error)
+        for s in st.sources
+        if s.tables
+        and (
+            s.backlog_events
+            or s.last_error
+            or not s.installed
+            or (need_snapshot and s.snapshot != "done")
+        )
+    ]
+    return busy or True
+
+
+def _write(path: Path, fn: Callable[[sqlite3.Connection], None]) -> None:
+    """One bot operation: a fresh connection (default 5 s timeout), one transaction."""
+    with contextlib.closing(sqlite3.connect(path)) as c, c:
+        fn(c)
+
+
+def _resave(table: str, key: str, edit: Callable[[list[list]], list[list]]):
+    """The treasury writer's save: delete every row, insert them all again (edited)."""
+
+    def fn(c: sqlite3.Connection) -> None:
+        cur = c.execute(f"SELECT * FROM {table} ORDER BY {key}")
+        cols = [d[0] for d in cur.description]
+        rows = edit([list(r) for r in cur.fetchall()])
+        c.execute(f"DELETE FROM {table}")
+        c.executemany(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows
+        )
+
+    return fn
+
+
+def _burst(legacy: Path) -> dict[tuple[str, str], int]:
+    """Writes modelled on the corpus README; returns row-count deltas per (file, table)."""
+    rnd = random.Random(20260125)
+    d = {}
+    jarvis = legacy / "data/jarvis.db"
+
+    def positions(rows):
+        rows = rows[5:]  # five positions closed and dropped
+        for r in rows[::3]:
+            r[13] = r[13] * 1.1 + 1e-12 if r[13] is not None else 0.1 + 0.2  # pnl_sol (REAL)
+            r[10] = "closed"
+        for i in range(3):
+            rows.append(
+                [
+                    f"new-pos-{i}",
+                    "BONK",
+                    f"mint{i}",
+                    1e-5,
+                    0.5,
+                    50000.0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    "open",
+                    None,
+                    None,
+                    None,
+                    None,
+                    "2026-01-25T00:00:00",
+                    None,
+                    None,
+                    None,
+                    i,
+                ]
+            )
+        return rows
+
+    _write(jarvis, _resave("positions", "id", positions))
+    _write(jarvis, _resave("positions", "id", lambda rows: rows))  # an unchanged save
+    d["data/jarvis.db", "positions"] = -5 + 3
+
+    def trades(rows):
+        rows = rows[4:]
+        rows += [
+            [
+                f"new-trade-{i}",
+                "WIF",
+                "mintW",
+                "BUY",
+                0.25 * i,
+                1000.0 + i,
+                2.5e-4,
+                "2026-01-25T00:00:01",
+                None,
+                "new-pos-0",
+                0,
+            ]
+            for i in range(6)
+        ]
+        return rows
+
+    _write(jarvis, _resave("trades", "id", trades))
+    d["data/jarvis.db", "trades"] = -4 + 6
+
+    def orders(rows):
+        for r in rows[::7]:
+            r[1] = json.dumps({"symbol": "PYTH", "price": rnd.random(), "flags": ["edited"]})
+        return rows[10:]
+
+    _write(jarvis, _resave("treasury_orders", "order_id", orders))
+    d["data/jarvis.db", "treasury_orders"] = -10
+    _write(
+        jarvis,
+        lambda c: c.execute(
+            "UPDATE scorecard SET total_pnl_sol=?, win_rate=?, largest_loss_sol=?, total_trades="
+            "total_trades+1 WHERE id=1",
+            (0.1 + 0.2, 1 / 3, -2.5e-300),
+        ),
+    )
+    _write(
+        jarvis,
+        lambda c: c.executemany(  # upserts, two replacing existing ids
+            "INSERT OR REPLACE INTO users(id, name, email) VALUES (?, ?, ?)",
+            [
+                (1, "renamed", None),
+                (2, "x", "x@example.org"),
+                (10_001, "new", "n@example.org"),
+                (10_002, "new2", ""),
+            ],
+        ),
+    )
+    d["data/jarvis.db", "users"] = 2
+    _write(jarvis, lambda c: c.execute("INSERT INTO test(id) VALUES (99999)"))  # excluded table
+
+    admin = legacy / "data/jarvis_admin.db"
+    _write(
+        admin,
+        lambda c: c.execute(
+            "UPDATE users SET spam_score = spam_score + 0.25, is_banned = 1 WHERE user_id % 7 = 0"
+        ),
+    )
+    d["data/jarvis_admin.db", "users"] = 0 if _exists(admin, "users", "user_id", 42) else 1
+    _write(
+        admin,
+        lambda c: c.execute(
+            "INSERT OR REPLACE INTO users(user_id, username, spam_score) VALUES (42, 'bot42', 0.75)"
+        ),
+    )
+    _write(
+        admin,
+        lambda c: c.executemany(
+            "INSERT INTO messages(message_id, user_id, username, text, chat_id) VALUES (?,?,?,?,?)",
+            [(90_000 + i, 42, "bot42", f"gm {i} 👀", -1001) for i in range(10)],
+        ),
+    )
+    _write(
+        admin,
+        lambda c: c.execute(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT 7)"
+        ),
+    )
+    d["data/jarvis_admin.db", "messages"] = 10 - 7
+
+    # INSERT OR REPLACE hitting UNIQUE(namespace, key): the old row goes, no DELETE trigger
+    ai = legacy / "data/ai_memory.db"
+    with contextlib.closing(sqlite3.connect(ai)) as c:
+        pairs = c.execute("SELECT namespace, key FROM memories ORDER BY id LIMIT 5").fetchall()
+    _write(
+        ai,
+        lambda c: c.executemany(
+            "INSERT OR REPLACE INTO memories(namespace, key, value) VALUES (?, ?, ?)",
+            [(ns, k, "replaced") for ns, k in pairs] + [("new", f"k{i}", "v") for i in range(3)],
+        ),
+    )
+    d["data/ai_memory.db", "memories"] = 3
+
+    lt = legacy / "data/memory/long_term.db"  # BLOBs
+    _write(
+        lt,
+        lambda c: c.executemany(
+            "UPDATE memories SET embedding = ?, importance_score = importance_score / 3 WHERE id = ?",
+            [
+                (rnd.randbytes(64), r[0])
+                for r in c.execute("SELECT id FROM memories ORDER BY id LIMIT 10").fetchall()
+            ],
+        ),
+    )
+    _write(
+        lt,
+        lambda c: c.executemany(
+            "INSERT INTO memories(id, content, content_hash, memory_type, priority, embedding, "
+            "created_at, accessed_at, updated_at) VALUES (?, 'c', 'h', 'fact', 1, ?, 'a', 'b', 'c')",
+            [
+                ("blob-0", b""),
+                ("blob-1", b"\x00\x01\x00"),
+                ("blob-2", rnd.randbytes(4096)),
+                ("blob-3", None),
+            ],
+        ),
+    )
+    _write(
+        lt,
+        lambda c: c.execute(
+            "DELETE FROM memories WHERE id IN (SELECT id FROM memories ORDER BY id DESC LIMIT 2)"
+        ),
+    )
+    d["data/memory/long_term.db", "memories"] = 4 - 2
+
+    fc = legacy / "data/cache/file_cache.db"  # pickled values
+    _write(
+        fc,
+        lambda c: c.executemany(
+            "INSERT OR REPLACE INTO cache_entries(key, value, created_at, expires_at) VALUES (?,?,?,?)",
+            [
+                (r[0], pickle.dumps({"v": i, "f": 1 / 7}), 1.0 * i, 2e9)
+                for i, r in enumerate(
+                    c.execute("SELECT key FROM cache_entries ORDER BY key LIMIT 5").fetchall()
+                )
+            ]
+            + [(f"new-{i}", pickle.dumps([i, None]), 0.5, 1e9) for i in range(2)],
+        ),
+    )
+    d["data/cache/file_cache.db", "cache_entries"] = 2
+
+    # a bot adds a column at start-up, then writes it
+    xm = legacy / "data/jarvis_x_memory.db"
+    _write(xm, lambda c: c.execute("ALTER TABLE interactions ADD COLUMN sentiment REAL"))
+    _write(
+        xm,
+        lambda c: c.execute(
+            "UPDATE interactions SET sentiment = (id % 10) / 10.0 WHERE id % 3 = 0"
+        ),
+    )
+    _write(
+        xm,
+        lambda c: c.executemany(
+            "INSERT INTO interactions(tweet_id, user_handle, interaction_type, sentiment) "
+            "VALUES (?, ?, 'reply', ?)",
+            [("t1", "@a", -0.5), ("t2", "@b", 0.75)],
+        ),
+    )
+    d["data/jarvis_x_memory.db", "interactions"] = 2
+
+    jm = legacy / "data/jarvis_memory.db"  # app-owned FTS triggers fire alongside ours
+    _write(
+        jm,
+        lambda c: c.executemany(
+            "INSERT INTO facts(entity, fact, confidence) VALUES (?, ?, ?)",
+            [("BONK", f"new fact {i}", 0.5 + i / 10) for i in range(3)],
+        ),
+    )
+    _write(jm, lambda c: c.execute("UPDATE facts SET confidence = 0.99 WHERE id IN (2, 3)"))
+    _write(jm, lambda c: c.execute("DELETE FROM facts WHERE id = 4"))
+    _write(jm, lambda c: c.execute("DELETE FROM reflections WHERE id IN (1, 2)"))
+    d["data/jarvis_memory.db", "facts"] = 3 - 1
+    d["data/jarvis_memory.db", "reflections"] = -2
+
+    se = legacy / "data/sentiment.db"  # no declared key: identified by rowid
+    _write(se, lambda c: c.execute("DELETE FROM component_correlations WHERE rowid IN (5, 6, 7)"))
+    _write(
+        se,
+        lambda c: c.execute(
+            "UPDATE component_correlations SET correlation = -correlation WHERE rowid = 8"
+        ),
+    )
+    _write(
+        se,
+        lambda c: c.executemany(
+            "INSERT INTO component_correlations VALUES (?, 'grok', ?, 3)",
+            [("2026-01-25T00:00:00", 0.125), ("2026-01-25T00:00:01", -1.0)],
+        ),
+    )
+    d["data/sentiment.db", "component_correlations"] = -3 + 2
+
+    rl = legacy / "data/rate_limiter.db"  # composite key upserts
+    _write(
+        rl,
+        lambda c: c.executemany(
+            "INSERT OR REPLACE INTO limit_stats(name, date, total_requests, avg_wait_time_ms) "
+            "VALUES (?, ?, ?, ?)",
+            [
+                (*r, 1, 0.5)
+                for r in c.execute("SELECT name, date FROM limit_stats LIMIT 3").fetchall()
+            ]
+            + [("new", "2026-01-25", 7, 12.25)],
+        ),
+    )
+    d["data/rate_limiter.db", "limit_stats"] = 1
+
+    al = legacy / "data/alerts.db"  # a file excluded as a whole
+    _write(
+        al,
+        lambda c: c.execute(
+            "INSERT INTO alerts(id, name, alert_type, symbol) VALUES ('x', 'n', 't', 'S')"
+        ),
+    )
+    return d
+
+
+def _exists(path: Path, table: str, col: str, value: object) -> bool:
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        return c.execute(f"SELECT 1 FROM {table} WHERE {col} = ?", (value,)).fetchone() is not None
+
+
+def _target_count(plan: Plan, source: str, table: str) -> int:
+    m = plan.mapping(source, table)
+    with contextlib.closing(
+        sqlite3.connect(f"file:{plan.targets[m.target]}?mode=ro", uri=True)
+    ) as c:
+        return c.execute(f'SELECT count(*) FROM "{m.target_table}"').fetchone()[0]
+
+
+def _target_tables(path: str) -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as c:
+        return {
+            r[0]
+            for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            if not r[0].startswith(("sqlite_", "_cdc_"))
+        }
+
+
+def test_resolved_plan_replicates_live_writes(
+    plan_json: dict, manifest: dict, legacy: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    data, cfg = _config(plan_json, legacy, out, resolve=True)
+    toml = out / "cdc.toml"
+    toml.write_text(config_to_toml(data), encoding="utf-8")
+    cfg = load_config(toml)
+    plan = resolve_plan(cfg)
+    names = source_names(list(plan_json["databases"]))
+
+    r = _cli("install", toml)
+    assert r.returncode == 0, r.stderr
+    assert "installed: 95 tables in 26 databases" in r.stdout
+    for rel in ("database.db", "data/alerts.db", "data/recycle_test.db"):  # excluded files
+        assert not [o for o in _cdc_objects(legacy) if o[0] == rel]
+
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run", "-c", str(toml)],
+            cwd=REPO,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for("the snapshot", lambda: _caught_up(cfg, plan), proc, log)
+        snap = compare_plan(plan)
+        assert [d for d in snap if not d.equal] == []
+        for d in snap:  # the snapshot is the manifest, table by table
+            rel = next(p for p, n in names.items() if n == d.source)
+            assert d.target_rows == d.source_rows == manifest[rel][d.table], d
+
+        deltas = _burst(legacy)
+        _wait_for("zero backlog", lambda: _caught_up(cfg, plan, need_snapshot=False), proc, log)
+        st = _cli("status", toml, "--json")
+        assert st.returncode == 0, st.stderr
+        status = json.loads(st.stdout)
+        assert status["daemon"]["state"] == "running"
+        assert all(s["backlog_events"] == 0 for s in status["sources"]), status["sources"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0, log.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    plan = resolve_plan(cfg)  # the files' shapes after the burst (the ALTER)
+    diffs = compare_plan(plan)
+    assert len(diffs) == 95
+    assert [d for d in diffs if not d.equal] == []
+    for (rel, table), delta in deltas.items():
+        expected = manifest[rel][table] + delta
+        assert _target_count(plan, names[rel], table) == expected, (rel, table)
+    assert _target_count(plan, "jarvis_x_memory", "interactions") == 413
+    assert _target_count(plan, "memory_long_term", "memories") == 477
+    _assert_nothing_orphaned(plan, plan_json, legacy)
+    # each target holds exactly the mapped tables: nothing excluded leaked in
+    for target, path in plan.targets.items():
+        mapped = {m.target_table for s in plan.sources for m in s.tables if m.target == target}
+        assert _target_tables(path) == mapped, target
+    assert os.path.getsize(plan.targets["core"]) > 0

@@ -1,0 +1,147 @@
+"""The daemon as operators run it: real process, signals, status, snapshot under load, ALTERs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cdc.cli import cli
+from cdc.config import load_config
+from cdc.errors import DaemonError
+from cdc.plan import resolve_plan
+from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
+from tests.workload import SCHEMA
+from verifier import compare_plan
+
+CONFIG = """
+state_dir = "state"
+[targets]
+core = "out/core.db"
+[daemon]
+snapshot_chunk = 100
+harvest_batch = 300
+[[sources]]
+name = "bot"
+path = "legacy/bot.db"
+[[rules]]
+table = "*"
+target = "core"
+"""
+
+
+def _setup(tmp_path, wal: bool, rows: int = 0):
+    fill = "".join(
+        f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i}.5);"
+        f"INSERT INTO log_lines VALUES ('seed {i}', {i});"
+        for i in range(rows)
+    )
+    make_db(tmp_path / "legacy" / "bot.db", SCHEMA + fill, wal=wal)
+    cfg = write_config(tmp_path, CONFIG)
+    assert cdc_cmd("install", "-c", str(cfg)).returncode == 0
+    return cfg
+
+
+def _equal(cfg) -> list:
+    return [d for d in compare_plan(resolve_plan(load_config(cfg))) if not d.equal]
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback", "wal"])
+def test_snapshot_while_bots_write(tmp_path, daemons, wal):
+    """Rows that existed before capture and rows written during the copy all arrive, once."""
+    cfg = _setup(tmp_path, wal, rows=3000)
+    bots = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.workload",
+                str(tmp_path / "legacy" / "bot.db"),
+                "600",
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+        )
+        for i in range(2)
+    ]
+    d = daemons(cfg)
+    wait_until(lambda: d.status()["sources"][0]["snapshot"] == "done", 60, 0.2, "snapshot")
+    for b in bots:
+        b.send_signal(signal.SIGTERM)
+    stats = [json.loads(b.communicate(timeout=30)[0]) for b in bots]
+    assert [s["errors"] for s in stats] == [0, 0]
+    d.wait_synced()
+    assert d.stop() == 0
+    assert _equal(cfg) == []
+
+
+def test_sigterm_is_clean_and_second_daemon_is_refused(tmp_path, daemons):
+    cfg = _setup(tmp_path, wal=False, rows=10)
+    d = daemons(cfg)
+    d.wait_synced()
+    r = cdc_cmd("run", "-c", str(cfg))
+    assert r.returncode == DaemonError.exit_code
+    assert "another cdc daemon is running" in r.stderr
+    assert d.stop() == 0
+    st = json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
+    assert st["daemon"]["state"] == "stopped"
+
+
+def test_status_json_contract(tmp_path, daemons):
+    cfg = _setup(tmp_path, wal=True, rows=50)
+    d = daemons(cfg)
+    st = d.wait_synced()
+    assert set(st) >= {"daemon", "log", "sources", "targets"}
+    src = st["sources"][0]
+    assert set(src) >= {
+        "name",
+        "captured",
+        "logged",
+        "applied",
+        "backlog_events",
+        "backlog_seconds",
+        "snapshot",
+        "last_error",
+    }
+    c = sqlite3.connect(tmp_path / "legacy" / "bot.db", isolation_level=None)
+    for i in range(20):
+        c.execute("INSERT INTO kv VALUES (?, ?)", (f"k{i}", i))
+    st = d.wait_synced()
+    assert st["sources"][0]["applied"] == st["sources"][0]["captured"] > 0
+    d.stop()
+    human = cdc_cmd("status", "-c", str(cfg)).stdout
+    assert "in sync" in human and "daemon: stopped" in human
+
+
+def test_bot_alter_table_mid_run(tmp_path, daemons):
+    """A column a bot adds at runtime reaches the target with every value written to it."""
+    cfg = _setup(tmp_path, wal=False, rows=100)
+    d = daemons(cfg)
+    d.wait_synced()
+    c = sqlite3.connect(tmp_path / "legacy" / "bot.db", isolation_level=None)
+    c.execute("ALTER TABLE positions ADD COLUMN notes TEXT DEFAULT 'none'")
+    c.execute("UPDATE positions SET notes = 'first' WHERE id <= 10")
+    c.execute("INSERT INTO positions(symbol, notes) VALUES ('NEW', 'é')")
+    d.wait_synced()
+    c.execute("ALTER TABLE positions ADD COLUMN score REAL")
+    c.execute("UPDATE positions SET score = -0.5 WHERE id % 2 = 0")
+    d.wait_synced()
+    assert d.stop() == 0
+    assert _equal(cfg) == []
+    t = sqlite3.connect(tmp_path / "out" / "core.db")
+    assert t.execute("SELECT notes FROM positions WHERE symbol='NEW'").fetchone() == ("é",)
+    assert t.execute("SELECT count(*) FROM positions WHERE notes='none'").fetchone()[0] > 0
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for name, cmd in cli.commands.items():
+        assert cmd.help, f"`cdc {name}` has no help text"
+        r = runner.invoke(cli, [name, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output
