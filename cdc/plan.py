@@ -43,6 +43,7 @@ class SourcePlan(msgspec.Struct, frozen=True):
 class Plan(msgspec.Struct, frozen=True, dict=True):
     targets: dict[str, str]
     sources: list[SourcePlan]
+    problems: list[str] = []  # only in a lenient plan (status must work on a drifting system)
 
     def mapping(self, source: str, table: str) -> TableMapping | None:
         return self._index.get((source, table))
@@ -73,8 +74,13 @@ def expand_sources(cfg: Config) -> list[tuple[str, str, bool]]:
     return out
 
 
-def resolve_plan(cfg: Config, inventories: dict[str, list[TableInfo]] | None = None) -> Plan:
-    """Match every table of every source against the rules; raise PlanError listing all problems."""
+def resolve_plan(cfg: Config, inventories: dict[str, list[TableInfo]] | None = None,
+                 strict: bool = True) -> Plan:
+    """Match every table of every source against the rules; raise PlanError listing all problems.
+
+    With `strict=False` the problems are returned in the plan instead (for `cdc status`,
+    which must keep working when a bot creates an unmapped table on a live system).
+    """
     problems: list[str] = []
     sources: list[tuple[str, str, list[TableInfo]]] = []
     seen: dict[str, str] = {}
@@ -156,6 +162,8 @@ def resolve_plan(cfg: Config, inventories: dict[str, list[TableInfo]] | None = N
         if len(entries) < 2 and not entries[0][1].merge:
             continue
         problems.extend(_check_merge(target, ttable, entries, infos))
+    if problems and not strict:
+        return Plan(targets=dict(cfg.targets), sources=plans, problems=problems)
     if problems:
         raise PlanError(
             f"{cfg.config_path or 'config'}: {len(problems)} problem(s) in the table mapping:\n  - "

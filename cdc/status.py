@@ -66,7 +66,7 @@ class Status(msgspec.Struct):
     log: LogStatus
     sources: list[SourceStatus]
     targets: list[TargetStatus]
-    unmapped: list[str] = []
+    problems: list[str] = []  # mapping problems found now (e.g. a new unmapped table)
 
     @property
     def backlog_events(self) -> int:
@@ -130,7 +130,7 @@ def _first_unapplied(log_dir: str, offset: int, limit: int = 20000) -> dict[str,
 
 
 def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
-    plan = plan or resolve_plan(cfg)
+    plan = plan or resolve_plan(cfg, strict=False)
     now = time.time()
     ds = read_status(cfg.state_dir)
     daemon = _daemon_state(cfg, ds, now)
@@ -165,7 +165,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         if rt and daemon.state == "running":
             st.last_error = rt.last_error
         sources.append(st)
-    return Status(daemon, logst, sources, targets)
+    return Status(daemon, logst, sources, targets, list(plan.problems))
 
 
 def _fill_source(st, sp, cfg, pos, applied_seq, oldest, now) -> None:

@@ -145,3 +145,22 @@ def test_every_command_has_help():
         assert cmd.help, f"`cdc {name}` has no help text"
         r = runner.invoke(cli, [name, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_status_names_a_new_unmapped_table_and_keeps_working(tmp_path, daemons):
+    cfg_text = CONFIG.replace('table = "*"', 'table = "positions"') + (
+        '[[rules]]\ntable = "kv"\ntarget = "core"\n[[rules]]\ntable = "ticks"\ntarget = "core"\n'
+        '[[rules]]\ntable = "log_lines"\nexclude = true\n'
+    )
+    make_db(tmp_path / "legacy" / "bot.db", SCHEMA)
+    cfg = write_config(tmp_path, cfg_text)
+    assert cdc_cmd("install", "-c", str(cfg)).returncode == 0
+    d = daemons(cfg)
+    d.wait_synced()
+    c = sqlite3.connect(tmp_path / "legacy" / "bot.db", isolation_level=None)
+    c.execute("CREATE TABLE IF NOT EXISTS surprise(id INTEGER PRIMARY KEY, v)")
+    c.execute("INSERT INTO kv VALUES ('after', 1)")
+    st = d.wait_synced()
+    assert any("'surprise'" in p and "no rule" in p for p in st["problems"])
+    assert d.proc.poll() is None  # the rest keeps replicating
+    d.stop()
