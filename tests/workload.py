@@ -35,7 +35,7 @@ def op(c: sqlite3.Connection, rnd: random.Random) -> None:
     elif r < 0.40:
         c.execute("UPDATE positions SET px = ?, qty = qty + 1 WHERE symbol = ?", (rnd.random(), sym))
     elif r < 0.45:
-        c.execute("UPDATE positions SET id = id + 100000 WHERE symbol = ? AND id < 100000", (sym,))
+        c.execute("UPDATE OR REPLACE positions SET id = id + 100000 WHERE symbol = ? AND id < 100000", (sym,))
     elif r < 0.50:
         c.execute("DELETE FROM positions WHERE symbol = ?", (sym,))
     elif r < 0.62:
@@ -45,7 +45,7 @@ def op(c: sqlite3.Connection, rnd: random.Random) -> None:
     elif r < 0.80:
         c.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?, ?)", (sym, rnd.randrange(50), rnd.random()))
     elif r < 0.83:
-        c.execute("UPDATE ticks SET ts = ts + 1000 WHERE sym = ? AND ts < 1000", (sym,))
+        c.execute("UPDATE OR REPLACE ticks SET ts = ts + 1000 WHERE sym = ? AND ts < 1000", (sym,))
     elif r < 0.95:
         c.execute("INSERT INTO log_lines VALUES (?, ?)", (rnd.choice(["ok", "warn", "é"]), rnd.randrange(5)))
         if rnd.random() < 0.2:

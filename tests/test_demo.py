@@ -1,0 +1,189 @@
+"""`cdc demo` end to end: real legacy files, real bot processes, a real `cdc run` process.
+
+One short demo run (a few seconds of bot writes) is shared by the assertions on its output;
+the folder-safety rules are checked without running the demo.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from cdc.config import load_config
+from cdc.demo.runner import MARKER, DemoError, _show_diffs, prepare_root, run_demo
+from cdc.errors import CdcError
+from cdc.plan import resolve_plan
+from verifier.compare import compare_plan
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SECONDS = 4.0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, list[str], float]:
+    root = tmp_path_factory.mktemp("demo") / "world"
+    lines: list[str] = []
+    t0 = time.monotonic()
+    code = run_demo(str(root), DEMO_SECONDS, echo=lambda s: lines.extend(str(s).splitlines()))
+    return root, code, lines, time.monotonic() - t0
+
+
+def _has(lines: list[str], *parts: str) -> bool:
+    return any(all(p in ln for p in parts) for ln in lines)
+
+
+def test_demo_passes_and_says_so(demo_run):
+    root, code, lines, elapsed = demo_run
+    out = "\n".join(lines)
+    assert code == 0, out
+    assert lines[-1].startswith("RESULT: PASS"), out
+    assert elapsed < 40, f"demo took {elapsed:.1f}s"
+    for step in range(1, 7):
+        assert _has(lines, f"[{step}/6]"), f"step {step} missing:\n{out}"
+
+
+def test_demo_shows_what_it_built_and_installed(demo_run):
+    root, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    assert _has(lines, "trading", "legacy/data/trading.db", "wal", "positions"), out
+    assert _has(lines, "telegram", "delete", "messages"), out
+    assert _has(lines, "ok: 8 sources", "1 excluded (trading.test)"), out
+    assert _has(lines, "installed: 23 tables in 8 databases"), out
+    assert (root / MARKER).is_file()
+    assert (root / "cdc.toml").is_file()
+    assert (root / "daemon.log").stat().st_size > 0
+
+
+def test_demo_runs_the_daemon_and_bots_as_processes_and_stops_them_cleanly(demo_run):
+    _, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    assert _has(lines, "daemon running, pid"), out
+    assert _has(lines, "started 6 bot processes"), out
+    assert _has(lines, "captured", "applied", "backlog", "apply lag"), out  # live lines
+    assert _has(lines, "bots stopped after", "exit codes [0, 0, 0, 0, 0, 0]"), out
+    assert _has(lines, "backlog drained to zero"), out
+    assert _has(lines, "in sync"), out  # the full `cdc status` view
+    stops = [ln for ln in lines if "kill -TERM" in ln]
+    assert stops and all(ln.endswith("daemon exited with code 0") for ln in stops), out
+    assert _has(lines, "total", "ops", "0 errors"), out
+
+
+def test_demo_adopts_the_table_a_bot_created_mid_run(demo_run):
+    _, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    # said out loud, then fixed the way an operator would: install again, restart the daemon
+    assert _has(lines, "new table(s) appeared", "llm_costs.budget_alerts"), out
+    assert _has(lines, "installed: 24 tables in 8 databases"), out
+    assert _has(lines, "llm_costs", "budget_alerts", "analytics.budget_alerts", "EQUAL"), out
+
+
+def test_demo_verifies_every_table_equal(demo_run):
+    _, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    assert _has(lines, "total: 24 tables, 24 EQUAL, 0 DIFFERENT"), out
+    assert not any(ln.rstrip().endswith("DIFFERENT") for ln in lines), out
+    assert _has(lines, "buy_tracker", "trades", "core.trades", "EQUAL"), out  # merged
+    assert _has(lines, "telegram", "users", "core.telegram_users", "EQUAL"), out  # renamed
+    assert _has(lines, f"cdc status -c {Path(demo_run[0]).resolve() / 'cdc.toml'}"), out
+
+
+def test_a_difference_is_reported_with_the_column_that_differs(demo_run, tmp_path):
+    """On a copy of the finished demo: break one consolidated value, see the verdict and why."""
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_run[0], copy)
+    with closing(sqlite3.connect(copy / "consolidated" / "core.db")) as c, c:
+        c.execute(
+            "UPDATE telegram_users SET first_name = 'tampered' WHERE rowid = "
+            "(SELECT min(rowid) FROM telegram_users)"
+        )
+        c.execute(
+            "UPDATE trades SET price_usd = -1 WHERE rowid IN "
+            "(SELECT rowid FROM trades WHERE source = 'buy_tracker' LIMIT 1)"
+        )
+    cfg = load_config(copy / "cdc.toml")
+    plan = resolve_plan(cfg)
+    lines: list[str] = []
+    assert not _show_diffs(compare_plan(plan), plan, cfg, lines.append)
+    out = "\n".join(lines)
+    assert _has(lines, "telegram", "users", "DIFFERENT"), out
+    assert _has(lines, "e.g. key", "first_name: legacy", "consolidated 'tampered'"), out
+    assert _has(lines, "buy_tracker", "trades", "core.trades", "DIFFERENT"), out  # merged
+    assert _has(lines, "e.g. key", "price_usd: legacy", "consolidated -1"), out
+    assert _has(lines, "total: 24 tables, 22 EQUAL, 2 DIFFERENT"), out
+
+
+# -- the folder it may wipe ----------------------------------------------------------------
+
+
+def test_refuses_to_wipe_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    lines: list[str] = []
+    with pytest.raises(DemoError, match="not made by `cdc demo`; refusing") as err:
+        run_demo(str(mine), 1.0, echo=lines.append)
+    assert isinstance(err.value, CdcError) and err.value.hint
+    assert (mine / "thesis.txt").read_text() == "precious"
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
+    assert lines == []
+
+
+def test_refuses_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(DemoError, match="not a folder"):
+        prepare_root(f)
+    assert f.read_text() == "x"
+
+
+def test_creates_a_new_or_empty_folder_and_rewipes_its_own(tmp_path):
+    fresh = prepare_root(tmp_path / "a" / "b")
+    assert (fresh / MARKER).is_file()
+    (fresh / "legacy").mkdir()
+    (fresh / "legacy" / "old.db").write_bytes(b"old")
+    again = prepare_root(fresh)
+    assert sorted(p.name for p in again.iterdir()) == [MARKER]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (prepare_root(empty) / MARKER).is_file()
+
+
+def test_refuses_while_the_previous_demo_daemon_holds_its_lock(tmp_path):
+    root = prepare_root(tmp_path / "demo")
+    (root / "state").mkdir()
+    lock = root / "state" / "daemon.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242\n")
+        with pytest.raises(DemoError, match=r"still running \(pid 4242\)"):
+            prepare_root(root)
+        assert lock.exists()
+    finally:
+        os.close(fd)
+    prepare_root(root)  # lock released: the folder is the demo's to wipe again
+    assert not lock.exists()
+
+
+def test_cli_refusal_is_one_error_line_and_exit_1(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    r = subprocess.run(
+        [sys.executable, "-m", "cdc", "demo", "--dir", str(tmp_path), "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: ") and "refusing to wipe it" in r.stderr
+    assert "hint: " in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "keep.txt").exists()
