@@ -23,6 +23,7 @@ import apsw
 
 from cdc.errors import SourceError
 from cdc.inventory import TableInfo
+from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def install(conn: apsw.Connection, tables: list[TableInfo], path: str = "") -> s
     `tables` lose their triggers (their rows stay in the capture table until harvested).
     """
     try:
-        with conn:  # one transaction: the bots see all of it or none
+        with write_transaction(conn):  # the bots see all of it or none
             conn.execute(f"CREATE TABLE IF NOT EXISTS {META}(k TEXT PRIMARY KEY, v)")
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {TABLES}(tid INTEGER PRIMARY KEY, "
@@ -171,7 +172,7 @@ def install(conn: apsw.Connection, tables: list[TableInfo], path: str = "") -> s
     except apsw.BusyError as e:
         raise SourceError(
             f"{path}: database stayed locked during install: {e}",
-            hint="retry; a bot holds a long write transaction",
+            hint="a bot held the write lock for longer than the busy timeout; retry",
         ) from e
 
 
@@ -182,7 +183,7 @@ def _drop_triggers(conn: apsw.Connection, tid: int) -> None:
 
 def uninstall(conn: apsw.Connection) -> int:
     """Remove every trigger and table `install` created, and nothing else. Returns tables released."""
-    with conn:
+    with write_transaction(conn):
         tids = list(installed_tables(conn).values())
         for tid in tids:
             _drop_triggers(conn, tid)

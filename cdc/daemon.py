@@ -78,7 +78,9 @@ class Daemon:
             h = Harvester(sp, self.writer, self.settings)
             h.open()
             self.harvesters.append(h)
-            self.runtime[sp.name] = SourceRuntime(path=sp.path)
+            self.runtime[sp.name] = SourceRuntime(
+                path=sp.path, through_seq=h.position.through_seq, snapshot=h.snapshot_state()
+            )
         self.replicator = Replicator(self.plan, cfg.log_dir, self.settings)
         self.target_runtime = {n: TargetRuntime(path=p) for n, p in self.plan.targets.items()}
         self.started_at = time.time()
@@ -104,6 +106,7 @@ class Daemon:
                         rt.snapshot_rows += h.snapshot_chunk()
                         busy = True
                     rt.snapshot_done = not h.snapshot_pending
+                    rt.snapshot = h.snapshot_state()
                     if res.events or busy:
                         self.apply_wake.set()
                     rt.last_error = None

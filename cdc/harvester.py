@@ -28,7 +28,7 @@ from cdc.errors import SourceError
 from cdc.events import Frame, Op, RowChange, SnapshotCursor, SourceMark, SourcePosition
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.plan import SourcePlan
-from cdc.sqlconn import open_legacy
+from cdc.sqlconn import open_legacy, write_transaction
 from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,12 @@ class Harvester:
         wanted = [m.table for m in self.plan.tables]
         missing = [t for t in wanted if t not in tables]
         if missing:
-            raise SourceError(
-                f"{self.plan.path}: tables {missing} are mapped but not captured",
-                hint="run `cdc install` again after changing the rules",
-            )
+            # The rules already map them (a bot created them, or the rules grew): capture
+            # them now, under the same installation, and snapshot them below.
+            infos = [table_info(self.conn, t) for t in wanted]
+            capture.install(self.conn, infos, self.plan.path)
+            tables = capture.installed_tables(self.conn)
+            log.info("source %s: started capturing %s", self.plan.name, ", ".join(missing))
         self.tids = {tid: name for name, tid in tables.items() if name in wanted}
         pos = self.writer.positions.get(self.plan.name)
         if pos is None:
@@ -202,7 +204,7 @@ class Harvester:
         if not force and time.monotonic() - self._last_trim < self.settings.trim_interval:
             return
         try:
-            with self.conn:
+            with write_transaction(self.conn):
                 # Keep the newest row so the INTEGER PRIMARY KEY never restarts numbering.
                 self.conn.execute(
                     f"DELETE FROM {capture.CHANGES} WHERE seq <= ? AND seq < "
@@ -219,6 +221,11 @@ class Harvester:
     @property
     def snapshot_pending(self) -> bool:
         return any(not c.done for c in self.position.snapshots)
+
+    def snapshot_state(self) -> str:
+        snaps = self.position.snapshots
+        done = sum(c.done for c in snaps)
+        return "done" if done == len(snaps) else f"{done}/{len(snaps)} tables"
 
     def snapshot_chunk(self) -> int:
         """Copy the next chunk of the first unfinished table; returns rows copied."""

@@ -56,3 +56,27 @@ def set_busy_timeout(conn: apsw.Connection, ms: int) -> None:
 
 def set_wal(conn: apsw.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
+
+
+class write_transaction:  # noqa: N801 - used like a function: `with write_transaction(conn):`
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error).
+
+    A deferred transaction that reads first and writes later cannot wait for a busy
+    database: when another connection wrote in between, SQLite refuses the upgrade at
+    once (SQLITE_BUSY, or BUSY_SNAPSHOT in WAL) without calling the busy handler. Taking
+    the write lock up front makes the busy timeout apply, so our short writes queue behind
+    a bot's commit instead of failing.
+    """
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> apsw.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

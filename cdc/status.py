@@ -113,6 +113,11 @@ def _log_positions(log_dir: str) -> dict[str, SourcePosition]:
     return positions
 
 
+def _snapshot_state(pos: SourcePosition) -> str:
+    done = sum(c.done for c in pos.snapshots)
+    return "done" if done == len(pos.snapshots) else f"{done}/{len(pos.snapshots)} tables"
+
+
 def _first_unapplied(log_dir: str, offset: int, limit: int = 20000) -> dict[str, float]:
     """observed_at of the oldest unapplied event per source, from a bounded scan."""
     out: dict[str, float] = {}
@@ -140,7 +145,10 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         path = os.path.join(cfg.log_dir, f"{bases[-1]:020d}.seg")
         end = bases[-1] + os.path.getsize(path)
     logst = LogStatus(len(bases), bases[0] if bases else 0, end)
-    positions = _log_positions(cfg.log_dir)
+    if daemon.state == "running" and ds is not None:
+        positions = None  # the live daemon knows; scanning a 64 MB segment per call is slow
+    else:
+        positions = _log_positions(cfg.log_dir)
 
     targets, applied_seq, oldest = [], {}, {}
     for name, path in sorted(plan.targets.items()):
@@ -159,16 +167,21 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
     sources = []
     for sp in plan.sources:
         st = SourceStatus(sp.name, sp.path, len(sp.tables), False)
-        if sp.tables:
-            _fill_source(st, sp, cfg, positions.get(sp.name), applied_seq, oldest, now)
         rt = ds.sources.get(sp.name) if ds else None
+        if sp.tables:
+            if positions is not None:
+                pos = positions.get(sp.name)
+                logged = (pos.through_seq, _snapshot_state(pos)) if pos else None
+            else:
+                logged = (rt.through_seq, rt.snapshot) if rt else None
+            _fill_source(st, sp, cfg, logged, applied_seq, oldest, now)
         if rt and daemon.state == "running":
             st.last_error = rt.last_error
         sources.append(st)
     return Status(daemon, logst, sources, targets, list(plan.problems))
 
 
-def _fill_source(st, sp, cfg, pos, applied_seq, oldest, now) -> None:
+def _fill_source(st, sp, cfg, logged, applied_seq, oldest, now) -> None:
     try:
         conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms, readonly=True)
     except Exception as e:  # noqa: BLE001 - shown in the row
@@ -184,10 +197,8 @@ def _fill_source(st, sp, cfg, pos, applied_seq, oldest, now) -> None:
         st.last_error = "legacy database busy; capture count unavailable"
     finally:
         conn.close()
-    if pos is not None:
-        st.logged = pos.through_seq
-        done = sum(c.done for c in pos.snapshots)
-        st.snapshot = "done" if done == len(pos.snapshots) else f"{done}/{len(pos.snapshots)} tables"
+    if logged is not None:
+        st.logged, st.snapshot = logged
     fed = {m.target for m in sp.tables}
     seqs = [seq for tgt, seq in applied_seq.get(sp.name, []) if tgt in fed]
     st.applied = min(seqs) if len(seqs) == len(fed) else 0

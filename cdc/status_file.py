@@ -17,6 +17,7 @@ class SourceRuntime(msgspec.Struct):
     through_seq: int = 0
     snapshot_rows: int = 0
     snapshot_done: bool = False
+    snapshot: str = "pending"
     errors: int = 0
     last_error: str | None = None
 

@@ -17,6 +17,7 @@ from cdc.changelog import LogEntry
 from cdc.errors import TargetError
 from cdc.events import Op, RowChange, SourceMark, TableSchema
 from cdc.plan import Plan
+from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 from checkpoints import Checkpoint, SourceApplied
 from replicator.target import AppliedShape, TargetDB
@@ -41,7 +42,7 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
     applied = 0
     newest = 0.0
     try:
-        with conn:
+        with write_transaction(conn):
             runs: dict[tuple[str, str], list[RowChange]] = defaultdict(list)
             for e in entries:
                 f = e.frame

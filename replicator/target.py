@@ -24,7 +24,7 @@ import msgspec
 from cdc.errors import TargetError
 from cdc.events import ColumnDef, TableSchema
 from cdc.plan import TableMapping
-from cdc.sqlconn import open_target
+from cdc.sqlconn import open_target, write_transaction
 from cdc.sqlident import index_name, q, rename_create_index, rename_create_table
 from checkpoints import CheckpointStore
 
@@ -58,7 +58,7 @@ class TargetDB:
         self.path = path
         self.conn = open_target(path, busy_timeout_ms)
         try:
-            with self.conn:
+            with write_transaction(self.conn):
                 self.conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {SCHEMAS}(source TEXT NOT NULL, "
                     "tbl TEXT NOT NULL, shape BLOB NOT NULL, PRIMARY KEY(source, tbl))"

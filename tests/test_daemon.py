@@ -164,3 +164,22 @@ def test_status_names_a_new_unmapped_table_and_keeps_working(tmp_path, daemons):
     assert any("'surprise'" in p and "no rule" in p for p in st["problems"])
     assert d.proc.poll() is None  # the rest keeps replicating
     d.stop()
+
+
+def test_new_mapped_table_is_captured_on_restart(tmp_path, daemons):
+    """A table a bot creates later, matched by a glob rule, is snapshotted and streamed."""
+    cfg = _setup(tmp_path, wal=False, rows=5)
+    d = daemons(cfg)
+    d.wait_synced()
+    c = sqlite3.connect(tmp_path / "legacy" / "bot.db", isolation_level=None)
+    c.execute("CREATE TABLE IF NOT EXISTS budget_alerts(id INTEGER PRIMARY KEY, msg TEXT)")
+    c.execute("INSERT INTO budget_alerts(msg) VALUES ('before restart')")
+    assert d.stop() == 0
+    d = daemons(cfg)
+    d.wait_synced()
+    c.execute("INSERT INTO budget_alerts(msg) VALUES ('after restart')")
+    d.wait_synced()
+    assert d.stop() == 0
+    assert _equal(cfg) == []
+    t = sqlite3.connect(tmp_path / "out" / "core.db")
+    assert t.execute("SELECT count(*) FROM budget_alerts").fetchone()[0] == 2

@@ -6,10 +6,13 @@ schemas, shows the backlog converging, stops everything the way an operator woul
 and finally compares every consolidated table with its legacy table, row by row.
 
 A table a bot creates while the daemon runs (the LLM cost bot's `budget_alerts`) is not
-captured by that daemon: capture is installed, and the plan resolved, only by `cdc install`
-and at daemon start. The demo says so when it happens and then does what an operator must do:
-stop the daemon, run `cdc install` again, start the daemon again (which snapshots the new table
-and resumes the others from the log).
+captured by that daemon: triggers are installed only by `cdc install`, and the daemon resolves
+its plan only at start. The demo shows the table as NOT captured, then does what an operator
+must: `cdc install` again (retried while a bot holds the file locked, as its hint says; if the
+bots keep it out for a few seconds, once they have stopped), then restart the daemon, which
+snapshots the new table and resumes the others from the change log.
+
+The folder is wiped only if it is empty or carries the MARKER file a previous demo left.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +49,7 @@ MARKER = ".cdc-demo"
 
 SEED = 7
 BOT_RATE = 50.0  # writes/s per bot: busy, but readable on a laptop
+BOT_GRACE = 60.0  # seconds a bot may outlive the demo if the demo itself is killed
 STATE_DIR = "state"  # what `write_demo_config` puts in the config
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,6 +200,8 @@ def _line(t: float, st: Status, uncaptured: list[str]) -> str:
         text += f"  | NOT captured: {', '.join(uncaptured)}"
     if errors:
         text += f"  | source errors: {'; '.join(errors)}"
+    if st.problems:
+        text += f"  | mapping problems: {'; '.join(st.problems)}"
     return text
 
 
@@ -212,7 +219,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
     try:
         echo(f"== sqlite-cdc demo in {path} ==")
         echo("")
-        echo("[1/6] legacy databases (written by the demo's own generator, seed 7)")
+        echo(f"[1/6] legacy databases (written by the demo's own generator, seed {SEED})")
         files = generate_legacy(path, seed=SEED)
         write_demo_config(path, files)
         _show_files(files, echo)
@@ -231,7 +238,14 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         daemon.wait_running(cfg.state_dir)
         running_plan = plan  # what that daemon captures: the files had not changed since install
         echo(f"  daemon running, pid {daemon.pid}")
-        bots = start_bots(path, files, seconds, seed=SEED, rate=BOT_RATE, alter=True)
+        st, waited = _wait(cfg, daemon, _snapshots_done, timeout=60.0)
+        if st is None:
+            raise DemoError(f"the initial snapshot did not finish within {waited:.0f}s")
+        rows = sum(t.applied_events for t in st.targets)
+        echo(f"  initial snapshot copied and applied: {rows} rows in {waited:.1f}s")
+        # The bots' own deadline is only a safety net: the demo stops them with SIGTERM at
+        # `seconds`, so a bot never races its own exit against the signal.
+        bots = start_bots(path, files, seconds + BOT_GRACE, seed=SEED, rate=BOT_RATE, alter=True)
         written = {KINDS[b.kind].spec.source for b in bots}
         echo(
             f"  started {len(bots)} bot processes for {seconds:g}s, at most {BOT_RATE:g} "
@@ -246,7 +260,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
 
         echo(f"[4/6] live: bots writing, daemon replicating (`cdc status -c {cfg_path}`)")
         t0 = time.monotonic()
-        adopted = False
+        tried = False
         next_tick = t0 + 1.0
         while True:
             now = time.monotonic()
@@ -258,25 +272,31 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
                 raise DemoError(
                     f"the daemon died (exit code {daemon.proc.returncode}):\n" + daemon.tail()
                 )
-            current = resolve_plan(cfg)
+            current = resolve_plan(cfg, strict=False)  # a live system may drift: show it
             missing = _uncaptured(running_plan, current)
             echo(_line(time.monotonic() - t0, collect_status(cfg, current), missing))
-            if missing and not adopted and time.monotonic() - t0 >= seconds / 2:
-                daemon, running_plan = _adopt(cfg, cfg_path, daemon, missing, echo)
-                adopted = True
+            if missing and not tried and time.monotonic() - t0 >= seconds / 2:
+                daemon, running_plan, _ = _adopt(
+                    cfg, cfg_path, daemon, running_plan, missing, echo, live=True
+                )
+                tried = True
         echo("")
 
         echo("[5/6] stop the bots (SIGTERM), drain the backlog, stop the daemon (SIGTERM)")
         codes = stop_bots(bots)
-        echo(f"  bots stopped, exit codes {codes}")
+        echo(f"  bots stopped after {time.monotonic() - t0:.1f}s of writes, exit codes {codes}")
         missing = _uncaptured(running_plan, resolve_plan(cfg))
         if missing:
-            daemon, running_plan = _adopt(cfg, cfg_path, daemon, missing, echo)
-        st, waited = _drain(cfg, daemon, timeout=max(60.0, 2 * seconds))
+            daemon, running_plan, adopted = _adopt(
+                cfg, cfg_path, daemon, running_plan, missing, echo, live=False
+            )
+            if not adopted:
+                raise DemoError("`cdc install` still met a locked database with the bots stopped")
+        st, waited = _wait(cfg, daemon, _synced, timeout=max(60.0, 2 * seconds))
         if st is None:
             echo(f"  FAILED: backlog still not zero after {waited:.0f}s")
         else:
-            echo(f"  backlog zero {waited:.1f}s after the bots stopped; `cdc status` now says:")
+            echo(f"  backlog drained to zero in {waited:.1f}s; `cdc status` now says:")
             echo("")
             echo(_indent(render_status(st)))
             echo("")
@@ -330,21 +350,40 @@ def _install(cfg: Config, plan: Plan, echo: Echo) -> None:
 
 
 def _adopt(
-    cfg: Config, cfg_path: Path, daemon: DaemonProcess, missing: list[str], echo: Echo
-) -> tuple[DaemonProcess, Plan]:
-    """A bot created a table: stop the daemon, `cdc install` again, start it again."""
-    echo(f"  ! new table(s) appeared in a live legacy file: {', '.join(missing)}")
-    echo("    The running daemon does not capture them: capture triggers are installed by")
-    echo("    `cdc install`, and the daemon reads cdc.toml and the table list only at start.")
-    echo("    Operator's fix, done now while the bots keep writing:")
+    cfg: Config,
+    cfg_path: Path,
+    daemon: DaemonProcess,
+    running: Plan,
+    missing: list[str],
+    echo: Echo,
+    live: bool,
+) -> tuple[DaemonProcess, Plan, bool]:
+    """A bot created a table: `cdc install` again, then restart the daemon so it captures it.
+
+    Install runs first, while the old daemon still runs: a daemon (re)started while a mapped
+    table has no triggers refuses to start. Live, install is given a few seconds of retries;
+    if the bots keep it locked out, the caller tries again once they have stopped.
+    Returns (daemon, its plan, adopted).
+    """
+    if live:
+        echo(f"  ! new table(s) appeared in a live legacy file: {', '.join(missing)}")
+        echo("    The running daemon does not capture them: capture triggers are installed by")
+        echo("    `cdc install`, and the daemon reads cdc.toml and the table list only at start.")
+        echo("    Operator's fix, done now while the bots keep writing:")
+    else:
+        echo(f"  still not captured: {', '.join(missing)}; adopting it now that the bots stopped:")
+    echo(f"    $ cdc install -c {cfg_path}")
+    plan = resolve_plan(cfg)
+    report = _install_retrying(cfg, plan, echo, give_up_after=4.0 if live else 30.0)
+    if report is None:
+        echo("      gave up for now: every attempt met 'database is locked' while a bot wrote;")
+        echo("      the daemon keeps running without the new table, retried after the bots stop")
+        return daemon, running, False
+    echo(f"      installed: {report.tables} tables in {len(report.sources)} databases")
     code = daemon.stop()
     echo(f"    $ kill -TERM {daemon.pid}  ->  daemon exited with code {code}")
     if code != 0:
         raise DemoError(f"the daemon exited with code {code} on SIGTERM:\n" + daemon.tail())
-    echo(f"    $ cdc install -c {cfg_path}")
-    plan = resolve_plan(cfg)
-    report = _install_retrying(cfg, plan, echo)
-    echo(f"      installed: {report.tables} tables in {len(report.sources)} databases")
     new = DaemonProcess(cfg_path, daemon.log_path)
     try:
         new.wait_running(cfg.state_dir)
@@ -355,27 +394,51 @@ def _adopt(
         f"    $ cdc run -c {cfg_path}  ->  pid {new.pid}: snapshots the new table(s), "
         "resumes the others from the change log"
     )
-    return new, plan
+    return new, plan, True
 
 
-def _install_retrying(cfg: Config, plan: Plan, echo: Echo, attempts: int = 30) -> InstallReport:
-    """`cdc install` against live bots, retried as its "database is locked" hint says."""
+def _install_retrying(
+    cfg: Config, plan: Plan, echo: Echo, give_up_after: float
+) -> InstallReport | None:
+    """`cdc install` against live bots, retried as its "database is locked" hint says.
+
+    None if it still meets a locked database after `give_up_after` seconds.
+    """
     root = Path(cfg.config_path).parent
-    for attempt in range(1, attempts + 1):
+    locked: dict[str, int] = {}
+    deadline = time.monotonic() + give_up_after
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            return install(cfg, plan)
+            report = install(cfg, plan)
         except SourceError as e:
-            if "locked" not in e.message or attempt == attempts:
+            if "locked" not in e.message:
                 raise
             where = os.path.relpath(e.message.split(":", 1)[0], root)
-            echo(
-                f"      attempt {attempt}: database is locked ({where}); retrying, as the hint says"
-            )
-            time.sleep(min(0.5, 0.1 * attempt))
-    raise AssertionError("unreachable")
+            if not locked:
+                echo(f"      error: {where}: database is locked (a bot is writing); retrying")
+            locked[where] = locked.get(where, 0) + 1
+            if time.monotonic() > deadline:
+                counts = ", ".join(f"{w} x{n}" for w, n in locked.items())
+                echo(f"      {attempt} attempts, 'database is locked' on {counts}")
+                return None
+            time.sleep(min(0.3, 0.05 * attempt))
+            continue
+        if locked:
+            counts = ", ".join(f"{w} x{n}" for w, n in locked.items())
+            echo(f"      succeeded at attempt {attempt}; 'database is locked' on {counts}")
+        return report
 
 
-def _drain(cfg: Config, daemon: DaemonProcess, timeout: float) -> tuple[Status | None, float]:
+def _snapshots_done(st: Status) -> bool:
+    return _synced(st) and all(s.snapshot == "done" for s in st.sources if s.tables)
+
+
+def _wait(
+    cfg: Config, daemon: DaemonProcess, cond: Callable[[Status], bool], timeout: float
+) -> tuple[Status | None, float]:
+    """Poll `cdc status` until `cond`; (None, waited) on timeout. A dead daemon is an error."""
     t0 = time.monotonic()
     while True:
         if not daemon.alive():
@@ -384,7 +447,7 @@ def _drain(cfg: Config, daemon: DaemonProcess, timeout: float) -> tuple[Status |
             )
         st = collect_status(cfg)
         waited = time.monotonic() - t0
-        if _synced(st):
+        if cond(st):
             return st, waited
         if waited > timeout:
             return None, waited
@@ -392,6 +455,16 @@ def _drain(cfg: Config, daemon: DaemonProcess, timeout: float) -> tuple[Status |
 
 
 # -- printing -------------------------------------------------------------------------------
+
+
+def _wrap(first: str, text: str, width: int = 100) -> str:
+    return textwrap.fill(
+        text,
+        width,
+        initial_indent=first,
+        subsequent_indent=" " * len(first),
+        break_on_hyphens=False,
+    )
 
 
 def _indent(text: str, pad: str = "    ") -> str:
@@ -425,7 +498,7 @@ def _show_check(plan: Plan, echo: Echo) -> None:
     if merged:
         echo(f"  merged (tagged by source): {', '.join(merged)}")
     if renamed:
-        echo(f"  renamed: {', '.join(renamed)}")
+        echo(_wrap("  renamed: ", ", ".join(renamed)))
 
 
 def _show_diffs(diffs: list[TableDiff], plan: Plan, cfg: Config, echo: Echo) -> bool:
@@ -508,11 +581,16 @@ def _show_daemon_log(log_path: Path, echo: Echo) -> None:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return
-    added = [ln.split("added column ", 1)[1] for ln in lines if "added column " in ln]
+    added: dict[str, list[str]] = {}
+    for ln in lines:
+        head, sep, col = ln.partition(": added column ")
+        if sep:
+            added.setdefault(head.rsplit("target ", 1)[-1], []).append(col)
     if added:
-        echo(
-            f"  daemon log: followed the bots' ALTER TABLEs, target columns added: {', '.join(added)}"
-        )
+        echo("  daemon log: columns it added to consolidated tables (merged-table widening and")
+        echo("  the bots' ALTER TABLEs):")
+        for target, cols in sorted(added.items()):
+            echo(_wrap(f"    {target}: ", ", ".join(cols)))
     bad = [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln]
     if bad:
         echo(f"  daemon log: {len(bad)} line(s) at ERROR or above:")
@@ -547,10 +625,15 @@ def _show_bots(bots: list[BotProcess], codes: list[int], echo: Echo) -> int:
 
 def _show_next(cfg_path: Path, root: Path, cfg: Config, echo: Echo) -> None:
     core = Path(cfg.targets.get("core", next(iter(cfg.targets.values()))))
+    steps = [
+        (f"cdc status -c {cfg_path}", "positions and backlog, per source and target"),
+        (f"cdc run -c {cfg_path}", "resume replication (Ctrl-C or SIGTERM stops it)"),
+        (f"python -m cdc.demo.bots --root {root} --bot trader --seconds 30", "more writes"),
+        (f"sqlite3 {core} .tables", "look at the consolidated data"),
+        (f"cdc uninstall -c {cfg_path}", "remove every trigger from the legacy files"),
+    ]
+    w = max(len(cmd) for cmd, _ in steps)
     echo("next, as an operator:")
-    echo(f"  cdc status -c {cfg_path}            # positions and backlog, per source and target")
-    echo(f"  cdc run -c {cfg_path}               # resume replication (Ctrl-C / SIGTERM stops)")
-    echo(f"  python -m cdc.demo.bots --root {root} --bot trader --seconds 30   # more writes")
-    echo(f"  sqlite3 {core} .tables              # the consolidated data")
-    echo(f"  cdc uninstall -c {cfg_path}         # remove every trigger from the legacy files")
-    echo(f"  daemon log: {root / 'daemon.log'}   bot logs: {root / 'bot-stats'}/")
+    for cmd, why in steps:
+        echo(f"  {cmd:<{w}}  # {why}")
+    echo(f"  logs: {root / 'daemon.log'} (daemon), {root / 'bot-stats'}/ (bots)")
