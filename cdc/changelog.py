@@ -235,6 +235,7 @@ class LogReader:
 
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
+        self._bases: list[int] = []  # cached listing; refreshed when we reach its end
 
     def first_offset(self) -> int:
         bases = list_segments(self.log_dir)
@@ -249,7 +250,9 @@ class LogReader:
         damaged frame raises `LogCorruptError` naming the segment and offset.
         """
         out: list[LogEntry] = []
-        bases = list_segments(self.log_dir)
+        bases = self._bases
+        if not bases or offset < bases[0]:
+            bases = self._bases = list_segments(self.log_dir)
         if not bases:
             return out
         if offset < bases[0]:
@@ -266,8 +269,21 @@ class LogReader:
             base = bases[idx]
             newest = idx == len(bases) - 1
             path = os.path.join(self.log_dir, segment_name(base))
-            got = self._read_segment(path, base, offset, limit_offset, newest,
-                                     max_frames - len(out), max_bytes - nbytes)
+            try:
+                got = self._read_segment(path, base, offset, limit_offset, newest,
+                                         max_frames - len(out), max_bytes - nbytes)
+            except FileNotFoundError:
+                got = []  # deleted by retention since we listed: list again below
+                newest = True
+            if not got and newest:
+                fresh = list_segments(self.log_dir)  # a new segment may have started
+                if fresh != bases:
+                    bases = self._bases = fresh
+                    if offset < bases[0]:
+                        raise LogCorruptError(
+                            f"change log {self.log_dir}: offset {offset} was already deleted"
+                        )
+                    continue
             if got:
                 out.extend(got)
                 nbytes += got[-1].next_offset - offset
@@ -287,7 +303,7 @@ class LogReader:
         out: list[LogEntry] = []
         pos = offset
         used = 0
-        with open(path, "rb", buffering=1 << 20) as f:
+        with open(path, "rb", buffering=1 << 16) as f:
             f.seek(offset - base)
             while len(out) < max_frames and used < max_bytes:
                 if limit is not None and pos >= limit:

@@ -33,13 +33,15 @@ log = logging.getLogger(__name__)
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, paths: set[str], event: threading.Event) -> None:
-        self.paths = paths
-        self.event = event
+    """Maps a file event (db, -wal, -journal) to the wake-up of the source it belongs to."""
+
+    def __init__(self, events: dict[str, threading.Event]) -> None:
+        self.events = events
 
     def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
-        if event.src_path in self.paths:
-            self.event.set()
+        ev = self.events.get(event.src_path)
+        if ev is not None:
+            ev.set()
 
 
 def lock_state_dir(state_dir: str) -> int:
@@ -64,7 +66,6 @@ class Daemon:
         self.cfg = cfg
         self.settings = cfg.daemon
         self.stop_event = threading.Event()
-        self.harvest_wake = threading.Event()
         self.apply_wake = threading.Event()
         self.fatal: CdcError | None = None
         self._lock_fd = lock_state_dir(cfg.state_dir)
@@ -81,47 +82,46 @@ class Daemon:
             self.runtime[sp.name] = SourceRuntime(
                 path=sp.path, through_seq=h.position.through_seq, snapshot=h.snapshot_state()
             )
+        self.wakes = {h.plan.name: threading.Event() for h in self.harvesters}
         self.replicator = Replicator(self.plan, cfg.log_dir, self.settings)
         self.target_runtime = {n: TargetRuntime(path=p) for n, p in self.plan.targets.items()}
         self.started_at = time.time()
         self._observer = None
 
     # -- threads ---------------------------------------------------------------------------
-    def _harvest_loop(self) -> None:
-        backoff: dict[str, float] = {}
+    def _harvest_loop(self, h: Harvester) -> None:
+        """One thread per source: a bot holding one file's lock delays only that file."""
+        name = h.plan.name
+        rt = self.runtime[name]
+        wake = self.wakes[name]
         while not self.stop_event.is_set():
-            self.harvest_wake.clear()
-            busy = False
-            for h in self.harvesters:
-                name = h.plan.name
-                if backoff.get(name, 0) > time.monotonic():
+            wake.clear()
+            pause = self.settings.poll_interval
+            try:
+                res = h.harvest()
+                rt.harvested += res.events
+                rt.through_seq = res.through_seq
+                busy = res.events >= self.settings.harvest_batch
+                if h.snapshot_pending:
+                    rt.snapshot_rows += h.snapshot_chunk()
+                    busy = True
+                rt.snapshot_done = not h.snapshot_pending
+                rt.snapshot = h.snapshot_state()
+                if res.events or busy:
+                    self.apply_wake.set()
+                rt.last_error = None
+                if busy:
                     continue
-                rt = self.runtime[name]
-                try:
-                    res = h.harvest()
-                    rt.harvested += res.events
-                    rt.through_seq = res.through_seq
-                    busy |= res.events >= self.settings.harvest_batch
-                    if h.snapshot_pending:
-                        rt.snapshot_rows += h.snapshot_chunk()
-                        busy = True
-                    rt.snapshot_done = not h.snapshot_pending
-                    rt.snapshot = h.snapshot_state()
-                    if res.events or busy:
-                        self.apply_wake.set()
-                    rt.last_error = None
-                    backoff.pop(name, None)
-                except apsw.BusyError:
-                    backoff[name] = time.monotonic() + 0.05  # a bot holds the lock: retry soon
-                except LogCorruptError as e:
-                    return self._die(e)
-                except (CdcError, apsw.Error, OSError) as e:
-                    rt.last_error = f"{type(e).__name__}: {e}"
-                    rt.errors += 1
-                    log.error("source %s: %s", name, e)
-                    backoff[name] = time.monotonic() + 1.0
-            if not busy:
-                self.harvest_wake.wait(self.settings.poll_interval)
+            except apsw.BusyError:
+                pause = 0.05  # a bot held the lock past our busy timeout: retry soon
+            except LogCorruptError as e:
+                return self._die(e)
+            except (CdcError, apsw.Error, OSError) as e:
+                rt.last_error = f"{type(e).__name__}: {e}"
+                rt.errors += 1
+                log.error("source %s: %s", name, e)
+                pause = 1.0
+            wake.wait(pause)
 
     def _apply_loop(self) -> None:
         last_gc = 0.0
@@ -139,7 +139,7 @@ class Daemon:
                 if res.newest_observed_at:
                     rt.last_lag = now - res.newest_observed_at
             if now - last_gc > 5:
-                self.writer.delete_segments_before(self.replicator.min_offset())
+                self.writer.delete_segments_before(self.replicator.durable_min_offset())
                 last_gc = now
             if n == 0 and all(
                 c.offset >= self.writer.end_offset for c in self.replicator.checkpoints.values()
@@ -150,10 +150,10 @@ class Daemon:
         while not self.stop_event.wait(0.5):
             self.write_status()
 
-    def _guard(self, loop) -> None:  # noqa: ANN001
+    def _guard(self, loop, *args) -> None:  # noqa: ANN001
         """A bug in a loop stops the daemon with its message instead of a silent dead thread."""
         try:
-            loop()
+            loop(*args)
         except Exception as e:  # noqa: BLE001 - reported as the daemon's fatal error
             log.exception("worker %s crashed", loop.__name__)
             self._die(e)
@@ -182,15 +182,16 @@ class Daemon:
     def _watch(self) -> None:
         if not self.settings.watch:
             return
-        paths: dict[str, set[str]] = {}
+        dirs: dict[str, dict[str, threading.Event]] = {}
         for h in self.harvesters:
             p = os.path.abspath(h.plan.path)
-            paths.setdefault(os.path.dirname(p), set()).update(
-                {p, p + "-wal", p + "-journal"}
+            ev = self.wakes[h.plan.name]
+            dirs.setdefault(os.path.dirname(p), {}).update(
+                {p: ev, p + "-wal": ev, p + "-journal": ev}
             )
         self._observer = Observer()
-        for d, ps in paths.items():
-            self._observer.schedule(_Wake(ps, self.harvest_wake), d, recursive=False)
+        for d, events in dirs.items():
+            self._observer.schedule(_Wake(events), d, recursive=False)
         self._observer.daemon = True
         self._observer.start()
 
@@ -201,17 +202,22 @@ class Daemon:
                 signal.signal(sig, lambda *_: self.stop_event.set())
         self._watch()
         threads = [
-            threading.Thread(target=self._guard, args=(loop,), name=loop.__name__, daemon=True)
-            for loop in (self._harvest_loop, self._apply_loop, self._status_loop)
-        ]
+            threading.Thread(target=self._guard, args=(self._apply_loop,), name="apply", daemon=True)
+        ] + [
+            threading.Thread(target=self._guard, args=(self._harvest_loop, h),
+                             name=f"harvest-{h.plan.name}", daemon=True)
+            for h in self.harvesters
+        ] + [threading.Thread(target=self._guard, args=(self._status_loop,), name="status",
+                              daemon=True)]
         for t in threads:
             t.start()
         log.info("daemon running: %d sources, %d targets", len(self.harvesters),
                  len(self.replicator.targets))
         while not self.stop_event.wait(0.2):
-            if not all(t.is_alive() for t in threads[:2]):
+            if not all(t.is_alive() for t in threads[:-1]):
                 self._die(DaemonError("a worker thread died unexpectedly"))
-        self.harvest_wake.set()
+        for ev in self.wakes.values():
+            ev.set()
         self.apply_wake.set()
         for t in threads:
             t.join(timeout=30)

@@ -28,10 +28,12 @@ from cdc.errors import SourceError
 from cdc.events import Frame, Op, RowChange, SnapshotCursor, SourceMark, SourcePosition
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.plan import SourcePlan
-from cdc.sqlconn import open_legacy, write_transaction
+from cdc.sqlconn import open_legacy, set_busy_timeout, write_transaction
 from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
+
+TRIM_OVERDUE = 30.0  # seconds a trim may be deferred before it waits its turn
 
 
 class HarvestResult:
@@ -60,6 +62,7 @@ class Harvester:
     def open(self) -> None:
         """Connect and reconcile the log's position with the installed capture."""
         self.conn = open_legacy(self.plan.path, self.settings.busy_timeout_ms)
+        self.busy = set_busy_timeout(self.conn, self.settings.busy_timeout_ms)
         iid = capture.install_id(self.conn)
         if iid is None:
             raise SourceError(
@@ -94,6 +97,7 @@ class Harvester:
             pos.install_id, pos.through_seq, [cursors[t] for t in sorted(cursors)], pos.events
         )
         self._trimmed_through = 0
+        self._last_trim = time.monotonic()
         self._refresh_schemas(force=True)
 
     def close(self) -> None:
@@ -197,12 +201,22 @@ class Harvester:
                 out.append(RowChange(src, name, Op.DELETE, row[0], now, key))
         return out
 
-    def _maybe_trim(self, force: bool = False) -> None:
+    def _maybe_trim(self) -> None:
+        """Delete harvested capture rows, without queueing behind busy bots.
+
+        The trim is a write transaction on the bots' file: in rollback-journal mode it
+        blocks them while it runs. It is tried with a short lock budget and deferred when
+        bots are busy; only when it has been deferred for `TRIM_OVERDUE` seconds does it wait
+        the full busy timeout, so the capture table cannot grow without bound.
+        """
         through = self.position.through_seq
         if through <= self._trimmed_through:
             return
-        if not force and time.monotonic() - self._last_trim < self.settings.trim_interval:
+        now = time.monotonic()
+        if now - self._last_trim < self.settings.trim_interval:
             return
+        overdue = now - self._last_trim > TRIM_OVERDUE
+        self.busy.timeout_ms = self.settings.busy_timeout_ms if overdue else 20
         try:
             with write_transaction(self.conn):
                 # Keep the newest row so the INTEGER PRIMARY KEY never restarts numbering.
@@ -214,6 +228,8 @@ class Harvester:
         except apsw.BusyError:
             log.debug("source %s: trim deferred, database busy", self.plan.name)
             return
+        finally:
+            self.busy.timeout_ms = self.settings.busy_timeout_ms
         self._trimmed_through = through
         self._last_trim = time.monotonic()
 

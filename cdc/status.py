@@ -167,6 +167,8 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
     sources = []
     for sp in plan.sources:
         st = SourceStatus(sp.name, sp.path, len(sp.tables), False)
+        if not sp.tables:
+            st.snapshot = "nothing mapped"
         rt = ds.sources.get(sp.name) if ds else None
         if sp.tables:
             if positions is not None:

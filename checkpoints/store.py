@@ -15,6 +15,7 @@ import apsw
 import msgspec
 
 from cdc.errors import TargetError
+from cdc.sqlconn import write_transaction
 
 TABLE = "_cdc_checkpoint"
 SOURCES = "_cdc_source_applied"
@@ -82,6 +83,20 @@ class CheckpointStore:
                 hint="another replicator is writing this target; stop it",
             )
         return new
+
+    def make_durable(self) -> None:
+        """Force every commit so far onto disk before anyone relies on it surviving power loss.
+
+        Targets commit with synchronous=NORMAL (a WAL commit is not fsynced). One commit
+        under synchronous=FULL fsyncs the WAL and with it every earlier commit; rewriting
+        the checkpoint row in place makes sure that commit writes a page.
+        """
+        self.conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with write_transaction(self.conn):
+                self.conn.execute(f"UPDATE {TABLE} SET updated_at = updated_at")
+        finally:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def record_source(self, applied: SourceApplied) -> None:
         self.conn.execute(

@@ -15,7 +15,7 @@ import msgspec
 
 from cdc.changelog import LogEntry
 from cdc.errors import TargetError
-from cdc.events import Op, RowChange, SourceMark, TableSchema
+from cdc.events import Op, RowChange, SourceMark, SourcePosition, TableSchema
 from cdc.plan import Plan
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
@@ -44,6 +44,7 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
     try:
         with write_transaction(conn):
             runs: dict[tuple[str, str], list[RowChange]] = defaultdict(list)
+            marks: dict[str, SourcePosition] = {}
             for e in entries:
                 f = e.frame
                 if isinstance(f, RowChange):
@@ -57,10 +58,12 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
                         applied += _flush(conn, target, runs.pop((f.source, f.table), []))
                         target.apply_schema(f, m)
                 elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
-                    p = f.position
-                    target.checkpoints.record_source(
-                        SourceApplied(f.source, p.install_id, p.through_seq, p.events, time.time())
-                    )
+                    marks[f.source] = f.position  # only the newest per source matters
+            now = time.time()
+            for source, p in marks.items():
+                target.checkpoints.record_source(
+                    SourceApplied(source, p.install_id, p.through_seq, p.events, now)
+                )
             for events in runs.values():
                 applied += _flush(conn, target, events)
                 newest = max(newest, events[-1].observed_at) if events else newest

@@ -60,5 +60,13 @@ class Replicator:
             total += res.events
         return total
 
-    def min_offset(self) -> int:
-        return min((c.offset for c in self.checkpoints.values()), default=0)
+    def durable_min_offset(self) -> int:
+        """The lowest checkpoint, after making every target's commits durable.
+
+        Targets commit with synchronous=NORMAL; a segment may only be deleted once the
+        checkpoints past it can no longer be rolled back by a power loss.
+        """
+        low = min((c.offset for c in self.checkpoints.values()), default=0)
+        for t in self.targets.values():
+            t.checkpoints.make_durable()
+        return low

@@ -51,44 +51,41 @@ CONTAINER_DIRS = ("data", "bots")
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 RESOLUTIONS: dict[tuple[str, str], str] = {
-    # core.users: jarvis.db `users(id, name, email)` is the web app's account table;
-    # jarvis_admin.db `users(user_id, username, ..., spam_score, is_banned)` is the Telegram
-    # moderation roster. Different entities and different key columns (`id` vs `user_id`):
-    # `resolve_plan` refuses such a merge, so the admin table is renamed apart.
     ("data/jarvis_admin.db", "users"): "admin_users",
-    # analytics.predictions: jarvis_memory's `predictions(id INTEGER AUTOINCREMENT,
-    # prediction, confidence, ...)` (the assistant's own forecasts) vs sentiment.db's
-    # `predictions(id TEXT, symbol, sentiment_score, ...)` (market calls). The key *names*
-    # agree, so the engine would accept a merge, but the key types do not (integer vs uuid
-    # text), no other column is shared, and a merged table keys on (tag, id): `id` would
-    # stop being a rowid alias, so the memory bot's `INSERT ... (prediction, ...)` without an
-    # id would store NULL ids after cutover. Renamed apart; jarvis_memory keeps the name.
     ("data/sentiment.db", "predictions"): "sentiment_predictions",
-    # analytics.interactions: both `id INTEGER PRIMARY KEY AUTOINCREMENT`, so a merge is
-    # possible, but only `id` and `timestamp` are shared: a chat turn (user_input,
-    # jarvis_response, feedback, session_id) and an X interaction (tweet_id, user_handle,
-    # interaction_type) are different records. A merge would give a sparse table, drop the
-    # AUTOINCREMENT both bots rely on and force them to write the tag column; a rename keeps
-    # the X bot's own CREATE statement (defaults, AUTOINCREMENT) in the target.
     ("data/jarvis_x_memory.db", "interactions"): "x_interactions",
-    # cache.memories: ai_memory.db `memories(id INTEGER AUTOINCREMENT, namespace, key,
-    # value, UNIQUE(namespace, key))` vs long_term.db `memories(id TEXT, content, embedding
-    # BLOB, ...)`. Beyond being different stores, a merged table is built from the union of
-    # columns without the sources' constraints: UNIQUE(namespace, key) would be lost, and it
-    # is what makes the ai_memory bot's `INSERT OR REPLACE` delete the old row in the target
-    # exactly as it does (silently, no DELETE trigger) in the legacy file. Renamed apart.
     ("data/memory/long_term.db", "memories"): "long_term_memories",
 }
-"""(legacy file, table) -> new target table name, for the four collisions of plan.json."""
+"""(legacy file, table) -> new target table name: the four collisions of plan.json, all renames.
 
+A merge (one target table, a tag column, PRIMARY KEY(tag, key)) is possible in the engine only
+where the key column names agree, and even then it changes the table the bots write to after
+cutover: its columns are the union of both sources' without types or constraints, and `id` is
+no longer a rowid alias, so a bot's `INSERT` without an id stores NULL, the tag must be written,
+and AUTOINCREMENT, defaults and UNIQUE constraints are gone. A rename keeps each bot's own
+CREATE statement in the target. The side renamed is the one a prefix naming its bot
+describes (as the plan already does with `telegram_*`); the other keeps the plain name.
 
-def corpus_root(tests_file: str | os.PathLike[str]) -> Path:
-    """`../shared/corpus/jarvis` beside the repo root holding `tests_file`."""
-    return Path(tests_file).resolve().parents[2] / "shared" / "corpus" / "jarvis"
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+* core.users -> `admin_users` for jarvis_admin.db: jarvis.db `users(id, name, email)` is the
+  web app's account table, jarvis_admin.db `users(user_id, username, ..., spam_score,
+  is_banned)` the Telegram moderation roster. The keys differ (`id` vs `user_id`), so a merge
+  is refused by `resolve_plan` anyway (see `test_merge_is_refused_where_primary_keys_differ`).
+* analytics.predictions -> `sentiment_predictions` for sentiment.db: jarvis_memory's
+  `predictions(id INTEGER AUTOINCREMENT, prediction, confidence, ...)` are the assistant's own
+  forecasts, sentiment.db's `predictions(id TEXT, symbol, sentiment_score, ...)` market calls.
+  The key names agree, so the engine would accept a merge, but the key types do not (integer
+  vs uuid text) and no other column is shared.
+* analytics.interactions -> `x_interactions` for jarvis_x_memory.db: both keys are
+  `id INTEGER PRIMARY KEY AUTOINCREMENT`, so a merge is possible, but only `id` and
+  `timestamp` are shared: a chat turn (user_input, jarvis_response, feedback, session_id) and
+  an X interaction (tweet_id, user_handle, interaction_type) are different records, and both
+  bots rely on AUTOINCREMENT, which a merged table drops.
+* cache.memories -> `long_term_memories` for memory/long_term.db: ai_memory's `memories(id
+  INTEGER AUTOINCREMENT, namespace, key, value, UNIQUE(namespace, key))` vs long_term's
+  `memories(id TEXT, content, embedding BLOB, ...)`. Besides being different stores, a merged
+  table would lose UNIQUE(namespace, key), which is what makes the ai_memory bot's
+  `INSERT OR REPLACE` an upsert: after cutover it would pile up duplicates instead.
+"""
 
 
 def copy_legacy(src: Path, dst: Path) -> Path:
@@ -108,7 +105,11 @@ def copy_legacy(src: Path, dst: Path) -> Path:
 
 
 def source_name(rel_path: str) -> str:
-    """`data/jarvis_admin.db` -> `jarvis_admin`; `bots/twitter/engagement.db` -> `twitter_engagement`."""
+    """A source name from a path: `data/jarvis_admin.db` -> `jarvis_admin`.
+
+    Leading `CONTAINER_DIRS` are dropped (`bots/twitter/engagement.db` -> `twitter_engagement`),
+    the other folders joined with `_`, and characters a name may not hold become `_`.
+    """
     parts = list(PurePosixPath(rel_path).with_suffix("").parts)
     while len(parts) > 1 and parts[0] in CONTAINER_DIRS:
         parts.pop(0)
