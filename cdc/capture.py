@@ -183,11 +183,17 @@ def _drop_triggers(conn: apsw.Connection, tid: int) -> None:
 
 def uninstall(conn: apsw.Connection) -> int:
     """Remove every trigger and table `install` created, and nothing else. Returns tables released."""
-    with write_transaction(conn):
-        tids = list(installed_tables(conn).values())
-        for tid in tids:
-            _drop_triggers(conn, tid)
-        for t in (CHANGES, TABLES, META):
-            conn.execute(f"DROP TABLE IF EXISTS {t}")
+    try:
+        with write_transaction(conn):
+            tids = list(installed_tables(conn).values())
+            for tid in tids:
+                _drop_triggers(conn, tid)
+            for t in (CHANGES, TABLES, META):
+                conn.execute(f"DROP TABLE IF EXISTS {t}")
+    except apsw.BusyError as e:
+        raise SourceError(
+            f"{conn.filename}: database stayed locked during uninstall: {e}",
+            hint="a bot held the write lock for longer than the busy timeout; retry",
+        ) from e
     return len(tids) * 4
 

@@ -270,7 +270,7 @@ class LogReader:
             newest = idx == len(bases) - 1
             path = os.path.join(self.log_dir, segment_name(base))
             try:
-                got = self._read_segment(path, base, offset, limit_offset, newest,
+                got = self.read_segment(path, base, offset, limit_offset, newest,
                                          max_frames - len(out), max_bytes - nbytes)
             except FileNotFoundError:
                 got = []  # deleted by retention since we listed: list again below
@@ -298,7 +298,7 @@ class LogReader:
                 break
         return out
 
-    def _read_segment(self, path: str, base: int, offset: int, limit: int | None,
+    def read_segment(self, path: str, base: int, offset: int, limit: int | None,
                       newest: bool, max_frames: int, max_bytes: int) -> list[LogEntry]:
         out: list[LogEntry] = []
         pos = offset

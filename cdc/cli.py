@@ -17,7 +17,7 @@ import click
 import msgspec
 
 from cdc.config import Config, load_config
-from cdc.errors import CdcError
+from cdc.errors import CdcError, LogCorruptError
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ def uninstall(config_path: str) -> None:
 
     cfg = _load(config_path)
     for r in _run(lambda: ops.uninstall(cfg)):
-        click.echo(f"{r.source}: removed {r.triggers_dropped} triggers ({r.path})")
+        click.echo(f"{r.source}: capture removed from {r.tables_released} tables ({r.path})")
 
 
 @cli.command()
@@ -124,6 +124,31 @@ def status(config_path: str, as_json: bool, watch: float | None) -> None:
         if not watch:
             return
         time.sleep(watch)
+
+
+@cli.group(name="log")
+def log_group() -> None:
+    """Inspect the change log."""
+
+
+@log_group.command(name="check")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def log_check(config_path: str, as_json: bool) -> None:
+    """Verify every frame's checksum; name the segment and offset of any damage."""
+    from cdc.logcheck import check_log
+
+    cfg = _load(config_path)
+    report = check_log(cfg.log_dir)
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+    else:
+        for s in report.segments:
+            state = "ok" if s.error is None else f"DAMAGED: {s.error}"
+            click.echo(f"{s.segment}: {s.frames} frames ({s.rows} rows, {s.marks} marks), "
+                       f"{s.bytes} bytes, {state}")
+        click.echo("log ok" if report.ok else "log damaged")
+    sys.exit(0 if report.ok else LogCorruptError.exit_code)
 
 
 @cli.command()

@@ -84,6 +84,8 @@ class Daemon:
             )
         self.wakes = {h.plan.name: threading.Event() for h in self.harvesters}
         self.replicator = Replicator(self.plan, cfg.log_dir, self.settings)
+        self.replicator.check_against_log(self.replicator.reader.first_offset(),
+                                          self.writer.end_offset)
         self.target_runtime = {n: TargetRuntime(path=p) for n, p in self.plan.targets.items()}
         self.started_at = time.time()
         self._observer = None
@@ -132,6 +134,9 @@ class Daemon:
             except (TargetError, LogCorruptError, apsw.Error) as e:
                 return self._die(e)
             now = time.time()
+            for name, rt in self.target_runtime.items():
+                err = self.replicator.errors.get(name)
+                rt.last_error = str(err) if err else None
             for name, res in self.replicator.last_results.items():
                 rt = self.target_runtime[name]
                 rt.applied = res.checkpoint.events
@@ -141,7 +146,9 @@ class Daemon:
             if now - last_gc > 5:
                 self.writer.delete_segments_before(self.replicator.durable_min_offset())
                 last_gc = now
-            if n == 0 and all(
+            if self.replicator.errors:
+                self.apply_wake.wait(1.0)  # a target is locked or full: retry, don't spin
+            elif n == 0 and all(
                 c.offset >= self.writer.end_offset for c in self.replicator.checkpoints.values()
             ):
                 self.apply_wake.wait(self.settings.poll_interval)
@@ -165,6 +172,12 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------
     def write_status(self, state: str = "running") -> None:
+        try:
+            self._write_status(state)
+        except OSError as e:  # a full state disk must not kill replication by itself
+            log.warning("cannot write the status file: %s", e)
+
+    def _write_status(self, state: str) -> None:
         write_status(
             self.cfg.state_dir,
             DaemonStatus(

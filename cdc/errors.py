@@ -51,6 +51,10 @@ class TargetError(CdcError):
     exit_code = 6
 
 
+class TargetBusyError(TargetError):
+    """A consolidated database is locked or full right now; retrying later is safe."""
+
+
 class DaemonError(CdcError):
     """The daemon could not start or another instance already owns the state dir."""
 

@@ -90,6 +90,14 @@ class Harvester:
                 hint="changes made while capture was off are unknown: re-initialize this "
                 "source's targets from a fresh snapshot",
             )
+        top = self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
+        if top < pos.through_seq:
+            raise SourceError(
+                f"{self.plan.path}: capture sequence is at {top} but {pos.through_seq} was "
+                "already harvested: the file lost committed transactions (restored from a "
+                "backup, or a power loss without synchronous=FULL)",
+                hint="re-initialize this source's targets from a fresh snapshot",
+            )
         cursors = {c.table: c for c in pos.snapshots}
         for t in wanted:
             cursors.setdefault(t, SnapshotCursor(t))
@@ -111,16 +119,20 @@ class Harvester:
         version = schema_version(self.conn)
         if version == self._schema_version and not force:
             return
-        self._schema_version = version
         for name in self.tids.values():
             info = table_info(self.conn, name)
             if not info.columns:
-                raise SourceError(f"{self.plan.path}: captured table {name!r} has disappeared")
+                raise SourceError(
+                    f"{self.plan.path}: captured table {name!r} was dropped or renamed",
+                    hint="map the new name (or exclude it) in cdc.toml and restart the daemon",
+                )
             if force or self.infos.get(name) != info:
                 if name in self.infos:
                     log.info("source %s: table %s changed shape", self.plan.name, name)
                 self.infos[name] = info
                 self._pending_schemas.append(info.to_schema(self.plan.name))
+        self._schema_version = version  # only once every table was found: a dropped or
+        # renamed table keeps failing this source (shown in status) instead of going quiet
 
     # -- stream --------------------------------------------------------------------------
     def harvest(self) -> HarvestResult:

@@ -53,7 +53,7 @@ def install(cfg: Config, plan: Plan | None = None) -> InstallReport:
 class SourceUninstall(msgspec.Struct):
     source: str
     path: str
-    triggers_dropped: int
+    tables_released: int
 
 
 def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:

@@ -46,6 +46,7 @@ class TargetStatus(msgspec.Struct):
     backlog_bytes: int = 0
     lag_seconds: float | None = None
     last_applied_at: float | None = None
+    last_error: str | None = None
 
 
 class DaemonState(msgspec.Struct):
@@ -71,6 +72,10 @@ class Status(msgspec.Struct):
     @property
     def backlog_events(self) -> int:
         return sum(s.backlog_events for s in self.sources)
+
+    @property
+    def in_sync(self) -> bool:
+        return self.backlog_events == 0 and all(t.backlog_bytes == 0 for t in self.targets)
 
 
 def _target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
@@ -161,7 +166,8 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
                 oldest[src] = min(oldest.get(src, t), t)
         targets.append(
             TargetStatus(name, path, events, off, max(0, end - off),
-                         rt.last_lag if rt else None, at)
+                         rt.last_lag if rt else None, at,
+                         rt.last_error if rt and daemon.state == "running" else None)
         )
 
     sources = []

@@ -27,6 +27,7 @@ class TargetRuntime(msgspec.Struct):
     applied: int = 0
     offset: int = 0
     last_lag: float | None = None
+    last_error: str | None = None
 
 
 class DaemonStatus(msgspec.Struct):

@@ -35,9 +35,15 @@ def render_status(st: Status) -> str:
     lines.append(f"{'target':<12} {'applied events':>14} {'behind (bytes)':>15} {'last apply':>12}")
     for t in st.targets:
         lines.append(f"{t.name:<12} {t.applied_events:>14} {t.backlog_bytes:>15} {_age(t.last_applied_at):>12}")
+        if t.last_error:
+            lines.append(f"  last error: {t.last_error}")
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
-    total = st.backlog_events
     lines.append("")
-    lines.append("in sync" if total == 0 else f"backlog: {total} changes not yet applied")
+    if st.in_sync:
+        lines.append("in sync")
+    else:
+        behind = sum(t.backlog_bytes for t in st.targets)
+        lines.append(f"backlog: {st.backlog_events} changes not yet applied, "
+                     f"{behind} log bytes not yet applied")
     return "\n".join(lines)

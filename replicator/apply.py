@@ -14,7 +14,7 @@ import apsw
 import msgspec
 
 from cdc.changelog import LogEntry
-from cdc.errors import TargetError
+from cdc.errors import TargetBusyError, TargetError
 from cdc.events import Op, RowChange, SourceMark, SourcePosition, TableSchema
 from cdc.plan import Plan
 from cdc.sqlconn import write_transaction
@@ -69,8 +69,11 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
                 newest = max(newest, events[-1].observed_at) if events else newest
             cp = target.checkpoints.advance(old, entries[-1].next_offset, applied)
     except apsw.FullError as e:
-        raise TargetError(f"{target.path}: disk full while applying: {e}",
-                          hint="free space; the daemon resumes where it stopped") from e
+        raise TargetBusyError(f"{target.path}: disk full while applying: {e}",
+                              hint="free space; replication resumes where it stopped") from e
+    except apsw.BusyError as e:
+        raise TargetBusyError(f"{target.path}: locked by another process: {e}",
+                              hint="find who holds the consolidated database open for writing") from e
     except apsw.Error as e:
         raise TargetError(f"{target.path}: apply failed at offset {old.offset}: {e}") from e
     return ApplyResult(applied, cp, newest)

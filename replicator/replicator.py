@@ -11,6 +11,7 @@ import logging
 
 from cdc.changelog import LogReader
 from cdc.config import DaemonSettings
+from cdc.errors import TargetBusyError, TargetError
 from cdc.plan import Plan
 from replicator.apply import ApplyResult, apply_batch
 from replicator.target import TargetDB
@@ -32,6 +33,7 @@ class Replicator:
             raise
         self.checkpoints = {n: t.checkpoints.load() for n, t in self.targets.items()}
         self.last_results: dict[str, ApplyResult] = {}
+        self.errors: dict[str, Exception] = {}
 
     def close(self) -> None:
         for t in self.targets.values():
@@ -54,11 +56,34 @@ class Replicator:
                 cache[cp.offset] = entries
             if not entries:
                 continue
-            res = apply_batch(target, self.plan, entries, cp)
+            try:
+                res = apply_batch(target, self.plan, entries, cp)
+            except TargetBusyError as e:
+                # Nothing was committed; the other targets go on, this one retries later.
+                self.errors[name] = e
+                log.warning("target %s: %s", name, e)
+                continue
+            self.errors.pop(name, None)
             self.checkpoints[name] = res.checkpoint
             self.last_results[name] = res
             total += res.events
         return total
+
+    def check_against_log(self, log_first: int, log_end: int) -> None:
+        """Refuse to run when a checkpoint is outside the log (state dir reset, wrong log)."""
+        for name, cp in self.checkpoints.items():
+            if cp.offset > log_end:
+                raise TargetError(
+                    f"{self.targets[name].path}: checkpoint {cp.offset} is past the end of the "
+                    f"change log ({log_end}): the state dir was reset or belongs to another setup",
+                    hint="restore the state dir, or rebuild this target from a fresh snapshot",
+                )
+            if cp.offset < log_first:
+                raise TargetError(
+                    f"{self.targets[name].path}: checkpoint {cp.offset} is before the oldest "
+                    f"log segment ({log_first}): changes it needs were deleted",
+                    hint="rebuild this target from a fresh snapshot",
+                )
 
     def durable_min_offset(self) -> int:
         """The lowest checkpoint, after making every target's commits durable.

@@ -155,3 +155,21 @@ def test_old_frames_still_decode(hexed, expected):
     assert got == expected
     if isinstance(got, RowChange):
         assert repr(got.row[1]) == "-0.0" and isinstance(got.row[2], bytes)
+
+
+def test_log_check_names_the_damaged_segment(tmp_path):
+    from cdc.logcheck import check_log
+
+    w = LogWriter(str(tmp_path), segment_bytes=300)
+    for i in range(6):
+        _batch(w, i)
+    assert check_log(str(tmp_path)).ok
+    first = list_segments(str(tmp_path))[1]
+    path = tmp_path / segment_name(first)
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0x01
+    path.write_bytes(bytes(data))
+    rep = check_log(str(tmp_path))
+    assert not rep.ok
+    bad = [s for s in rep.segments if s.error]
+    assert [s.segment for s in bad] == [segment_name(first)] and "offset" in bad[0].error

@@ -183,3 +183,18 @@ def test_new_mapped_table_is_captured_on_restart(tmp_path, daemons):
     assert _equal(cfg) == []
     t = sqlite3.connect(tmp_path / "out" / "core.db")
     assert t.execute("SELECT count(*) FROM budget_alerts").fetchone()[0] == 2
+
+
+def test_reset_state_dir_is_refused(tmp_path, daemons):
+    """Targets ahead of a (new, empty) log would silently stop receiving changes."""
+    import shutil
+
+    cfg = _setup(tmp_path, wal=False, rows=50)
+    d = daemons(cfg)
+    d.wait_synced()
+    assert d.stop() == 0
+    shutil.rmtree(tmp_path / "state")
+    r = cdc_cmd("run", "-c", str(cfg))
+    assert r.returncode == 6 and "past the end of the change log" in r.stderr
+    r = cdc_cmd("log", "check", "-c", str(cfg))
+    assert r.returncode == 0
