@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import time
 from pathlib import Path
 
@@ -66,8 +67,13 @@ def trade_row(rng: random.Random) -> tuple:
     price = rng.lognormvariate(-3, 2)
     meta = None
     if rng.random() < 0.7:
-        meta = json.dumps({"slippage_bps": rng.randrange(300), "route": rng.choice("ABC"),
-                           "tx": f"{rng.getrandbits(128):032x}"})
+        meta = json.dumps(
+            {
+                "slippage_bps": rng.randrange(300),
+                "route": rng.choice("ABC"),
+                "tx": f"{rng.getrandbits(128):032x}",
+            }
+        )
     return (
         f"W{rng.randrange(50):02d}{rng.getrandbits(64):016x}",
         rng.choice(SYMBOLS),
@@ -144,6 +150,51 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.01):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class Baseline:
+    """The other side of a comparison, timed between the benchmark's own rounds.
+
+    pytest-benchmark times one callable per test; a ratio against a baseline measured in a
+    separate test would be skewed by whatever the disk did in between (fsync latency on a
+    shared VM drifts by several x over minutes). So the benchmark's `setup` runs one
+    baseline round before each measured round (A B A B ...) and the ratio compares medians
+    of rounds that ran side by side.
+    """
+
+    def __init__(self, warmup_rounds: int = 0) -> None:
+        self.warmup_rounds = warmup_rounds
+        self.times: list[float] = []
+
+    def run(self, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.times.append(time.perf_counter() - t)
+        return out
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times[self.warmup_rounds :])
+
+    def record(self, benchmark, ratio_name: str, invert: bool = False) -> float | None:
+        """Put both medians and their ratio (measured / baseline, or inverted) in extra_info."""
+        if benchmark.stats is None or len(self.times) <= self.warmup_rounds:
+            return None  # --benchmark-disable: nothing was timed
+        measured = benchmark.stats.stats.median
+        ratio = self.median / measured if invert else measured / self.median
+        # Noise only ever adds time, so the ratio of the fastest rounds is a second opinion.
+        fastest, base_fastest = benchmark.stats.stats.min, min(self.times[self.warmup_rounds :])
+        min_ratio = base_fastest / fastest if invert else fastest / base_fastest
+        benchmark.extra_info.update(
+            {
+                "median_s": measured,
+                "baseline_median_s": self.median,
+                "baseline_rounds": len(self.times) - self.warmup_rounds,
+                ratio_name: round(ratio, 4),
+                f"{ratio_name}_of_min": round(min_ratio, 4),
+            }
+        )
+        return ratio
 
 
 class Pipeline:
