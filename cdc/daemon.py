@@ -103,7 +103,7 @@ class Daemon:
                 res = h.harvest()
                 rt.harvested += res.events
                 rt.through_seq = res.through_seq
-                busy = res.events >= self.settings.harvest_batch
+                busy = res.full
                 if h.snapshot_pending:
                     rt.snapshot_rows += h.snapshot_chunk()
                     busy = True

@@ -59,23 +59,33 @@ class TableSchema(msgspec.Struct, frozen=True, tag="schema", array_like=True):
     index_sql: list[str] = []
 
 
-class RowChange(msgspec.Struct, frozen=True, tag="row", array_like=True):
-    """The state of one source row, read at `observed_at`.
+class RowEvent(msgspec.Struct, frozen=True, array_like=True):
+    """The state of one source row: its new image (upsert) or its absence (delete).
 
-    Capture triggers record only which key changed; the harvester reads the row's current
-    image in the same read transaction. So `row` is the row as committed at that instant
-    (or None if it no longer exists), and applying events in log order can never revert
-    a row to an older image. `seq` is the source capture sequence of the last change to
-    this key covered by the event (0 for snapshot rows).
+    `seq` is the source capture sequence of the newest change to this key covered by the
+    event (0 for snapshot rows).
+    """
+
+    op: Op
+    seq: int
+    key: list[Value]
+    row: list[Value] | None = None
+
+
+class RowBatch(msgspec.Struct, frozen=True, tag="rows", array_like=True):
+    """The rows of one table from one harvest (or one snapshot chunk), read at `observed_at`.
+
+    Capture triggers record only which key changed; the harvester reads each row's current
+    image in the same read transaction. So a batch is a consistent cut, holds each key at
+    most once, and applying batches in log order can never revert a row to an older image.
+    Inside a batch the order of events therefore does not matter. One frame per batch (not
+    per row) keeps the per-frame cost (checksum, header, decode dispatch) off each row.
     """
 
     source: str
     table: str
-    op: Op
-    seq: int
     observed_at: float
-    key: list[Value]
-    row: list[Value] | None = None
+    events: list[RowEvent]
 
 
 class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
@@ -122,7 +132,7 @@ class SegmentStart(msgspec.Struct, frozen=True, tag="segment", array_like=True):
     created_at: float = 0.0
 
 
-Frame = Union[TableSchema, RowChange, SourceMark, SegmentStart]  # noqa: UP007
+Frame = Union[TableSchema, RowBatch, SourceMark, SegmentStart]  # noqa: UP007
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

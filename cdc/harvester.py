@@ -15,7 +15,6 @@ never older-after-newer for any key.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 
@@ -25,7 +24,15 @@ from cdc import capture
 from cdc.changelog import LogWriter
 from cdc.config import DaemonSettings
 from cdc.errors import SourceError
-from cdc.events import Frame, Op, RowChange, SnapshotCursor, SourceMark, SourcePosition
+from cdc.events import (
+    Frame,
+    Op,
+    RowBatch,
+    RowEvent,
+    SnapshotCursor,
+    SourceMark,
+    SourcePosition,
+)
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.plan import SourcePlan
 from cdc.sqlconn import open_legacy, set_busy_timeout, write_transaction
@@ -37,10 +44,13 @@ TRIM_OVERDUE = 30.0  # seconds a trim may be deferred before it waits its turn
 
 
 class HarvestResult:
-    __slots__ = ("events", "through_seq", "snapshot_rows")
+    """What one harvest moved. `full` means the batch limit was hit: harvest again at once
+    (events alone cannot tell, since several changes to one key collapse into one event)."""
 
-    def __init__(self, events: int = 0, through_seq: int = 0, snapshot_rows: int = 0) -> None:
-        self.events, self.through_seq, self.snapshot_rows = events, through_seq, snapshot_rows
+    __slots__ = ("events", "through_seq", "full")
+
+    def __init__(self, events: int = 0, through_seq: int = 0, full: bool = False) -> None:
+        self.events, self.through_seq, self.full = events, through_seq, full
 
 
 class Harvester:
@@ -54,6 +64,7 @@ class Harvester:
         self.position: SourcePosition | None = None
         self._schema_version = -1
         self._pending_schemas: list[Frame] = []
+        self._last_count = 0
         self._last_trim = 0.0
         self._trimmed_through = 0
         self.last_error: str | None = None
@@ -140,15 +151,16 @@ class Harvester:
         pos = self.position
         conn = self.conn
         now = time.time()
-        frames: list[Frame] = []
+        frames: list[RowBatch] = []
         conn.execute("BEGIN")
         try:
             self._refresh_schemas()
-            hi = conn.execute(
-                f"SELECT max(seq) FROM (SELECT seq FROM {capture.CHANGES} WHERE seq > ? "
-                "ORDER BY seq LIMIT ?)",
+            hi, n = conn.execute(
+                f"SELECT max(seq), count(*) FROM (SELECT seq FROM {capture.CHANGES} "
+                "WHERE seq > ? ORDER BY seq LIMIT ?)",
                 (pos.through_seq, self.settings.harvest_batch),
-            ).fetchone()[0]
+            ).fetchone()
+            self._last_count = n
             if hi is not None:
                 frames = self._read_changes(pos.through_seq, hi, now)
         finally:
@@ -158,7 +170,8 @@ class Harvester:
             return HarvestResult(through_seq=pos.through_seq)
         through = hi if hi is not None else pos.through_seq
         schemas, self._pending_schemas = self._pending_schemas, []
-        new_pos = SourcePosition(pos.install_id, through, pos.snapshots, pos.events + len(frames))
+        nevents = sum(len(b.events) for b in frames)
+        new_pos = SourcePosition(pos.install_id, through, pos.snapshots, pos.events + nevents)
         try:
             self.writer.append_batch(
                 schemas + frames, SourceMark(self.plan.name, new_pos, time.time())
@@ -168,24 +181,25 @@ class Harvester:
             raise
         self.position = new_pos  # only once the batch is durable
         self._maybe_trim()
-        return HarvestResult(len(frames), through)
+        full = self._last_count >= self.settings.harvest_batch
+        return HarvestResult(nevents, through, full=full)
 
-    def _read_changes(self, lo: int, hi: int, now: float) -> list[RowChange]:
+    def _read_changes(self, lo: int, hi: int, now: float) -> list[RowBatch]:
         tids = [
             r[0]
             for r in self.conn.execute(
                 f"SELECT DISTINCT tid FROM {capture.CHANGES} WHERE seq > ? AND seq <= ?", (lo, hi)
             )
         ]
-        streams = []
+        out = []
         for tid in tids:
             name = self.tids.get(tid)
             if name is None:
                 continue  # a table no longer mapped: its changes are dropped with the trim
-            streams.append(self._read_table(self.infos[name], tid, lo, hi, now))
-        return list(heapq.merge(*streams, key=lambda e: e.seq))
+            out.append(self._read_table(self.infos[name], tid, lo, hi, now))
+        return out
 
-    def _read_table(self, info: TableInfo, tid: int, lo: int, hi: int, now: float) -> list[RowChange]:
+    def _read_table(self, info: TableInfo, tid: int, lo: int, hi: int, now: float) -> RowBatch:
         width = capture.key_width(info)
         kcols = [f"k{i + 1}" for i in range(width)]
         if info.key:
@@ -203,15 +217,15 @@ class Harvester:
             f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {', '.join(kcols)}) AS c "
             f"LEFT JOIN {q(info.name)} AS t ON {join} ORDER BY c.s"
         )
-        out = []
-        src, name = self.plan.name, info.name
-        for row in self.conn.execute(sql, (lo, hi, tid)):
-            key = list(row[2 : 2 + width])
-            if row[1]:
-                out.append(RowChange(src, name, Op.UPSERT, row[0], now, key, list(row[2 + width :])))
-            else:
-                out.append(RowChange(src, name, Op.DELETE, row[0], now, key))
-        return out
+        kend = 2 + width
+        upsert, delete = Op.UPSERT, Op.DELETE
+        events = [
+            RowEvent(upsert, r[0], list(r[2:kend]), list(r[kend:]))
+            if r[1]
+            else RowEvent(delete, r[0], list(r[2:kend]))
+            for r in self.conn.execute(sql, (lo, hi, tid))
+        ]
+        return RowBatch(self.plan.name, info.name, now, events)
 
     def _maybe_trim(self) -> None:
         """Delete harvested capture rows, without queueing behind busy bots.
@@ -293,16 +307,17 @@ class Harvester:
         finally:
             self.conn.execute("COMMIT")
         src = self.plan.name
-        frames = [
-            RowChange(src, cur.table, Op.UPSERT, 0, now, list(r[:width]), list(r[width:]))
-            for r in rows
-        ]
+        batch = RowBatch(
+            src, cur.table, now,
+            [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows],
+        )
+        frames = [batch] if rows else []
         after = list(rows[-1][:width]) if rows else cur.after
         snaps = list(pos.snapshots)
         done = until is None or len(rows) < limit or after == until
         snaps[idx] = SnapshotCursor(cur.table, done, after, until)
         schemas, self._pending_schemas = self._pending_schemas, []
-        new_pos = SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(frames))
+        new_pos = SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))
         try:
             self.writer.append_batch(schemas + frames, SourceMark(src, new_pos, time.time()))
         except BaseException:

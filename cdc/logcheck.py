@@ -8,7 +8,7 @@ import msgspec
 
 from cdc.changelog import LogReader, list_segments, segment_name
 from cdc.errors import LogCorruptError
-from cdc.events import RowChange, SegmentStart, SourceMark, TableSchema
+from cdc.events import RowBatch, SegmentStart, SourceMark, TableSchema
 
 
 class SegmentReport(msgspec.Struct):
@@ -48,7 +48,8 @@ def check_log(log_dir: str) -> LogCheckReport:
                 for e in got:
                     rep.frames += 1
                     f = e.frame
-                    rep.rows += isinstance(f, RowChange)
+                    if isinstance(f, RowBatch):
+                        rep.rows += len(f.events)
                     rep.marks += isinstance(f, SourceMark)
                     rep.schemas += isinstance(f, TableSchema)
                     if isinstance(f, SegmentStart) and f.base_offset != base:

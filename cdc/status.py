@@ -17,7 +17,7 @@ import msgspec
 from cdc import capture
 from cdc.changelog import LogReader, list_segments
 from cdc.config import Config
-from cdc.events import RowChange, SourcePosition
+from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy
 from cdc.status_file import read_status
@@ -130,7 +130,7 @@ def _first_unapplied(log_dir: str, offset: int, limit: int = 20000) -> dict[str,
     try:
         for e in LogReader(log_dir).iter_from(offset, stop_at_bad=True):
             n += 1
-            if isinstance(e.frame, RowChange):
+            if isinstance(e.frame, RowBatch):
                 out.setdefault(e.frame.source, e.frame.observed_at)
             if n >= limit:
                 break

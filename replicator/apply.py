@@ -1,8 +1,9 @@
 """Apply a run of log entries to one target in a single transaction, checkpoint included.
 
 Rows of different tables are independent in the target (no triggers, foreign keys not
-enforced while applying), so entries are grouped per table, keeping their order within a
-table, and each run of one operation goes to SQLite as one `executemany`.
+enforced while applying), so row batches are grouped per table, keeping their order within
+a table. Inside one `RowBatch` each key appears once and every image is from one consistent
+cut, so its deletes and its upserts each go to SQLite as one `executemany`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import msgspec
 
 from cdc.changelog import LogEntry
 from cdc.errors import TargetBusyError, TargetError
-from cdc.events import Op, RowChange, SourceMark, SourcePosition, TableSchema
+from cdc.events import Op, RowBatch, SourceMark, SourcePosition, TableSchema
 from cdc.plan import Plan
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
@@ -43,11 +44,11 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
     newest = 0.0
     try:
         with write_transaction(conn):
-            runs: dict[tuple[str, str], list[RowChange]] = defaultdict(list)
+            runs: dict[tuple[str, str], list[RowBatch]] = defaultdict(list)
             marks: dict[str, SourcePosition] = {}
             for e in entries:
                 f = e.frame
-                if isinstance(f, RowChange):
+                if isinstance(f, RowBatch):
                     m = plan.mapping(f.source, f.table)
                     if m is not None and m.target == target.name:
                         runs[(f.source, f.table)].append(f)
@@ -64,9 +65,9 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
                 target.checkpoints.record_source(
                     SourceApplied(source, p.install_id, p.through_seq, p.events, now)
                 )
-            for events in runs.values():
-                applied += _flush(conn, target, events)
-                newest = max(newest, events[-1].observed_at) if events else newest
+            for batches in runs.values():
+                applied += _flush(conn, target, batches)
+                newest = max(newest, batches[-1].observed_at)
             cp = target.checkpoints.advance(old, entries[-1].next_offset, applied)
     except apsw.FullError as e:
         raise TargetBusyError(f"{target.path}: disk full while applying: {e}",
@@ -86,61 +87,64 @@ def _feeds(plan: Plan, source: str, target: str) -> bool:
         return False
 
 
-def _flush(conn: apsw.Connection, target: TargetDB, events: list[RowChange]) -> int:
-    if not events:
+def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> int:
+    if not batches:
         return 0
-    f0 = events[0]
-    shape = target.shapes.get((f0.source, f0.table))
+    b0 = batches[0]
+    shape = target.shapes.get((b0.source, b0.table))
     if shape is None:
-        raise TargetError(
-            f"{target.path}: row of {f0.source}.{f0.table} arrived before its schema"
-        )
-    i, n = 0, len(events)
-    while i < n:
-        op = events[i].op
-        j = i
-        while j < n and events[j].op == op:
-            j += 1
-        run = events[i:j]
-        if op == Op.UPSERT:
-            sql, rows = _upsert(shape, run)
-        else:
-            sql, rows = _delete(shape, run)
-        conn.executemany(sql, rows)
-        i = j
+        raise TargetError(f"{target.path}: row of {b0.source}.{b0.table} arrived before its schema")
+    key = (b0.source, b0.table)
+    stmts = target.statements.get(key)
+    if stmts is None:
+        stmts = target.statements[key] = statements(shape)
+    upsert_sql, delete_sql = stmts
+    n = 0
+    for b in batches:
+        dels = [e for e in b.events if e.op == Op.DELETE]
+        if dels:
+            conn.executemany(delete_sql, _delete_args(shape, dels))
+        if len(dels) < len(b.events):
+            conn.executemany(upsert_sql, _upsert_args(shape, b.events))
+        n += len(b.events)
     return n
 
 
-def _upsert(shape: AppliedShape, run: list[RowChange]):
-    cols = list(shape.columns)
-    if not shape.key:
-        cols = [shape.rowid_alias, *cols]  # identity is the rowid: keep it
-    tag = shape.tag_column is not None
-    if tag:
-        cols = [shape.tag_column, *cols]
-    sql = (
-        f"INSERT OR REPLACE INTO {q(shape.target_table)} "
-        f"({', '.join(c if c == shape.rowid_alias and not shape.key else q(c) for c in cols)}) "
-        f"VALUES ({', '.join('?' * len(cols))})"
-    )
-    if not shape.key:
-        rows = ([*e.key, *e.row] for e in run)
-    else:
-        rows = (e.row for e in run)
-    if tag:
-        rows = ([shape.tag, *r] for r in rows)
-    return sql, rows
-
-
-def _delete(shape: AppliedShape, run: list[RowChange]):
+def statements(shape: AppliedShape) -> tuple[str, str]:
+    """The INSERT OR REPLACE and DELETE for one applied shape (the target caches them)."""
+    cols = [q(c) for c in shape.columns]
     conds = []
     if shape.tag_column is not None:
         conds.append(f"{q(shape.tag_column)} IS ?")
     if shape.key:
         conds += [f"{q(k)} IS ?" for k in shape.key]
     else:
+        cols = [shape.rowid_alias, *cols]  # identity is the rowid: keep it
         conds.append(f"{shape.rowid_alias} = ?")
-    sql = f"DELETE FROM {q(shape.target_table)} WHERE {' AND '.join(conds)}"
     if shape.tag_column is not None:
-        return sql, ([shape.tag, *e.key] for e in run)
-    return sql, (e.key for e in run)
+        cols = [q(shape.tag_column), *cols]
+    table = q(shape.target_table)
+    upsert = (
+        f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+        f"VALUES ({', '.join('?' * len(cols))})"
+    )
+    return upsert, f"DELETE FROM {table} WHERE {' AND '.join(conds)}"
+
+
+def _upsert_args(shape: AppliedShape, events):
+    up = Op.UPSERT
+    if shape.tag_column is not None:
+        tag = shape.tag
+        if not shape.key:
+            return ([tag, *e.key, *e.row] for e in events if e.op == up)
+        return ([tag, *e.row] for e in events if e.op == up)
+    if not shape.key:
+        return ([*e.key, *e.row] for e in events if e.op == up)
+    return (e.row for e in events if e.op == up)
+
+
+def _delete_args(shape: AppliedShape, events):
+    if shape.tag_column is not None:
+        tag = shape.tag
+        return ([tag, *e.key] for e in events)
+    return (e.key for e in events)

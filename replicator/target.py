@@ -66,6 +66,7 @@ class TargetDB:
                 self.checkpoints = CheckpointStore(self.conn, consumer, path)
         except apsw.Error as e:
             raise TargetError(f"{path}: cannot prepare target: {e}") from e
+        self.statements: dict[tuple[str, str], tuple[str, str]] = {}  # see apply.statements
         self.shapes: dict[tuple[str, str], AppliedShape] = {
             (s, t): _shape_decoder.decode(b)
             for s, t, b in self.conn.execute(f"SELECT source, tbl, shape FROM {SCHEMAS}")
@@ -98,6 +99,7 @@ class TargetDB:
             (m.source, m.table, msgspec.msgpack.encode(shape)),
         )
         self.shapes[(m.source, m.table)] = shape
+        self.statements.pop((m.source, m.table), None)
 
     def _create(self, schema: TableSchema, m: TableMapping) -> None:
         if m.tag_column is None and schema.create_sql:

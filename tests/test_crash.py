@@ -21,7 +21,7 @@ import pytest
 
 from cdc.changelog import LogReader
 from cdc.config import load_config
-from cdc.events import RowChange
+from cdc.events import RowBatch
 from cdc.plan import resolve_plan
 from checkpoints.store import TABLE
 from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, make_db, write_config
@@ -96,17 +96,19 @@ def _assert_no_duplicates(cfg_path: Path) -> None:
     cfg = load_config(cfg_path)
     plan = resolve_plan(cfg)
     reader = LogReader(cfg.log_dir)
-    last_seq: dict[str, int] = {}
+    last_seq: dict[tuple[str, str], int] = {}
     per_target: dict[str, int] = {t: 0 for t in plan.targets}
     for e in reader.iter_from(reader.first_offset()):
         f = e.frame
-        if not isinstance(f, RowChange):
+        if not isinstance(f, RowBatch):
             continue
-        if f.seq:  # stream events: each source sequence is harvested once, in order
-            assert f.seq > last_seq.get(f.source, 0), f"duplicate harvest {f.source} seq {f.seq}"
-            last_seq[f.source] = f.seq
+        for ev in f.events:
+            if ev.seq:  # stream events: each source sequence is harvested once, in order
+                k = (f.source, f.table)
+                assert ev.seq > last_seq.get(k, 0), f"duplicate harvest {k} seq {ev.seq}"
+                last_seq[k] = ev.seq
         m = plan.mapping(f.source, f.table)
-        per_target[m.target] += 1
+        per_target[m.target] += len(f.events)
     import apsw
 
     for name, path in plan.targets.items():
