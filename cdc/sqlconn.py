@@ -51,6 +51,9 @@ def open_target(path: str, busy_timeout_ms: int = 5000) -> apsw.Connection:
         set_busy_timeout(conn, busy_timeout_ms)
         set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Fewer, larger WAL checkpoints: the applier writes in big transactions and is the
+        # only writer until cutover (measured: 2000-row commits 25% faster, bench/README.md).
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
     except apsw.Error as e:
         raise TargetError(f"{path}: cannot open target database: {e}") from e
     return conn

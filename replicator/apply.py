@@ -124,10 +124,19 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
     if shape.tag_column is not None:
         cols = [q(shape.tag_column), *cols]
     table = q(shape.target_table)
-    upsert = (
-        f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
-        f"VALUES ({', '.join('?' * len(cols))})"
-    )
+    values = f"({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    if shape.key and not shape.other_unique:
+        # Only the key can conflict: an upsert updates in place, about 1.7x faster than
+        # REPLACE's delete + insert (bench/README.md).
+        keys = [q(k) for k in ([shape.tag_column] if shape.tag_column else []) + shape.key]
+        rest = [c for c in cols if c not in keys]
+        action = ", ".join(f"{c} = excluded.{c}" for c in rest) if rest else None
+        upsert = (f"INSERT INTO {table} {values} ON CONFLICT ({', '.join(keys)}) "
+                  + (f"DO UPDATE SET {action}" if action else "DO NOTHING"))
+    else:
+        # REPLACE also removes a row holding one of our UNIQUE values: a stale image
+        # whose own newer event comes later in the log.
+        upsert = f"INSERT OR REPLACE INTO {table} {values}"
     return upsert, f"DELETE FROM {table} WHERE {' AND '.join(conds)}"
 
 

@@ -43,6 +43,7 @@ class AppliedShape(msgspec.Struct, frozen=True):
     tag_column: str | None = None
     tag: str | None = None
     rowid_alias: str = "rowid"
+    other_unique: bool = True  # a UNIQUE besides the key: upserts must REPLACE through it
 
     def key_columns(self) -> list[str]:
         return list(self.key) if self.key else [self.rowid_alias]
@@ -86,6 +87,10 @@ class TargetDB:
         else:
             self._widen(schema, m, have)
         alias = next(n for n in ROWID_NAMES if n not in {c.name.lower() for c in schema.columns})
+        other_unique = self.conn.execute(
+            "SELECT count(*) FROM pragma_index_list(?) WHERE \"unique\" AND origin != 'pk'",
+            (m.target_table,),
+        ).fetchone()[0] > 0
         shape = AppliedShape(
             columns=[c.name for c in schema.columns],
             key=list(schema.key),
@@ -93,6 +98,7 @@ class TargetDB:
             tag_column=m.tag_column,
             tag=m.tag,
             rowid_alias=alias,
+            other_unique=other_unique,
         )
         self.conn.execute(
             f"INSERT OR REPLACE INTO {SCHEMAS} VALUES (?, ?, ?)",
