@@ -26,6 +26,7 @@ from cdc.harvester import Harvester
 from cdc.inventory import table_info
 from cdc.plan import Plan, resolve_plan
 from replicator import Replicator
+from tests.conftest import wait_until  # noqa: F401 - re-exported for the bench files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,17 +140,6 @@ def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
     return s[k]
-
-
-def wait_until(cond, timeout: float, what: str, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Baseline:

@@ -238,7 +238,7 @@ def test_daemon_drains_backlog(benchmark, summary, template, tmp_path):
         runs.append((daemon, t))
         t.start()
         wait_until(
-            lambda: caught_up(daemon) or not t.is_alive(), 300, "daemon to catch up", interval=0.002
+            lambda: caught_up(daemon) or not t.is_alive(), 300, 0.002, "daemon to catch up"
         )
 
     def stop(daemon: Daemon) -> None:

@@ -178,6 +178,7 @@ def run_lag(root: Path, journal: str, watch: bool, poll_interval: float) -> dict
         wait_until(
             lambda: target_ready(target) or daemon.poll() is not None,
             30,
+            0.01,
             "the daemon to create the target table",
         )
         assert daemon.poll() is None, (root / "daemon.stderr").read_text()
@@ -213,6 +214,7 @@ def run_lag(root: Path, journal: str, watch: bool, poll_interval: float) -> dict
                 and len(poller.seen) >= n
             ),
             60,
+            0.01,
             "every row to be applied",
         )
         landed = dict(conn.execute("SELECT id, landed FROM bench_landed").fetchall())
