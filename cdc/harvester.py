@@ -87,7 +87,7 @@ class Harvester:
             # The rules already map them (a bot created them, or the rules grew): capture
             # them now, under the same installation, and snapshot them below.
             infos = [table_info(self.conn, t) for t in wanted]
-            capture.install(self.conn, infos, self.plan.path)
+            capture.install(self.conn, infos, self.plan.path, self.plan.needs_unique_probes())
             tables = capture.installed_tables(self.conn)
             log.info("source %s: started capturing %s", self.plan.name, ", ".join(missing))
         self.tids = {tid: name for name, tid in tables.items() if name in wanted}

@@ -42,7 +42,7 @@ def install(cfg: Config, plan: Plan | None = None) -> InstallReport:
         try:
             wanted = {m.table for m in sp.tables}
             infos = [t for t in list_tables(conn) if t.name in wanted]
-            iid = capture.install(conn, infos, sp.path)
+            iid = capture.install(conn, infos, sp.path, sp.needs_unique_probes())
         finally:
             conn.close()
         out.append(SourceInstall(sp.name, sp.path, iid, sorted(wanted), sp.excluded))

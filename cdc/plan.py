@@ -39,6 +39,10 @@ class SourcePlan(msgspec.Struct, frozen=True):
     excluded: list[str] = []
     uncapturable: list[str] = []  # virtual tables explicitly excluded
 
+    def needs_unique_probes(self) -> set[str]:
+        """Tables whose target does not carry their UNIQUE constraints (merged ones)."""
+        return {m.table for m in self.tables if m.tag_column is not None}
+
 
 class Plan(msgspec.Struct, frozen=True, dict=True):
     targets: dict[str, str]

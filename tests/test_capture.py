@@ -215,3 +215,37 @@ def test_rolled_back_transaction_leaves_no_capture(tmp_path):
     tgt = apsw.Connection(p.plan.targets["core"])
     assert tgt.execute("SELECT id, v FROM plain").fetchall() == [(2, "real")]
     p.close()
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["copied", "merged"])
+def test_replace_through_a_unique_constraint_deletes_in_the_target_too(tmp_path, merge):
+    """`INSERT OR REPLACE` hitting a non-key UNIQUE deletes the old row with no DELETE trigger.
+
+    A copied table keeps its UNIQUE in the target, where REPLACE deletes the same row; a
+    merged table does not, so its source gets probe triggers that record the doomed key.
+    """
+    db = make_db(tmp_path / "legacy" / "bot.db",
+                 "CREATE TABLE pos(id INTEGER PRIMARY KEY AUTOINCREMENT, sym TEXT UNIQUE, q REAL);"
+                 "INSERT INTO pos(sym, q) VALUES ('A', 1), ('B', 2), ('C', 3);")
+    rule = {"table": "*", "target": "core"}
+    if merge:
+        rule["merge"] = True
+    cfg = config_from_dict(
+        {"state_dir": "state", "targets": {"core": "out/core.db"},
+         "sources": [{"name": "bot", "path": str(db)}], "rules": [rule]},
+        tmp_path,
+    )
+    from cdc.plan import resolve_plan
+
+    p = Pipeline(cfg, resolve_plan(cfg))
+    try:
+        p.sync()
+        c = sqlite3.connect(db, isolation_level=None)
+        c.execute("INSERT OR REPLACE INTO pos(sym, q) VALUES ('B', 20)")  # deletes id 2 silently
+        c.execute("UPDATE OR REPLACE pos SET sym = 'C' WHERE sym = 'A'")  # deletes id 3 silently
+        p.sync()
+        assert p.diffs() == []
+        probes = c.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE '%uniq%'").fetchone()
+        assert probes[0] == (2 if merge else 0)
+    finally:
+        p.close()
