@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import struct
@@ -247,5 +248,43 @@ def test_replace_through_a_unique_constraint_deletes_in_the_target_too(tmp_path,
         assert p.diffs() == []
         probes = c.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE '%uniq%'").fetchone()
         assert probes[0] == (2 if merge else 0)
+    finally:
+        p.close()
+
+
+identifiers = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12
+).filter(lambda s: not s.lower().startswith(("sqlite_", "_cdc_")) and s.strip() == s and s)
+
+
+@settings(max_examples=int(os.environ.get("CDC_FUZZ_EXAMPLES", "15")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=identifiers, cols=st.lists(identifiers, min_size=2, max_size=4,
+                                        unique_by=lambda s: s.lower()))
+def test_any_identifier_round_trips(tmp_path_factory, table, cols):
+    """Quotes, spaces, unicode and keywords in table and column names: all quoted, never raw."""
+    tmp = tmp_path_factory.mktemp("ident")
+    qi = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731
+    db = make_db(tmp / "legacy" / "bot.db",
+                 f"CREATE TABLE {qi(table)} ({qi(cols[0])} TEXT PRIMARY KEY, "
+                 + ", ".join(f"{qi(c)}" for c in cols[1:]) + ");")
+    cfg = config_from_dict(
+        {"state_dir": "state", "targets": {"core": "out/core.db"},
+         "sources": [{"name": "bot", "path": str(db)}],
+         "rules": [{"table": "*", "target": "core", "as": "copy of {table}"}]},
+        tmp,
+    )
+    from cdc.plan import resolve_plan
+
+    p = Pipeline(cfg, resolve_plan(cfg))
+    try:
+        c = sqlite3.connect(db, isolation_level=None)
+        marks = ", ".join("?" * len(cols))
+        for i in range(5):
+            c.execute(f"INSERT INTO {qi(table)} VALUES ({marks})", [f"k{i}", *range(len(cols) - 1)])
+        c.execute(f"UPDATE {qi(table)} SET {qi(cols[0])} = 'moved' WHERE {qi(cols[0])} = 'k1'")
+        c.execute(f"DELETE FROM {qi(table)} WHERE {qi(cols[0])} = 'k2'")
+        p.sync()
+        assert p.diffs() == []
     finally:
         p.close()
