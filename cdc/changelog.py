@@ -79,6 +79,13 @@ def _frames_in(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, i
 
 def _frame_bytes(frame: Frame) -> bytes:
     payload = encode_frame(frame)
+    if len(payload) > MAX_FRAME:
+        # Never write a frame no reader would accept: refuse the batch instead.
+        raise LogCorruptError(
+            f"a {type(frame).__name__} frame of {len(payload)} bytes exceeds the "
+            f"{MAX_FRAME}-byte frame limit",
+            hint="lower `daemon.harvest_batch` / `daemon.snapshot_chunk` for tables with huge rows",
+        )
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
