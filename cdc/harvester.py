@@ -35,7 +35,7 @@ from cdc.events import (
 )
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.plan import SourcePlan
-from cdc.sqlconn import open_legacy, set_busy_timeout, write_transaction
+from cdc.sqlconn import open_legacy, read_transaction, set_busy_timeout, write_transaction
 from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,7 @@ class Harvester:
         conn = self.conn
         now = time.time()
         frames: list[RowBatch] = []
-        conn.execute("BEGIN")
-        try:
+        with read_transaction(conn):
             self._refresh_schemas()
             hi, n = conn.execute(
                 f"SELECT max(seq), count(*) FROM (SELECT seq FROM {capture.CHANGES} "
@@ -163,8 +162,6 @@ class Harvester:
             self._last_count = n
             if hi is not None:
                 frames = self._read_changes(pos.through_seq, hi, now)
-        finally:
-            conn.execute("COMMIT")
         if hi is None and not self._pending_schemas:
             self._maybe_trim()
             return HarvestResult(through_seq=pos.through_seq)
@@ -278,8 +275,7 @@ class Harvester:
         cur = pos.snapshots[idx]
         limit = self.settings.snapshot_chunk
         now = time.time()
-        self.conn.execute("BEGIN")
-        try:
+        with read_transaction(self.conn):
             self._refresh_schemas()  # the chunk must be read with the shape it has now
             info = self.infos[cur.table]
             kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
@@ -304,8 +300,6 @@ class Harvester:
                     f"ORDER BY {keys} LIMIT {int(limit)}",
                     args,
                 ).fetchall()
-        finally:
-            self.conn.execute("COMMIT")
         src = self.plan.name
         batch = RowBatch(
             src, cur.table, now,

@@ -111,7 +111,39 @@ class write_transaction:  # noqa: N801 - used like a function: `with write_trans
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except apsw.Error:
+                if self.conn.in_transaction:  # a failed COMMIT leaves it open: end it
+                    self.conn.execute("ROLLBACK")
+                raise
+        if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. FULL)
             self.conn.execute("ROLLBACK")
 
+
+
+class read_transaction:  # noqa: N801 - used like a function: `with read_transaction(conn):`
+    """BEGIN ... COMMIT around a consistent read; always leaves the connection idle.
+
+    A read that fails half-way (busy, schema change) must not leave a transaction open:
+    the next harvest's BEGIN would fail and, in rollback-journal mode, our SHARED lock
+    would block the bots' commits.
+    """
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> apsw.Connection:
+        self.conn.execute("BEGIN")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if not self.conn.in_transaction:
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except apsw.Error:
+            self.conn.execute("ROLLBACK")
+            if exc_type is None:
+                raise
