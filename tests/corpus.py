@@ -30,6 +30,9 @@ Decisions the conversion makes, whatever `resolve` says:
 With `resolve=False` the table mapping is the plan as written; `resolve_plan` rejects it (four
 target tables receive two different source tables). With `resolve=True` the four collisions
 are resolved as `RESOLUTIONS` documents.
+
+The last section is what the corpus test files share: where the corpus is (it is read-only:
+tests work on a `copy_legacy`), the config they run, the `cdc` CLI, checks on the legacy files.
 """
 
 from __future__ import annotations
@@ -40,8 +43,15 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+import pytest
+
+from cdc.config import config_from_dict
+from cdc.plan import Plan
 
 EXCLUDE = "exclude"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -320,3 +330,72 @@ def _toml_value(x: object) -> str:
     if isinstance(x, str):
         return json.dumps(x, ensure_ascii=False).replace("\x7f", "\\u007f")
     raise TypeError(f"unsupported TOML value {x!r}")
+
+
+# -- shared by the corpus tests (tests/test_corpus*.py) ---------------------------------------
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "jarvis"
+REPO = Path(__file__).resolve().parents[1]
+DAEMON = {"poll_interval": 0.05, "trim_interval": 0.2}
+WAIT = 30.0  # seconds; each wait polls, this is only the give-up bound
+
+
+def corpus_root() -> Path:
+    """`CORPUS`, or skip the test that needs it when it is not beside the repo."""
+    if not (CORPUS / "plan.json").is_file() or not (CORPUS / "legacy").is_dir():
+        pytest.skip(f"jarvis corpus not found at {CORPUS} (expected ../shared beside the repo)")
+    return CORPUS
+
+
+def read_plan_json(corpus: Path) -> dict:
+    return json.loads((corpus / "plan.json").read_text(encoding="utf-8"))
+
+
+def read_manifest(corpus: Path) -> dict[str, dict[str, int]]:
+    """Row counts per legacy file and table, as the corpus ships them."""
+    data = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    return {d["path"]: d["tables"] for d in data["databases"]}
+
+
+def make_config(plan_json: dict, legacy: Path, out: Path, resolve: bool):
+    data = plan_to_config(plan_json, legacy, out, resolve)
+    data["daemon"] = dict(DAEMON)
+    out.mkdir(parents=True, exist_ok=True)
+    return data, config_from_dict(data, out)
+
+
+def sqlite_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if is_sqlite_file(p))
+
+
+def cdc_objects(legacy: Path) -> list[tuple[str, str]]:
+    """Every object sqlite-cdc could have added to a legacy file."""
+    found = []
+    for p in sqlite_files(legacy):
+        with contextlib.closing(sqlite3.connect(f"file:{p}?mode=ro", uri=True)) as c:
+            rows = c.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE '\\_cdc\\_%' ESCAPE '\\'"
+            )
+            found += [(p.relative_to(legacy).as_posix(), r[0]) for r in rows]
+    return found
+
+
+def assert_nothing_orphaned(plan: Plan, plan_json: dict, legacy: Path) -> None:
+    """Every table of every legacy file is mapped or excluded (read independently of `cdc`)."""
+    names = source_names(list(plan_json["databases"]))
+    files = sorted(p.relative_to(legacy).as_posix() for p in sqlite_files(legacy))
+    assert sorted(names) == files, "a legacy file is missing from the plan (or vice versa)"
+    for rel in files:
+        sp = plan.source(names[rel])
+        assert Path(sp.path) == legacy / rel, (sp.path, rel)
+        handled = {m.table for m in sp.tables} | set(sp.excluded) | set(sp.uncapturable)
+        for name, shape in read_tables(legacy / rel).items():
+            if is_internal(name) or shape.kind == "shadow":
+                continue
+            assert name in handled, f"{rel}: table {name} is neither mapped nor excluded"
+        assert not (set(sp.excluded) & {m.table for m in sp.tables}), (rel, sp.excluded)
+
+
+def run_cli(*args: object, timeout: float = WAIT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cdc", args[0], "-c", str(args[1]), *map(str, args[2:])]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
