@@ -218,23 +218,31 @@ class LogWriter:
             return start, start + len(data)
 
     def delete_segments_before(self, offset: int) -> list[int]:
-        """Drop whole segments that end at or before `offset` (every consumer is past them)."""
-        removed = []
         with self._lock:
-            bases = list_segments(self.log_dir)
-            for base, nxt in zip(bases, bases[1:], strict=False):
-                if nxt <= offset and base != self._base:
-                    os.unlink(os.path.join(self.log_dir, segment_name(base)))
-                    removed.append(base)
-            if removed:
-                _fsync_dir(self.log_dir)
-        return removed
+            return delete_segments_before(self.log_dir, offset)
 
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def delete_segments_before(log_dir: str, offset: int) -> list[int]:
+    """Drop whole segments that end at or before `offset` (every consumer is past them).
+
+    The newest segment is never deleted (the writer appends to it), so this is safe from
+    the apply worker's process while the daemon keeps appending.
+    """
+    removed = []
+    bases = list_segments(log_dir)
+    for base, nxt in zip(bases, bases[1:], strict=False):
+        if nxt <= offset:
+            os.unlink(os.path.join(log_dir, segment_name(base)))
+            removed.append(base)
+    if removed:
+        _fsync_dir(log_dir)
+    return removed
 
 
 class LogReader:

@@ -63,6 +63,7 @@ class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     trim_interval: float = 1.0
     busy_timeout_ms: int = 5000
     watch: bool = True
+    apply_worker: bool = True  # apply in a child process (both cores); False: a thread
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -27,7 +27,8 @@ from cdc.errors import CdcError, DaemonError, LogCorruptError, TargetError
 from cdc.harvester import Harvester
 from cdc.plan import Plan, resolve_plan
 from cdc.status_file import DaemonStatus, SourceRuntime, TargetRuntime, write_status
-from replicator import Replicator
+from replicator.loop import ApplyLoop
+from replicator.worker import WorkerHandle, read_apply_status
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,13 @@ class Daemon:
                 path=sp.path, through_seq=h.position.through_seq, snapshot=h.snapshot_state()
             )
         self.wakes = {h.plan.name: threading.Event() for h in self.harvesters}
-        self.replicator = Replicator(self.plan, cfg.log_dir, self.settings)
-        self.replicator.check_against_log(self.replicator.reader.first_offset(),
-                                          self.writer.end_offset)
-        self.target_runtime = {n: TargetRuntime(path=p) for n, p in self.plan.targets.items()}
+        self.worker: WorkerHandle | None = None
+        self.applier: ApplyLoop | None = None
+        if self.settings.apply_worker:
+            self.worker = WorkerHandle(cfg, self.plan, self.writer.end_offset)
+        else:
+            self.applier = ApplyLoop(self.plan, cfg.log_dir, self.settings,
+                                     lambda: self.writer.end_offset)
         self.started_at = time.time()
         self._observer = None
 
@@ -126,32 +130,27 @@ class Daemon:
             wake.wait(pause)
 
     def _apply_loop(self) -> None:
-        last_gc = 0.0
+        """In-thread mode: apply here. Worker mode: feed the worker the durable end."""
+        if self.applier is not None:
+            self.applier.stop = self.stop_event
+            self.applier.wake = self.apply_wake
+            try:
+                self.applier.run()
+            except (TargetError, LogCorruptError, apsw.Error) as e:
+                self._die(e)
+            return
         while not self.stop_event.is_set():
             self.apply_wake.clear()
-            try:
-                n = self.replicator.step(self.writer.end_offset)
-            except (TargetError, LogCorruptError, apsw.Error) as e:
-                return self._die(e)
-            now = time.time()
-            for name, rt in self.target_runtime.items():
-                err = self.replicator.errors.get(name)
-                rt.last_error = str(err) if err else None
-            for name, res in self.replicator.last_results.items():
-                rt = self.target_runtime[name]
-                rt.applied = res.checkpoint.events
-                rt.offset = res.checkpoint.offset
-                if res.newest_observed_at:
-                    rt.last_lag = now - res.newest_observed_at
-            if now - last_gc > 5:
-                self.writer.delete_segments_before(self.replicator.durable_min_offset())
-                last_gc = now
-            if self.replicator.errors:
-                self.apply_wake.wait(1.0)  # a target is locked or full: retry, don't spin
-            elif n == 0 and all(
-                c.offset >= self.writer.end_offset for c in self.replicator.checkpoints.values()
-            ):
-                self.apply_wake.wait(self.settings.poll_interval)
+            self.worker.advance(self.writer.end_offset)
+            if not self.worker.alive():
+                return self._die(self.worker.failure())
+            self.apply_wake.wait(0.2)
+
+    def target_offsets(self) -> dict[str, int]:
+        """Each target's checkpoint, read from the target files (for tests and benchmarks)."""
+        from cdc.status import read_checkpoint
+
+        return {n: read_checkpoint(p) for n, p in self.plan.targets.items()}
 
     def _status_loop(self) -> None:
         while not self.stop_event.wait(0.5):
@@ -178,6 +177,13 @@ class Daemon:
             log.warning("cannot write the status file: %s", e)
 
     def _write_status(self, state: str) -> None:
+        if self.applier is not None:
+            targets = dict(self.applier.runtime)
+        else:
+            ws = read_apply_status(self.cfg.state_dir)
+            targets = dict(ws.targets) if ws and ws.pid == self.worker.proc.pid else {}
+        for name, path in self.plan.targets.items():
+            targets.setdefault(name, TargetRuntime(path=path))
         write_status(
             self.cfg.state_dir,
             DaemonStatus(
@@ -187,7 +193,7 @@ class Daemon:
                 updated_at=time.time(),
                 log_end=self.writer.end_offset,
                 sources=dict(self.runtime),
-                targets=dict(self.target_runtime),
+                targets=targets,
                 error=str(self.fatal) if self.fatal else None,
             ),
         )
@@ -224,8 +230,8 @@ class Daemon:
                               daemon=True)]
         for t in threads:
             t.start()
-        log.info("daemon running: %d sources, %d targets", len(self.harvesters),
-                 len(self.replicator.targets))
+        log.info("daemon running: %d sources, %d targets, apply %s", len(self.harvesters),
+                 len(self.plan.targets), "in a worker process" if self.worker else "in a thread")
         while not self.stop_event.wait(0.2):
             if not all(t.is_alive() for t in threads[:-1]):
                 self._die(DaemonError("a worker thread died unexpectedly"))
@@ -242,9 +248,13 @@ class Daemon:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
-        self.write_status("failed" if self.fatal else "stopped")
         for h in self.harvesters:
             h.close()
-        self.replicator.close()
+        if self.worker is not None:
+            self.worker.advance(self.writer.end_offset)
+            self.worker.stop()
+        if self.applier is not None:
+            self.applier.close()
+        self.write_status("failed" if self.fatal else "stopped")
         self.writer.close()
         os.close(self._lock_fd)

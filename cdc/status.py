@@ -102,6 +102,11 @@ def _target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
         conn.close()
 
 
+def read_checkpoint(path: str) -> int:
+    """A target's applied log offset (0 when it has none yet)."""
+    return _target_state(path)[0]
+
+
 def _log_positions(log_dir: str) -> dict[str, SourcePosition]:
     """Positions as of the log's end, read without taking the writer's role."""
     from cdc.events import SegmentStart, SourceMark
