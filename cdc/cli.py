@@ -91,11 +91,17 @@ def check(config_path: str) -> None:
 @config_option
 def run(config_path: str) -> None:
     """Run the daemon in the foreground until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
     from cdc.daemon import Daemon
 
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     cfg = _load(config_path)
-    daemon = _run(lambda: Daemon(cfg))
-    code = daemon.run()
+    daemon = _run(lambda: Daemon(cfg, stop_event=stop))
+    code = daemon.run(install_signals=False)
     if daemon.fatal is not None:
         click.echo(f"error: {daemon.fatal}", err=True)
         if getattr(daemon.fatal, "hint", None):

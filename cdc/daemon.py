@@ -63,10 +63,13 @@ def lock_state_dir(state_dir: str) -> int:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, plan: Plan | None = None) -> None:
+    def __init__(self, cfg: Config, plan: Plan | None = None,
+                 stop_event: threading.Event | None = None) -> None:
         self.cfg = cfg
         self.settings = cfg.daemon
-        self.stop_event = threading.Event()
+        # Given by the CLI, which installs its signal handlers before the (slow) start, so
+        # a SIGTERM that arrives while sources open still ends in a clean stop.
+        self.stop_event = stop_event or threading.Event()
         self.apply_wake = threading.Event()
         self.fatal: CdcError | None = None
         self._lock_fd = lock_state_dir(cfg.state_dir)

@@ -84,7 +84,8 @@ class DaemonProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
             st = self.status()
-            ok = all(s["backlog_events"] == 0 for s in st["sources"]) and all(
+            ours = st["daemon"]["pid"] == self.proc.pid and st["daemon"]["state"] == "running"
+            ok = ours and all(s["backlog_events"] == 0 for s in st["sources"]) and all(
                 t["backlog_bytes"] == 0 for t in st["targets"]
             )
             return st if ok else None
