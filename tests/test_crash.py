@@ -24,7 +24,8 @@ from cdc.config import load_config
 from cdc.events import RowBatch
 from cdc.plan import resolve_plan
 from checkpoints.store import TABLE
-from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, make_db, write_config
+from replicator.worker import read_apply_status
+from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan
 
@@ -118,12 +119,24 @@ def _assert_no_duplicates(cfg_path: Path) -> None:
         assert applied == per_target[name], f"{name}: applied {applied}, log holds {per_target[name]}"
 
 
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # reaped or zombie
+    except FileNotFoundError:
+        return True
+
+
 def _kill_loop(cfg: Path, daemons, kills: int, rnd: random.Random) -> None:
     for _ in range(kills):
         d = daemons(cfg)
         time.sleep(rnd.uniform(0.15, 1.2))
         assert d.proc.poll() is None, d.output()
+        worker = read_apply_status(str(cfg.parent / "state"))
         assert d.kill(signal.SIGKILL) == -signal.SIGKILL
+        if worker is not None and worker.pid:
+            # The apply worker sees EOF on its pipe and exits by itself: never an orphan.
+            wait_until(lambda w=worker: _exited(w.pid), 30, 0.05, "the orphaned apply worker to exit")
 
 
 def _run(tmp_path, daemons, kills: int, seed: int) -> None:
