@@ -63,6 +63,19 @@ def raw_copy(src: str, target: str) -> None:
         conn.close()
 
 
+def _round_dir(d, legacy_template: str, baseline: Baseline):
+    """A round's folder: the raw baseline copy is timed first, then a fresh legacy copy."""
+    d.mkdir()
+    raw_target = str(d / "raw.db")
+    c = open_target(raw_target)
+    for stmt in TRADES_DDL:
+        c.execute(stmt)
+    c.close()
+    baseline.run(raw_copy, legacy_template, raw_target)
+    copy_db(legacy_template, d / "legacy.db")
+    return d
+
+
 def pipeline_snapshot(cfg) -> Pipeline:
     ops.install(cfg)
     p = Pipeline(cfg)
@@ -81,15 +94,7 @@ def test_snapshot_rows_per_second(benchmark, summary, legacy_template, tmp_path,
     done: list[Pipeline] = []
 
     def setup():
-        d = tmp_path / f"r{next(counter)}"
-        d.mkdir()
-        raw_target = str(d / "raw.db")
-        c = open_target(raw_target)
-        for stmt in TRADES_DDL:
-            c.execute(stmt)
-        c.close()
-        baseline.run(raw_copy, legacy_template, raw_target)
-        copy_db(legacy_template, d / "legacy.db")
+        d = _round_dir(tmp_path / f"r{next(counter)}", legacy_template, baseline)
         return (make_config(d, {"legacy": str(d / "legacy.db")}, snapshot_chunk=chunk),), {}
 
     benchmark.group = "snapshot"
@@ -152,15 +157,7 @@ def test_daemon_snapshot_rows_per_second(benchmark, summary, legacy_template, tm
     done: list[Daemon] = []
 
     def setup():
-        d = tmp_path / f"d{next(counter)}"
-        d.mkdir()
-        raw_target = str(d / "raw.db")
-        c = open_target(raw_target)
-        for stmt in TRADES_DDL:
-            c.execute(stmt)
-        c.close()
-        baseline.run(raw_copy, legacy_template, raw_target)
-        copy_db(legacy_template, d / "legacy.db")
+        d = _round_dir(tmp_path / f"d{next(counter)}", legacy_template, baseline)
         return (make_config(d, {"legacy": str(d / "legacy.db")}),), {}
 
     benchmark.group = "snapshot"

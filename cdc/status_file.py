@@ -7,8 +7,11 @@ the targets, so status works (and says so) when the daemon is down.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import msgspec
+
+T = TypeVar("T")
 
 
 class SourceRuntime(msgspec.Struct):
@@ -44,18 +47,26 @@ class DaemonStatus(msgspec.Struct):
 STATUS_FILE = "daemon-status.json"
 
 
-def write_status(state_dir: str, status: DaemonStatus) -> None:
-    path = os.path.join(state_dir, STATUS_FILE)
+def write_json_atomic(path: str, value: msgspec.Struct) -> None:
+    """Readers (`cdc status`, the daemon) see the old file or the new one, never half."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(status))
+        f.write(msgspec.json.encode(value))
     os.replace(tmp, path)
 
 
-def read_status(state_dir: str) -> DaemonStatus | None:
+def read_json(path: str, type_: type[T]) -> T | None:
     try:
-        with open(os.path.join(state_dir, STATUS_FILE), "rb") as f:
-            return msgspec.json.decode(f.read(), type=DaemonStatus)
+        with open(path, "rb") as f:
+            return msgspec.json.decode(f.read(), type=type_)
     except (FileNotFoundError, msgspec.DecodeError):
         return None
+
+
+def write_status(state_dir: str, status: DaemonStatus) -> None:
+    write_json_atomic(os.path.join(state_dir, STATUS_FILE), status)
+
+
+def read_status(state_dir: str) -> DaemonStatus | None:
+    return read_json(os.path.join(state_dir, STATUS_FILE), DaemonStatus)

@@ -31,7 +31,7 @@ import msgspec
 from cdc.config import Config
 from cdc.errors import CdcError, DaemonError
 from cdc.plan import Plan
-from cdc.status_file import TargetRuntime
+from cdc.status_file import TargetRuntime, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class WorkerHandle:
         ready = self.proc.stdout.read(1)
         if ready != b"R":
             code = self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
             st = read_apply_status(cfg.state_dir)
             msg = st.error if st and st.error else f"apply worker exited with code {code}"
             err = DaemonError(msg)
@@ -131,27 +133,20 @@ class WorkerHandle:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+        finally:
+            self.proc.stdout.close()
 
 
 def read_apply_status(state_dir: str) -> ApplyStatus | None:
-    try:
-        with open(os.path.join(state_dir, STATUS_FILE), "rb") as f:
-            return msgspec.json.decode(f.read(), type=ApplyStatus)
-    except (FileNotFoundError, msgspec.DecodeError):
-        return None
+    return read_json(os.path.join(state_dir, STATUS_FILE), ApplyStatus)
 
 
 # -- child side ----------------------------------------------------------------------------
 def _write_status(state_dir: str, st: ApplyStatus) -> None:
-    path = os.path.join(state_dir, STATUS_FILE)
-    tmp = path + ".tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(st))
-        os.replace(tmp, path)
+        write_json_atomic(os.path.join(state_dir, STATUS_FILE), st)
     except OSError as e:
-        log.warning("cannot write %s: %s", path, e)
+        log.warning("cannot write the apply status: %s", e)
 
 
 def _lock(state_dir: str) -> int:
