@@ -101,11 +101,11 @@ def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> 
     upsert_sql, delete_sql = stmts
     n = 0
     for b in batches:
-        dels = [e for e in b.events if e.op == Op.DELETE]
+        ups, dels = _split(shape, b.events)
         if dels:
-            conn.executemany(delete_sql, _delete_args(shape, dels))
-        if len(dels) < len(b.events):
-            conn.executemany(upsert_sql, _upsert_args(shape, b.events))
+            conn.executemany(delete_sql, dels)
+        if ups:
+            conn.executemany(upsert_sql, ups)
         n += len(b.events)
     return n
 
@@ -140,20 +140,21 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
     return upsert, f"DELETE FROM {table} WHERE {' AND '.join(conds)}"
 
 
-def _upsert_args(shape: AppliedShape, events):
-    up = Op.UPSERT
+def _split(shape: AppliedShape, events) -> tuple[list, list]:
+    """Bind lists for the upserts and the deletes of one batch (lists: executemany then
+    iterates in C instead of calling back into a generator for every row)."""
+    delete = Op.DELETE
+    tag = shape.tag
     if shape.tag_column is not None:
-        tag = shape.tag
-        if not shape.key:
-            return ([tag, *e.key, *e.row] for e in events if e.op == up)
-        return ([tag, *e.row] for e in events if e.op == up)
-    if not shape.key:
-        return ([*e.key, *e.row] for e in events if e.op == up)
-    return (e.row for e in events if e.op == up)
-
-
-def _delete_args(shape: AppliedShape, events):
-    if shape.tag_column is not None:
-        tag = shape.tag
-        return ([tag, *e.key] for e in events)
-    return (e.key for e in events)
+        dels = [[tag, *e.key] for e in events if e.op is delete]
+        if shape.key:
+            ups = [[tag, *e.row] for e in events if e.op is not delete]
+        else:
+            ups = [[tag, *e.key, *e.row] for e in events if e.op is not delete]
+        return ups, dels
+    dels = [e.key for e in events if e.op is delete]
+    if shape.key:
+        ups = [e.row for e in events if e.op is not delete]
+    else:
+        ups = [[*e.key, *e.row] for e in events if e.op is not delete]
+    return ups, dels
