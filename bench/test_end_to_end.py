@@ -247,7 +247,7 @@ def test_daemon_drains_backlog(benchmark, summary, template, tmp_path):
         assert daemon.fatal is None, daemon.fatal
 
     benchmark.group = "end to end"
-    benchmark.pedantic(drain, setup=setup, teardown=stop, rounds=1)
+    benchmark.pedantic(drain, setup=setup, teardown=stop, rounds=3)
 
     daemon = runs[-1][0]
     stop(daemon)  # again: --benchmark-disable skips teardown
