@@ -20,14 +20,19 @@ import pytest
 
 from cdc.config import Config, load_config
 from cdc.plan import resolve_plan
+from tests.corpus import copy_legacy, corpus_root, read_manifest, read_plan_json
 from tests.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SOAK_SCALE = float(os.environ.get("CDC_SOAK_SCALE", "1"))
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition"):
+def wait_until(
+    cond: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+):
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
@@ -54,10 +59,16 @@ def write_config(root: Path, text: str) -> Path:
     return p
 
 
-def cdc_cmd(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cdc_cmd(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cdc", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "cdc", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
@@ -70,7 +81,8 @@ class DaemonProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc", "-v", "run", "-c", str(config)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})},
         )
 
@@ -85,8 +97,10 @@ class DaemonProcess:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
             st = self.status()
             ours = st["daemon"]["pid"] == self.proc.pid and st["daemon"]["state"] == "running"
-            ok = ours and all(s["backlog_events"] == 0 for s in st["sources"]) and all(
-                t["backlog_bytes"] == 0 for t in st["targets"]
+            ok = (
+                ours
+                and all(s["backlog_events"] == 0 for s in st["sources"])
+                and all(t["backlog_bytes"] == 0 for t in st["targets"])
             )
             return st if ok else None
 
@@ -136,3 +150,27 @@ def pipeline_for():
     yield make
     for p in made:
         p.close()
+
+
+# -- the shared real-world corpus (tests/test_corpus*.py) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    return corpus_root()
+
+
+@pytest.fixture(scope="module")
+def plan_json(corpus: Path) -> dict:
+    return read_plan_json(corpus)
+
+
+@pytest.fixture(scope="module")
+def manifest(corpus: Path) -> dict[str, dict[str, int]]:
+    return read_manifest(corpus)
+
+
+@pytest.fixture
+def legacy(corpus: Path, tmp_path: Path) -> Path:
+    """A writable copy of the legacy tree (the fixtures themselves are never opened for write)."""
+    return copy_legacy(corpus / "legacy", tmp_path / "legacy")

@@ -47,7 +47,9 @@ class Pipeline:
         while True:
             got = self.replicator.step(self.writer.end_offset)
             n += got
-            if all(c.offset >= self.writer.end_offset for c in self.replicator.checkpoints.values()):
+            if all(
+                c.offset >= self.writer.end_offset for c in self.replicator.checkpoints.values()
+            ):
                 return n
 
     def sync(self) -> None:

@@ -32,8 +32,28 @@ CREATE TABLE typed(id INTEGER PRIMARY KEY, r REAL, i INTEGER, t TEXT, b BLOB, n 
 """
 
 EDGE_VALUES = [
-    0, 1, -1, 2**63 - 1, -(2**63), 0.0, -0.0, 1e-300, -1e308, 0.1 + 0.2, 5e-324,
-    "", "é", "😀 مرحبا", "a\x00b", b"", b"\x00", b"\x00\xff\x00", None, 1.0, "1", b"1",
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    0.0,
+    -0.0,
+    1e-300,
+    -1e308,
+    0.1 + 0.2,
+    5e-324,
+    "",
+    "é",
+    "😀 مرحبا",
+    "a\x00b",
+    b"",
+    b"\x00",
+    b"\x00\xff\x00",
+    None,
+    1.0,
+    "1",
+    b"1",
 ]
 
 
@@ -107,8 +127,9 @@ def _write_all(db: Path, writer: str) -> None:
             for a in args:  # the CLI gets literals; REAL via hex bits keeps them exact
                 sql = sql.replace("?", _literal(a), 1)
             lines.append(sql + ";")
-        subprocess.run([shutil.which("sqlite3"), str(db)], input="\n".join(lines).encode(),
-                       check=True)
+        subprocess.run(
+            [shutil.which("sqlite3"), str(db)], input="\n".join(lines).encode(), check=True
+        )
 
 
 def _literal(v) -> str:
@@ -155,12 +176,17 @@ def test_real_edge_values_keep_their_bits(tmp_path):
 
 
 values = st.one_of(
-    st.none(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
-    st.text(max_size=20), st.binary(max_size=20),
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rows=st.lists(st.tuples(st.integers(0, 30), values), max_size=40))
 def test_round_trip_property(tmp_path_factory, rows):
     tmp = tmp_path_factory.mktemp("prop")
@@ -180,8 +206,11 @@ def test_round_trip_property(tmp_path_factory, rows):
 
 
 def test_install_is_idempotent_and_uninstall_removes_only_ours(tmp_path):
-    db = make_db(tmp_path / "a.db", SCHEMA + "CREATE INDEX mine ON plain(v); "
-                 "CREATE TRIGGER theirs AFTER INSERT ON plain BEGIN SELECT 1; END;")
+    db = make_db(
+        tmp_path / "a.db",
+        SCHEMA + "CREATE INDEX mine ON plain(v); "
+        "CREATE TRIGGER theirs AFTER INSERT ON plain BEGIN SELECT 1; END;",
+    )
     conn = apsw.Connection(str(db))
     before = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
     tables = list_tables(conn)
@@ -200,7 +229,9 @@ def test_trigger_uses_only_old_sql(tmp_path):
     db = make_db(tmp_path / "a.db", SCHEMA)
     conn = apsw.Connection(str(db))
     capture.install(conn, list_tables(conn))
-    sqls = " ".join(r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger'"))
+    sqls = " ".join(
+        r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger'")
+    )
     for banned in ("json", "unixepoch", "RETURNING", "quote(", "->>", "iif("):
         assert banned not in sqls
 
@@ -225,15 +256,21 @@ def test_replace_through_a_unique_constraint_deletes_in_the_target_too(tmp_path,
     A copied table keeps its UNIQUE in the target, where REPLACE deletes the same row; a
     merged table does not, so its source gets probe triggers that record the doomed key.
     """
-    db = make_db(tmp_path / "legacy" / "bot.db",
-                 "CREATE TABLE pos(id INTEGER PRIMARY KEY AUTOINCREMENT, sym TEXT UNIQUE, q REAL);"
-                 "INSERT INTO pos(sym, q) VALUES ('A', 1), ('B', 2), ('C', 3);")
+    db = make_db(
+        tmp_path / "legacy" / "bot.db",
+        "CREATE TABLE pos(id INTEGER PRIMARY KEY AUTOINCREMENT, sym TEXT UNIQUE, q REAL);"
+        "INSERT INTO pos(sym, q) VALUES ('A', 1), ('B', 2), ('C', 3);",
+    )
     rule = {"table": "*", "target": "core"}
     if merge:
         rule["merge"] = True
     cfg = config_from_dict(
-        {"state_dir": "state", "targets": {"core": "out/core.db"},
-         "sources": [{"name": "bot", "path": str(db)}], "rules": [rule]},
+        {
+            "state_dir": "state",
+            "targets": {"core": "out/core.db"},
+            "sources": [{"name": "bot", "path": str(db)}],
+            "rules": [rule],
+        },
         tmp_path,
     )
     from cdc.plan import resolve_plan
@@ -257,21 +294,32 @@ identifiers = st.text(
 ).filter(lambda s: not s.lower().startswith(("sqlite_", "_cdc_")) and s.strip() == s and s)
 
 
-@settings(max_examples=int(os.environ.get("CDC_FUZZ_EXAMPLES", "15")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(table=identifiers, cols=st.lists(identifiers, min_size=2, max_size=4,
-                                        unique_by=lambda s: s.lower()))
+@settings(
+    max_examples=int(os.environ.get("CDC_FUZZ_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    table=identifiers,
+    cols=st.lists(identifiers, min_size=2, max_size=4, unique_by=lambda s: s.lower()),
+)
 def test_any_identifier_round_trips(tmp_path_factory, table, cols):
     """Quotes, spaces, unicode and keywords in table and column names: all quoted, never raw."""
     tmp = tmp_path_factory.mktemp("ident")
     qi = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731
-    db = make_db(tmp / "legacy" / "bot.db",
-                 f"CREATE TABLE {qi(table)} ({qi(cols[0])} TEXT PRIMARY KEY, "
-                 + ", ".join(f"{qi(c)}" for c in cols[1:]) + ");")
+    db = make_db(
+        tmp / "legacy" / "bot.db",
+        f"CREATE TABLE {qi(table)} ({qi(cols[0])} TEXT PRIMARY KEY, "
+        + ", ".join(f"{qi(c)}" for c in cols[1:])
+        + ");",
+    )
     cfg = config_from_dict(
-        {"state_dir": "state", "targets": {"core": "out/core.db"},
-         "sources": [{"name": "bot", "path": str(db)}],
-         "rules": [{"table": "*", "target": "core", "as": "copy of {table}"}]},
+        {
+            "state_dir": "state",
+            "targets": {"core": "out/core.db"},
+            "sources": [{"name": "bot", "path": str(db)}],
+            "rules": [{"table": "*", "target": "core", "as": "copy of {table}"}],
+        },
         tmp,
     )
     from cdc.plan import resolve_plan

@@ -31,8 +31,12 @@ def _batch(w: LogWriter, i: int, n: int = 3) -> tuple[int, int]:
 
 
 def _rows(log_dir) -> list[RowEvent]:
-    return [ev for e in LogReader(log_dir).iter_from(LogReader(log_dir).first_offset())
-            if isinstance(e.frame, RowBatch) for ev in e.frame.events]
+    return [
+        ev
+        for e in LogReader(log_dir).iter_from(LogReader(log_dir).first_offset())
+        if isinstance(e.frame, RowBatch)
+        for ev in e.frame.events
+    ]
 
 
 def test_append_read_and_offsets_are_contiguous(tmp_path):
@@ -44,7 +48,9 @@ def test_append_read_and_offsets_are_contiguous(tmp_path):
     for a, b in zip(entries, entries[1:], strict=False):
         assert a.next_offset == b.offset
     assert entries[-1].next_offset == w.end_offset
-    assert [r.seq for r in _rows(str(tmp_path))] == [i * 10 + j for i in range(20) for j in range(3)]
+    assert [r.seq for r in _rows(str(tmp_path))] == [
+        i * 10 + j for i in range(20) for j in range(3)
+    ]
 
 
 def test_torn_tail_is_cut_on_open(tmp_path):
@@ -130,22 +136,35 @@ GOLDEN = [
     (
         "95a4726f7773a36a6172a174cb41d954fc400000009294010c91079501cb8000000000000000c40200"
         "01a2c3a9c094020d9108c0",
-        RowBatch("jar", "t", 1700000000.0, [
-            RowEvent(Op.UPSERT, 12, [7], [1, -0.0, b"\x00\x01", "é", None]),
-            RowEvent(Op.DELETE, 13, [8]),
-        ]),
+        RowBatch(
+            "jar",
+            "t",
+            1700000000.0,
+            [
+                RowEvent(Op.UPSERT, 12, [7], [1, -0.0, b"\x00\x01", "é", None]),
+                RowEvent(Op.DELETE, 13, [8]),
+            ],
+        ),
     ),
     (
         "98a6736368656d61a3736f6ca1749292a16ca7494e544547455292a176a091a16cc2d928435245415445"
         "205441424c452074286c20494e5445474552205052494d415259204b45592c20762990",
-        TableSchema("sol", "t", [ColumnDef("l", "INTEGER"), ColumnDef("v", "")], ["l"], False,
-                    "CREATE TABLE t(l INTEGER PRIMARY KEY, v)", []),
+        TableSchema(
+            "sol",
+            "t",
+            [ColumnDef("l", "INTEGER"), ColumnDef("v", "")],
+            ["l"],
+            False,
+            "CREATE TABLE t(l INTEGER PRIMARY KEY, v)",
+            [],
+        ),
     ),
     (
         "94a46d61726ba3736f6c84aa696e7374616c6c5f6964a3616263ab7468726f7567685f73657105a9736e"
         "617073686f74739193a174c3c0a66576656e747307cb41d954fc40000000",
-        SourceMark("sol", SourcePosition("abc", 5, [SnapshotCursor("t", True, None)], 7),
-                   1700000000.0),
+        SourceMark(
+            "sol", SourcePosition("abc", 5, [SnapshotCursor("t", True, None)], 7), 1700000000.0
+        ),
     ),
     (
         "94a77365676d656e740081a3736f6c84aa696e7374616c6c5f6964a3616263ab7468726f7567685f7365"

@@ -25,10 +25,16 @@ path = "b.db"
 
 @pytest.fixture
 def two_dbs(tmp_path):
-    make_db(tmp_path / "a.db", "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);"
-            "CREATE TABLE trades(id INTEGER PRIMARY KEY, px REAL); CREATE TABLE test(x);")
-    make_db(tmp_path / "b.db", "CREATE TABLE users(id INTEGER PRIMARY KEY, handle TEXT, extra);"
-            "CREATE TABLE trades(tid TEXT PRIMARY KEY, px REAL);")
+    make_db(
+        tmp_path / "a.db",
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);"
+        "CREATE TABLE trades(id INTEGER PRIMARY KEY, px REAL); CREATE TABLE test(x);",
+    )
+    make_db(
+        tmp_path / "b.db",
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, handle TEXT, extra);"
+        "CREATE TABLE trades(tid TEXT PRIMARY KEY, px REAL);",
+    )
     return tmp_path
 
 
@@ -71,8 +77,10 @@ def test_unmatched_table_is_named(two_dbs):
 
 
 def test_collision_needs_rename_or_merge(two_dbs):
-    cfg = _cfg(two_dbs, '[[rules]]\ntable = "*"\ntarget = "core"\n'
-               '[[rules]]\ntable = "test"\nexclude = true\n')
+    cfg = _cfg(
+        two_dbs,
+        '[[rules]]\ntable = "*"\ntarget = "core"\n[[rules]]\ntable = "test"\nexclude = true\n',
+    )
     with pytest.raises(PlanError) as e:
         resolve_plan(cfg)
     assert "core.users receives a.users, b.users" in str(e.value)
@@ -80,8 +88,11 @@ def test_collision_needs_rename_or_merge(two_dbs):
 
 
 def test_merge_with_different_keys_is_refused(two_dbs):
-    cfg = _cfg(two_dbs, '[[rules]]\ntable = "*"\ntarget = "core"\nmerge = true\n'
-               '[[rules]]\ntable = "test"\nexclude = true\n')
+    cfg = _cfg(
+        two_dbs,
+        '[[rules]]\ntable = "*"\ntarget = "core"\nmerge = true\n'
+        '[[rules]]\ntable = "test"\nexclude = true\n',
+    )
     with pytest.raises(PlanError, match="different primary keys"):
         resolve_plan(cfg)
 
@@ -111,14 +122,19 @@ def test_missing_and_non_sqlite_sources(tmp_path):
 
 
 def test_virtual_tables_must_be_excluded(tmp_path):
-    make_db(tmp_path / "a.db", "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);"
-            "CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');")
+    make_db(
+        tmp_path / "a.db",
+        "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);"
+        "CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');",
+    )
     make_db(tmp_path / "b.db", "CREATE TABLE x(id INTEGER PRIMARY KEY);")
     cfg = _cfg(tmp_path, '[[rules]]\ntable = "*"\ntarget = "core"\n')
     with pytest.raises(PlanError, match="virtual table"):
         resolve_plan(cfg)
-    cfg = _cfg(tmp_path, '[[rules]]\ntable = "*"\ntarget = "core"\n'
-               '[[rules]]\ntable = "docs_fts"\nexclude = true\n')
+    cfg = _cfg(
+        tmp_path,
+        '[[rules]]\ntable = "*"\ntarget = "core"\n[[rules]]\ntable = "docs_fts"\nexclude = true\n',
+    )
     plan = resolve_plan(cfg)
     assert plan.source("a").uncapturable == ["docs_fts"]
     assert [m.table for m in plan.source("a").tables] == ["docs"]  # shadow tables skipped

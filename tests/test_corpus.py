@@ -24,40 +24,15 @@ from tests.corpus import (
     audit_plan,
     cdc_objects,
     config_to_toml,
-    copy_legacy,
-    corpus_root,
     is_internal,
     make_config,
     plan_to_config,
-    read_manifest,
-    read_plan_json,
     run_cli,
     source_name,
     source_names,
 )
 
 INCONSISTENT = ["core.users", "analytics.predictions", "analytics.interactions", "cache.memories"]
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Path:
-    return corpus_root()
-
-
-@pytest.fixture(scope="module")
-def plan_json(corpus: Path) -> dict:
-    return read_plan_json(corpus)
-
-
-@pytest.fixture(scope="module")
-def manifest(corpus: Path) -> dict[str, dict[str, int]]:
-    return read_manifest(corpus)
-
-
-@pytest.fixture
-def legacy(corpus: Path, tmp_path: Path) -> Path:
-    """A writable copy of the legacy tree (the fixtures themselves are never opened for write)."""
-    return copy_legacy(corpus / "legacy", tmp_path / "legacy")
 
 
 def test_source_names_are_derived_from_paths_unique_and_valid(plan_json: dict) -> None:

@@ -32,36 +32,11 @@ from tests.corpus import (
     assert_nothing_orphaned,
     cdc_objects,
     config_to_toml,
-    copy_legacy,
-    corpus_root,
     make_config,
-    read_manifest,
-    read_plan_json,
     run_cli,
     source_names,
 )
 from verifier.compare import compare_plan
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Path:
-    return corpus_root()
-
-
-@pytest.fixture(scope="module")
-def plan_json(corpus: Path) -> dict:
-    return read_plan_json(corpus)
-
-
-@pytest.fixture(scope="module")
-def manifest(corpus: Path) -> dict[str, dict[str, int]]:
-    return read_manifest(corpus)
-
-
-@pytest.fixture
-def legacy(corpus: Path, tmp_path: Path) -> Path:
-    """A writable copy of the legacy tree (the fixtures themselves are never opened for write)."""
-    return copy_legacy(corpus / "legacy", tmp_path / "legacy")
 
 
 def _wait_for(what: str, cond: Callable[[], object], proc: subprocess.Popen, log: Path) -> None:

@@ -85,9 +85,16 @@ def _start_bots(root: Path, seconds: float) -> list[subprocess.Popen]:
     dbs = ["alpha", "alpha", "beta", "gamma"]  # two processes share alpha
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.workload", str(root / "legacy" / f"{db}.db"),
-             str(seconds), str(i)],
-            stdout=subprocess.PIPE, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "tests.workload",
+                str(root / "legacy" / f"{db}.db"),
+                str(seconds),
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
         )
         for i, db in enumerate(dbs)
     ]
@@ -116,7 +123,9 @@ def _assert_no_duplicates(cfg_path: Path) -> None:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         applied = conn.execute(f"SELECT events FROM {TABLE}").fetchone()[0]
         conn.close()
-        assert applied == per_target[name], f"{name}: applied {applied}, log holds {per_target[name]}"
+        assert applied == per_target[name], (
+            f"{name}: applied {applied}, log holds {per_target[name]}"
+        )
 
 
 def _exited(pid: int) -> bool:
@@ -136,7 +145,9 @@ def _kill_loop(cfg: Path, daemons, kills: int, rnd: random.Random) -> None:
         assert d.kill(signal.SIGKILL) == -signal.SIGKILL
         if worker is not None and worker.pid:
             # The apply worker sees EOF on its pipe and exits by itself: never an orphan.
-            wait_until(lambda w=worker: _exited(w.pid), 30, 0.05, "the orphaned apply worker to exit")
+            wait_until(
+                lambda w=worker: _exited(w.pid), 30, 0.05, "the orphaned apply worker to exit"
+            )
 
 
 def _run(tmp_path, daemons, kills: int, seed: int) -> None:

@@ -30,24 +30,39 @@ def op(c: sqlite3.Connection, rnd: random.Random) -> None:
     r = rnd.random()
     sym = f"S{rnd.randrange(60)}"
     if r < 0.25:
-        c.execute("INSERT OR REPLACE INTO positions(symbol, qty, px, meta) VALUES (?, ?, ?, ?)",
-                  (sym, rnd.random() * 10, rnd.choice(VALUES), rnd.randbytes(rnd.randrange(4))))
+        c.execute(
+            "INSERT OR REPLACE INTO positions(symbol, qty, px, meta) VALUES (?, ?, ?, ?)",
+            (sym, rnd.random() * 10, rnd.choice(VALUES), rnd.randbytes(rnd.randrange(4))),
+        )
     elif r < 0.40:
-        c.execute("UPDATE positions SET px = ?, qty = qty + 1 WHERE symbol = ?", (rnd.random(), sym))
+        c.execute(
+            "UPDATE positions SET px = ?, qty = qty + 1 WHERE symbol = ?", (rnd.random(), sym)
+        )
     elif r < 0.45:
-        c.execute("UPDATE OR REPLACE positions SET id = id + 100000 WHERE symbol = ? AND id < 100000", (sym,))
+        c.execute(
+            "UPDATE OR REPLACE positions SET id = id + 100000 WHERE symbol = ? AND id < 100000",
+            (sym,),
+        )
     elif r < 0.50:
         c.execute("DELETE FROM positions WHERE symbol = ?", (sym,))
     elif r < 0.62:
-        c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"k{rnd.randrange(100)}", rnd.choice(VALUES)))
+        c.execute(
+            "INSERT OR REPLACE INTO kv VALUES (?, ?)",
+            (f"k{rnd.randrange(100)}", rnd.choice(VALUES)),
+        )
     elif r < 0.66:
         c.execute("DELETE FROM kv WHERE k = ?", (f"k{rnd.randrange(100)}",))
     elif r < 0.80:
-        c.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?, ?)", (sym, rnd.randrange(50), rnd.random()))
+        c.execute(
+            "INSERT OR REPLACE INTO ticks VALUES (?, ?, ?)", (sym, rnd.randrange(50), rnd.random())
+        )
     elif r < 0.83:
         c.execute("UPDATE OR REPLACE ticks SET ts = ts + 1000 WHERE sym = ? AND ts < 1000", (sym,))
     elif r < 0.95:
-        c.execute("INSERT INTO log_lines VALUES (?, ?)", (rnd.choice(["ok", "warn", "é"]), rnd.randrange(5)))
+        c.execute(
+            "INSERT INTO log_lines VALUES (?, ?)",
+            (rnd.choice(["ok", "warn", "é"]), rnd.randrange(5)),
+        )
         if rnd.random() < 0.2:
             c.execute("DELETE FROM log_lines WHERE rowid IN (SELECT rowid FROM log_lines LIMIT 3)")
     else:  # whole-table rewrite in one transaction, as the real treasury writer does
@@ -84,8 +99,11 @@ def main() -> None:
             last_error = str(e)
         worst = max(worst, time.monotonic() - t0)
         time.sleep(rnd.random() * 0.004)
-    print(json.dumps({"ops": ops, "errors": errors, "max_stall_ms": worst * 1000,
-                      "last_error": last_error}))
+    print(
+        json.dumps(
+            {"ops": ops, "errors": errors, "max_stall_ms": worst * 1000, "last_error": last_error}
+        )
+    )
 
 
 if __name__ == "__main__":
