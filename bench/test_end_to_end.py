@@ -237,9 +237,7 @@ def test_daemon_drains_backlog(benchmark, summary, template, tmp_path):
         t = threading.Thread(target=daemon.run, kwargs={"install_signals": False})
         runs.append((daemon, t))
         t.start()
-        wait_until(
-            lambda: caught_up(daemon) or not t.is_alive(), 300, 0.02, "daemon to catch up"
-        )
+        wait_until(lambda: caught_up(daemon) or not t.is_alive(), 300, 0.02, "daemon to catch up")
 
     def stop(daemon: Daemon) -> None:
         daemon.stop_event.set()

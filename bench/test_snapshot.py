@@ -168,9 +168,13 @@ def test_daemon_snapshot_rows_per_second(benchmark, summary, legacy_template, tm
     if ratio is None:
         return
     info = benchmark.extra_info
-    info.update(rows=ROWS, rows_per_s=round(ROWS / info["median_s"]),
-                baseline_rows_per_s=round(ROWS / info["baseline_median_s"]), goal_ratio=GOAL,
-                meets_goal=ratio >= GOAL)
+    info.update(
+        rows=ROWS,
+        rows_per_s=round(ROWS / info["median_s"]),
+        baseline_rows_per_s=round(ROWS / info["baseline_median_s"]),
+        goal_ratio=GOAL,
+        meets_goal=ratio >= GOAL,
+    )
     summary(
         f"snapshot via daemon  : {info['rows_per_s']:,} rows/s vs raw ATTACH copy "
         f"{info['baseline_rows_per_s']:,} rows/s = {ratio:.3f}x (goal >= {GOAL}x), "

@@ -55,7 +55,8 @@ def trigger_sql(tid: int, info: TableInfo, probe_unique: bool = True) -> list[st
     new_k = ", ".join(key_exprs(info, "NEW"))
     old_k = ", ".join(key_exprs(info, "OLD"))
     changed = " OR ".join(
-        f"{o} IS NOT {n}" for o, n in zip(key_exprs(info, "OLD"), key_exprs(info, "NEW"), strict=True)
+        f"{o} IS NOT {n}"
+        for o, n in zip(key_exprs(info, "OLD"), key_exprs(info, "NEW"), strict=True)
     )
     t = q(info.name)
     ins, upd, updkey, dele = trigger_names(tid)[:4]
@@ -124,8 +125,12 @@ def installed_tables(conn: apsw.Connection) -> dict[str, int]:
     return {name: tid for tid, name in conn.execute(f"SELECT tid, name FROM {TABLES}")}
 
 
-def install(conn: apsw.Connection, tables: list[TableInfo], path: str = "",
-            probe_unique: set[str] | None = None) -> str:
+def install(
+    conn: apsw.Connection,
+    tables: list[TableInfo],
+    path: str = "",
+    probe_unique: set[str] | None = None,
+) -> str:
     """Create capture tables and (re)create triggers for `tables`; return the install id.
 
     `probe_unique` names the tables that get the REPLACE probes (None: all that have a
@@ -149,8 +154,7 @@ def install(conn: apsw.Connection, tables: list[TableInfo], path: str = "",
                 f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY, tid, op, k1)"
             )
             conn.execute(
-                f"INSERT OR IGNORE INTO {META}(k, v) VALUES ('install_id', ?), "
-                "('format', ?)",
+                f"INSERT OR IGNORE INTO {META}(k, v) VALUES ('install_id', ?), ('format', ?)",
                 (uuid.uuid4().hex, FORMAT_VERSION),
             )
             width = max([key_width(t) for t in tables] + [1])
@@ -204,4 +208,3 @@ def uninstall(conn: apsw.Connection) -> int:
             hint="a bot held the write lock for longer than the busy timeout; retry",
         ) from e
     return len(tids) * 4
-

@@ -148,7 +148,9 @@ class LogWriter:
             self.truncated_bytes = len(data) - keep
             log.warning(
                 "change log %s: cut %d bytes after the last complete batch (offset %d)",
-                path, self.truncated_bytes, base + keep,
+                path,
+                self.truncated_bytes,
+                base + keep,
             )
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         os.ftruncate(self._fd, keep)
@@ -256,8 +258,13 @@ class LogReader:
         bases = list_segments(self.log_dir)
         return bases[0] if bases else 0
 
-    def read(self, offset: int, limit_offset: int | None = None, max_frames: int = 10000,
-             max_bytes: int = 16 << 20) -> list[LogEntry]:
+    def read(
+        self,
+        offset: int,
+        limit_offset: int | None = None,
+        max_frames: int = 10000,
+        max_bytes: int = 16 << 20,
+    ) -> list[LogEntry]:
         """Frames starting at `offset` (a frame boundary), never past `limit_offset`.
 
         Without a limit (another process's view), a damaged frame at the very end of the
@@ -285,8 +292,15 @@ class LogReader:
             newest = idx == len(bases) - 1
             path = os.path.join(self.log_dir, segment_name(base))
             try:
-                got = self.read_segment(path, base, offset, limit_offset, newest,
-                                         max_frames - len(out), max_bytes - nbytes)
+                got = self.read_segment(
+                    path,
+                    base,
+                    offset,
+                    limit_offset,
+                    newest,
+                    max_frames - len(out),
+                    max_bytes - nbytes,
+                )
             except FileNotFoundError:
                 got = []  # deleted by retention since we listed: list again below
                 newest = True
@@ -313,8 +327,16 @@ class LogReader:
                 break
         return out
 
-    def read_segment(self, path: str, base: int, offset: int, limit: int | None,
-                      newest: bool, max_frames: int, max_bytes: int) -> list[LogEntry]:
+    def read_segment(
+        self,
+        path: str,
+        base: int,
+        offset: int,
+        limit: int | None,
+        newest: bool,
+        max_frames: int,
+        max_bytes: int,
+    ) -> list[LogEntry]:
         out: list[LogEntry] = []
         pos = offset
         used = 0

@@ -22,8 +22,13 @@ from cdc.errors import CdcError, LogCorruptError
 T = TypeVar("T")
 
 config_option = click.option(
-    "-c", "--config", "config_path", default="cdc.toml", show_default=True,
-    type=click.Path(dir_okay=False), help="Path to cdc.toml.",
+    "-c",
+    "--config",
+    "config_path",
+    default="cdc.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Path to cdc.toml.",
 )
 
 
@@ -58,8 +63,9 @@ def install(config_path: str) -> None:
     cfg = _load(config_path)
     report = _run(lambda: ops.install(cfg))
     for s in report.sources:
-        click.echo(f"{s.source}: capturing {len(s.captured)} tables, "
-                   f"{len(s.excluded)} excluded ({s.path})")
+        click.echo(
+            f"{s.source}: capturing {len(s.captured)} tables, {len(s.excluded)} excluded ({s.path})"
+        )
     click.echo(f"installed: {report.tables} tables in {len(report.sources)} databases")
 
 
@@ -151,15 +157,23 @@ def log_check(config_path: str, as_json: bool) -> None:
     else:
         for s in report.segments:
             state = "ok" if s.error is None else f"DAMAGED: {s.error}"
-            click.echo(f"{s.segment}: {s.frames} frames ({s.rows} rows, {s.marks} marks), "
-                       f"{s.bytes} bytes, {state}")
+            click.echo(
+                f"{s.segment}: {s.frames} frames ({s.rows} rows, {s.marks} marks), "
+                f"{s.bytes} bytes, {state}"
+            )
         click.echo("log ok" if report.ok else "log damaged")
     sys.exit(0 if report.ok else LogCorruptError.exit_code)
 
 
 @cli.command()
-@click.option("--dir", "root", default="cdc-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Where to build the demo.")
+@click.option(
+    "--dir",
+    "root",
+    default="cdc-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where to build the demo.",
+)
 @click.option("--seconds", default=20.0, show_default=True, help="How long the bots write.")
 def demo(root: str, seconds: float) -> None:
     """Build sample legacy DBs, run bots and the daemon, and prove the copies equal."""

@@ -63,8 +63,9 @@ def lock_state_dir(state_dir: str) -> int:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, plan: Plan | None = None,
-                 stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self, cfg: Config, plan: Plan | None = None, stop_event: threading.Event | None = None
+    ) -> None:
         self.cfg = cfg
         self.settings = cfg.daemon
         # Given by the CLI, which installs its signal handlers before the (slow) start, so
@@ -92,8 +93,9 @@ class Daemon:
         if self.settings.apply_worker:
             self.worker = WorkerHandle(cfg, self.plan, self.writer.end_offset)
         else:
-            self.applier = ApplyLoop(self.plan, cfg.log_dir, self.settings,
-                                     lambda: self.writer.end_offset)
+            self.applier = ApplyLoop(
+                self.plan, cfg.log_dir, self.settings, lambda: self.writer.end_offset
+            )
         self.started_at = time.time()
         self._observer = None
 
@@ -223,18 +225,35 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop_event.set())
         self._watch()
-        threads = [
-            threading.Thread(target=self._guard, args=(self._apply_loop,), name="apply", daemon=True)
-        ] + [
-            threading.Thread(target=self._guard, args=(self._harvest_loop, h),
-                             name=f"harvest-{h.plan.name}", daemon=True)
-            for h in self.harvesters
-        ] + [threading.Thread(target=self._guard, args=(self._status_loop,), name="status",
-                              daemon=True)]
+        threads = (
+            [
+                threading.Thread(
+                    target=self._guard, args=(self._apply_loop,), name="apply", daemon=True
+                )
+            ]
+            + [
+                threading.Thread(
+                    target=self._guard,
+                    args=(self._harvest_loop, h),
+                    name=f"harvest-{h.plan.name}",
+                    daemon=True,
+                )
+                for h in self.harvesters
+            ]
+            + [
+                threading.Thread(
+                    target=self._guard, args=(self._status_loop,), name="status", daemon=True
+                )
+            ]
+        )
         for t in threads:
             t.start()
-        log.info("daemon running: %d sources, %d targets, apply %s", len(self.harvesters),
-                 len(self.plan.targets), "in a worker process" if self.worker else "in a thread")
+        log.info(
+            "daemon running: %d sources, %d targets, apply %s",
+            len(self.harvesters),
+            len(self.plan.targets),
+            "in a worker process" if self.worker else "in a thread",
+        )
         while not self.stop_event.wait(0.2):
             if not all(t.is_alive() for t in threads[:-1]):
                 self._die(DaemonError("a worker thread died unexpectedly"))

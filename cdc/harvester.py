@@ -101,7 +101,9 @@ class Harvester:
                 hint="changes made while capture was off are unknown: re-initialize this "
                 "source's targets from a fresh snapshot",
             )
-        top = self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
+        top = self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[
+            0
+        ]
         if top < pos.through_seq:
             raise SourceError(
                 f"{self.plan.path}: capture sequence is at {top} but {pos.through_seq} was "
@@ -200,7 +202,9 @@ class Harvester:
         width = capture.key_width(info)
         kcols = [f"k{i + 1}" for i in range(width)]
         if info.key:
-            join = " AND ".join(f"t.{q(k)} IS c.{kc}" for k, kc in zip(info.key, kcols, strict=True))
+            join = " AND ".join(
+                f"t.{q(k)} IS c.{kc}" for k, kc in zip(info.key, kcols, strict=True)
+            )
             # WITHOUT ROWID keys are NOT NULL, so a key column tells presence.
             anchor = q(info.key[0]) if info.without_rowid else info.rowid_alias()
             present = f"t.{anchor} IS NOT NULL"
@@ -302,7 +306,9 @@ class Harvester:
                 ).fetchall()
         src = self.plan.name
         batch = RowBatch(
-            src, cur.table, now,
+            src,
+            cur.table,
+            now,
             [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows],
         )
         frames = [batch] if rows else []

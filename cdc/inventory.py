@@ -24,7 +24,9 @@ class TableInfo(msgspec.Struct, frozen=True):
     without_rowid: bool = False
     create_sql: str = ""
     index_sql: list[str] = []
-    unique_sets: list[list[str]] = []  # non-key UNIQUE column sets (REPLACE can delete through them)
+    unique_sets: list[
+        list[str]
+    ] = []  # non-key UNIQUE column sets (REPLACE can delete through them)
 
     @property
     def column_names(self) -> list[str]:
@@ -115,11 +117,14 @@ def unique_sets(conn: apsw.Connection, name: str) -> list[list[str]]:
     """
     out = []
     for idx, origin in conn.execute(
-        "SELECT name, origin FROM pragma_index_list(?) WHERE \"unique\" ORDER BY name", (name,)
+        'SELECT name, origin FROM pragma_index_list(?) WHERE "unique" ORDER BY name', (name,)
     ).fetchall():
         if origin == "pk":
             continue
-        cols = [r[0] for r in conn.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (idx,))]
+        cols = [
+            r[0]
+            for r in conn.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (idx,))
+        ]
         if cols and all(c is not None for c in cols) and cols not in out:
             out.append(cols)
     return out

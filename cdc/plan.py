@@ -78,8 +78,9 @@ def expand_sources(cfg: Config) -> list[tuple[str, str, bool]]:
     return out
 
 
-def resolve_plan(cfg: Config, inventories: dict[str, list[TableInfo]] | None = None,
-                 strict: bool = True) -> Plan:
+def resolve_plan(
+    cfg: Config, inventories: dict[str, list[TableInfo]] | None = None, strict: bool = True
+) -> Plan:
     """Match every table of every source against the rules; raise PlanError listing all problems.
 
     With `strict=False` the problems are returned in the plan instead (for `cdc status`,

@@ -122,7 +122,6 @@ class write_transaction:  # noqa: N801 - used like a function: `with write_trans
             self.conn.execute("ROLLBACK")
 
 
-
 class read_transaction:  # noqa: N801 - used like a function: `with read_transaction(conn):`
     """BEGIN ... COMMIT around a consistent read; always leaves the connection idle.
 

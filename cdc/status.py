@@ -170,9 +170,16 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             for src, t in _first_unapplied(cfg.log_dir, off).items():
                 oldest[src] = min(oldest.get(src, t), t)
         targets.append(
-            TargetStatus(name, path, events, off, max(0, end - off),
-                         rt.last_lag if rt else None, at,
-                         rt.last_error if rt and daemon.state == "running" else None)
+            TargetStatus(
+                name,
+                path,
+                events,
+                off,
+                max(0, end - off),
+                rt.last_lag if rt else None,
+                at,
+                rt.last_error if rt and daemon.state == "running" else None,
+            )
         )
 
     sources = []
@@ -241,4 +248,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

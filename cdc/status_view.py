@@ -15,10 +15,14 @@ def _age(ts: float | None) -> str:
 
 def render_status(st: Status) -> str:
     d = st.daemon
-    lines = [f"daemon: {d.state}" + (f" (pid {d.pid}, updated {_age(d.updated_at)})" if d.pid else "")]
+    lines = [
+        f"daemon: {d.state}" + (f" (pid {d.pid}, updated {_age(d.updated_at)})" if d.pid else "")
+    ]
     if d.error:
         lines.append(f"  error: {d.error}")
-    lines.append(f"log: {st.log.segments} segments, offsets {st.log.first_offset}..{st.log.end_offset}")
+    lines.append(
+        f"log: {st.log.segments} segments, offsets {st.log.first_offset}..{st.log.end_offset}"
+    )
     lines.append("")
     hdr = f"{'source':<24} {'tables':>6} {'captured':>9} {'logged':>9} {'applied':>9} {'backlog':>8} {'lag':>7}  snapshot"
     lines.append(hdr)
@@ -34,7 +38,9 @@ def render_status(st: Status) -> str:
     lines.append("")
     lines.append(f"{'target':<12} {'applied events':>14} {'behind (bytes)':>15} {'last apply':>12}")
     for t in st.targets:
-        lines.append(f"{t.name:<12} {t.applied_events:>14} {t.backlog_bytes:>15} {_age(t.last_applied_at):>12}")
+        lines.append(
+            f"{t.name:<12} {t.applied_events:>14} {t.backlog_bytes:>15} {_age(t.last_applied_at):>12}"
+        )
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
     for p in st.problems:
@@ -44,6 +50,8 @@ def render_status(st: Status) -> str:
         lines.append("in sync")
     else:
         behind = sum(t.backlog_bytes for t in st.targets)
-        lines.append(f"backlog: {st.backlog_events} changes not yet applied, "
-                     f"{behind} log bytes not yet applied")
+        lines.append(
+            f"backlog: {st.backlog_events} changes not yet applied, "
+            f"{behind} log bytes not yet applied"
+        )
     return "\n".join(lines)

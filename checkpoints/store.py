@@ -101,8 +101,14 @@ class CheckpointStore:
     def record_source(self, applied: SourceApplied) -> None:
         self.conn.execute(
             f"INSERT OR REPLACE INTO {SOURCES} VALUES (?, ?, ?, ?, ?, ?)",
-            (self.consumer, applied.source, applied.install_id, applied.through_seq,
-             applied.events, applied.applied_at),
+            (
+                self.consumer,
+                applied.source,
+                applied.install_id,
+                applied.through_seq,
+                applied.events,
+                applied.applied_at,
+            ),
         )
 
     def sources(self) -> dict[str, SourceApplied]:

@@ -30,8 +30,9 @@ class ApplyResult(msgspec.Struct):
     newest_observed_at: float = 0.0
 
 
-def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
-                old: Checkpoint) -> ApplyResult:
+def apply_batch(
+    target: TargetDB, plan: Plan, entries: list[LogEntry], old: Checkpoint
+) -> ApplyResult:
     """Apply `entries` (which start at `old.offset`) and move the checkpoint past them."""
     if not entries:
         return ApplyResult(0, old)
@@ -70,11 +71,15 @@ def apply_batch(target: TargetDB, plan: Plan, entries: list[LogEntry],
                 newest = max(newest, batches[-1].observed_at)
             cp = target.checkpoints.advance(old, entries[-1].next_offset, applied)
     except apsw.FullError as e:
-        raise TargetBusyError(f"{target.path}: disk full while applying: {e}",
-                              hint="free space; replication resumes where it stopped") from e
+        raise TargetBusyError(
+            f"{target.path}: disk full while applying: {e}",
+            hint="free space; replication resumes where it stopped",
+        ) from e
     except apsw.BusyError as e:
-        raise TargetBusyError(f"{target.path}: locked by another process: {e}",
-                              hint="find who holds the consolidated database open for writing") from e
+        raise TargetBusyError(
+            f"{target.path}: locked by another process: {e}",
+            hint="find who holds the consolidated database open for writing",
+        ) from e
     except apsw.Error as e:
         raise TargetError(f"{target.path}: apply failed at offset {old.offset}: {e}") from e
     return ApplyResult(applied, cp, newest)
@@ -131,8 +136,9 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
         keys = [q(k) for k in ([shape.tag_column] if shape.tag_column else []) + shape.key]
         rest = [c for c in cols if c not in keys]
         action = ", ".join(f"{c} = excluded.{c}" for c in rest) if rest else None
-        upsert = (f"INSERT INTO {table} {values} ON CONFLICT ({', '.join(keys)}) "
-                  + (f"DO UPDATE SET {action}" if action else "DO NOTHING"))
+        upsert = f"INSERT INTO {table} {values} ON CONFLICT ({', '.join(keys)}) " + (
+            f"DO UPDATE SET {action}" if action else "DO NOTHING"
+        )
     else:
         # REPLACE also removes a row holding one of our UNIQUE values: a stale image
         # whose own newer event comes later in the log.

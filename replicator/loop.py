@@ -22,8 +22,14 @@ GC_INTERVAL = 5.0
 
 
 class ApplyLoop:
-    def __init__(self, plan: Plan, log_dir: str, settings: DaemonSettings,
-                 durable_end: Callable[[], int], log_first: int | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        log_dir: str,
+        settings: DaemonSettings,
+        durable_end: Callable[[], int],
+        log_first: int | None = None,
+    ) -> None:
         self.plan = plan
         self.log_dir = log_dir
         self.settings = settings

@@ -53,8 +53,9 @@ _shape_decoder = msgspec.msgpack.Decoder(AppliedShape)
 
 
 class TargetDB:
-    def __init__(self, name: str, path: str, busy_timeout_ms: int = 5000,
-                 consumer: str = "replicator") -> None:
+    def __init__(
+        self, name: str, path: str, busy_timeout_ms: int = 5000, consumer: str = "replicator"
+    ) -> None:
         self.name = name
         self.path = path
         self.conn = open_target(path, busy_timeout_ms)
@@ -87,10 +88,13 @@ class TargetDB:
         else:
             self._widen(schema, m, have)
         alias = next(n for n in ROWID_NAMES if n not in {c.name.lower() for c in schema.columns})
-        other_unique = self.conn.execute(
-            "SELECT count(*) FROM pragma_index_list(?) WHERE \"unique\" AND origin != 'pk'",
-            (m.target_table,),
-        ).fetchone()[0] > 0
+        other_unique = (
+            self.conn.execute(
+                "SELECT count(*) FROM pragma_index_list(?) WHERE \"unique\" AND origin != 'pk'",
+                (m.target_table,),
+            ).fetchone()[0]
+            > 0
+        )
         shape = AppliedShape(
             columns=[c.name for c in schema.columns],
             key=list(schema.key),
@@ -115,8 +119,9 @@ class TargetDB:
                 self.conn.execute(
                     rename_create_index(sql, f"{m.target_table}__{iname}", m.target_table)
                 )
-            log.info("target %s: created %s from %s.%s", self.name, m.target_table,
-                     m.source, m.table)
+            log.info(
+                "target %s: created %s from %s.%s", self.name, m.target_table, m.source, m.table
+            )
             return
         if m.tag_column is None:
             raise TargetError(f"{self.path}: no definition for {m.source}.{m.table}")
@@ -143,4 +148,3 @@ class TargetDB:
 def _decl(c: ColumnDef) -> str:
     # Only the type: a column added later by a bot's ALTER keeps its affinity here.
     return c.decl_type.replace('"', "") if c.decl_type else ""
-

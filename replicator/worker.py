@@ -71,7 +71,9 @@ class WorkerHandle:
         env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "replicator.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
             start_new_session=False,
         )
         payload = msgspec.msgpack.encode(WorkerStart(cfg, plan, durable_end))
@@ -115,8 +117,9 @@ class WorkerHandle:
 
     def failure(self) -> CdcError:
         st = read_apply_status(self.cfg.state_dir)
-        err = DaemonError(st.error if st and st.error
-                          else f"apply worker exited with code {self.proc.returncode}")
+        err = DaemonError(
+            st.error if st and st.error else f"apply worker exited with code {self.proc.returncode}"
+        )
         if st and st.exit_code:
             err.exit_code = st.exit_code
         return err
@@ -167,7 +170,9 @@ def _lock(state_dir: str) -> int:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     stdin = sys.stdin.buffer
     raw = stdin.read(LENGTH.size)
     if len(raw) < LENGTH.size:

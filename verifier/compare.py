@@ -52,8 +52,9 @@ def _rows(conn: apsw.Connection, sql: str, args, width: int) -> dict[tuple, tupl
     return out
 
 
-def compare_table(src: apsw.Connection, tgt: apsw.Connection, m: TableMapping,
-                  sample: int = 20) -> TableDiff:
+def compare_table(
+    src: apsw.Connection, tgt: apsw.Connection, m: TableMapping, sample: int = 20
+) -> TableDiff:
     """Compare every row; columns are those of the source (the target may have more)."""
     info = table_info(src, m.table)
     kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
@@ -63,20 +64,35 @@ def compare_table(src: apsw.Connection, tgt: apsw.Connection, m: TableMapping,
     if m.tag_column:
         where, args = f"WHERE {q(m.tag_column)} IS ?", (m.tag,)
     try:
-        t = _rows(tgt, f"SELECT {', '.join(kexpr)}, {cols} FROM {q(m.target_table)} {where}",
-                  args, len(kexpr))
+        t = _rows(
+            tgt,
+            f"SELECT {', '.join(kexpr)}, {cols} FROM {q(m.target_table)} {where}",
+            args,
+            len(kexpr),
+        )
     except apsw.SQLError:
         t = {}
     missing = [list(k) for k in s.keys() - t.keys()]
     extra = [list(k) for k in t.keys() - s.keys()]
     diff = [list(k) for k in s.keys() & t.keys() if s[k] != t[k]]
-    return TableDiff(m.source, m.table, m.target, m.target_table, len(s), len(t),
-                     missing[:sample], extra[:sample], diff[:sample])
+    return TableDiff(
+        m.source,
+        m.table,
+        m.target,
+        m.target_table,
+        len(s),
+        len(t),
+        missing[:sample],
+        extra[:sample],
+        diff[:sample],
+    )
 
 
 def compare_plan(plan: Plan, busy_timeout_ms: int = 5000) -> list[TableDiff]:
     """Compare every mapped table; call when the sources are quiet and the backlog is zero."""
-    targets = {n: apsw.Connection(p, flags=apsw.SQLITE_OPEN_READONLY) for n, p in plan.targets.items()}
+    targets = {
+        n: apsw.Connection(p, flags=apsw.SQLITE_OPEN_READONLY) for n, p in plan.targets.items()
+    }
     out = []
     try:
         for sp in plan.sources:
