@@ -76,6 +76,23 @@ def _round_dir(d, legacy_template: str, baseline: Baseline):
     return d
 
 
+def _record(benchmark, baseline: Baseline, **extra) -> float | None:
+    """Ratio against the raw copy, plus rows/s on both sides, into extra_info."""
+    ratio = baseline.record(benchmark, "speed_ratio", invert=True)
+    if ratio is None:
+        return None
+    info = benchmark.extra_info
+    info.update(
+        rows=ROWS,
+        rows_per_s=round(ROWS / info["median_s"]),
+        baseline_rows_per_s=round(ROWS / info["baseline_median_s"]),
+        goal_ratio=GOAL,
+        meets_goal=ratio >= GOAL,
+        **extra,
+    )
+    return ratio
+
+
 def pipeline_snapshot(cfg) -> Pipeline:
     ops.install(cfg)
     p = Pipeline(cfg)
@@ -107,20 +124,16 @@ def test_snapshot_rows_per_second(benchmark, summary, legacy_template, tmp_path,
     raw = apsw.Connection(str(tmp_path / "r0" / "raw.db"))
     assert raw.execute("SELECT count(*) FROM trades").fetchone()[0] == ROWS
     raw.close()
-    ratio = baseline.record(benchmark, "speed_ratio", invert=True)
+    ratio = _record(
+        benchmark,
+        baseline,
+        snapshot_chunk=chunk,
+        snapshot_read_s=last.snapshot_s,
+        apply_s=last.apply_s,
+    )
     if ratio is None:
         return
     info = benchmark.extra_info
-    info.update(
-        rows=ROWS,
-        snapshot_chunk=chunk,
-        rows_per_s=round(ROWS / info["median_s"]),
-        baseline_rows_per_s=round(ROWS / info["baseline_median_s"]),
-        snapshot_read_s=last.snapshot_s,
-        apply_s=last.apply_s,
-        goal_ratio=GOAL,
-        meets_goal=ratio >= GOAL,
-    )
     summary(
         f"snapshot chunk={chunk:<6}: {info['rows_per_s']:,} rows/s vs raw ATTACH copy "
         f"{info['baseline_rows_per_s']:,} rows/s = {ratio:.3f}x (goal >= {GOAL}x); "
@@ -164,17 +177,10 @@ def test_daemon_snapshot_rows_per_second(benchmark, summary, legacy_template, tm
     benchmark.pedantic(lambda cfg: done.append(daemon_snapshot(cfg)), setup=setup, rounds=ROUNDS)
     diffs = [d for d in compare_plan(done[-1].plan) if not d.equal]
     assert not diffs, diffs
-    ratio = baseline.record(benchmark, "speed_ratio", invert=True)
+    ratio = _record(benchmark, baseline)
     if ratio is None:
         return
     info = benchmark.extra_info
-    info.update(
-        rows=ROWS,
-        rows_per_s=round(ROWS / info["median_s"]),
-        baseline_rows_per_s=round(ROWS / info["baseline_median_s"]),
-        goal_ratio=GOAL,
-        meets_goal=ratio >= GOAL,
-    )
     summary(
         f"snapshot via daemon  : {info['rows_per_s']:,} rows/s vs raw ATTACH copy "
         f"{info['baseline_rows_per_s']:,} rows/s = {ratio:.3f}x (goal >= {GOAL}x), "

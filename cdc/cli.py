@@ -36,10 +36,15 @@ def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except CdcError as e:
-        click.echo(f"error: {e.message}", err=True)
-        if e.hint:
-            click.echo(f"hint: {e.hint}", err=True)
+        _report(e)
         sys.exit(e.exit_code)
+
+
+def _report(e: CdcError) -> None:
+    """The one place an error reaches the operator: one line, then the hint if any."""
+    click.echo(f"error: {e.message}", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
 
 
 def _load(path: str) -> Config:
@@ -109,9 +114,7 @@ def run(config_path: str) -> None:
     daemon = _run(lambda: Daemon(cfg, stop_event=stop))
     code = daemon.run(install_signals=False)
     if daemon.fatal is not None:
-        click.echo(f"error: {daemon.fatal}", err=True)
-        if getattr(daemon.fatal, "hint", None):
-            click.echo(f"hint: {daemon.fatal.hint}", err=True)
+        _report(daemon.fatal)
     sys.exit(code)
 
 
