@@ -201,8 +201,9 @@ def test_file_the_plan_does_not_list_is_not_dropped(
 def test_file_the_plan_lists_but_is_missing_is_reported(
     plan_json: dict, legacy: Path, tmp_path: Path
 ) -> None:
-    for suffix in ("", "-wal"):
-        (legacy / f"data/custom.db{suffix}").unlink()
+    # the corpus may ship the file with or without its -wal beside it
+    for suffix in ("", "-wal", "-shm"):
+        (legacy / f"data/custom.db{suffix}").unlink(missing_ok=suffix != "")
     assert audit_plan(plan_json, legacy).missing_files == ["data/custom.db"]
     _, cfg = make_config(plan_json, legacy, tmp_path / "out", resolve=True)
     with pytest.raises(PlanError) as ei:
