@@ -66,12 +66,25 @@ class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     apply_worker: bool = True  # apply in a child process (both cores); False: a thread
 
 
+class VerifySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The verifier's pace. It reads the bots' files, so it goes in small chunks (each one
+    short read transaction) and, inside the daemon, at a bounded rate."""
+
+    continuous: bool = True  # the daemon verifies table after table, forever
+    chunk_rows: int = 1000
+    rows_per_second: float = 20000.0  # legacy rows per second in the daemon; 0: no limit
+    cycle_pause: float = 60.0  # seconds between two full passes in the daemon
+    settle_timeout: float = 10.0  # how long a changing row may take to be caught settled
+    max_report_keys: int = 100  # diverged keys listed per table (all are counted)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     targets: dict[str, str]
     sources: list[SourceConfig]
     rules: list[RuleConfig] = []
     state_dir: str = "cdc-state"
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    verify: VerifySettings = msgspec.field(default_factory=VerifySettings)
     config_path: str = ""
 
     @property
@@ -176,6 +189,13 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"`daemon.{field}` must be positive")
     if d.poll_interval <= 0:
         problems.append("`daemon.poll_interval` must be positive")
+    v = cfg.verify
+    for field in ("chunk_rows", "settle_timeout", "max_report_keys"):
+        if getattr(v, field) <= 0:
+            problems.append(f"`verify.{field}` must be positive")
+    for field in ("rows_per_second", "cycle_pause"):
+        if getattr(v, field) < 0:
+            problems.append(f"`verify.{field}` cannot be negative")
     return problems
 
 

@@ -19,6 +19,7 @@ from cdc.sqlconn import write_transaction
 
 TABLE = "_cdc_checkpoint"
 SOURCES = "_cdc_source_applied"
+SNAPSHOTS = "_cdc_snapshot_done"
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -53,6 +54,12 @@ class CheckpointStore:
             f"CREATE TABLE IF NOT EXISTS {SOURCES}(consumer TEXT NOT NULL, source TEXT NOT NULL, "
             "install_id TEXT NOT NULL, through_seq INTEGER NOT NULL, events INTEGER NOT NULL, "
             "applied_at REAL NOT NULL, PRIMARY KEY(consumer, source))"
+        )
+        # A table's initial copy is complete here once the mark saying so is applied; the
+        # verifier must not compare a half-copied table (its rows are not "missing").
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SNAPSHOTS}(consumer TEXT NOT NULL, "
+            "source TEXT NOT NULL, tbl TEXT NOT NULL, PRIMARY KEY(consumer, source, tbl))"
         )
 
     def load(self) -> Checkpoint:
@@ -110,6 +117,25 @@ class CheckpointStore:
                 applied.applied_at,
             ),
         )
+
+    def record_snapshots_done(self, source: str, tables: list[str]) -> None:
+        """Remember finished initial copies; call inside the apply transaction.
+
+        Every applied mark repeats its finished tables (a few dozen INSERT OR IGNOREs per
+        batch): cheaper to keep than a cache that must forget rolled-back batches."""
+        if tables:
+            self.conn.executemany(
+                f"INSERT OR IGNORE INTO {SNAPSHOTS} VALUES (?, ?, ?)",
+                [(self.consumer, source, t) for t in tables],
+            )
+
+    def snapshots_done(self) -> set[tuple[str, str]]:
+        return {
+            (r[0], r[1])
+            for r in self.conn.execute(
+                f"SELECT source, tbl FROM {SNAPSHOTS} WHERE consumer=?", (self.consumer,)
+            )
+        }
 
     def sources(self) -> dict[str, SourceApplied]:
         return {

@@ -66,6 +66,9 @@ def apply_batch(
                 target.checkpoints.record_source(
                     SourceApplied(source, p.install_id, p.through_seq, p.events, now)
                 )
+                target.checkpoints.record_snapshots_done(
+                    source, [c.table for c in p.snapshots if c.done]
+                )
             for batches in runs.values():
                 applied += _flush(conn, target, batches)
                 newest = max(newest, batches[-1].observed_at)

@@ -1,0 +1,134 @@
+"""One verification pass over a plan's tables: the API behind `cdc verify` and the daemon."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import apsw
+
+from cdc.config import Config, VerifySettings
+from cdc.errors import SourceError
+from cdc.plan import Plan, TableMapping
+from cdc.sqlconn import open_legacy, set_busy_timeout
+from cdc.sqlident import q
+from verifier.model import TableResult, VerifyReport
+from verifier.table import TableVerifier
+
+
+def select_tables(plan: Plan, patterns: list[str] | None = None) -> list[TableMapping]:
+    """Mapped tables matching any pattern, named `source.table` or `target.target_table`."""
+    out = []
+    for sp in plan.sources:
+        for m in sp.tables:
+            names = (f"{m.source}.{m.table}", f"{m.target}.{m.target_table}")
+            if not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names):
+                out.append(m)
+    return out
+
+
+def open_target_readonly(path: str, busy_timeout_ms: int) -> apsw.Connection | None:
+    """A read-only connection, or None when the target file does not exist yet."""
+    if not os.path.exists(path):
+        return None
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    set_busy_timeout(conn, busy_timeout_ms)
+    return conn
+
+
+def estimate_rows(plan: Plan, tables: list[TableMapping], busy_timeout_ms: int = 5000) -> int:
+    """Legacy row count of the tables (for a progress bar), a short read per table."""
+    total = 0
+    for path, group in _by_source(plan, tables):
+        try:
+            conn = open_legacy(path, busy_timeout_ms, readonly=True)
+        except SourceError:
+            continue
+        try:
+            for m in group:
+                total += conn.execute(f"SELECT count(*) FROM {q(m.table)}").fetchone()[0]
+        finally:
+            conn.close()
+    return total
+
+
+def _by_source(plan: Plan, tables: list[TableMapping]) -> list[tuple[str, list[TableMapping]]]:
+    out: dict[str, list[TableMapping]] = {}
+    for m in tables:
+        out.setdefault(m.source, []).append(m)
+    return [(plan.source(s).path, ms) for s, ms in out.items()]
+
+
+class PassResult:
+    """A report plus, per diverged table, the exact keys (storage classes intact) for repair."""
+
+    def __init__(self, report: VerifyReport, keys: dict[tuple[str, str], list[list]]) -> None:
+        self.report, self.keys = report, keys
+
+
+def verify_tables(
+    cfg: Config,
+    plan: Plan,
+    tables: list[TableMapping],
+    settings: VerifySettings | None = None,
+    stop: threading.Event | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+    on_table: Callable[[TableResult], None] | None = None,
+) -> PassResult:
+    settings = settings or cfg.verify
+    busy = cfg.daemon.busy_timeout_ms
+    started = time.time()
+    results: list[TableResult] = []
+    keys: dict[tuple[str, str], list[list]] = {}
+    targets: dict[str, apsw.Connection | None] = {}
+    try:
+        for path, group in _by_source(plan, tables):
+            try:
+                src = open_legacy(path, busy, readonly=True)
+            except SourceError as e:
+                for m in group:
+                    r = _skipped(m, str(e))
+                    results.append(r)
+                    if on_table:
+                        on_table(r)
+                continue
+            try:
+                for m in group:
+                    if m.target not in targets:
+                        targets[m.target] = open_target_readonly(plan.targets[m.target], busy)
+                    tgt = targets[m.target]
+                    if tgt is None:
+                        r = _skipped(m, f"target file {plan.targets[m.target]} does not exist")
+                    else:
+                        v = TableVerifier(src, tgt, m, settings, stop, on_chunk)
+                        r = v.run()
+                        if v.diverged_keys:
+                            keys[(m.source, m.table)] = v.diverged_keys
+                    results.append(r)
+                    if on_table:
+                        on_table(r)
+            finally:
+                src.close()
+    finally:
+        for c in targets.values():
+            if c is not None:
+                c.close()
+    report = VerifyReport(started, time.time(), results, cfg.config_path)
+    return PassResult(report, keys)
+
+
+def _skipped(m: TableMapping, reason: str) -> TableResult:
+    now = time.time()
+    return TableResult(
+        m.source,
+        m.table,
+        m.target,
+        m.target_table,
+        "skipped",
+        reason,
+        started_at=now,
+        finished_at=now,
+    )

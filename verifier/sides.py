@@ -1,0 +1,194 @@
+"""The two sides of one mapped table, read in the same key order, and where each side is.
+
+The legacy side is read with its capture position: the newest capture sequence in the
+same read transaction, and the keys of every change after a given sequence (the changes
+the target may not have yet). The target side is read with the newest capture sequence
+of that source the replicator applied (`_cdc_source_applied`, written in the apply
+transaction). Those two positions are what makes a comparison meaningful under load.
+
+Both sides are ordered by the legacy key with the legacy key's collation, applied to the
+target explicitly: a merged target table is declared without types or collations, and a
+different order would put rows in different chunks.
+"""
+
+from __future__ import annotations
+
+import apsw
+import msgspec
+
+from cdc import capture
+from cdc.inventory import TableInfo, table_info
+from cdc.plan import TableMapping
+from cdc.sqlident import q
+from checkpoints.store import SNAPSHOTS, SOURCES
+from replicator.target import SCHEMAS, AppliedShape
+from verifier.values import encode
+
+_shape_decoder = msgspec.msgpack.Decoder(AppliedShape)
+CONSUMER = "replicator"
+
+
+class TargetPosition(msgspec.Struct, frozen=True):
+    """What the target holds of one source table, read in one transaction with its rows."""
+
+    install_id: str | None
+    applied_seq: int
+    snapshot_done: bool
+    shape: AppliedShape | None
+
+
+class SourcePosition(msgspec.Struct, frozen=True):
+    """The legacy side's capture position, read in one transaction with its rows.
+
+    `complete` is False when capture rows after the target's position were already trimmed
+    (logged, not yet applied): the keys in flight are then unknown and the read proves
+    nothing.
+    """
+
+    install_id: str | None
+    seq: int
+    complete: bool
+    in_flight: frozenset[bytes]  # encoded keys changed after the target's position
+
+
+def key_collations(conn: apsw.Connection, info: TableInfo) -> list[str]:
+    """Collation of each declared key column (rowid keys: BINARY)."""
+    if not info.key:
+        return ["BINARY"]
+    idx = conn.execute(
+        "SELECT name FROM pragma_index_list(?) WHERE origin='pk'", (info.name,)
+    ).fetchone()
+    if idx is None:  # INTEGER PRIMARY KEY: the rowid itself
+        return ["BINARY"] * len(info.key)
+    colls = dict(
+        conn.execute(
+            "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key AND name IS NOT NULL",
+            (idx[0],),
+        ).fetchall()
+    )
+    return [(colls.get(k) or "BINARY").upper() for k in info.key]
+
+
+class TableSides:
+    """SQL for one mapping, built from the live legacy shape and the applied target shape."""
+
+    def __init__(
+        self, m: TableMapping, info: TableInfo, shape: AppliedShape, collations: list[str], tid: int
+    ) -> None:
+        self.m, self.info, self.shape, self.tid = m, info, shape, tid
+        skeys = [q(k) for k in info.key] or [info.rowid_alias()]
+        tkeys = [q(k) for k in shape.key] or [shape.rowid_alias]
+        self.width = len(skeys)
+        colls = [("" if c == "BINARY" else f" COLLATE {q(c)}") for c in collations]
+        self.skeys = [k + c for k, c in zip(skeys, colls, strict=True)]
+        self.tkeys = [k + c for k, c in zip(tkeys, colls, strict=True)]
+        cols = ", ".join(q(c) for c in shape.columns)
+        self._src_select = f"SELECT {', '.join(skeys)}, {cols} FROM {q(info.name)}"
+        self._tgt_select = f"SELECT {', '.join(tkeys)}, {cols} FROM {q(shape.target_table)}"
+        self._tag = (f"{q(shape.tag_column)} IS ?", [shape.tag]) if shape.tag_column else (None, [])
+        self._src_point = " AND ".join(f"{k} IS ?" for k in skeys)
+        self._tgt_point = " AND ".join(f"{k} IS ?" for k in tkeys)
+        kc = ", ".join(f"k{i + 1}" for i in range(capture.key_width(info)))
+        self._inflight_sql = f"SELECT {kc} FROM {capture.CHANGES} WHERE seq > ? AND tid = ?"
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.shape.columns)
+
+    def _range(self, keys: list[str], lo, hi) -> tuple[list[str], list]:  # noqa: ANN001
+        marks = ", ".join("?" * self.width)
+        conds, args = [], []
+        if lo is not None:
+            conds.append(f"({', '.join(keys)}) > ({marks})")
+            args += list(lo)
+        if hi is not None:
+            conds.append(f"({', '.join(keys)}) <= ({marks})")
+            args += list(hi)
+        return conds, args
+
+    # -- legacy side (call inside a read transaction) ----------------------------------------
+    def source_bound(self, conn: apsw.Connection, lo, n: int):  # noqa: ANN001
+        """The key `n` rows after `lo`, or None when fewer remain (the chunk runs to the end)."""
+        conds, args = self._range(self.skeys, lo, None)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        row = conn.execute(
+            f"SELECT {', '.join(self.skeys)} FROM {q(self.info.name)}{where} "
+            f"ORDER BY {', '.join(self.skeys)} LIMIT 1 OFFSET {int(n) - 1}",
+            args,
+        ).fetchone()
+        return list(row) if row else None
+
+    def source_rows(self, conn: apsw.Connection, lo, hi) -> list[tuple]:  # noqa: ANN001
+        conds, args = self._range(self.skeys, lo, hi)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return conn.execute(
+            f"{self._src_select}{where} ORDER BY {', '.join(self.skeys)}", args
+        ).fetchall()
+
+    def source_point(self, conn: apsw.Connection, key: list) -> tuple | None:
+        return conn.execute(f"{self._src_select} WHERE {self._src_point}", key).fetchone()
+
+    def live_columns(self, conn: apsw.Connection) -> list[str]:
+        return table_info(conn, self.info.name).column_names
+
+    def source_position(self, conn: apsw.Connection, after_seq: int) -> SourcePosition:
+        lo, hi = conn.execute(f"SELECT min(seq), max(seq) FROM {capture.CHANGES}").fetchone()
+        iid = capture.install_id(conn)
+        hi = hi or 0
+        # The table keeps its newest row, and trims only a prefix, so every sequence after
+        # `after_seq` is still here exactly when the oldest row left is at most one past it.
+        complete = hi <= after_seq or (lo is not None and lo <= after_seq + 1)
+        keys = frozenset(
+            encode_key(r) for r in conn.execute(self._inflight_sql, (after_seq, self.tid))
+        )
+        return SourcePosition(iid, hi, complete, keys)
+
+    # -- target side (call inside a read transaction) ----------------------------------------
+    def target_rows(self, conn: apsw.Connection, lo, hi, cap: int) -> list[tuple]:  # noqa: ANN001
+        conds, args = self._range(self.tkeys, lo, hi)
+        tag_cond, tag_args = self._tag
+        if tag_cond:
+            conds.insert(0, tag_cond)
+            args = tag_args + args
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return conn.execute(
+            f"{self._tgt_select}{where} ORDER BY {', '.join(self.tkeys)} LIMIT {int(cap)}", args
+        ).fetchall()
+
+    def target_point(self, conn: apsw.Connection, key: list) -> tuple | None:
+        tag_cond, tag_args = self._tag
+        where = f"{tag_cond} AND {self._tgt_point}" if tag_cond else self._tgt_point
+        return conn.execute(f"{self._tgt_select} WHERE {where}", tag_args + list(key)).fetchone()
+
+
+def encode_key(key) -> bytes:  # noqa: ANN001
+    return encode(list(key))
+
+
+def target_position(conn: apsw.Connection, source: str, table: str) -> TargetPosition:
+    """Call inside the target read transaction that also reads the rows."""
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)", (SOURCES, SNAPSHOTS, SCHEMAS)
+        )
+    }
+    if len(have) < 3:
+        return TargetPosition(None, 0, False, None)
+    row = conn.execute(
+        f"SELECT install_id, through_seq FROM {SOURCES} WHERE consumer=? AND source=?",
+        (CONSUMER, source),
+    ).fetchone()
+    done = conn.execute(
+        f"SELECT 1 FROM {SNAPSHOTS} WHERE consumer=? AND source=? AND tbl=?",
+        (CONSUMER, source, table),
+    ).fetchone()
+    shape = conn.execute(
+        f"SELECT shape FROM {SCHEMAS} WHERE source=? AND tbl=?", (source, table)
+    ).fetchone()
+    return TargetPosition(
+        row[0] if row else None,
+        row[1] if row else 0,
+        done is not None,
+        _shape_decoder.decode(shape[0]) if shape else None,
+    )

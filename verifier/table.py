@@ -1,0 +1,307 @@
+"""Verify one mapped table while the bots keep writing: chunk by chunk, at known positions.
+
+Each chunk is read twice, target first, then legacy, each in its own short transaction:
+
+1. target: the capture sequence `A` of this source that the replicator has applied, and the
+   target rows of the key range;
+2. legacy: the rows of the same range, the capture sequence `S` now, and the keys of every
+   change after `A` (the capture table still holds them: they were not applied, so unless
+   the harvester already trimmed them, which the read detects, they are there).
+
+A key changed after `A` is *in flight*: the target may not have it yet, so it is set aside,
+not judged. Every other key must be equal on both sides: the target holds every change up
+to `A`, and the legacy row has no change after `A`.
+
+A few legacy changes leave no capture row for the key they affect (an `INSERT OR REPLACE`
+deleting another row through a UNIQUE column of a copied table: the target deletes it when
+it applies the new row). So a mismatch is only a *suspect* until it is seen again in a
+check made after the target applied everything up to the first check's `S`; only then is
+it reported. Keys in flight and suspects are re-checked by key at the end of the table,
+until they settle or `settle_timeout` passes (then they are reported as unsettled: not
+proven, not wrong).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import apsw
+
+from cdc import capture
+from cdc.config import VerifySettings
+from cdc.inventory import schema_version, table_info
+from cdc.plan import TableMapping
+from cdc.sqlconn import read_transaction
+from verifier.model import KeyDiff, TableResult
+from verifier.sides import TableSides, TargetPosition, encode_key, key_collations, target_position
+from verifier.values import digest, encode, render_row
+
+TARGET_CAP_FACTOR = 4  # a chunk holds at most this many times chunk_rows target rows
+POLL = 0.005
+
+
+class _Pending:
+    __slots__ = ("key", "suspect", "seq", "source", "target")
+
+    def __init__(self, key: list, suspect: bool, seq: int, source=None, target=None) -> None:  # noqa: ANN001
+        self.key, self.suspect, self.seq = key, suspect, seq
+        self.source, self.target = source, target
+
+
+class _Retry(Exception):
+    """This read cannot be judged now (target behind a trim, shape change on the way)."""
+
+
+class TableVerifier:
+    def __init__(
+        self,
+        src: apsw.Connection,
+        tgt: apsw.Connection,
+        m: TableMapping,
+        settings: VerifySettings,
+        stop: threading.Event | None = None,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
+        self.src, self.tgt, self.m, self.settings = src, tgt, m, settings
+        self.stop = stop or threading.Event()
+        self.on_chunk = on_chunk
+        self.sides: TableSides | None = None
+        self._schema_version = -1
+        self.diverged_keys: list[list] = []  # exact keys (storage classes intact), for repair
+        self.res = TableResult(m.source, m.table, m.target, m.target_table)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _prepare(self, tp: TargetPosition) -> str | None:
+        """Build the SQL for the current shapes; returns why the table cannot be verified."""
+        m = self.m
+        if tp.shape is None:
+            return "not replicated yet (no rows applied to the target)"
+        if not tp.snapshot_done:
+            return "initial copy still in progress"
+        with read_transaction(self.src):
+            tid = capture.installed_tables(self.src).get(m.table)
+            iid = capture.install_id(self.src)
+            info = table_info(self.src, m.table)
+            self._schema_version = schema_version(self.src)
+            colls = key_collations(self.src, info)
+        if tid is None:
+            return "capture is not installed for this table"
+        if not info.columns:
+            return "the legacy table no longer exists"
+        if tp.install_id != iid:
+            return "the target was filled from another capture installation"
+        if info.column_names != tp.shape.columns:
+            raise _Retry("legacy columns changed; waiting for the target to apply the change")
+        self.sides = TableSides(m, info, tp.shape, colls, tid)
+        return None
+
+    def _read_target(self, lo, hi, cap: int) -> tuple[TargetPosition, list[tuple]]:  # noqa: ANN001
+        with read_transaction(self.tgt):
+            tp = target_position(self.tgt, self.m.source, self.m.table)
+            if self.sides is None or tp.shape != self.sides.shape:
+                reason = self._prepare(tp)
+                if reason is not None:
+                    raise _Skip(reason)
+            rows = self.sides.target_rows(self.tgt, lo, hi, cap)
+        return tp, rows
+
+    def _check_source_shape(self) -> None:
+        v = schema_version(self.src)
+        if v != self._schema_version:
+            cols = table_info(self.src, self.m.table).column_names
+            if cols != self.sides.shape.columns:
+                self.sides = None  # rebuilt from the next target read
+                raise _Retry("legacy columns changed; waiting for the target to apply the change")
+            self._schema_version = v
+
+    # -- the pass --------------------------------------------------------------------------
+    def run(self) -> TableResult:
+        res = self.res
+        res.started_at = time.time()
+        try:
+            self._run()
+        except _Skip as e:
+            res.state, res.reason = "skipped", str(e)
+        except _Retry as e:
+            res.state, res.reason = "unsettled", str(e)
+        res.finished_at = time.time()
+        return res
+
+    def _run(self) -> None:
+        res, s = self.res, self.settings
+        n = s.chunk_rows
+        cap = n * TARGET_CAP_FACTOR
+        src_parts: list[bytes] = []
+        tgt_parts: list[bytes] = []
+        pending: dict[bytes, _Pending] = {}
+        t0 = time.monotonic()
+        done_rows = 0
+        self._settle_until(lambda: self._read_target(None, None, 0))  # prepares the sides
+        with read_transaction(self.src):
+            hi = self.sides.source_bound(self.src, None, n)
+        after = None
+        while True:
+            if self.stop.is_set():
+                raise _Skip("stopped")
+            hi, trows, sp, srows, next_hi = self._settle_until(
+                lambda lo=after, hi=hi: self._read_chunk(lo, hi, cap, n)
+            )
+            sk, tk = self._compare(srows, trows, sp.in_flight, sp.seq, pending)
+            src_parts.append(sk)
+            tgt_parts.append(tk)
+            res.chunks += 1
+            res.source_rows += len(srows)
+            res.target_rows += len(trows)
+            done_rows += len(srows)
+            if self.on_chunk:
+                self.on_chunk(len(srows))
+            if hi is None:
+                break
+            after, hi = hi, next_hi
+            if s.rows_per_second > 0:
+                ahead = done_rows / s.rows_per_second - (time.monotonic() - t0)
+                if ahead > 0 and self.stop.wait(ahead):
+                    raise _Skip("stopped")
+        res.source_digest, res.target_digest = digest(src_parts), digest(tgt_parts)
+        if pending:
+            self._settle(pending)
+        if self.diverged_keys:
+            res.state = "diverged"
+        elif res.unsettled_keys:
+            res.state = "unsettled"
+            res.reason = "rows kept changing; re-verify later"
+
+    def _read_chunk(self, lo, hi, cap: int, n: int):  # noqa: ANN001, ANN202
+        tp, trows = self._read_target(lo, hi, cap)
+        if len(trows) >= cap:  # the target has far more rows here: a shorter chunk
+            hi = list(trows[-1][: self.sides.width])
+        with read_transaction(self.src):
+            self._check_source_shape()
+            sp = self.sides.source_position(self.src, tp.applied_seq)
+            if not sp.complete:
+                raise _Retry(
+                    "the target is behind and the capture rows it lacks were already trimmed"
+                )
+            srows = self.sides.source_rows(self.src, lo, hi)
+            next_hi = self.sides.source_bound(self.src, hi, n) if hi is not None else None
+        return hi, trows, sp, srows, next_hi
+
+    def _settle_until(self, read):  # noqa: ANN001, ANN202
+        """Retry a read that cannot be judged yet, for at most `settle_timeout` seconds."""
+        deadline = time.monotonic() + self.settings.settle_timeout
+        while True:
+            try:
+                return read()
+            except (_Retry, apsw.BusyError):
+                if time.monotonic() >= deadline:
+                    raise
+                if self.stop.wait(0.02):
+                    raise _Skip("stopped") from None
+
+    # -- comparing -------------------------------------------------------------------------
+    def _compare(
+        self, srows: list, trows: list, in_flight: frozenset, seq: int, pending: dict
+    ) -> tuple[bytes, bytes]:
+        """Judge one chunk; returns the encodings of the rows judged on each side."""
+        res = self.res
+        if not in_flight:
+            es, et = encode(srows), encode(trows)
+            if es == et:
+                res.compared_rows += len(srows)
+                return es, et
+        w = self.sides.width
+        smap = {encode_key(r[:w]): r for r in srows}
+        tmap = {encode_key(r[:w]): r for r in trows}
+        skeep = [r for k, r in smap.items() if k not in in_flight]
+        tkeep = [r for k, r in tmap.items() if k not in in_flight]
+        for k in smap.keys() | tmap.keys():
+            srow, trow = smap.get(k), tmap.get(k)
+            key = list((srow or trow)[:w])
+            if k in in_flight:
+                pending[k] = _Pending(key, False, seq)
+            elif srow is not None and trow is not None and encode(srow) == encode(trow):
+                res.compared_rows += 1
+            else:
+                pending[k] = _Pending(key, True, seq)
+        return encode(skeep), encode(tkeep)
+
+    def _settle(self, pending: dict[bytes, _Pending]) -> None:
+        """Re-check set-aside keys by key once the target has caught up with each sighting."""
+        res, sides = self.res, self.sides
+        deadline = time.monotonic() + self.settings.settle_timeout
+        while pending and time.monotonic() < deadline and not self.stop.is_set():
+            need = max(p.seq for p in pending.values())
+            try:
+                self._wait_applied(need, deadline)
+                with read_transaction(self.tgt):
+                    tp = target_position(self.tgt, self.m.source, self.m.table)
+                    trows = {k: sides.target_point(self.tgt, p.key) for k, p in pending.items()}
+                with read_transaction(self.src):
+                    sp = sides.source_position(self.src, tp.applied_seq)
+                    srows = {k: sides.source_point(self.src, p.key) for k, p in pending.items()}
+            except apsw.BusyError:
+                self.stop.wait(0.02)
+                continue
+            if tp.shape != sides.shape:  # a column was added meanwhile: compare it too
+                try:
+                    reason = self._prepare(tp)
+                except _Retry:
+                    reason = None
+                if reason is not None:
+                    raise _Skip(reason)
+                sides = self.sides or sides
+                continue
+            if not sp.complete:
+                self.stop.wait(0.02)
+                continue
+            for k, p in list(pending.items()):
+                srow, trow = srows[k], trows[k]
+                if k in sp.in_flight:
+                    p.suspect, p.seq = False, sp.seq
+                elif encode(srow) == encode(trow):
+                    res.rechecked_rows += srow is not None
+                    del pending[k]
+                elif p.suspect and tp.applied_seq >= p.seq:
+                    self._diverged(p.key, srow, trow)
+                    del pending[k]
+                else:
+                    p.suspect, p.seq = True, sp.seq
+        for p in pending.values():
+            if len(res.unsettled_keys) < self.settings.max_report_keys:
+                res.unsettled_keys.append(render_row(p.key))
+
+    def _wait_applied(self, seq: int, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            with read_transaction(self.tgt):
+                tp = target_position(self.tgt, self.m.source, self.m.table)
+            if tp.applied_seq >= seq or self.stop.wait(POLL):
+                return
+
+    def _diverged(self, key: list, srow, trow) -> None:  # noqa: ANN001
+        res, w = self.res, self.sides.width
+        self.diverged_keys.append(key)
+        res.diverged_count += 1
+        if len(res.diverged) >= self.settings.max_report_keys:
+            return
+        cols = self.sides.columns
+        if srow is None:
+            res.diverged.append(KeyDiff("extra", render_row(key), target=render_row(trow[w:])))
+        elif trow is None:
+            res.diverged.append(KeyDiff("missing", render_row(key), source=render_row(srow[w:])))
+        else:
+            differ = [
+                c
+                for c, a, b in zip(cols, srow[w:], trow[w:], strict=True)
+                if encode([a]) != encode([b])
+            ]
+            res.diverged.append(
+                KeyDiff(
+                    "different", render_row(key), differ, render_row(srow[w:]), render_row(trow[w:])
+                )
+            )
+
+
+class _Skip(Exception):
+    """The table cannot be verified now; the message says why."""
