@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import click
 import msgspec
@@ -36,8 +36,12 @@ def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except CdcError as e:
-        _report(e)
-        sys.exit(e.exit_code)
+        _fail(e)
+
+
+def _fail(e: CdcError) -> NoReturn:
+    _report(e)
+    sys.exit(e.exit_code)
 
 
 def _report(e: CdcError) -> None:
@@ -139,6 +143,110 @@ def status(config_path: str, as_json: bool, watch: float | None) -> None:
         if not watch:
             return
         time.sleep(watch)
+
+
+EXIT_DIVERGED = 10  # a verified table differs (keys named in the output)
+EXIT_NOT_PROVEN = 11  # nothing found wrong, but some table could not be proven (see reason)
+
+
+def _verify_options(fn):  # noqa: ANN001, ANN202
+    for opt in reversed(
+        [
+            config_option,
+            click.argument("tables", nargs=-1),
+            click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+            click.option(
+                "--report",
+                "report_dir",
+                type=click.Path(file_okay=False),
+                help="Write validation-<target>.md and .json into this folder.",
+            ),
+            click.option("--chunk-rows", type=int, default=None, help="Rows per chunk."),
+            click.option(
+                "--rate",
+                type=float,
+                default=0.0,
+                show_default=True,
+                help="Max legacy rows per second (0: no limit).",
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+@cli.command()
+@_verify_options
+@click.option("--repair", "do_repair", is_flag=True, help="Repair what differs (needs the daemon).")
+def verify(config_path, tables, as_json, report_dir, chunk_rows, rate, do_repair) -> None:  # noqa: ANN001
+    """Prove legacy == consolidated, table by table, while the bots write.
+
+    TABLES are globs on `source.table` or `target.table` (default: every mapped table).
+    Exit code 0 only when every table is equal; 10 when rows differ; 11 when a table
+    could not be proven (still copying, or rows kept changing).
+    """
+    _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_repair)
+
+
+@cli.command()
+@_verify_options
+def repair(config_path, tables, as_json, report_dir, chunk_rows, rate) -> None:  # noqa: ANN001
+    """Re-copy exactly the diverged rows through the running daemon, then verify again."""
+    _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, True)
+
+
+def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_repair) -> None:  # noqa: ANN001
+    from cdc.errors import ConfigError
+    from cdc.plan import resolve_plan
+    from verifier import estimate_rows, select_tables, verify_tables
+    from verifier.repair import repair_diverged
+    from verifier.report import render_summary, write_validation_reports
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg))
+    chosen = select_tables(plan, list(tables))
+    if not chosen:
+        _fail(ConfigError(f"no mapped table matches {' '.join(tables)}"))
+    settings = msgspec.structs.replace(
+        cfg.verify, rows_per_second=rate, chunk_rows=chunk_rows or cfg.verify.chunk_rows
+    )
+    show_bar = not as_json and sys.stderr.isatty()
+    total = estimate_rows(plan, chosen) if show_bar else 0
+    with click.progressbar(
+        length=max(total, 1), label="verifying", file=sys.stderr if show_bar else _Null()
+    ) as bar:
+        found = _run(lambda: verify_tables(cfg, plan, chosen, settings, on_chunk=bar.update))
+    report = found.report
+    if do_repair and found.keys:
+        click.echo(
+            f"repairing {sum(len(k) for k in found.keys.values())} rows in {len(found.keys)} tables",
+            err=True,
+        )
+        again = _run(lambda: repair_diverged(cfg, plan, found, settings)).report
+        redone = {(t.source, t.table): t for t in again.tables}
+        report.tables = [redone.get((t.source, t.table), t) for t in report.tables]
+        report.finished_at = again.finished_at
+    if report_dir:
+        for path in write_validation_reports(report, report_dir, dict(plan.targets)):
+            click.echo(f"wrote {path}", err=True)
+    click.echo(msgspec.json.encode(report).decode() if as_json else render_summary(report))
+    verdict = report.verdict
+    sys.exit(
+        0 if verdict == "equal" else EXIT_DIVERGED if verdict == "diverged" else EXIT_NOT_PROVEN
+    )
+
+
+class _Null:
+    """A progress bar target that shows nothing (JSON output, or not a terminal)."""
+
+    def write(self, _s: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 @cli.group(name="log")

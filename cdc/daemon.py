@@ -21,6 +21,7 @@ import apsw
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from cdc import repair
 from cdc.changelog import LogWriter
 from cdc.config import Config
 from cdc.errors import CdcError, DaemonError, LogCorruptError, TargetError
@@ -31,6 +32,8 @@ from replicator.loop import ApplyLoop
 from replicator.worker import WorkerHandle, read_apply_status
 
 log = logging.getLogger(__name__)
+
+REPAIR_POLL = 0.25  # seconds between looks for repair requests, per source
 
 
 class _Wake(FileSystemEventHandler):
@@ -105,10 +108,14 @@ class Daemon:
         name = h.plan.name
         rt = self.runtime[name]
         wake = self.wakes[name]
+        next_repair_look = 0.0
         while not self.stop_event.is_set():
             wake.clear()
             pause = self.settings.poll_interval
             try:
+                if time.monotonic() >= next_repair_look:
+                    next_repair_look = time.monotonic() + REPAIR_POLL
+                    self._serve_repairs(h)
                 res = h.harvest()
                 rt.harvested += res.events
                 rt.through_seq = res.through_seq
@@ -133,6 +140,16 @@ class Daemon:
                 log.error("source %s: %s", name, e)
                 pause = 1.0
             wake.wait(pause)
+
+    def _serve_repairs(self, h: Harvester) -> None:
+        for req in repair.pending(self.cfg.state_dir, h.plan.name):
+            try:
+                n = h.resync(req.table, req.keys)
+                done = repair.RepairDone(req.id, self.writer.end_offset, n, time.time())
+            except CdcError as e:
+                done = repair.RepairDone(req.id, 0, 0, time.time(), error=str(e))
+            repair.complete(self.cfg.state_dir, done)
+            self.apply_wake.set()
 
     def _apply_loop(self) -> None:
         """In-thread mode: apply here. Worker mode: feed the worker the durable end."""
@@ -219,6 +236,14 @@ class Daemon:
         self._observer.daemon = True
         self._observer.start()
 
+    def _verifier_threads(self) -> list[threading.Thread]:
+        if not self.cfg.verify.continuous:
+            return []
+        from verifier.continuous import ContinuousVerifier
+
+        v = ContinuousVerifier(self.cfg, self.plan, self.stop_event)
+        return [threading.Thread(target=self._guard, args=(v.run,), name="verify", daemon=True)]
+
     def run(self, install_signals: bool = True) -> int:
         """Run until SIGINT/SIGTERM or a fatal error; return the process exit code."""
         if install_signals:
@@ -240,6 +265,7 @@ class Daemon:
                 )
                 for h in self.harvesters
             ]
+            + self._verifier_threads()
             + [
                 threading.Thread(
                     target=self._guard, args=(self._status_loop,), name="status", daemon=True

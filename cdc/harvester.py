@@ -19,6 +19,7 @@ import logging
 import time
 
 import apsw
+import msgspec
 
 from cdc import capture
 from cdc.changelog import LogWriter
@@ -327,6 +328,54 @@ class Harvester:
         if snaps[idx].done:
             log.info("source %s: snapshot of %s complete", src, cur.table)
         return len(rows)
+
+    # -- repair --------------------------------------------------------------------------
+    def resync(self, table: str, keys: list[list]) -> int:
+        """Send the current legacy image of `keys` (or their deletion) through the log.
+
+        Like a snapshot chunk: one read transaction, images as they are now. A change to
+        one of these keys committed later has a newer capture row, so it is harvested
+        after this batch and the target ends with the newest image either way.
+        """
+        if table not in self.infos:
+            raise SourceError(f"{self.plan.path}: table {table!r} is not captured here")
+        pos = self.position
+        now = time.time()
+        with read_transaction(self.conn):
+            self._refresh_schemas()
+            info = self.infos[table]
+            kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
+            cols = ", ".join(q(c) for c in info.column_names)
+            sql = f"SELECT {cols} FROM {q(info.name)} WHERE " + " AND ".join(
+                f"{k} IS ?" for k in kexpr
+            )
+            events, seen = [], set()
+            for key in keys:
+                mark = msgspec.msgpack.encode(key)
+                if len(key) != len(kexpr) or mark in seen:
+                    continue
+                seen.add(mark)
+                row = self.conn.execute(sql, key).fetchone()
+                events.append(
+                    RowEvent(Op.UPSERT, 0, list(key), list(row))
+                    if row is not None
+                    else RowEvent(Op.DELETE, 0, list(key))
+                )
+        schemas, self._pending_schemas = self._pending_schemas, []
+        new_pos = SourcePosition(
+            pos.install_id, pos.through_seq, pos.snapshots, pos.events + len(events)
+        )
+        frames = [RowBatch(self.plan.name, table, now, events)] if events else []
+        try:
+            self.writer.append_batch(
+                schemas + frames, SourceMark(self.plan.name, new_pos, time.time())
+            )
+        except BaseException:
+            self._pending_schemas = schemas + self._pending_schemas
+            raise
+        self.position = new_pos
+        log.info("source %s: re-sent %d rows of %s for repair", self.plan.name, len(events), table)
+        return len(events)
 
     def pending(self) -> tuple[int, int]:
         """(captured sequence high-water, changes captured but not yet harvested)."""

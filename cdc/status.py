@@ -22,6 +22,7 @@ from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy
 from cdc.status_file import read_status
 from checkpoints.store import SOURCES, TABLE
+from verifier.continuous import VerifierStatus, read_verifier_status
 
 
 class SourceStatus(msgspec.Struct):
@@ -68,6 +69,7 @@ class Status(msgspec.Struct):
     sources: list[SourceStatus]
     targets: list[TargetStatus]
     problems: list[str] = []  # mapping problems found now (e.g. a new unmapped table)
+    verifier: VerifierStatus | None = None  # the daemon's continuous verifier, if it ran
 
     @property
     def backlog_events(self) -> int:
@@ -198,7 +200,9 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         if rt and daemon.state == "running":
             st.last_error = rt.last_error
         sources.append(st)
-    return Status(daemon, logst, sources, targets, list(plan.problems))
+    return Status(
+        daemon, logst, sources, targets, list(plan.problems), read_verifier_status(cfg.state_dir)
+    )
 
 
 def _fill_source(st, sp, cfg, logged, applied_seq, oldest, now) -> None:
@@ -238,6 +242,12 @@ def _daemon_state(cfg: Config, ds, now: float) -> DaemonState:
     elif state == "running" and now - ds.updated_at > 10:
         state = "stalled"
     return DaemonState(state, ds.pid, ds.updated_at, ds.error)
+
+
+def daemon_running(cfg: Config) -> bool:
+    """Whether a live daemon owns this state dir (by its status file and its pid)."""
+    ds = read_status(cfg.state_dir)
+    return ds is not None and _daemon_state(cfg, ds, time.time()).state == "running"
 
 
 def _pid_alive(pid: int) -> bool:

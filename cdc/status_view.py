@@ -43,6 +43,9 @@ def render_status(st: Status) -> str:
         )
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
+    if st.verifier is not None:
+        lines.append("")
+        lines.extend(_render_verifier(st.verifier))
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("")
@@ -55,3 +58,23 @@ def render_status(st: Status) -> str:
             f"{behind} log bytes not yet applied"
         )
     return "\n".join(lines)
+
+
+def _render_verifier(v) -> list[str]:  # noqa: ANN001 - VerifierStatus
+    counts: dict[str, int] = {}
+    for t in v.tables:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    doing = f", verifying {v.current}" if v.current else ""
+    out = [f"verifier: pass {v.cycle + 1}{doing} ({summary}; updated {_age(v.updated_at)})"]
+    for t in v.tables:
+        if t.state in ("equal", "pending"):
+            continue
+        what = f"{t.mismatches} rows differ" if t.state == "diverged" else (t.reason or "")
+        out.append(
+            f"  {t.state.upper()} {t.source}.{t.table} -> {t.target}.{t.target_table}: {what}"
+            f" (last equal {_age(t.last_verified_at)})"
+        )
+        for d in t.diverged[:3]:
+            out.append(f"    {d.kind} key ({', '.join(d.key)})")
+    return out

@@ -1,0 +1,124 @@
+"""The daemon's verifier: table after table, forever, at a pace the bots do not feel.
+
+It runs as a thread of the daemon process, with its own read-only connections, and
+writes what it knows to `verify-status.json` in the state dir after every table, which
+`cdc status` shows. Its pace is `verify.rows_per_second` legacy rows per second in
+`verify.chunk_rows` chunks (one short read transaction each), then `verify.cycle_pause`
+seconds between passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import msgspec
+
+from cdc.config import Config
+from cdc.plan import Plan, TableMapping
+from cdc.status_file import read_json, write_json_atomic
+from verifier.model import KeyDiff, TableResult
+from verifier.run import select_tables, verify_tables
+
+log = logging.getLogger(__name__)
+
+VERIFY_STATUS_FILE = "verify-status.json"
+
+
+class TableVerifyState(msgspec.Struct):
+    """Per table: the last pass's outcome, and when the table was last proven equal."""
+
+    source: str
+    table: str
+    target: str
+    target_table: str
+    state: str = "pending"  # the last pass: equal / diverged / unsettled / skipped
+    reason: str | None = None
+    passes: int = 0
+    last_pass_at: float | None = None
+    last_verified_at: float | None = None  # end of the newest pass that found it equal
+    chunks: int = 0
+    rows: int = 0
+    mismatches: int = 0
+    rechecked_total: int = 0  # rows seen changing and compared again, over all passes
+    diverged: list[KeyDiff] = []
+
+
+class VerifierStatus(msgspec.Struct):
+    pid: int
+    updated_at: float
+    cycle: int = 0
+    current: str | None = None  # "source.table" being verified now
+    tables: list[TableVerifyState] = []
+
+    @property
+    def mismatches(self) -> int:
+        return sum(t.mismatches for t in self.tables)
+
+
+def read_verifier_status(state_dir: str) -> VerifierStatus | None:
+    return read_json(os.path.join(state_dir, VERIFY_STATUS_FILE), VerifierStatus)
+
+
+class ContinuousVerifier:
+    def __init__(self, cfg: Config, plan: Plan, stop: threading.Event) -> None:
+        self.cfg, self.plan, self.stop = cfg, plan, stop
+        self.tables: list[TableMapping] = select_tables(plan)
+        self.status = VerifierStatus(
+            os.getpid(),
+            time.time(),
+            tables=[
+                TableVerifyState(m.source, m.table, m.target, m.target_table) for m in self.tables
+            ],
+        )
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for m, st in zip(self.tables, self.status.tables, strict=True):
+                if self.stop.is_set():
+                    break
+                self.status.current = f"{m.source}.{m.table}"
+                self._write()
+                try:
+                    r = verify_tables(self.cfg, self.plan, [m], stop=self.stop).report.tables[0]
+                except Exception as e:  # noqa: BLE001 - replication must go on; shown in status
+                    log.exception("verifier: %s.%s failed", m.source, m.table)
+                    st.state, st.reason = "error", f"{type(e).__name__}: {e}"
+                    st.last_pass_at = time.time()
+                    continue
+                if r.reason == "stopped":
+                    break
+                self._record(st, r)
+            self.status.current = None
+            self.status.cycle += 1
+            self._write()
+            self.stop.wait(self.cfg.verify.cycle_pause)
+
+    def _record(self, st: TableVerifyState, r: TableResult) -> None:
+        st.state, st.reason = r.state, r.reason
+        st.passes += 1
+        st.last_pass_at = r.finished_at
+        st.chunks, st.rows, st.mismatches = r.chunks, r.source_rows, r.diverged_count
+        st.diverged = r.diverged
+        st.rechecked_total += r.rechecked_rows
+        if r.state == "equal":
+            st.last_verified_at = r.finished_at
+        elif r.state == "diverged":
+            log.error(
+                "verifier: %s.%s differs from %s.%s in %d rows (first: %s)",
+                r.source,
+                r.table,
+                r.target,
+                r.target_table,
+                r.diverged_count,
+                ", ".join(f"{d.kind} {d.key}" for d in r.diverged[:3]),
+            )
+
+    def _write(self) -> None:
+        self.status.updated_at = time.time()
+        try:
+            write_json_atomic(os.path.join(self.cfg.state_dir, VERIFY_STATUS_FILE), self.status)
+        except OSError as e:  # a full state disk must not stop verification by itself
+            log.warning("cannot write the verifier status: %s", e)

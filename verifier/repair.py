@@ -1,0 +1,55 @@
+"""Repair diverged rows through the running daemon, then prove them equal again.
+
+The fix is never written into the target directly: a direct write could land under a
+newer change still in the log and revert it. The daemon re-sends the legacy image of each
+key through the log (see `cdc.repair`), the replicator applies it in order, and the
+tables are verified again once every target holds it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cdc import repair
+from cdc.config import Config, VerifySettings
+from cdc.errors import DaemonError
+from cdc.plan import Plan
+from cdc.status import daemon_running, read_checkpoint
+from verifier.run import PassResult, verify_tables
+
+
+def repair_diverged(
+    cfg: Config,
+    plan: Plan,
+    found: PassResult,
+    settings: VerifySettings | None = None,
+    timeout: float = 120.0,
+) -> PassResult:
+    """Re-send every diverged key of `found`; returns the verification of those tables."""
+    if not found.keys:
+        return PassResult(found.report, {})
+    if not daemon_running(cfg):
+        raise DaemonError(
+            "repairs travel through the change log, and no daemon is running on "
+            f"{cfg.state_dir}",
+            hint="start it with `cdc run`, then repair again",
+        )
+    need: dict[str, int] = {}
+    for (source, table), keys in sorted(found.keys.items()):
+        req = repair.submit(cfg.state_dir, source, table, keys)
+        done = repair.wait_done(cfg.state_dir, req, timeout, lambda: daemon_running(cfg))
+        if done.error:
+            raise DaemonError(f"repair of {source}.{table} failed: {done.error}")
+        target = plan.mapping(source, table).target
+        need[target] = max(need.get(target, 0), done.log_offset)
+    deadline = time.monotonic() + timeout
+    for target, offset in need.items():
+        while read_checkpoint(plan.targets[target]) < offset:
+            if time.monotonic() > deadline or not daemon_running(cfg):
+                raise DaemonError(
+                    f"target {target} did not apply the repair (needs log offset {offset})",
+                    hint="see `cdc status` for the apply error",
+                )
+            time.sleep(0.05)
+    tables = [plan.mapping(s, t) for s, t in found.keys]
+    return verify_tables(cfg, plan, tables, settings)
