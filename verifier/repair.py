@@ -30,8 +30,7 @@ def repair_diverged(
         return PassResult(found.report, {})
     if not daemon_running(cfg):
         raise DaemonError(
-            "repairs travel through the change log, and no daemon is running on "
-            f"{cfg.state_dir}",
+            f"repairs travel through the change log, and no daemon is running on {cfg.state_dir}",
             hint="start it with `cdc run`, then repair again",
         )
     need: dict[str, int] = {}
