@@ -4,17 +4,21 @@ what it finds (exact keys, storage classes) and what it refuses to call a mismat
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
 import apsw
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cdc.config import VerifySettings, load_config
 from cdc.plan import resolve_plan
-from tests.conftest import make_db, write_config
-from verifier import select_tables, verify_tables
+from tests.conftest import cdc_cmd, make_db, write_config
+from tests.pipeline import Pipeline
+from verifier import compare_plan, select_tables, verify_tables
 
 SCHEMA = """
 CREATE TABLE trades(id INTEGER PRIMARY KEY AUTOINCREMENT, sym TEXT UNIQUE, qty REAL, px, raw BLOB);
@@ -226,3 +230,122 @@ def test_settings_are_checked() -> None:
             {"targets": {"c": "c.db"}, "sources": [], "verify": {"chunk_rows": 0}}, "."
         )
     assert VerifySettings().rows_per_second > 0
+
+
+def test_a_target_behind_a_trim_is_not_judged(setup) -> None:
+    """Logged and trimmed from the capture table, not applied: the keys in flight are
+    unknown, so nothing is judged (not even rows that look different) until it applies."""
+    _, cfg, p = setup
+    for h in p.harvesters:
+        h.settings = msgspec.structs.replace(h.settings, trim_interval=0.0)
+    c = sqlite3.connect(Path(cfg.sources[0].path), isolation_level=None)
+    c.execute('UPDATE kv SET "v""al" = \'new\' WHERE "odd key" = \'k5\'')
+    c.execute("INSERT INTO kv VALUES ('k-late', 1)")  # one more: the trim keeps the newest row
+    c.close()
+    p.harvest()
+    p.harvest()  # trims everything logged but the newest capture row
+    t = _verify(cfg, ["a.kv"]).report.tables[0]
+    assert (t.state, t.diverged) == ("unsettled", [])
+    assert "trimmed" in t.reason
+    p.apply()
+    assert _verify(cfg, ["a.kv"]).report.tables[0].state == "equal"
+
+
+def test_a_column_added_by_a_bot_is_compared_once_applied(setup) -> None:
+    tmp_path, cfg, p = setup
+    c = sqlite3.connect(Path(cfg.sources[0].path), isolation_level=None)
+    c.execute("ALTER TABLE trades ADD COLUMN venue TEXT DEFAULT 'x'")
+    c.execute("UPDATE trades SET venue = 'binance' WHERE id % 100 = 0")
+    c.close()
+    t = _verify(cfg, ["a.trades"]).report.tables[0]
+    assert t.state == "unsettled" and "columns changed" in t.reason  # not applied: not judged
+    p.harvest()
+    p.apply()
+    t = _verify(cfg, ["a.trades"]).report.tables[0]
+    assert t.state == "equal", t
+    _target(tmp_path, "UPDATE trades SET venue = 'kraken' WHERE id = 200")
+    t = _verify(cfg, ["a.trades"]).report.tables[0]
+    assert [(d.key, d.columns) for d in t.diverged] == [(["200"], ["venue"])]
+
+
+def test_cli_exit_codes_and_json(setup) -> None:
+    tmp_path, cfg, _ = setup
+    conf = cfg.config_path
+    r = cdc_cmd("verify", "-c", conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    _target(tmp_path, "DELETE FROM ticks WHERE sym = 'T1' AND ts = 8")
+    r = cdc_cmd("verify", "--json", "-c", conf, "core.ticks")
+    assert r.returncode == 10, r.stderr
+    rep = json.loads(r.stdout)
+    assert [(t["source"], t["state"]) for t in rep["tables"]] == [("a", "diverged")]
+    assert rep["tables"][0]["diverged"][0]["kind"] == "missing"
+    assert rep["tables"][0]["diverged"][0]["key"] == ["'T1'", "8"]
+    r = cdc_cmd("verify", "-c", conf, "nosuch.*")
+    assert r.returncode == 2 and "no mapped table matches nosuch.*" in r.stderr
+    r = cdc_cmd("repair", "-c", conf, "a.ticks")
+    assert r.returncode == 7 and "no daemon is running" in r.stderr, r.stderr
+    r = cdc_cmd("verify", "--report", str(tmp_path / "rep"), "-c", conf, "a.*")
+    assert r.returncode == 10
+    assert "diverged" in (tmp_path / "rep/validation-core.md").read_text()
+
+
+_values = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.binary(max_size=4),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.dictionaries(st.integers(0, 60), st.tuples(_values, _values), max_size=40),
+    damage=st.lists(
+        st.tuples(st.sampled_from(["set", "delete", "insert"]), st.integers(0, 80), _values),
+        max_size=6,
+    ),
+    chunk=st.integers(1, 9),
+)
+def test_verifier_agrees_with_the_full_comparison(tmp_path_factory, rows, damage, chunk) -> None:
+    """Whatever the data and the damage, the chunked verifier names exactly the keys the
+    plain full comparison finds (an independent oracle)."""
+    root = tmp_path_factory.mktemp("prop")
+    db = make_db(root / "a.db", "CREATE TABLE t(k INTEGER PRIMARY KEY, a, b REAL);")
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
+        c.executemany("INSERT INTO t VALUES (?, ?, ?)", [(k, a, b) for k, (a, b) in rows.items()])
+    conf = write_config(
+        root,
+        f'state_dir = "s"\n[targets]\ncore = "{root}/core.db"\n'
+        f'[[sources]]\nname = "a"\npath = "{db}"\n[[rules]]\ntable = "*"\ntarget = "core"\n',
+    )
+    cfg = load_config(conf)
+    p = Pipeline(cfg, resolve_plan(cfg))
+    try:
+        p.sync()
+    finally:
+        p.close()
+    with contextlib.closing(apsw.Connection(str(root / "core.db"))) as c:
+        for what, k, v in damage:
+            if what == "set":
+                c.execute("UPDATE t SET a = ? WHERE k = ?", (v, k))
+            elif what == "delete":
+                c.execute("DELETE FROM t WHERE k = ?", (k,))
+            else:
+                c.execute("INSERT OR IGNORE INTO t VALUES (?, ?, NULL)", (k, v))
+    plan = resolve_plan(cfg)
+    oracle = compare_plan(plan)[0]
+    expected = (
+        {("missing", k[0][1]) for k in oracle.missing}
+        | {("extra", k[0][1]) for k in oracle.extra}
+        | {("different", k[0][1]) for k in oracle.different}
+    )
+    res = verify_tables(
+        cfg, plan, select_tables(plan), msgspec.structs.replace(cfg.verify, chunk_rows=chunk)
+    )
+    t = res.report.tables[0]
+    assert {(d.kind, int(d.key[0])) for d in t.diverged} == expected
+    assert t.state == ("equal" if not expected else "diverged")
+    assert t.source_rows == oracle.source_rows and t.target_rows == oracle.target_rows
