@@ -37,6 +37,7 @@ from tests.corpus import (
     source_names,
 )
 from verifier.compare import compare_plan
+from verifier.continuous import read_verifier_status
 
 
 def _wait_for(what: str, cond: Callable[[], object], proc: subprocess.Popen, log: Path) -> None:
@@ -332,6 +333,22 @@ def test_resolved_plan_replicates_live_writes(
         assert status["daemon"]["state"] == "running"
         assert all(s["backlog_events"] == 0 for s in status["sources"]), status["sources"]
         assert status.get("problems", []) == []
+        # The product's own verifier, run by an operator while the daemon runs, agrees.
+        reports = tmp_path / "validation"
+        r = run_cli("verify", toml, "--json", "--report", reports)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+        verified = json.loads(r.stdout)["tables"]
+        assert len(verified) == 95 and {t["state"] for t in verified} == {"equal"}
+        assert sum(t["source_rows"] for t in verified) == sum(t["target_rows"] for t in verified)
+        assert sorted(p.name for p in reports.iterdir()) == [
+            f"validation-{t}.{ext}"
+            for t in ("analytics", "cache", "core")
+            for ext in ("json", "md")
+        ]
+        # and the daemon's continuous verifier never raised an alarm
+        vs = read_verifier_status(cfg.state_dir)
+        assert vs is not None and vs.tables
+        assert [t for t in vs.tables if t.state == "diverged"] == []
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT) == 0, log.read_text(errors="replace")
     finally:
