@@ -13,6 +13,7 @@ class KeyDiff(msgspec.Struct):
     columns: list[str] = []  # for "different": the columns whose values differ
     source: list[str] | None = None  # the legacy row's values (columns in table order)
     target: list[str] | None = None
+    counts: list[int] = []  # [legacy, target] rows under this key, when a key is NULL
 
 
 class TableResult(msgspec.Struct):

@@ -88,6 +88,11 @@ class TableSides:
         self._tag = (f"{q(shape.tag_column)} IS ?", [shape.tag]) if shape.tag_column else (None, [])
         self._src_point = " AND ".join(f"{k} IS ?" for k in skeys)
         self._tgt_point = " AND ".join(f"{k} IS ?" for k in tkeys)
+        # SQLite lets a declared, non-INTEGER primary key of a rowid table hold NULL (any
+        # number of times); such rows fall outside every key range and are read apart.
+        self.nullable_key = bool(info.key) and not info.without_rowid
+        self._src_null = " OR ".join(f"{k} IS NULL" for k in skeys)
+        self._tgt_null = " OR ".join(f"{k} IS NULL" for k in tkeys)
         kc = ", ".join(f"k{i + 1}" for i in range(capture.key_width(info)))
         self._inflight_sql = f"SELECT {kc} FROM {capture.CHANGES} WHERE seq > ? AND tid = ?"
 
@@ -95,9 +100,12 @@ class TableSides:
     def columns(self) -> list[str]:
         return list(self.shape.columns)
 
-    def _range(self, keys: list[str], lo, hi) -> tuple[list[str], list]:  # noqa: ANN001
+    def _range(self, target: bool, lo, hi) -> tuple[list[str], list]:  # noqa: ANN001
+        keys = self.tkeys if target else self.skeys
         marks = ", ".join("?" * self.width)
         conds, args = [], []
+        if self.nullable_key:  # read apart (`*_null_rows`), never inside a range
+            conds.append(f"NOT ({self._tgt_null if target else self._src_null})")
         if lo is not None:
             conds.append(f"({', '.join(keys)}) > ({marks})")
             args += list(lo)
@@ -109,7 +117,7 @@ class TableSides:
     # -- legacy side (call inside a read transaction) ----------------------------------------
     def source_bound(self, conn: apsw.Connection, lo, n: int):  # noqa: ANN001
         """The key `n` rows after `lo`, or None when fewer remain (the chunk runs to the end)."""
-        conds, args = self._range(self.skeys, lo, None)
+        conds, args = self._range(False, lo, None)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         row = conn.execute(
             f"SELECT {', '.join(self.skeys)} FROM {q(self.info.name)}{where} "
@@ -119,11 +127,14 @@ class TableSides:
         return list(row) if row else None
 
     def source_rows(self, conn: apsw.Connection, lo, hi) -> list[tuple]:  # noqa: ANN001
-        conds, args = self._range(self.skeys, lo, hi)
+        conds, args = self._range(False, lo, hi)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         return conn.execute(
             f"{self._src_select}{where} ORDER BY {', '.join(self.skeys)}", args
         ).fetchall()
+
+    def source_null_rows(self, conn: apsw.Connection) -> list[tuple]:
+        return conn.execute(f"{self._src_select} WHERE {self._src_null}").fetchall()
 
     def source_point(self, conn: apsw.Connection, key: list) -> tuple | None:
         return conn.execute(f"{self._src_select} WHERE {self._src_point}", key).fetchone()
@@ -145,7 +156,7 @@ class TableSides:
 
     # -- target side (call inside a read transaction) ----------------------------------------
     def target_rows(self, conn: apsw.Connection, lo, hi, cap: int) -> list[tuple]:  # noqa: ANN001
-        conds, args = self._range(self.tkeys, lo, hi)
+        conds, args = self._range(True, lo, hi)
         tag_cond, tag_args = self._tag
         if tag_cond:
             conds.insert(0, tag_cond)
@@ -154,6 +165,11 @@ class TableSides:
         return conn.execute(
             f"{self._tgt_select}{where} ORDER BY {', '.join(self.tkeys)} LIMIT {int(cap)}", args
         ).fetchall()
+
+    def target_null_rows(self, conn: apsw.Connection) -> list[tuple]:
+        tag_cond, tag_args = self._tag
+        where = f"{tag_cond} AND ({self._tgt_null})" if tag_cond else self._tgt_null
+        return conn.execute(f"{self._tgt_select} WHERE {where}", tag_args).fetchall()
 
     def target_point(self, conn: apsw.Connection, key: list) -> tuple | None:
         tag_cond, tag_args = self._tag

@@ -69,6 +69,7 @@ class TableVerifier:
         self.on_chunk = on_chunk
         self.sides: TableSides | None = None
         self._schema_version = -1
+        self._last_applied = 0
         self.diverged_keys: list[list] = []  # exact keys (storage classes intact), for repair
         self.res = TableResult(m.source, m.table, m.target, m.target_table)
 
@@ -164,6 +165,8 @@ class TableVerifier:
                 ahead = done_rows / s.rows_per_second - (time.monotonic() - t0)
                 if ahead > 0 and self.stop.wait(ahead):
                     raise _Skip("stopped")
+        if self.sides.nullable_key:
+            self._null_keys(src_parts, tgt_parts)
         res.source_digest, res.target_digest = digest(src_parts), digest(tgt_parts)
         if pending:
             self._settle(pending)
@@ -172,6 +175,80 @@ class TableVerifier:
         elif res.unsettled_keys:
             res.state = "unsettled"
             res.reason = "rows kept changing; re-verify later"
+
+    def _null_keys(self, src_parts: list[bytes], tgt_parts: list[bytes]) -> None:
+        """Rows whose legacy key holds a NULL: compared as groups per key (a NULL key may
+        repeat), by the same rule as keyed rows: a group that differs is reported once a
+        read made after the target applied past its first sighting still finds it so."""
+        res, w = self.res, self.sides.width
+        deadline = time.monotonic() + self.settings.settle_timeout
+        first_seen: dict[bytes, int] = {}
+        while True:
+            _, trows, sp, srows, _ = self._settle_until(lambda: self._read_nulls())
+            tp_seq = self._last_applied
+            groups: dict[bytes, tuple[list, list]] = {}
+            for side, rows in ((0, srows), (1, trows)):
+                for r in rows:
+                    groups.setdefault(encode_key(r[:w]), ([], []))[side].append(r)
+            bad, confirmed = set(), set()
+            for k, (s, t) in groups.items():
+                if sorted(map(encode, s)) == sorted(map(encode, t)):
+                    continue
+                bad.add(k)
+                if k in sp.in_flight:
+                    first_seen.pop(k, None)
+                elif k in first_seen and tp_seq >= first_seen[k]:
+                    confirmed.add(k)
+                else:
+                    first_seen.setdefault(k, sp.seq)
+            if bad == confirmed or time.monotonic() >= deadline or self.stop.is_set():
+                break
+            self._wait_applied(max(sp.seq, 1), deadline)
+        good = [k for k in groups if k not in bad]
+        src_parts.append(encode([r for k in good for r in groups[k][0]]))
+        tgt_parts.append(encode([r for k in good for r in groups[k][1]]))
+        res.source_rows += len(srows)
+        res.target_rows += len(trows)
+        res.compared_rows += sum(len(groups[k][0]) for k in good)
+        for k in bad:
+            s, t = groups[k]
+            key = list((s or t)[0][:w])
+            if k not in confirmed:
+                if len(res.unsettled_keys) < self.settings.max_report_keys:
+                    res.unsettled_keys.append(render_row(key))
+                continue
+            self.diverged_keys.append(key)
+            res.diverged_count += 1
+            if len(res.diverged) < self.settings.max_report_keys:
+                kind = "missing" if not t else "extra" if not s else "different"
+                res.diverged.append(
+                    KeyDiff(
+                        kind,
+                        render_row(key),
+                        source=render_row(s[0][w:]) if s else None,
+                        target=render_row(t[0][w:]) if t else None,
+                        counts=[len(s), len(t)],
+                    )
+                )
+
+    def _read_nulls(self):  # noqa: ANN202
+        with read_transaction(self.tgt):
+            tp = target_position(self.tgt, self.m.source, self.m.table)
+            if self.sides is None or tp.shape != self.sides.shape:
+                reason = self._prepare(tp)
+                if reason is not None:
+                    raise _Skip(reason)
+            trows = self.sides.target_null_rows(self.tgt)
+        self._last_applied = tp.applied_seq
+        with read_transaction(self.src):
+            self._check_source_shape()
+            sp = self.sides.source_position(self.src, tp.applied_seq)
+            if not sp.complete:
+                raise _Retry(
+                    "the target is behind and the capture rows it lacks were already trimmed"
+                )
+            srows = self.sides.source_null_rows(self.src)
+        return None, trows, sp, srows, None
 
     def _read_chunk(self, lo, hi, cap: int, n: int):  # noqa: ANN001, ANN202
         tp, trows = self._read_target(lo, hi, cap)
