@@ -7,6 +7,7 @@ the folder-safety rules are checked without running the demo.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import sqlite3
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from cdc.config import load_config
-from cdc.demo.runner import MARKER, DemoError, _show_diffs, prepare_root, run_demo
+from cdc.demo.report import _verify
+from cdc.demo.runner import MARKER, DemoError, prepare_root, run_demo
 from cdc.errors import CdcError
 from cdc.plan import resolve_plan
-from verifier.compare import compare_plan
+from verifier.continuous import read_verifier_status
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SECONDS = 4.0
@@ -89,11 +91,53 @@ def test_demo_adopts_the_table_a_bot_created_mid_run(demo_run):
 def test_demo_verifies_every_table_equal(demo_run):
     _, _, lines, _ = demo_run
     out = "\n".join(lines)
-    assert _has(lines, "total: 24 tables, 24 EQUAL, 0 DIFFERENT"), out
-    assert not any(ln.rstrip().endswith("DIFFERENT") for ln in lines), out
+    assert _has(lines, "$ cdc verify -c", "--report"), out
+    assert _has(lines, "total: 24 tables, 24 EQUAL, 0 DIVERGED, 0 UNSETTLED, 0 SKIPPED"), out
+    final = lines[lines.index(next(ln for ln in lines if "[6/6]" in ln)) :]
+    rows = [
+        ln for ln in final if ln.rstrip().endswith(("EQUAL", "DIVERGED", "UNSETTLED", "SKIPPED"))
+    ]
+    assert len(rows) == 24 and all(ln.rstrip().endswith("EQUAL") for ln in rows), out
     assert _has(lines, "buy_tracker", "trades", "core.trades", "EQUAL"), out  # merged
     assert _has(lines, "telegram", "users", "core.telegram_users", "EQUAL"), out  # renamed
     assert _has(lines, f"cdc status -c {Path(demo_run[0]).resolve() / 'cdc.toml'}"), out
+
+
+def test_demo_writes_the_validation_reports(demo_run):
+    root, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    folder = Path(root).resolve() / "validation"
+    for target in ("core", "analytics", "cache"):
+        md, js = folder / f"validation-{target}.md", folder / f"validation-{target}.json"
+        assert md.is_file() and js.is_file(), out
+        assert _has(lines, str(md)), out  # the demo says where they are
+        record = json.loads(js.read_text())
+        assert record["verdict"] == "equal" and record["target"] == target
+        assert record["totals"]["tables_diverged"] == 0
+    tables = [t for target in ("core", "analytics", "cache") for t in _report(folder, target)]
+    assert len(tables) == 24 and all(t["state"] == "equal" for t in tables)
+    assert "EQUAL" in (folder / "validation-core.md").read_text()
+
+
+def _report(folder: Path, target: str) -> list[dict]:
+    return json.loads((folder / f"validation-{target}.json").read_text())["tables"]
+
+
+def test_demo_ran_the_continuous_verifier_while_the_bots_wrote(demo_run):
+    root, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    cfg = load_config(Path(root) / "cdc.toml")
+    assert cfg.verify.continuous and cfg.verify.cycle_pause <= 5, cfg.verify
+    v = read_verifier_status(cfg.state_dir)  # the last daemon's verifier, as it stopped
+    assert v is not None, out
+    assert len(v.tables) == 24, v
+    assert all(t.passes >= 1 for t in v.tables), v  # a full pass, every table
+    assert v.mismatches == 0 and all(t.state == "equal" for t in v.tables), v
+    assert all(t.last_verified_at is not None for t in v.tables), v
+    live = [ln for ln in lines if "apply lag" in ln]
+    assert live and all("verifier" in ln for ln in live), out  # its progress, live
+    assert not any(" 0 mismatches" not in ln for ln in live if "verifier " in ln), out
+    assert _has(lines, "continuous verifier in the daemon:", "24/24 equal", "0 mismatches"), out
 
 
 def test_a_difference_is_reported_with_the_column_that_differs(demo_run, tmp_path):
@@ -110,15 +154,22 @@ def test_a_difference_is_reported_with_the_column_that_differs(demo_run, tmp_pat
             "(SELECT rowid FROM trades WHERE source = 'buy_tracker' LIMIT 1)"
         )
     cfg = load_config(copy / "cdc.toml")
-    plan = resolve_plan(cfg)
     lines: list[str] = []
-    assert not _show_diffs(compare_plan(plan), plan, cfg, lines.append)
+    report = _verify(cfg, resolve_plan(cfg), copy / "validation", lines.append)
+    assert report.verdict == "diverged"
     out = "\n".join(lines)
-    assert _has(lines, "telegram", "users", "DIFFERENT"), out
-    assert _has(lines, "e.g. key", "first_name: legacy", "consolidated 'tampered'"), out
-    assert _has(lines, "buy_tracker", "trades", "core.trades", "DIFFERENT"), out  # merged
-    assert _has(lines, "e.g. key", "price_usd: legacy", "consolidated -1"), out
-    assert _has(lines, "total: 24 tables, 22 EQUAL, 2 DIFFERENT"), out
+    assert _has(lines, "telegram", "users", "core.telegram_users", "DIVERGED"), out
+    assert _has(lines, "different, key", "first_name: legacy '", "consolidated 'tampered'"), out
+    assert _has(lines, "buy_tracker", "trades", "core.trades", "DIVERGED"), out  # merged
+    assert _has(lines, "different, key '", "price_usd: legacy ", "consolidated -1"), out
+    assert not _has(lines, "trading", "trades", "core.trades", "DIVERGED"), out  # other source
+    assert _has(lines, "total: 24 tables, 22 EQUAL, 2 DIVERGED, 0 UNSETTLED, 0 SKIPPED"), out
+    assert _has(lines, "validation reports (verdict diverged)"), out
+    core = json.loads((copy / "validation" / "validation-core.json").read_text())
+    assert core["verdict"] == "diverged" and core["totals"]["tables_diverged"] == 2
+    assert "tampered" in (copy / "validation" / "validation-core.md").read_text()
+    cache = json.loads((copy / "validation" / "validation-cache.json").read_text())
+    assert cache["verdict"] == "equal"
 
 
 # -- the folder it may wipe ----------------------------------------------------------------

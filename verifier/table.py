@@ -127,6 +127,10 @@ class TableVerifier:
             res.state, res.reason = "skipped", str(e)
         except _Retry as e:
             res.state, res.reason = "unsettled", str(e)
+        except apsw.BusyError as e:
+            res.state, res.reason = "unsettled", f"a database stayed locked: {e}"
+        except apsw.Error as e:  # e.g. the table was dropped mid-pass: not proven, say why
+            res.state, res.reason = "skipped", f"read failed: {type(e).__name__}: {e}"
         res.finished_at = time.time()
         return res
 

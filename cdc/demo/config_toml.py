@@ -4,6 +4,8 @@ Every table gets an explicit, literal rule (reviewable, and it pins the renames 
 and every source also gets a `table = "*"` fallback to its default target: the bots may create
 tables at start-up (`--alter`), and a table that appears in a live file must still have a home.
 That also exercises the precedence rule the engine promises: a literal pattern beats a glob.
+A `[verify]` section makes the daemon's continuous verifier start a pass every few seconds, so
+the live phase of a short demo shows it proving the tables equal while the bots write.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
 }
 
 
+VERIFY = [
+    "continuous = true      # the daemon verifies table after table while the bots write",
+    "rows_per_second = 0    # no pace limit: the demo's files are small",
+    "cycle_pause = 2.0      # a new pass every 2 s, so a short demo sees several",
+]
+"""The demo's `[verify]` section: the daemon's continuous verifier, paced for a short demo."""
+
+
 def demo_config_toml(root: Path, files: Iterable[LegacyFile], state_dir: str = "state") -> str:
     """The config text for `files`, meant to be saved as `root/cdc.toml`.
 
@@ -56,6 +66,7 @@ def demo_config_toml(root: Path, files: Iterable[LegacyFile], state_dir: str = "
     root = Path(root)
     lines = [f"state_dir = {_s(state_dir)}", "", "[targets]"]
     lines += [f"{name} = {_s(path)}" for name, path in TARGETS.items()]
+    lines += ["", "[verify]", *VERIFY]
     rules: list[dict[str, object]] = []
     for f in files:
         if f.source not in DEFAULT_TARGET:

@@ -1,87 +1,105 @@
-"""The final verdict: each consolidated table against its legacy table, and why one differs."""
+"""The final verdict, by the product's verifier: each consolidated table against its legacy
+table (keys, values, storage classes), what differs, and the validation reports."""
 
 from __future__ import annotations
 
-import apsw
+from pathlib import Path
+
+import msgspec
 
 from cdc.config import Config
 from cdc.demo.show import Echo
-from cdc.inventory import table_info
 from cdc.plan import Plan
-from cdc.sqlconn import open_legacy
-from cdc.sqlident import q
-from verifier.compare import TableDiff, canonical
+from verifier import KeyDiff, TableResult, VerifyReport, select_tables, verify_tables
+from verifier.report import write_validation_reports
+
+SHOWN_KEYS = 3  # diverged keys printed per table; the validation reports list more
+MAX_VALUE = 60  # characters of one SQL literal on a terminal line
+MAX_ROW = 100  # characters of a whole row on a terminal line
 
 
-def _show_diffs(diffs: list[TableDiff], plan: Plan, cfg: Config, echo: Echo) -> bool:
-    dest = [f"{d.target}.{d.target_table}" for d in diffs]
-    ws = max([6] + [len(d.source) for d in diffs])
-    wt = max([5] + [len(d.table) for d in diffs])
+def _verify(cfg: Config, plan: Plan, out_dir: Path, echo: Echo) -> VerifyReport:
+    """One pass of `cdc verify --report out_dir` over every mapped table, shown table by table."""
+    settings = msgspec.structs.replace(cfg.verify, rows_per_second=0.0)  # as `cdc verify`
+    report = verify_tables(cfg, plan, select_tables(plan), settings).report
+    _show_report(report, echo)
+    paths = write_validation_reports(report, str(out_dir), dict(plan.targets))
+    echo(f"  validation reports (verdict {report.verdict}), to sign the migration stage off:")
+    for md in paths[::2]:
+        echo(f"    {md}  (and .json)")
+    return report
+
+
+def _show_report(report: VerifyReport, echo: Echo) -> bool:
+    """One line per table, the keys of any that differ, totals; True only if all are equal."""
+    tables = report.tables
+    dest = [f"{r.target}.{r.target_table}" for r in tables]
+    ws = max([6] + [len(r.source) for r in tables])
+    wt = max([5] + [len(r.table) for r in tables])
     wd = max([12] + [len(x) for x in dest])
     echo(
         f"  {'source':<{ws}}  {'table':<{wt}}  {'consolidated':<{wd}}  "
         f"{'legacy':>7}  {'consol.':>7}  result"
     )
-    for d, to in zip(diffs, dest, strict=True):
+    for r, to in zip(tables, dest, strict=True):
         echo(
-            f"  {d.source:<{ws}}  {d.table:<{wt}}  {to:<{wd}}  "
-            f"{d.source_rows:>7}  {d.target_rows:>7}  {'EQUAL' if d.equal else 'DIFFERENT'}"
+            f"  {r.source:<{ws}}  {r.table:<{wt}}  {to:<{wd}}  "
+            f"{r.source_rows:>7}  {r.target_rows:>7}  {r.state.upper()}"
         )
-        if d.equal:
-            continue
-        for what, keys in (("missing", d.missing), ("extra", d.extra), ("changed", d.different)):
-            if keys:
-                sample = ", ".join(_key_text(k) for k in keys[:3])
-                more = ", ..." if len(keys) > 3 else ""
-                echo(f"      {what} rows, key {sample}{more}")
-        if d.different:
-            try:
-                echo(f"      e.g. {_explain(d, plan, cfg)}")
-            except Exception as e:  # noqa: BLE001 - an explanation is a courtesy
-                echo(f"      (could not read the differing row: {e})")
-    equal = sum(d.equal for d in diffs)
-    src = sum(d.source_rows for d in diffs)
-    tgt = sum(d.target_rows for d in diffs)
+        for ln in _attention(r):
+            echo(f"      {ln}")
+    counts = {s: sum(r.state == s for r in tables) for s in ("equal", "diverged", "unsettled")}
+    skipped = len(tables) - sum(counts.values())
     echo(
-        f"  total: {len(diffs)} tables, {equal} EQUAL, {len(diffs) - equal} DIFFERENT; "
-        f"{src} legacy rows, {tgt} consolidated rows"
+        f"  total: {len(tables)} tables, {counts['equal']} EQUAL, {counts['diverged']} DIVERGED, "
+        f"{counts['unsettled']} UNSETTLED, {skipped} SKIPPED; "
+        f"{sum(r.source_rows for r in tables)} legacy rows, "
+        f"{sum(r.target_rows for r in tables)} consolidated rows "
+        f"({report.finished_at - report.started_at:.1f}s)"
     )
-    return equal == len(diffs) and bool(diffs)
+    return report.verdict == "equal" and bool(tables)
 
 
-def _key_value(k: list) -> object:
-    return k[1] if len(k) > 1 else None  # a `canonical` tuple: (storage class, value)
+def _attention(r: TableResult) -> list[str]:
+    """Why a table is not equal: its diverged keys (legacy vs consolidated), or the reason."""
+    out = [_key_diff(d) for d in r.diverged[:SHOWN_KEYS]]
+    if r.diverged_count > len(out):
+        out.append(f"... {r.diverged_count - len(out)} more diverged key(s), see the reports")
+    if r.unsettled_keys:
+        keys = ", ".join(_key(k) for k in r.unsettled_keys[:SHOWN_KEYS])
+        out.append(f"kept changing: key {keys}{', ...' if len(r.unsettled_keys) > 3 else ''}")
+    if r.reason:
+        out.append(f"reason: {r.reason}")
+    return out
 
 
-def _key_text(key: list) -> str:
-    vals = [_key_value(k) for k in key]
-    return repr(vals[0]) if len(vals) == 1 else repr(tuple(vals))
+def _key_diff(d: KeyDiff) -> str:
+    head = f"{d.kind}, key {_key(d.key)}"
+    if d.kind == "missing":
+        return f"{head}: legacy row ({_row(d.source)}), none in the consolidated table"
+    if d.kind == "extra":
+        return f"{head}: consolidated row ({_row(d.target)}), none in the legacy table"
+    src, tgt = d.source or [], d.target or []
+    at = [i for i, (a, b) in enumerate(zip(src, tgt, strict=False)) if a != b]
+    if len(at) != len(d.columns) or len(src) != len(tgt):  # cannot pair names with values
+        return f"{head} ({', '.join(d.columns)}): legacy ({_row(src)}), consolidated ({_row(tgt)})"
+    return f"{head}: " + "; ".join(
+        f"{c}: legacy {_lit(src[i])}, consolidated {_lit(tgt[i])}"
+        for c, i in zip(d.columns, at, strict=True)
+    )
 
 
-def _explain(d: TableDiff, plan: Plan, cfg: Config) -> str:
-    """Which columns differ in the first differing row, legacy value vs consolidated value."""
-    m = plan.mapping(d.source, d.table)
-    src = open_legacy(plan.source(d.source).path, cfg.daemon.busy_timeout_ms, readonly=True)
-    tgt = apsw.Connection(plan.targets[d.target], flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        info = table_info(src, d.table)
-        kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
-        where = " AND ".join(f"{e} IS ?" for e in kexpr)
-        args = [_key_value(k) for k in d.different[0]]
-        cols = info.column_names
-        sel = ", ".join(q(c) for c in cols)
-        a = src.execute(f"SELECT {sel} FROM {q(d.table)} WHERE {where}", args).fetchone()
-        if m is not None and m.tag_column:
-            where, args = f"{where} AND {q(m.tag_column)} IS ?", [*args, m.tag]
-        b = tgt.execute(f"SELECT {sel} FROM {q(d.target_table)} WHERE {where}", args).fetchone()
-    finally:
-        src.close()
-        tgt.close()
-    if a is None or b is None:
-        return f"key {_key_text(d.different[0])} changed while comparing"
-    parts = [
-        f"{c}: legacy {x!r}, consolidated {y!r}"
-        for c, x, y in zip(cols, a, b, strict=True)
-        if canonical(x) != canonical(y)
-    ]
-    return f"key {_key_text(d.different[0])}: " + "; ".join(parts)
+def _key(key: list[str]) -> str:
+    return key[0] if len(key) == 1 else f"({', '.join(key)})"
+
+
+def _row(values: list[str] | None) -> str:
+    """A whole row's literals on one terminal line, the row cut if long."""
+    text = ", ".join(_lit(v) for v in values or [])
+    return text if len(text) <= MAX_ROW else f"{text[:MAX_ROW]}…"
+
+
+def _lit(v: str) -> str:
+    """A SQL literal on one terminal line, cut if long (the reports have it whole)."""
+    v = v.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎")
+    return v if len(v) <= MAX_VALUE else f"{v[:MAX_VALUE]}… ({len(v)} chars)"

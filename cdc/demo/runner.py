@@ -2,8 +2,10 @@
 
 It builds a demo tree (legacy files, `cdc.toml`), runs `check` and `install`, starts the daemon
 as a real `cdc run` process, lets the simulated bots (real processes) write and drift their
-schemas, shows the backlog converging, stops everything the way an operator would (SIGTERM)
-and finally compares every consolidated table with its legacy table, row by row.
+schemas, shows the backlog converging while the daemon's continuous verifier proves the tables
+equal, stops everything the way an operator would (SIGTERM) and finally runs the product's
+verifier (`cdc verify --report`) on every consolidated table against its legacy table, writing
+the validation reports into `validation/` of the demo folder.
 
 A table a bot creates while the daemon runs (the LLM cost bot's `budget_alerts`) is not
 captured by that daemon: triggers are installed only by `cdc install`, and the daemon resolves
@@ -25,8 +27,16 @@ from cdc.demo.daemon import DaemonProcess, _wait
 from cdc.demo.folder import MARKER, DemoError, prepare_root
 from cdc.demo.generator import generate_legacy, write_demo_config
 from cdc.demo.install import _adopt, _install
-from cdc.demo.live import _line, _snapshots_done, _synced, _uncaptured
-from cdc.demo.report import _show_diffs
+from cdc.demo.live import (
+    _all_equal,
+    _line,
+    _snapshots_done,
+    _synced,
+    _uncaptured,
+    _verified_by,
+    _verifier_counts,
+)
+from cdc.demo.report import _verify
 from cdc.demo.show import (
     Echo,
     _indent,
@@ -39,7 +49,6 @@ from cdc.demo.show import (
 from cdc.plan import resolve_plan
 from cdc.status import collect_status
 from cdc.status_view import render_status
-from verifier.compare import compare_plan
 
 # what cdc/cli.py and tests/test_demo.py import from here; MARKER and DemoError live in folder.py
 __all__ = ["MARKER", "DemoError", "prepare_root", "run_demo"]
@@ -54,6 +63,8 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
     path = prepare_root(root)
     cfg_path = path / "cdc.toml"
     daemon_log = path / "daemon.log"
+    validation = path / "validation"
+    verified = False  # the daemon's continuous verifier found every table equal before it stopped
     daemon: DaemonProcess | None = None
     bots: list[BotProcess] = []
     t_start = time.monotonic()
@@ -102,6 +113,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         echo(f"[4/6] live: bots writing, daemon replicating (`cdc status -c {cfg_path}`)")
         t0 = time.monotonic()
         tried = False
+        live_mismatches = 0  # the most rows the continuous verifier found differing at once
         next_tick = t0 + 1.0
         while True:
             now = time.monotonic()
@@ -115,7 +127,10 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
                 )
             current = resolve_plan(cfg, strict=False)  # a live system may drift: show it
             missing = _uncaptured(running_plan, current)
-            echo(_line(time.monotonic() - t0, collect_status(cfg, current), missing))
+            now_st = collect_status(cfg, current)
+            if now_st.verifier is not None:
+                live_mismatches = max(live_mismatches, now_st.verifier.mismatches)
+            echo(_line(time.monotonic() - t0, now_st, missing))
             if missing and not tried and time.monotonic() - t0 >= seconds / 2:
                 daemon, running_plan, _ = _adopt(
                     cfg, cfg_path, daemon, running_plan, missing, echo, live=True
@@ -137,7 +152,21 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         if st is None:
             echo(f"  FAILED: backlog still not zero after {waited:.0f}s")
         else:
-            echo(f"  backlog drained to zero in {waited:.1f}s; `cdc status` now says:")
+            echo(f"  backlog drained to zero in {waited:.1f}s")
+            # before the daemon stops, its own verifier proves every table equal once quiet
+            vst, _ = _wait(cfg, daemon, _verified_by(daemon.pid), timeout=30.0)
+            st = vst or collect_status(cfg)
+            if st.verifier is not None:
+                live_mismatches = max(live_mismatches, st.verifier.mismatches)
+                rechecked = sum(t.rechecked_total for t in st.verifier.tables)
+                echo(
+                    f"  continuous verifier in the daemon: {_verifier_counts(st.verifier)}; "
+                    f"{rechecked} rows re-checked after they changed under it"
+                )
+            verified = vst is not None and _all_equal(vst.verifier)
+            if vst is None:
+                echo("  FAILED: the continuous verifier did not find every table equal in 30s")
+            echo("  `cdc status` now says:")
             echo("")
             echo(_indent(render_status(st)))
             echo("")
@@ -149,12 +178,19 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         _show_daemon_log(daemon_log, echo)
         echo("")
 
-        echo("[6/6] verify: every mapped table, legacy vs consolidated (key, values, types)")
-        final_plan = resolve_plan(cfg)
-        diffs = compare_plan(final_plan, cfg.daemon.busy_timeout_ms)
-        all_equal = _show_diffs(diffs, final_plan, cfg, echo)
+        echo("[6/6] verify: every mapped table, legacy vs consolidated (keys, values, types)")
+        echo(f"  $ cdc verify -c {cfg_path} --report {validation}")
+        report = _verify(cfg, resolve_plan(cfg), validation, echo)
+        all_equal = report.verdict == "equal" and bool(report.tables)
         bot_errors = _show_bots(bots, codes, echo)
-        ok = all_equal and bot_errors == 0 and daemon_code == 0 and st is not None
+        ok = (
+            all_equal
+            and live_mismatches == 0
+            and verified
+            and bot_errors == 0
+            and daemon_code == 0
+            and st is not None
+        )
         echo("")
         _show_next(cfg_path, path, cfg, echo)
         echo("")
@@ -164,7 +200,11 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         else:
             why = []
             if not all_equal:
-                why.append("tables differ")
+                why.append(f"verifier verdict: {report.verdict}")
+            if live_mismatches:
+                why.append(f"the continuous verifier found {live_mismatches} rows differing")
+            if not verified and st is not None:
+                why.append("the continuous verifier did not find every table equal")
             if bot_errors:
                 why.append(f"bots reported {bot_errors} errors")
             if st is None:
