@@ -92,7 +92,8 @@ class ContinuousVerifier:
                     break
                 self._record(st, r)
             self.status.current = None
-            self.status.cycle += 1
+            if not self.stop.is_set():  # a pass cut short by a stop is not a pass
+                self.status.cycle += 1
             self._write()
             self.stop.wait(self.cfg.verify.cycle_pause)
 

@@ -72,9 +72,9 @@ def _verifier_counts(v: VerifierStatus) -> str:
         f"{n} pass{'' if n == 1 else 'es'}, {equal}/{len(v.tables)} equal, "
         f"{v.mismatches} mismatches"
     )
-    others: dict[str, int] = {}
+    others: dict[str, int] = {}  # not `skipped`: its first pass runs during the initial copy
     for t in v.tables:
-        if t.state not in ("equal", "pending"):
+        if t.state in ("unsettled", "error"):
             others[t.state] = others.get(t.state, 0) + 1
     return text + "".join(f", {k} {s}" for s, k in sorted(others.items()))
 

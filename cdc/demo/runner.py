@@ -161,7 +161,8 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
                 rechecked = sum(t.rechecked_total for t in st.verifier.tables)
                 echo(
                     f"  continuous verifier in the daemon: {_verifier_counts(st.verifier)}; "
-                    f"{rechecked} rows re-checked after they changed under it"
+                    f"{rechecked} row{'' if rechecked == 1 else 's'} re-checked after changing "
+                    "under it"
                 )
             verified = vst is not None and _all_equal(vst.verifier)
             if vst is None:
