@@ -165,9 +165,10 @@ def _verify_options(fn):  # noqa: ANN001, ANN202
             click.option(
                 "--rate",
                 type=float,
-                default=0.0,
-                show_default=True,
-                help="Max legacy rows per second (0: no limit).",
+                default=None,
+                help="Max legacy rows per second; default verify.rows_per_second "
+                "(bots share the disk and, in rollback-journal mode, wait for our reads); "
+                "0: no limit, for quiet sources.",
             ),
         ]
     ):
@@ -208,7 +209,9 @@ def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_r
     if not chosen:
         _fail(ConfigError(f"no mapped table matches {' '.join(tables)}"))
     settings = msgspec.structs.replace(
-        cfg.verify, rows_per_second=rate, chunk_rows=chunk_rows or cfg.verify.chunk_rows
+        cfg.verify,
+        rows_per_second=cfg.verify.rows_per_second if rate is None else rate,
+        chunk_rows=chunk_rows or cfg.verify.chunk_rows,
     )
     show_bar = not as_json and sys.stderr.isatty()
     total = estimate_rows(plan, chosen) if show_bar else 0
