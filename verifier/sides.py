@@ -51,15 +51,16 @@ class SourcePosition(msgspec.Struct, frozen=True):
     in_flight: frozenset[bytes]  # encoded keys changed after the target's position
 
 
-def key_collations(conn: apsw.Connection, info: TableInfo) -> list[str]:
-    """Collation of each declared key column (rowid keys: BINARY)."""
+def key_collations(conn: apsw.Connection, info: TableInfo) -> list[str] | None:
+    """Collation of each declared key column; None when the key is the rowid itself
+    (no key, or INTEGER PRIMARY KEY), which is BINARY and never NULL."""
     if not info.key:
-        return ["BINARY"]
+        return None
     idx = conn.execute(
         "SELECT name FROM pragma_index_list(?) WHERE origin='pk'", (info.name,)
     ).fetchone()
     if idx is None:  # INTEGER PRIMARY KEY: the rowid itself
-        return ["BINARY"] * len(info.key)
+        return None
     colls = dict(
         conn.execute(
             "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key AND name IS NOT NULL",
@@ -73,13 +74,19 @@ class TableSides:
     """SQL for one mapping, built from the live legacy shape and the applied target shape."""
 
     def __init__(
-        self, m: TableMapping, info: TableInfo, shape: AppliedShape, collations: list[str], tid: int
+        self,
+        m: TableMapping,
+        info: TableInfo,
+        shape: AppliedShape,
+        collations: list[str] | None,
+        tid: int,
     ) -> None:
         self.m, self.info, self.shape, self.tid = m, info, shape, tid
         skeys = [q(k) for k in info.key] or [info.rowid_alias()]
         tkeys = [q(k) for k in shape.key] or [shape.rowid_alias]
         self.width = len(skeys)
-        colls = [("" if c == "BINARY" else f" COLLATE {q(c)}") for c in collations]
+        colls = [("" if c == "BINARY" else f" COLLATE {q(c)}") for c in collations or []]
+        colls = colls or [""] * self.width
         self.skeys = [k + c for k, c in zip(skeys, colls, strict=True)]
         self.tkeys = [k + c for k, c in zip(tkeys, colls, strict=True)]
         cols = ", ".join(q(c) for c in shape.columns)
@@ -90,7 +97,7 @@ class TableSides:
         self._tgt_point = " AND ".join(f"{k} IS ?" for k in tkeys)
         # SQLite lets a declared, non-INTEGER primary key of a rowid table hold NULL (any
         # number of times); such rows fall outside every key range and are read apart.
-        self.nullable_key = bool(info.key) and not info.without_rowid
+        self.nullable_key = collations is not None and not info.without_rowid
         self._src_null = " OR ".join(f"{k} IS NULL" for k in skeys)
         self._tgt_null = " OR ".join(f"{k} IS NULL" for k in tkeys)
         kc = ", ".join(f"k{i + 1}" for i in range(capture.key_width(info)))
@@ -144,7 +151,8 @@ class TableSides:
 
     def source_position(self, conn: apsw.Connection, after_seq: int) -> SourcePosition:
         lo, hi = conn.execute(f"SELECT min(seq), max(seq) FROM {capture.CHANGES}").fetchone()
-        iid = capture.install_id(conn)
+        row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='install_id'").fetchone()
+        iid = row[0] if row else None
         hi = hi or 0
         # The table keeps its newest row, and trims only a prefix, so every sequence after
         # `after_seq` is still here exactly when the oldest row left is at most one past it.
@@ -181,16 +189,21 @@ def encode_key(key) -> bytes:  # noqa: ANN001
     return encode(list(key))
 
 
-def target_position(conn: apsw.Connection, source: str, table: str) -> TargetPosition:
-    """Call inside the target read transaction that also reads the rows."""
-    have = {
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)", (SOURCES, SNAPSHOTS, SCHEMAS)
-        )
-    }
-    if len(have) < 3:
-        return TargetPosition(None, 0, False, None)
+def target_position(
+    conn: apsw.Connection, source: str, table: str, known_ready: bool = False
+) -> TargetPosition:
+    """Call inside the target read transaction that also reads the rows. `known_ready`:
+    the replicator's tables were seen already (they are never dropped), skip the look."""
+    if not known_ready:
+        have = {
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)",
+                (SOURCES, SNAPSHOTS, SCHEMAS),
+            )
+        }
+        if len(have) < 3:
+            return TargetPosition(None, 0, False, None)
     row = conn.execute(
         f"SELECT install_id, through_seq FROM {SOURCES} WHERE consumer=? AND source=?",
         (CONSUMER, source),

@@ -36,7 +36,7 @@ from cdc.plan import TableMapping
 from cdc.sqlconn import read_transaction
 from verifier.model import KeyDiff, TableResult
 from verifier.sides import TableSides, TargetPosition, encode_key, key_collations, target_position
-from verifier.values import digest, encode, render_row
+from verifier.values import chunk_digest, digest, encode, render_row
 
 TARGET_CAP_FACTOR = 4  # a chunk holds at most this many times chunk_rows target rows
 POLL = 0.005
@@ -74,6 +74,9 @@ class TableVerifier:
         self.res = TableResult(m.source, m.table, m.target, m.target_table)
 
     # -- setup -----------------------------------------------------------------------------
+    def _target_position(self) -> TargetPosition:
+        return target_position(self.tgt, self.m.source, self.m.table, self.sides is not None)
+
     def _prepare(self, tp: TargetPosition) -> str | None:
         """Build the SQL for the current shapes; returns why the table cannot be verified."""
         m = self.m
@@ -100,7 +103,7 @@ class TableVerifier:
 
     def _read_target(self, lo, hi, cap: int) -> tuple[TargetPosition, list[tuple]]:  # noqa: ANN001
         with read_transaction(self.tgt):
-            tp = target_position(self.tgt, self.m.source, self.m.table)
+            tp = self._target_position()
             if self.sides is None or tp.shape != self.sides.shape:
                 reason = self._prepare(tp)
                 if reason is not None:
@@ -209,8 +212,8 @@ class TableVerifier:
                 break
             self._wait_applied(max(sp.seq, 1), deadline)
         good = [k for k in groups if k not in bad]
-        src_parts.append(encode([r for k in good for r in groups[k][0]]))
-        tgt_parts.append(encode([r for k in good for r in groups[k][1]]))
+        src_parts.append(chunk_digest(encode([r for k in good for r in groups[k][0]])))
+        tgt_parts.append(chunk_digest(encode([r for k in good for r in groups[k][1]])))
         res.source_rows += len(srows)
         res.target_rows += len(trows)
         res.compared_rows += sum(len(groups[k][0]) for k in good)
@@ -237,7 +240,7 @@ class TableVerifier:
 
     def _read_nulls(self):  # noqa: ANN202
         with read_transaction(self.tgt):
-            tp = target_position(self.tgt, self.m.source, self.m.table)
+            tp = self._target_position()
             if self.sides is None or tp.shape != self.sides.shape:
                 reason = self._prepare(tp)
                 if reason is not None:
@@ -285,13 +288,14 @@ class TableVerifier:
     def _compare(
         self, srows: list, trows: list, in_flight: frozenset, seq: int, pending: dict
     ) -> tuple[bytes, bytes]:
-        """Judge one chunk; returns the encodings of the rows judged on each side."""
+        """Judge one chunk; returns the digests of the rows judged on each side."""
         res = self.res
         if not in_flight:
             es, et = encode(srows), encode(trows)
             if es == et:
                 res.compared_rows += len(srows)
-                return es, et
+                d = chunk_digest(es)  # one hash serves both sides
+                return d, d
         w = self.sides.width
         smap = {encode_key(r[:w]): r for r in srows}
         tmap = {encode_key(r[:w]): r for r in trows}
@@ -306,7 +310,7 @@ class TableVerifier:
                 res.compared_rows += 1
             else:
                 pending[k] = _Pending(key, True, seq)
-        return encode(skeep), encode(tkeep)
+        return chunk_digest(encode(skeep)), chunk_digest(encode(tkeep))
 
     def _settle(self, pending: dict[bytes, _Pending]) -> None:
         """Re-check set-aside keys by key once the target has caught up with each sighting."""
@@ -317,7 +321,7 @@ class TableVerifier:
             try:
                 self._wait_applied(need, deadline)
                 with read_transaction(self.tgt):
-                    tp = target_position(self.tgt, self.m.source, self.m.table)
+                    tp = self._target_position()
                     trows = {k: sides.target_point(self.tgt, p.key) for k, p in pending.items()}
                 with read_transaction(self.src):
                     sp = sides.source_position(self.src, tp.applied_seq)
@@ -356,7 +360,7 @@ class TableVerifier:
     def _wait_applied(self, seq: int, deadline: float) -> None:
         while time.monotonic() < deadline:
             with read_transaction(self.tgt):
-                tp = target_position(self.tgt, self.m.source, self.m.table)
+                tp = self._target_position()
             if tp.applied_seq >= seq or self.stop.wait(POLL):
                 return
 

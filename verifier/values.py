@@ -24,13 +24,13 @@ def encode(values) -> bytes:  # noqa: ANN001 - a tuple or list of SQLite values
     return _encode(values)
 
 
-def digest(parts: list[bytes]) -> str:
-    """A short, stable summary of a sequence of encoded chunks (hex)."""
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        h.update(len(p).to_bytes(8, "little"))
-        h.update(p)
-    return h.hexdigest()
+def chunk_digest(encoded: bytes) -> bytes:
+    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
+def digest(chunk_digests: list[bytes]) -> str:
+    """A table's digest: the hash of its chunks' digests, in key order (hex)."""
+    return hashlib.blake2b(b"".join(chunk_digests), digest_size=16).hexdigest()
 
 
 def render(v: object) -> str:
