@@ -103,6 +103,16 @@ def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
     ]
 
 
+def lacks_probes(conn: apsw.Connection, tables: list[TableInfo], tids: dict[str, int]) -> bool:
+    """Whether a table with a non-key UNIQUE is captured without its REPLACE probes (an
+    installation made before copied tables got them)."""
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    return any(
+        t.unique_sets and t.name in tids and trigger_names(tids[t.name])[4] not in names
+        for t in tables
+    )
+
+
 def is_installed(conn: apsw.Connection) -> bool:
     row = conn.execute(
         "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN (?,?,?)",
@@ -134,10 +144,7 @@ def install(
     """Create capture tables and (re)create triggers for `tables`; return the install id.
 
     `probe_unique` names the tables that get the REPLACE probes (None: all that have a
-    non-key UNIQUE). Only tables whose target lacks their UNIQUE constraints need them:
-    merged tables. A table copied with its own definition has the same constraints in
-    the target, where applying the new row with REPLACE deletes the same row the source's
-    REPLACE did, so the probes would only cost the bot (up to 1.2x on bulk inserts).
+    non-key UNIQUE); see `SourcePlan.needs_unique_probes` for why that is every table.
 
     Idempotent: tables already captured keep their id; triggers are recreated so a key
     change in the table definition is picked up. Tables captured before but no longer in

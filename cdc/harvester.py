@@ -84,13 +84,15 @@ class Harvester:
         tables = capture.installed_tables(self.conn)
         wanted = [m.table for m in self.plan.tables]
         missing = [t for t in wanted if t not in tables]
-        if missing:
-            # The rules already map them (a bot created them, or the rules grew): capture
-            # them now, under the same installation, and snapshot them below.
-            infos = [table_info(self.conn, t) for t in wanted]
+        infos = [table_info(self.conn, t) for t in wanted]
+        if missing or capture.lacks_probes(self.conn, infos, tables):
+            # The rules already map them (a bot created them, or the rules grew), or an
+            # older installation lacks REPLACE probes: (re)install, same installation id,
+            # and snapshot new tables below.
             capture.install(self.conn, infos, self.plan.path, self.plan.needs_unique_probes())
             tables = capture.installed_tables(self.conn)
-            log.info("source %s: started capturing %s", self.plan.name, ", ".join(missing))
+            if missing:
+                log.info("source %s: started capturing %s", self.plan.name, ", ".join(missing))
         self.tids = {tid: name for name, tid in tables.items() if name in wanted}
         pos = self.writer.positions.get(self.plan.name)
         if pos is None:

@@ -40,8 +40,13 @@ class SourcePlan(msgspec.Struct, frozen=True):
     uncapturable: list[str] = []  # virtual tables explicitly excluded
 
     def needs_unique_probes(self) -> set[str]:
-        """Tables whose target does not carry their UNIQUE constraints (merged ones)."""
-        return {m.table for m in self.tables if m.tag_column is not None}
+        """Tables that get the REPLACE probes (those with a non-key UNIQUE): all of them.
+
+        A copied table's target has the same UNIQUE, and applying the new row with REPLACE
+        deletes the same old row there, but only if the new row reaches the target: when
+        a bot deletes it again before the harvest, the collapsed event is a delete of the
+        new key, and the old row would stay in the target forever."""
+        return {m.table for m in self.tables}
 
 
 class Plan(msgspec.Struct, frozen=True, dict=True):

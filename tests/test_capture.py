@@ -253,8 +253,10 @@ def test_rolled_back_transaction_leaves_no_capture(tmp_path):
 def test_replace_through_a_unique_constraint_deletes_in_the_target_too(tmp_path, merge):
     """`INSERT OR REPLACE` hitting a non-key UNIQUE deletes the old row with no DELETE trigger.
 
-    A copied table keeps its UNIQUE in the target, where REPLACE deletes the same row; a
-    merged table does not, so its source gets probe triggers that record the doomed key.
+    Probe triggers record the doomed key, copied or merged table alike. A copied table's
+    target has the UNIQUE too, but relying on its REPLACE is not enough: when the new row
+    is gone again by the time it is harvested, the target never sees it, so never deletes
+    the old one (found by the live verifier test, `delete-after-replace` below).
     """
     db = make_db(
         tmp_path / "legacy" / "bot.db",
@@ -283,8 +285,15 @@ def test_replace_through_a_unique_constraint_deletes_in_the_target_too(tmp_path,
         c.execute("UPDATE OR REPLACE pos SET sym = 'C' WHERE sym = 'A'")  # deletes id 3 silently
         p.sync()
         assert p.diffs() == []
+        # delete-after-replace, harvested together: only the probe says id 4 went away
+        c.execute("INSERT INTO pos(sym, q) VALUES ('D', 4)")
+        p.sync()
+        c.execute("INSERT OR REPLACE INTO pos(sym, q) VALUES ('D', 40)")  # deletes the 'D' row
+        c.execute("DELETE FROM pos WHERE sym = 'D'")  # and the new row is gone too
+        p.sync()
+        assert p.diffs() == []
         probes = c.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE '%uniq%'").fetchone()
-        assert probes[0] == (2 if merge else 0)
+        assert probes[0] == 2
     finally:
         p.close()
 
@@ -336,3 +345,35 @@ def test_any_identifier_round_trips(tmp_path_factory, table, cols):
         assert p.diffs() == []
     finally:
         p.close()
+
+
+def test_an_older_installation_gets_its_replace_probes_at_daemon_start(tmp_path):
+    db = make_db(
+        tmp_path / "legacy" / "bot.db",
+        "CREATE TABLE pos(id INTEGER PRIMARY KEY, sym TEXT UNIQUE, q REAL);"
+        "CREATE TABLE plain(id INTEGER PRIMARY KEY, v);",
+    )
+    cfg = config_from_dict(
+        {
+            "state_dir": "state",
+            "targets": {"core": "out/core.db"},
+            "sources": [{"name": "bot", "path": str(db)}],
+            "rules": [{"table": "*", "target": "core"}],
+        },
+        tmp_path,
+    )
+    from cdc.inventory import list_tables
+    from cdc.plan import resolve_plan
+
+    conn = apsw.Connection(str(db))
+    capture.install(conn, list_tables(conn), str(db), probe_unique=set())  # as before
+    iid = capture.install_id(conn)
+    trig = "SELECT count(*) FROM sqlite_master WHERE type='trigger' AND name LIKE '%uniq%'"
+    assert conn.execute(trig).fetchone()[0] == 0
+    p = Pipeline(cfg, resolve_plan(cfg), install=False)
+    try:
+        assert conn.execute(trig).fetchone()[0] == 2  # pos only: plain has no UNIQUE
+        assert capture.install_id(conn) == iid
+    finally:
+        p.close()
+        conn.close()

@@ -71,8 +71,8 @@ as = "{source}_log"
 """
 
 # alpha's positions is copied, not merged: a bot's INSERT OR REPLACE through its UNIQUE
-# symbol deletes a row with no capture row for it (no probes on copied tables), the case
-# the verifier's suspects exist for. The others are merged (probes capture it).
+# symbol then relies on the probe triggers like a merged table's (this test found the
+# delete a copied table lost without them), and on the verifier's suspects rule.
 
 # Rows the bots never touch, so damage done to their copies stays until repaired.
 QUIET = """
@@ -125,11 +125,14 @@ class Watcher:
 
     def _run(self) -> None:
         while not self.stop.wait(0.05):
-            st = read_verifier_status(self.state_dir)
-            for t in st.tables if st else []:
-                if t.state == "diverged":
-                    keys = {(d.kind, tuple(d.key)) for d in t.diverged}
-                    self.seen.setdefault(f"{t.source}.{t.table}", set()).update(keys)
+            self.poll()
+
+    def poll(self) -> None:
+        st = read_verifier_status(self.state_dir)
+        for t in st.tables if st else []:
+            if t.state == "diverged":
+                keys = {(d.kind, tuple(d.key)) for d in t.diverged}
+                self.seen.setdefault(f"{t.source}.{t.table}", set()).update(keys)
 
     def cycle(self) -> int:
         st = read_verifier_status(self.state_dir)
@@ -199,6 +202,7 @@ def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(tmp_pat
 
         wait_until(found, 120, 0.1, "the damage to be reported")
         assert watch.cycle() <= c0 + 1  # within the pass that was running, or the next
+        watch.poll()  # what `found` just read may be newer than the watcher's last look
         assert watch.seen == EXPECTED  # exactly those keys, nothing else, ever
 
         r = cdc_cmd("repair", "alpha.accounts", "gamma.ticks", "-c", str(cfg), timeout=300)
