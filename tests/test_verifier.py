@@ -384,3 +384,17 @@ def test_rows_with_a_null_key_are_verified_too(tmp_path: Path, pipeline_for) -> 
     _target(tmp_path, "INSERT INTO kv VALUES (NULL, 2)")
     t = _verify(cfg).report.tables[0]
     assert [(d.key, d.counts) for d in t.diverged] == [(["NULL"], [1, 2])]
+
+
+def test_rows_under_a_tag_no_source_has_are_reported(setup) -> None:
+    """A merged table's rows under an unknown tag (a source renamed in the config leaves
+    its old rows behind): each source's own rows verify equal, the table does not."""
+    tmp_path, cfg, _ = setup
+    _target(tmp_path, "INSERT INTO b_kv VALUES ('old_b', 'k1', 1)")
+    _target(tmp_path, "INSERT INTO b_kv VALUES ('old_b', 'k2', 2)")
+    t = _verify(cfg, ["b.kv"]).report.tables[0]
+    assert t.state == "diverged" and t.diverged_count == 2
+    assert [(d.kind, d.key, d.columns, d.counts) for d in t.diverged] == [
+        ("extra", ["'old_b'", "*"], ["source"], [0, 2])
+    ]
+    assert _verify(cfg, ["b.names"]).report.tables[0].state == "equal"

@@ -15,8 +15,9 @@ from cdc.errors import SourceError
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, set_busy_timeout
 from cdc.sqlident import q
-from verifier.model import TableResult, VerifyReport
+from verifier.model import KeyDiff, TableResult, VerifyReport
 from verifier.table import TableVerifier
+from verifier.values import render
 
 
 def select_tables(plan: Plan, patterns: list[str] | None = None) -> list[TableMapping]:
@@ -116,8 +117,55 @@ def verify_tables(
         for c in targets.values():
             if c is not None:
                 c.close()
+    _foreign_tags(plan, tables, results, busy)
     report = VerifyReport(started, time.time(), results, cfg.config_path)
     return PassResult(report, keys)
+
+
+def _foreign_tags(
+    plan: Plan, tables: list[TableMapping], results: list[TableResult], busy: int
+) -> None:
+    """Rows of a merged table under a tag no mapped source has (a source renamed in the
+    config leaves its old rows there): every per-source check passes, yet the table holds
+    rows no legacy table has. Reported on the first verified source of that table."""
+    groups: dict[tuple[str, str], list[TableMapping]] = {}
+    for m in tables:
+        if m.tag_column:
+            groups.setdefault((m.target, m.target_table), []).append(m)
+    for (target, ttable), ms in groups.items():
+        tags = sorted(
+            {
+                x.tag
+                for sp in plan.sources
+                for x in sp.tables
+                if (x.target, x.target_table) == (target, ttable)
+            }
+        )
+        first = (ms[0].source, ms[0].table)
+        res = next((r for r in results if (r.source, r.table) == first), None)
+        if res is None or res.state == "skipped":
+            continue
+        conn = open_target_readonly(plan.targets[target], busy)
+        if conn is None:
+            continue
+        tag = q(ms[0].tag_column)
+        try:
+            rows = conn.execute(
+                f"SELECT {tag}, count(*) FROM {q(ttable)} "
+                f"WHERE {tag} NOT IN ({', '.join('?' * len(tags))}) GROUP BY 1 ORDER BY 1",
+                tags,
+            ).fetchall()
+        except apsw.Error:
+            continue
+        finally:
+            conn.close()
+        for value, n in rows:
+            res.state = "diverged"
+            res.diverged_count += n
+            res.target_rows += n
+            res.diverged.append(
+                KeyDiff("extra", [render(value), "*"], [ms[0].tag_column], counts=[0, n])
+            )
 
 
 def _skipped(m: TableMapping, reason: str) -> TableResult:
