@@ -18,7 +18,7 @@ from cdc.plan import resolve_plan
 from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan
-from verifier.continuous import read_verifier_status
+from verifier.continuous import ContinuousVerifier, read_verifier_status
 
 CONFIG = """
 state_dir = "state"
@@ -220,4 +220,12 @@ def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "report/validation-core.md").exists()
     assert d.stop() == 0, d.output()
-    assert [x for x in compare_plan(resolve_plan(load_config(cfg))) if not x.equal] == []
+    plan = resolve_plan(load_config(cfg))
+    assert [x for x in compare_plan(plan) if not x.equal] == []
+    # A restarted daemon's verifier starts from what the last one knew.
+    last = read_verifier_status(state)
+    again = ContinuousVerifier(load_config(cfg), plan, threading.Event()).status
+    assert [(t.passes, t.last_verified_at) for t in again.tables] == [
+        (t.passes, t.last_verified_at) for t in last.tables
+    ]
+    assert all(t.last_verified_at for t in again.tables)

@@ -66,11 +66,22 @@ class ContinuousVerifier:
     def __init__(self, cfg: Config, plan: Plan, stop: threading.Event) -> None:
         self.cfg, self.plan, self.stop = cfg, plan, stop
         self.tables: list[TableMapping] = select_tables(plan)
+        # What an earlier daemon learned stays true until verified again: a restart must
+        # not make `cdc status` forget when a table was last proven equal, or that it was not.
+        before = read_verifier_status(cfg.state_dir)
+        known = (
+            {(t.source, t.table, t.target, t.target_table): t for t in before.tables}
+            if before
+            else {}
+        )
         self.status = VerifierStatus(
             os.getpid(),
             time.time(),
+            cycle=before.cycle if before else 0,
             tables=[
-                TableVerifyState(m.source, m.table, m.target, m.target_table) for m in self.tables
+                known.get((m.source, m.table, m.target, m.target_table))
+                or TableVerifyState(m.source, m.table, m.target, m.target_table)
+                for m in self.tables
             ],
         )
 
