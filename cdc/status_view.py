@@ -65,8 +65,8 @@ def _render_verifier(v) -> list[str]:  # noqa: ANN001 - VerifierStatus
     for t in v.tables:
         counts[t.state] = counts.get(t.state, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    doing = f", verifying {v.current}" if v.current else ""
-    out = [f"verifier: pass {v.cycle + 1}{doing} ({summary}; updated {_age(v.updated_at)})"]
+    doing = f", now {v.current}" if v.current else ""
+    out = [f"verifier: {v.cycle} passes done{doing} ({summary}; updated {_age(v.updated_at)})"]
     for t in v.tables:
         if t.state in ("equal", "pending"):
             continue
