@@ -204,6 +204,14 @@ def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(tmp_pat
         assert watch.cycle() <= c0 + 1  # within the pass that was running, or the next
         watch.poll()  # what `found` just read may be newer than the watcher's last look
         assert watch.seen == EXPECTED  # exactly those keys, nothing else, ever
+        # what the operator sees
+        r = cdc_cmd("status", "-c", str(cfg))
+        assert "DIVERGED alpha.accounts -> core.alpha_accounts: 4 rows differ" in r.stdout, r.stdout
+        assert "missing key (12)" in r.stdout
+        r = cdc_cmd("status", "--json", "-c", str(cfg))
+        v = json.loads(r.stdout)["verifier"]
+        acct = next(t for t in v["tables"] if (t["source"], t["table"]) == ("alpha", "accounts"))
+        assert (acct["state"], acct["mismatches"]) == ("diverged", 4)
 
         r = cdc_cmd("repair", "alpha.accounts", "gamma.ticks", "-c", str(cfg), timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
