@@ -171,9 +171,18 @@ class Harvester:
             self._maybe_trim()
             return HarvestResult(through_seq=pos.through_seq)
         through = hi if hi is not None else pos.through_seq
-        schemas, self._pending_schemas = self._pending_schemas, []
         nevents = sum(len(b.events) for b in frames)
-        new_pos = SourcePosition(pos.install_id, through, pos.snapshots, pos.events + nevents)
+        self._log(
+            frames, SourcePosition(pos.install_id, through, pos.snapshots, pos.events + nevents)
+        )
+        self._maybe_trim()
+        full = self._last_count >= self.settings.harvest_batch
+        return HarvestResult(nevents, through, full=full)
+
+    def _log(self, frames: list[Frame], new_pos: SourcePosition) -> None:
+        """Append `frames` after any pending schema frames, with the mark of `new_pos`.
+        The harvester's position moves only once the batch is durable."""
+        schemas, self._pending_schemas = self._pending_schemas, []
         try:
             self.writer.append_batch(
                 schemas + frames, SourceMark(self.plan.name, new_pos, time.time())
@@ -181,10 +190,7 @@ class Harvester:
         except BaseException:
             self._pending_schemas = schemas + self._pending_schemas
             raise
-        self.position = new_pos  # only once the batch is durable
-        self._maybe_trim()
-        full = self._last_count >= self.settings.harvest_batch
-        return HarvestResult(nevents, through, full=full)
+        self.position = new_pos
 
     def _read_changes(self, lo: int, hi: int, now: float) -> list[RowBatch]:
         tids = [
@@ -319,14 +325,9 @@ class Harvester:
         snaps = list(pos.snapshots)
         done = until is None or len(rows) < limit or after == until
         snaps[idx] = SnapshotCursor(cur.table, done, after, until)
-        schemas, self._pending_schemas = self._pending_schemas, []
-        new_pos = SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))
-        try:
-            self.writer.append_batch(schemas + frames, SourceMark(src, new_pos, time.time()))
-        except BaseException:
-            self._pending_schemas = schemas + self._pending_schemas
-            raise
-        self.position = new_pos
+        self._log(
+            frames, SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))
+        )
         if snaps[idx].done:
             log.info("source %s: snapshot of %s complete", src, cur.table)
         return len(rows)
@@ -363,19 +364,13 @@ class Harvester:
                     if row is not None
                     else RowEvent(Op.DELETE, 0, list(key))
                 )
-        schemas, self._pending_schemas = self._pending_schemas, []
-        new_pos = SourcePosition(
-            pos.install_id, pos.through_seq, pos.snapshots, pos.events + len(events)
-        )
         frames = [RowBatch(self.plan.name, table, now, events)] if events else []
-        try:
-            self.writer.append_batch(
-                schemas + frames, SourceMark(self.plan.name, new_pos, time.time())
-            )
-        except BaseException:
-            self._pending_schemas = schemas + self._pending_schemas
-            raise
-        self.position = new_pos
+        self._log(
+            frames,
+            SourcePosition(
+                pos.install_id, pos.through_seq, pos.snapshots, pos.events + len(events)
+            ),
+        )
         log.info("source %s: re-sent %d rows of %s for repair", self.plan.name, len(events), table)
         return len(events)
 

@@ -101,15 +101,16 @@ class TableVerifier:
         self.sides = TableSides(m, info, tp.shape, colls, tid)
         return None
 
-    def _read_target(self, lo, hi, cap: int) -> tuple[TargetPosition, list[tuple]]:  # noqa: ANN001
+    def _read_target(self, read) -> tuple[TargetPosition, list[tuple]]:  # noqa: ANN001
+        """One target read: its position, the SQL rebuilt if the applied shape changed,
+        and `read(sides)`'s rows, all in one transaction."""
         with read_transaction(self.tgt):
             tp = self._target_position()
             if self.sides is None or tp.shape != self.sides.shape:
                 reason = self._prepare(tp)
                 if reason is not None:
                     raise _Skip(reason)
-            rows = self.sides.target_rows(self.tgt, lo, hi, cap)
-        return tp, rows
+            return tp, read(self.sides)
 
     def _check_source_shape(self) -> None:
         v = schema_version(self.src)
@@ -146,7 +147,7 @@ class TableVerifier:
         pending: dict[bytes, _Pending] = {}
         t0 = time.monotonic()
         done_rows = 0
-        self._settle_until(lambda: self._read_target(None, None, 0))  # prepares the sides
+        self._settle_until(lambda: self._read_target(lambda sides: []))  # prepares the sides
         with read_transaction(self.src):
             hi = self.sides.source_bound(self.src, None, n)
         after = None
@@ -239,13 +240,7 @@ class TableVerifier:
                 )
 
     def _read_nulls(self):  # noqa: ANN202
-        with read_transaction(self.tgt):
-            tp = self._target_position()
-            if self.sides is None or tp.shape != self.sides.shape:
-                reason = self._prepare(tp)
-                if reason is not None:
-                    raise _Skip(reason)
-            trows = self.sides.target_null_rows(self.tgt)
+        tp, trows = self._read_target(lambda sides: sides.target_null_rows(self.tgt))
         self._last_applied = tp.applied_seq
         with read_transaction(self.src):
             self._check_source_shape()
@@ -258,7 +253,7 @@ class TableVerifier:
         return None, trows, sp, srows, None
 
     def _read_chunk(self, lo, hi, cap: int, n: int):  # noqa: ANN001, ANN202
-        tp, trows = self._read_target(lo, hi, cap)
+        tp, trows = self._read_target(lambda sides: sides.target_rows(self.tgt, lo, hi, cap))
         if len(trows) >= cap:  # the target has far more rows here: a shorter chunk
             hi = list(trows[-1][: self.sides.width])
         with read_transaction(self.src):
