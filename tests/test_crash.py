@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +23,8 @@ from cdc.events import RowBatch
 from cdc.plan import resolve_plan
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status
-from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
+from tests import workload
+from tests.conftest import SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan
 
@@ -81,25 +80,6 @@ def _setup(root: Path) -> Path:
     return cfg
 
 
-def _start_bots(root: Path, seconds: float) -> list[subprocess.Popen]:
-    dbs = ["alpha", "alpha", "beta", "gamma"]  # two processes share alpha
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.workload",
-                str(root / "legacy" / f"{db}.db"),
-                str(seconds),
-                str(i),
-            ],
-            stdout=subprocess.PIPE,
-            cwd=REPO,
-        )
-        for i, db in enumerate(dbs)
-    ]
-
-
 def _assert_no_duplicates(cfg_path: Path) -> None:
     cfg = load_config(cfg_path)
     plan = resolve_plan(cfg)
@@ -153,7 +133,7 @@ def _kill_loop(cfg: Path, daemons, kills: int, rnd: random.Random) -> None:
 def _run(tmp_path, daemons, kills: int, seed: int) -> None:
     cfg = _setup(tmp_path)
     rnd = random.Random(seed)
-    bots = _start_bots(tmp_path, seconds=600)
+    bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)
     try:
         _kill_loop(cfg, daemons, kills, rnd)
     finally:

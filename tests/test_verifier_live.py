@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from cdc.config import load_config
 from cdc.plan import resolve_plan
-from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
+from tests import workload
+from tests.conftest import SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan
 from verifier.continuous import ContinuousVerifier, read_verifier_status
@@ -95,24 +94,6 @@ def _setup(root: Path) -> Path:
     return cfg
 
 
-def _bots(root: Path, seconds: float) -> list[subprocess.Popen]:
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.workload",
-                str(root / f"legacy/{db}.db"),
-                str(seconds),
-                str(i),
-            ],
-            stdout=subprocess.PIPE,
-            cwd=REPO,
-        )
-        for i, db in enumerate(["alpha", "alpha", "beta", "gamma"])
-    ]
-
-
 class Watcher:
     """Polls the daemon's verifier status and remembers every diverged table it ever saw."""
 
@@ -170,7 +151,7 @@ def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(tmp_pat
     cfg = _setup(tmp_path)
     state = str(tmp_path / "state")
     d = daemons(cfg)
-    bots = _bots(tmp_path, seconds=600)
+    bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)
     watch = Watcher(state)
     try:
         # Under load: full passes with every table verified and no alarm.

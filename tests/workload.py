@@ -12,8 +12,10 @@ import json
 import random
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions(id INTEGER PRIMARY KEY AUTOINCREMENT, symbol TEXT UNIQUE,
@@ -71,6 +73,27 @@ def op(c: sqlite3.Connection, rnd: random.Random) -> None:
         c.execute("DELETE FROM positions")
         c.executemany("INSERT INTO positions(symbol, qty, px, meta) VALUES (?, ?, ?, ?)", rows)
         c.execute("COMMIT")
+
+
+def start(root: Path, dbs: list[str], seconds: float) -> list[subprocess.Popen]:
+    """One bot process per entry of `dbs` (`root/legacy/<name>.db`; a name may repeat, so
+    that two processes write one file), seeded by position."""
+    repo = Path(__file__).resolve().parents[1]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.workload",
+                str(root / "legacy" / f"{db}.db"),
+                str(seconds),
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            cwd=repo,
+        )
+        for i, db in enumerate(dbs)
+    ]
 
 
 def main() -> None:
