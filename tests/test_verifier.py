@@ -45,24 +45,26 @@ def _fill(db: Path, n: int = 2500) -> None:
     c.close()
 
 
+def _config(root: Path, sources: dict[str, Path], rest: str = "") -> Path:
+    """A cdc.toml with one target, `core`, the given sources and `rest` (rules, settings);
+    without rules, every table of every source is copied into core."""
+    srcs = "".join(f'[[sources]]\nname = "{n}"\npath = "{p}"\n' for n, p in sources.items())
+    rest = rest or '[[rules]]\ntable = "*"\ntarget = "core"\n'
+    return write_config(
+        root, f'state_dir = "state"\n[targets]\ncore = "{root}/core.db"\n{srcs}{rest}'
+    )
+
+
 @pytest.fixture
 def setup(tmp_path: Path, pipeline_for):
     a = make_db(tmp_path / "a.db", SCHEMA)
     b = make_db(tmp_path / "b.db", SCHEMA, wal=True)
     _fill(a)
     _fill(b, 300)
-    cfg_path = write_config(
+    cfg_path = _config(
         tmp_path,
-        f"""
-state_dir = "state"
-[targets]
-core = "{tmp_path}/core.db"
-[[sources]]
-name = "a"
-path = "{a}"
-[[sources]]
-name = "b"
-path = "{b}"
+        {"a": a, "b": b},
+        """
 [[rules]]
 table = "*"
 source = "a"
@@ -72,7 +74,7 @@ table = "*"
 source = "b"
 target = "core"
 merge = true
-as = "b_{{table}}"
+as = "b_{table}"
 [[rules]]
 table = "lines"
 source = "b"
@@ -192,21 +194,10 @@ def test_unapplied_changes_are_never_a_mismatch(setup) -> None:
 def test_a_table_still_being_copied_is_skipped_not_failed(tmp_path: Path, pipeline_for) -> None:
     a = make_db(tmp_path / "a.db", SCHEMA)
     _fill(a, 100)
-    cfg_path = write_config(
+    cfg_path = _config(
         tmp_path,
-        f"""
-state_dir = "state"
-[targets]
-core = "{tmp_path}/core.db"
-[[sources]]
-name = "a"
-path = "{a}"
-[[rules]]
-table = "*"
-target = "core"
-[daemon]
-snapshot_chunk = 10
-""",
+        {"a": a},
+        '[[rules]]\ntable = "*"\ntarget = "core"\n[daemon]\nsnapshot_chunk = 10\n',
     )
     p = pipeline_for(cfg_path)
     h = p.harvesters[0]
@@ -316,11 +307,7 @@ def test_verifier_agrees_with_the_full_comparison(tmp_path_factory, rows, damage
     db = make_db(root / "a.db", "CREATE TABLE t(k INTEGER PRIMARY KEY, a, b REAL);")
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
         c.executemany("INSERT INTO t VALUES (?, ?, ?)", [(k, a, b) for k, (a, b) in rows.items()])
-    conf = write_config(
-        root,
-        f'state_dir = "s"\n[targets]\ncore = "{root}/core.db"\n'
-        f'[[sources]]\nname = "a"\npath = "{db}"\n[[rules]]\ntable = "*"\ntarget = "core"\n',
-    )
+    conf = _config(root, {"a": db})
     cfg = load_config(conf)
     p = Pipeline(cfg, resolve_plan(cfg))
     try:
@@ -359,11 +346,10 @@ def test_rows_with_a_null_key_are_verified_too(tmp_path: Path, pipeline_for) -> 
     db = make_db(tmp_path / "a.db", "CREATE TABLE kv(k TEXT PRIMARY KEY, v);")
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
         c.executemany("INSERT INTO kv VALUES (?, ?)", [("a", 1), (None, 2), ("b", 3)])
-    conf = write_config(
+    conf = _config(
         tmp_path,
-        f'state_dir = "s"\n[targets]\ncore = "{tmp_path}/core.db"\n'
-        f'[[sources]]\nname = "a"\npath = "{db}"\n[[rules]]\ntable = "*"\ntarget = "core"\n'
-        "[verify]\nsettle_timeout = 1.0\n",
+        {"a": db},
+        '[[rules]]\ntable = "*"\ntarget = "core"\n[verify]\nsettle_timeout = 1.0\n',
     )
     p = pipeline_for(conf)
     p.sync()

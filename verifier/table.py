@@ -69,7 +69,6 @@ class TableVerifier:
         self.on_chunk = on_chunk
         self.sides: TableSides | None = None
         self._schema_version = -1
-        self._last_applied = 0
         self.diverged_keys: list[list] = []  # exact keys (storage classes intact), for repair
         self.res = TableResult(m.source, m.table, m.target, m.target_table)
 
@@ -192,8 +191,8 @@ class TableVerifier:
         deadline = time.monotonic() + self.settings.settle_timeout
         first_seen: dict[bytes, int] = {}
         while True:
-            _, trows, sp, srows, _ = self._settle_until(lambda: self._read_nulls())
-            tp_seq = self._last_applied
+            tp, trows, sp, srows = self._settle_until(self._read_nulls)
+            tp_seq = tp.applied_seq
             groups: dict[bytes, tuple[list, list]] = {}
             for side, rows in ((0, srows), (1, trows)):
                 for r in rows:
@@ -241,21 +240,24 @@ class TableVerifier:
 
     def _read_nulls(self):  # noqa: ANN202
         tp, trows = self._read_target(lambda sides: sides.target_null_rows(self.tgt))
-        self._last_applied = tp.applied_seq
-        with read_transaction(self.src):
-            self._check_source_shape()
-            sp = self.sides.source_position(self.src, tp.applied_seq)
-            if not sp.complete:
-                raise _Retry(
-                    "the target is behind and the capture rows it lacks were already trimmed"
-                )
-            srows = self.sides.source_null_rows(self.src)
-        return None, trows, sp, srows, None
+        sp, srows = self._read_source(tp, lambda sides: sides.source_null_rows(self.src))
+        return tp, trows, sp, srows
 
     def _read_chunk(self, lo, hi, cap: int, n: int):  # noqa: ANN001, ANN202
         tp, trows = self._read_target(lambda sides: sides.target_rows(self.tgt, lo, hi, cap))
         if len(trows) >= cap:  # the target has far more rows here: a shorter chunk
             hi = list(trows[-1][: self.sides.width])
+        sp, (srows, next_hi) = self._read_source(
+            tp,
+            lambda sides: (
+                sides.source_rows(self.src, lo, hi),
+                sides.source_bound(self.src, hi, n) if hi is not None else None,
+            ),
+        )
+        return hi, trows, sp, srows, next_hi
+
+    def _read_source(self, tp: TargetPosition, read):  # noqa: ANN001, ANN202
+        """One legacy read: its capture position relative to the target's, and `read`."""
         with read_transaction(self.src):
             self._check_source_shape()
             sp = self.sides.source_position(self.src, tp.applied_seq)
@@ -263,9 +265,7 @@ class TableVerifier:
                 raise _Retry(
                     "the target is behind and the capture rows it lacks were already trimmed"
                 )
-            srows = self.sides.source_rows(self.src, lo, hi)
-            next_hi = self.sides.source_bound(self.src, hi, n) if hi is not None else None
-        return hi, trows, sp, srows, next_hi
+            return sp, read(self.sides)
 
     def _settle_until(self, read):  # noqa: ANN001, ANN202
         """Retry a read that cannot be judged yet, for at most `settle_timeout` seconds."""
