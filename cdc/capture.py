@@ -207,6 +207,12 @@ def uninstall(conn: apsw.Connection) -> int:
             tids = list(installed_tables(conn).values())
             for tid in tids:
                 _drop_triggers(conn, tid)
+            fences = conn.execute(  # a cutover's fences (cdc.fence) go with the rest
+                "SELECT name FROM sqlite_master WHERE type='trigger' "
+                "AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
+            ).fetchall()
+            for (name,) in fences:
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
             for t in (CHANGES, TABLES, META):
                 conn.execute(f"DROP TABLE IF EXISTS {t}")
     except apsw.BusyError as e:

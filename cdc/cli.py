@@ -239,6 +239,65 @@ def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_r
     )
 
 
+@cli.command()
+@config_option
+@click.argument("targets", nargs=-1)
+@click.option(
+    "--zero-lag", is_flag=True, required=True, help="Wait until nothing captured is unapplied."
+)
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+def wait(config_path: str, targets: tuple[str, ...], zero_lag: bool, timeout: float) -> None:
+    """Block until every source of TARGETS (default: all) is fully applied there.
+
+    Exit code 0 when it got there, 75 on timeout (for cutover scripts).
+    """
+    from cdc.errors import ConfigError
+    from cdc.lag import wait_zero_lag
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg))
+    unknown = [t for t in targets if t not in plan.targets]
+    if unknown:
+        _fail(ConfigError(f"no such target: {', '.join(unknown)}"))
+    ok, state = _run(lambda: wait_zero_lag(cfg, plan, list(targets or plan.targets), timeout))
+    for s in state:
+        click.echo(f"{s.source}: captured {s.captured}, behind {s.behind}")
+    click.echo("zero lag" if ok else f"still behind after {timeout:g}s")
+    sys.exit(0 if ok else EXIT_TIMEOUT)
+
+
+@cli.command()
+@config_option
+@click.argument("target")
+@click.option("--abort", "do_abort", is_flag=True, help="Lift the fences of an unfinished cutover.")
+@click.option("--lag-timeout", type=float, default=30.0, show_default=True)
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True)
+def cutover(
+    config_path: str, target: str, do_abort: bool, lag_timeout: float, drain_timeout: float
+) -> None:
+    """Cut one stage over: fence its legacy tables, drain, verify, hand over to TARGET.
+
+    Re-running it completes an interrupted cutover. Exit code 0 once done.
+    """
+    from cdc import cutover as co
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg))
+    if do_abort:
+        _run(lambda: co.abort(cfg, plan, target, echo=click.echo))
+        click.echo(f"{target}: cutover aborted; the bots may write to their legacy tables again")
+        return
+    rec = _run(lambda: co.cutover(cfg, plan, target, lag_timeout, drain_timeout, echo=click.echo))
+    click.echo(f"{target}: cut over; the bots were fenced for {rec.pause_ms:.0f} ms")
+    for line in co.instructions(plan, rec):
+        click.echo(line)
+
+
+EXIT_TIMEOUT = 75
+
+
 class _Null:
     """A progress bar target that shows nothing (JSON output, or not a terminal)."""
 

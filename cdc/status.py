@@ -17,6 +17,7 @@ import msgspec
 from cdc import capture
 from cdc.changelog import LogReader, list_segments
 from cdc.config import Config
+from cdc.cutover_state import CutoverRecord, read_records
 from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy
@@ -70,6 +71,7 @@ class Status(msgspec.Struct):
     targets: list[TargetStatus]
     problems: list[str] = []  # mapping problems found now (e.g. a new unmapped table)
     verifier: VerifierStatus | None = None  # the daemon's continuous verifier, if it ran
+    cutovers: list[CutoverRecord] = []  # stages cut over, or being cut over
 
     @property
     def backlog_events(self) -> int:
@@ -201,7 +203,13 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             st.last_error = rt.last_error
         sources.append(st)
     return Status(
-        daemon, logst, sources, targets, list(plan.problems), read_verifier_status(cfg.state_dir)
+        daemon,
+        logst,
+        sources,
+        targets,
+        list(plan.problems),
+        read_verifier_status(cfg.state_dir),
+        read_records(cfg.state_dir),
     )
 
 

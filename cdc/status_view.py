@@ -46,6 +46,8 @@ def render_status(st: Status) -> str:
     if st.verifier is not None:
         lines.append("")
         lines.extend(_render_verifier(st.verifier))
+    for c in st.cutovers:
+        lines.append(_render_cutover(c))
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("")
@@ -78,3 +80,21 @@ def _render_verifier(v) -> list[str]:  # noqa: ANN001 - VerifierStatus
         for d in t.diverged[:3]:
             out.append(f"    {d.kind} key ({', '.join(d.key)})")
     return out
+
+
+_CUTOVER_STATES = {
+    "fencing": "INTERRUPTED while fencing the legacy tables: run `cdc cutover {t}` again "
+    "(or `cdc cutover --abort {t}`)",
+    "fenced": "legacy tables FENCED, not yet handed over: run `cdc cutover {t}` again "
+    "(or `cdc cutover --abort {t}`)",
+    "done": "cut over {when}: the bots write to {path}",
+    "aborted": "cutover aborted; the bots use the legacy tables",
+}
+
+
+def _render_cutover(c) -> str:  # noqa: ANN001 - CutoverRecord
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.done_at)) if c.done_at else ""
+    text = _CUTOVER_STATES.get(c.state, c.state).format(t=c.target, when=when, path=c.path)
+    pause = f" (bots fenced {c.pause_ms:.0f} ms)" if c.pause_ms is not None else ""
+    err = f"; last error: {c.error}" if c.error and c.state != "done" else ""
+    return f"cutover {c.target}: {text}{pause}{err}"

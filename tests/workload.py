@@ -106,7 +106,7 @@ def main() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    ops = errors = 0
+    ops = errors = fenced = 0
     worst = 0.0
     last_error = None
     deadline = time.monotonic() + seconds
@@ -120,11 +120,19 @@ def main() -> None:
         except sqlite3.Error as e:
             errors += 1
             last_error = str(e)
+            if "moved to" in last_error:  # a cutover's fence: the loud refusal it must be
+                fenced += 1
         worst = max(worst, time.monotonic() - t0)
         time.sleep(rnd.random() * 0.004)
     print(
         json.dumps(
-            {"ops": ops, "errors": errors, "max_stall_ms": worst * 1000, "last_error": last_error}
+            {
+                "ops": ops,
+                "errors": errors,
+                "fenced": fenced,
+                "max_stall_ms": worst * 1000,
+                "last_error": last_error,
+            }
         )
     )
 

@@ -21,7 +21,9 @@ class TableResult(msgspec.Struct):
 
     `state`: "equal" (every row compared equal), "diverged" (`diverged` names the keys),
     "unsettled" (some rows kept changing faster than we could catch them at one position;
-    nothing was found wrong, but they are not proven either) or "skipped" (`reason`).
+    nothing was found wrong, but they are not proven either), "skipped" (`reason`) or
+    "cut over" (its stage is cut over: the target is the live copy, the legacy table
+    frozen; proven equal at the cutover, in its record, and not compared since).
     Digests cover the rows compared in chunks, in key order, on each side; they are equal
     exactly when those rows are, and cover every row when the tables are quiet.
     """
@@ -62,7 +64,7 @@ class VerifyReport(msgspec.Struct):
 
     @property
     def equal(self) -> bool:
-        return all(t.state == "equal" for t in self.tables)
+        return self.verdict == "equal"
 
     @property
     def diverged(self) -> list[TableResult]:

@@ -85,6 +85,9 @@ def verify_tables(
     results: list[TableResult] = []
     keys: dict[tuple[str, str], list[list]] = {}
     targets: dict[str, apsw.Connection | None] = {}
+    from cdc.cutover_state import cut_over_tables
+
+    cut = cut_over_tables(cfg.state_dir)
     try:
         for path, group in _by_source(plan, tables):
             try:
@@ -101,7 +104,10 @@ def verify_tables(
                     if m.target not in targets:
                         targets[m.target] = open_target_readonly(plan.targets[m.target], busy)
                     tgt = targets[m.target]
-                    if tgt is None:
+                    if (m.source, m.table) in cut:
+                        r = _skipped(m, "cut over: the target is the live copy now")
+                        r.state = "cut over"
+                    elif tgt is None:
                         r = _skipped(m, f"target file {plan.targets[m.target]} does not exist")
                     else:
                         v = TableVerifier(src, tgt, m, settings, stop, on_chunk)

@@ -1,0 +1,280 @@
+"""Cutover of one stage (one target): fence the legacy tables, drain, verify, hand over.
+
+Steps, each recorded durably in `<state_dir>/cutover/<target>.json` before the next one
+starts, so that a crash anywhere leaves a state `cdc status` explains and the same command
+completes (`CDC_TEST_KILL_AT=<step>` makes the process SIGKILL itself right after a step,
+for the tests):
+
+1. `preflight`: the daemon runs, the sources of this stage are (nearly) caught up, and the
+   continuous verifier has not found these tables diverged;
+2. `fencing` -> `fenced`: each legacy file gets its fence (one write transaction per file,
+   recording the capture sequence at that instant, `cdc.fence`); from here a bot's write to
+   these tables fails with an error naming the target;
+3. drain: wait until the target has applied every source up to its fence sequence;
+4. sequences: AUTOINCREMENT counters of copied tables are carried into the target, so the
+   first row a bot inserts there does not reuse a legacy id;
+5. verify: the fenced tables, now quiet, are verified once more (must be equal);
+6. `done`: the record holds the time, the positions, the checksums and the pause the bots
+   saw (fence to done); the bots may now write to the target.
+
+`abort` lifts the fences of a stage that is not done (the bots get their tables back, as
+they were: nothing was written to the target by them yet).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from cdc import fence, lag
+from cdc.config import Config
+from cdc.cutover_state import CutoverRecord, CutoverTable, read_record, save_record
+from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
+from cdc.plan import Plan, TableMapping
+from cdc.sqlconn import open_legacy, open_target, write_transaction
+from cdc.sqlident import q
+from cdc.status import daemon_running
+
+
+class CutoverError(CdcError):
+    """A cutover step could not complete; the record says where it stands."""
+
+    exit_code = 12
+
+
+def _step_done(step: str) -> None:
+    if os.environ.get("CDC_TEST_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stage_tables(plan: Plan, target: str) -> list[TableMapping]:
+    if target not in plan.targets:
+        raise ConfigError(f"no target {target!r} (known: {', '.join(sorted(plan.targets))})")
+    return [m for sp in plan.sources for m in sp.tables if m.target == target]
+
+
+Echo = Callable[[str], None]
+
+
+def cutover(
+    cfg: Config,
+    plan: Plan,
+    target: str,
+    lag_timeout: float = 30.0,
+    drain_timeout: float = 30.0,
+    echo: Echo = lambda _s: None,
+) -> CutoverRecord:
+    tables = stage_tables(plan, target)
+    rec = read_record(cfg.state_dir, target)
+    if rec is not None and rec.state == "done":
+        echo(f"{target}: already cut over at {_when(rec.done_at)}")
+        return rec
+    if not tables:
+        raise ConfigError(f"target {target!r} has no mapped tables: nothing to cut over")
+    if not daemon_running(cfg):
+        raise DaemonError(
+            f"the daemon is not running on {cfg.state_dir}: nothing would drain the last changes",
+            hint="start it with `cdc run`, then run the cutover again",
+        )
+    if rec is None or rec.state == "aborted":
+        _preflight(cfg, plan, target, tables, lag_timeout, echo)
+        rec = CutoverRecord(
+            target,
+            plan.targets[target],
+            "fencing",
+            time.time(),
+            [CutoverTable(m.source, m.table, m.target_table, m.tag_column, m.tag) for m in tables],
+        )
+        save_record(cfg.state_dir, rec)
+    _step_done("fencing")
+    if rec.state == "fencing":
+        _fence(cfg, plan, rec, tables, echo)
+    _step_done("fenced")
+    try:
+        _finish(cfg, plan, rec, tables, drain_timeout, echo)
+    except CdcError as e:
+        rec.error = str(e)
+        save_record(cfg.state_dir, rec)
+        raise CutoverError(
+            f"cutover of {target} stopped with the legacy tables fenced: {e.message}",
+            hint=f"fix it and run `cdc cutover {target}` again, or give the bots their "
+            f"tables back with `cdc cutover --abort {target}`",
+        ) from e
+    _step_done("done")
+    return rec
+
+
+def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> None:  # noqa: ANN001
+    from verifier.continuous import read_verifier_status
+
+    ok, state = lag.wait_zero_lag(cfg, plan, [target], lag_timeout)
+    behind = {s.source: s.behind for s in state if s.behind}
+    if not ok:
+        raise CutoverError(
+            f"{target}: the targets are behind ({behind}) after {lag_timeout:.0f}s; not fencing",
+            hint="see `cdc status`; retry when the backlog is near zero",
+        )
+    echo(f"{target}: sources caught up ({len(state)} sources)")
+    vs = read_verifier_status(cfg.state_dir)
+    wanted = {(m.source, m.table) for m in tables}
+    bad = [
+        f"{t.source}.{t.table}"
+        for t in (vs.tables if vs else [])
+        if (t.source, t.table) in wanted and t.state == "diverged"
+    ]
+    if bad:
+        raise CutoverError(
+            f"{target}: the verifier found differences in {', '.join(bad)}; not fencing",
+            hint="repair them (`cdc repair`), then cut over",
+        )
+
+
+def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
+    by_source: dict[str, dict[str, str]] = {}
+    for m in tables:
+        where = f"{plan.targets[m.target]} (table {m.target_table}"
+        where += f", {m.tag_column} = '{m.tag}')" if m.tag_column else ")"
+        by_source.setdefault(m.source, {})[m.table] = where
+    marks = []
+    for source, moved in sorted(by_source.items()):
+        sp = plan.source(source)
+        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
+        try:
+            marks.append(fence.fence(conn, source, sp.path, moved))
+        finally:
+            conn.close()
+        echo(f"{rec.target}: fenced {len(moved)} tables of {source}")
+    rec.fences = marks
+    rec.fenced_at = min(m.fenced_at for m in marks)
+    rec.state = "fenced"
+    save_record(cfg.state_dir, rec)
+
+
+def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:  # noqa: ANN001
+    from verifier import verify_tables
+
+    target_path = plan.targets[rec.target]
+    deadline = time.monotonic() + drain_timeout
+    for mark in rec.fences:
+        while lag.applied_seq(target_path, mark.source) < mark.fence_seq:
+            if time.monotonic() > deadline:
+                raise TargetError(
+                    f"{rec.target} did not apply {mark.source} up to its fence "
+                    f"(sequence {mark.fence_seq}) within {drain_timeout:.0f}s"
+                )
+            time.sleep(0.002)
+    _carry_sequences(cfg, plan, rec)
+    settings = msgspec.structs.replace(cfg.verify, rows_per_second=0.0)
+    report = verify_tables(cfg, plan, tables, settings).report
+    bad = [t for t in report.tables if t.state != "equal"]
+    if bad:
+        raise TargetError(
+            "final verification: " + ", ".join(f"{t.source}.{t.table} {t.state}" for t in bad)
+        )
+    by_key = {(t.source, t.table): t for t in report.tables}
+    for t in rec.tables:
+        v = by_key[(t.source, t.table)]
+        t.rows, t.digest = v.source_rows, v.source_digest
+    from cdc.status import read_checkpoint
+
+    rec.log_offset = read_checkpoint(target_path)
+    rec.done_at = time.time()
+    rec.pause_ms = (rec.done_at - rec.fenced_at) * 1000.0
+    rec.state, rec.error = "done", None
+    save_record(cfg.state_dir, rec)
+    echo(f"{rec.target}: drained, verified equal ({sum(t.rows for t in rec.tables)} rows)")
+
+
+def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
+    """Copied AUTOINCREMENT tables: the target's counter becomes at least the legacy one,
+    so a bot's first insert into the target cannot take an id a deleted legacy row had."""
+    wanted = {}
+    for t in rec.tables:
+        if t.tag_column is None:
+            wanted.setdefault(t.source, []).append(t)
+    counters: dict[str, int] = {}
+    for source, ts in wanted.items():
+        conn = open_legacy(plan.source(source).path, cfg.daemon.busy_timeout_ms, readonly=True)
+        try:
+            has = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'"
+            ).fetchone()
+            for t in ts:
+                row = (
+                    conn.execute(
+                        "SELECT seq FROM sqlite_sequence WHERE name=?", (t.table,)
+                    ).fetchone()
+                    if has
+                    else None
+                )
+                if row is not None:
+                    counters[t.target_table] = row[0]
+                    t.sequence = row[0]
+        finally:
+            conn.close()
+    if not counters:
+        return
+    conn = open_target(plan.targets[rec.target], cfg.daemon.busy_timeout_ms)
+    try:
+        with write_transaction(conn):
+            for table, seq in counters.items():
+                if (
+                    conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'"
+                    ).fetchone()
+                    is None
+                ):
+                    break  # the target table has no AUTOINCREMENT
+                conn.execute(
+                    "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table)
+                )
+                if conn.changes() == 0:
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq)
+                    )
+    finally:
+        conn.close()
+
+
+def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) -> CutoverRecord:
+    """Give the bots their legacy tables back (a stage not yet done)."""
+    rec = read_record(cfg.state_dir, target)
+    if rec is None or rec.state == "aborted":
+        raise CutoverError(f"{target}: no cutover in progress")
+    if rec.state == "done":
+        raise CutoverError(
+            f"{target}: the cutover is done and the bots may have written to {rec.path}",
+            hint="going back needs the rollback window (not built yet): see docs/runbook.md",
+        )
+    for source in sorted({t.source for t in rec.tables}):
+        sp = plan.source(source)
+        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
+        try:
+            lifted = fence.unfence(
+                conn, sp.path, [t.table for t in rec.tables if t.source == source]
+            )
+        finally:
+            conn.close()
+        echo(f"{target}: unfenced {len(lifted)} tables of {source}")
+    rec.state = "aborted"
+    save_record(cfg.state_dir, rec)
+    return rec
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def instructions(plan: Plan, rec: CutoverRecord) -> list[str]:
+    """What to point the bots at, table by table."""
+    out = [f"point the bots at {rec.path} for these tables:"]
+    for t in rec.tables:
+        line = f"  {plan.source(t.source).path} : {t.table}  ->  {rec.path} : {q(t.target_table)}"
+        if t.tag_column:
+            line += f"  (merged: write {t.tag_column} = '{t.tag}')"
+        out.append(line)
+    return out

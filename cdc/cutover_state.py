@@ -1,0 +1,91 @@
+"""The durable record of a stage's cutover (`<state_dir>/cutover/<target>.json`).
+
+Kept apart from the steps (`cdc.cutover`) so that `cdc status` and the verifier can read
+where a cutover stands without importing the machinery that performs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+from cdc.fence import FenceMark
+
+CUTOVER_DIR = "cutover"
+
+
+class CutoverTable(msgspec.Struct):
+    source: str
+    table: str
+    target_table: str
+    tag_column: str | None = None
+    tag: str | None = None
+    rows: int = 0
+    digest: str = ""
+    sequence: int | None = None  # AUTOINCREMENT counter carried into the target
+
+
+class CutoverRecord(msgspec.Struct):
+    target: str
+    path: str
+    state: str  # "fencing", "fenced", "done", "aborted"
+    started_at: float
+    tables: list[CutoverTable] = []
+    fences: list[FenceMark] = []
+    log_offset: int = 0  # the target's checkpoint when it was done
+    fenced_at: float | None = None
+    done_at: float | None = None
+    pause_ms: float | None = None  # first fence to done: how long the bots had no table
+    error: str | None = None
+
+
+def record_path(state_dir: str, target: str) -> str:
+    return os.path.join(state_dir, CUTOVER_DIR, f"{target}.json")
+
+
+def read_record(state_dir: str, target: str) -> CutoverRecord | None:
+    try:
+        with open(record_path(state_dir, target), "rb") as f:
+            return msgspec.json.decode(f.read(), type=CutoverRecord)
+    except FileNotFoundError:
+        return None
+
+
+def read_records(state_dir: str) -> list[CutoverRecord]:
+    d = os.path.join(state_dir, CUTOVER_DIR)
+    try:
+        names = sorted(n for n in os.listdir(d) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    out = [read_record(state_dir, n[: -len(".json")]) for n in names]
+    return [r for r in out if r is not None]
+
+
+def cut_over_tables(state_dir: str) -> dict[tuple[str, str], CutoverRecord]:
+    """(source, table) of every table whose stage is cut over: the target is the live copy
+    now, and comparing it with the frozen legacy table means nothing."""
+    return {
+        (t.source, t.table): r
+        for r in read_records(state_dir)
+        if r.state == "done"
+        for t in r.tables
+    }
+
+
+def save_record(state_dir: str, rec: CutoverRecord) -> None:
+    """Durable before the next step starts: write, fsync, rename, fsync the folder."""
+    d = os.path.join(state_dir, CUTOVER_DIR)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = record_path(state_dir, rec.target)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.format(msgspec.json.encode(rec), indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,135 @@
+"""Fences: from the instant a stage is cut over, a bot's write to its legacy tables fails.
+
+A fence is three BEFORE triggers per table that `RAISE(ROLLBACK, ...)` with a message
+naming the table's new home, so a bot that was not switched gets an error it can log and
+an operator can act on, instead of writing into a file nobody reads any more (split
+brain). ROLLBACK, not ABORT: the bot's whole transaction goes, so none of it lands
+half-done if the bot ignores the error and commits, and a bot that does not roll back its
+failed transaction cannot keep holding the file's write lock (in rollback-journal mode
+that blocked every other bot of the file for their whole busy timeout: found by the
+cutover test, whose bots do exactly that).
+The triggers spare connections that registered the SQL function `cdc_fence_pass`: only
+sqlite-cdc's own connections do (the way back during the rollback window). SQLite gives
+a trigger no other way to tell connections apart; `pragma_function_list` is SQL from 3.30,
+and a bot connection with `trusted_schema=OFF` is refused too ("unsafe use of virtual
+table"), only with a less helpful message.
+
+Fencing a source is one write transaction that also reads the newest capture sequence:
+every change the bots committed to those tables has a sequence at most that, so the
+cutover knows exactly how far the targets must get (`FenceMark`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import apsw
+import msgspec
+
+from cdc import capture
+from cdc.errors import SourceError
+from cdc.sqlconn import write_transaction
+from cdc.sqlident import lit, q
+
+PASS_FUNCTION = "cdc_fence_pass"
+
+
+class FenceMark(msgspec.Struct, frozen=True):
+    """What fencing one source recorded: its tables and the capture sequence then."""
+
+    source: str
+    path: str
+    tables: list[str]
+    fence_seq: int
+    fenced_at: float
+
+
+def trigger_names(tid: int) -> list[str]:
+    return [f"_cdc_fence{tid}_{s}" for s in ("ins", "upd", "del")]
+
+
+def fence_sql(tid: int, table: str, message: str) -> list[str]:
+    when = f"NOT EXISTS (SELECT 1 FROM pragma_function_list WHERE name = {lit(PASS_FUNCTION)})"
+    body = f"BEGIN SELECT RAISE(ROLLBACK, {lit(message)}); END"
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {op} ON {q(table)} WHEN {when} {body}"
+        for name, op in zip(trigger_names(tid), ("INSERT", "UPDATE", "DELETE"), strict=True)
+    ]
+
+
+def allow_writes(conn: apsw.Connection) -> None:
+    """Let this (sqlite-cdc's own) connection write through fences."""
+    conn.create_scalar_function(PASS_FUNCTION, lambda: 1, 0, deterministic=True)
+
+
+def fence(conn: apsw.Connection, source: str, path: str, moved: dict[str, str]) -> FenceMark:
+    """Fence `moved` (legacy table -> where it lives now) in one transaction. Idempotent:
+    a second call (a resumed cutover) keeps the first call's sequence and time."""
+    key = "fence"
+    try:
+        with write_transaction(conn):
+            tids = capture.installed_tables(conn)
+            missing = [t for t in moved if t not in tids]
+            if missing:
+                raise SourceError(
+                    f"{path}: cannot fence {', '.join(missing)}: capture is not installed",
+                    hint="run `cdc install` first",
+                )
+            for table, where in sorted(moved.items()):
+                message = (
+                    f"sqlite-cdc: table {table} of {path} moved to {where}; "
+                    "this legacy copy is read-only now"
+                )
+                for sql in fence_sql(tids[table], table, message):
+                    conn.execute(sql)
+            row = conn.execute(f"SELECT v FROM {capture.META} WHERE k=?", (key,)).fetchone()
+            old = msgspec.json.decode(row[0], type=FenceMark) if row else None
+            seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
+            tables = sorted(set(moved) | set(old.tables if old else []))
+            mark = FenceMark(
+                source,
+                path,
+                tables,
+                old.fence_seq if old and set(moved) <= set(old.tables) else seq,
+                old.fenced_at if old and set(moved) <= set(old.tables) else time.time(),
+            )
+            conn.execute(
+                f"INSERT OR REPLACE INTO {capture.META}(k, v) VALUES (?, ?)",
+                (key, msgspec.json.encode(mark).decode()),
+            )
+            return mark
+    except apsw.BusyError as e:
+        raise SourceError(
+            f"{path}: stayed locked while fencing: {e}",
+            hint="a bot held the write lock longer than the busy timeout; run the cutover again",
+        ) from e
+
+
+def unfence(conn: apsw.Connection, path: str, tables: list[str] | None = None) -> list[str]:
+    """Lift the fence from `tables` (all: None); returns the tables unfenced."""
+    with write_transaction(conn):
+        tids = capture.installed_tables(conn)
+        row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='fence'").fetchone()
+        mark = msgspec.json.decode(row[0], type=FenceMark) if row else None
+        fenced = mark.tables if mark else []
+        lift = [t for t in fenced if tables is None or t in tables]
+        for t in lift:
+            if t in tids:
+                for name in trigger_names(tids[t]):
+                    conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        rest = [t for t in fenced if t not in lift]
+        if rest:
+            conn.execute(
+                f"UPDATE {capture.META} SET v=? WHERE k='fence'",
+                (msgspec.json.encode(msgspec.structs.replace(mark, tables=rest)).decode(),),
+            )
+        else:
+            conn.execute(f"DELETE FROM {capture.META} WHERE k='fence'")
+        return lift
+
+
+def fenced_tables(conn: apsw.Connection) -> FenceMark | None:
+    if not capture.is_installed(conn):
+        return None
+    row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='fence'").fetchone()
+    return msgspec.json.decode(row[0], type=FenceMark) if row else None

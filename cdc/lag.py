@@ -1,0 +1,85 @@
+"""Whether the targets have everything the bots committed: the question a cutover asks.
+
+"Caught up" is measured in capture sequences, source by source: the newest sequence in
+the legacy file's capture table (read first) against the sequence each target says it
+applied for that source (read after). Reading the legacy side first means a true answer
+is never early: anything committed before the check has a sequence at most the one read.
+"""
+
+from __future__ import annotations
+
+import time
+
+import apsw
+import msgspec
+
+from cdc import capture
+from cdc.config import Config
+from cdc.errors import SourceError
+from cdc.plan import Plan
+from cdc.sqlconn import open_legacy
+from checkpoints.store import SOURCES
+
+
+class SourceLag(msgspec.Struct):
+    source: str
+    captured: int
+    applied: dict[str, int]  # target -> applied sequence of this source
+
+    @property
+    def behind(self) -> int:
+        return max([self.captured - a for a in self.applied.values()] + [0])
+
+
+def applied_seq(target_path: str, source: str) -> int:
+    """The capture sequence of `source` that the target has applied (0: none yet)."""
+    try:
+        conn = apsw.Connection(target_path, flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.CantOpenError:
+        return 0
+    try:
+        conn.set_busy_timeout(2000)
+        row = conn.execute(
+            f"SELECT through_seq FROM {SOURCES} WHERE consumer='replicator' AND source=?",
+            (source,),
+        ).fetchone()
+        return row[0] if row else 0
+    except apsw.SQLError:  # no checkpoint table yet
+        return 0
+    finally:
+        conn.close()
+
+
+def captured_seq(cfg: Config, path: str) -> int:
+    conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
+    try:
+        if not capture.is_installed(conn):
+            raise SourceError(f"{path}: capture is not installed", hint="run `cdc install`")
+        return conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def lag(cfg: Config, plan: Plan, targets: list[str]) -> list[SourceLag]:
+    out = []
+    for sp in plan.sources:
+        fed = sorted({m.target for m in sp.tables if m.target in targets})
+        if not fed:
+            continue
+        captured = captured_seq(cfg, sp.path)  # first: see the module docstring
+        out.append(
+            SourceLag(sp.name, captured, {t: applied_seq(plan.targets[t], sp.name) for t in fed})
+        )
+    return out
+
+
+def wait_zero_lag(
+    cfg: Config, plan: Plan, targets: list[str], timeout: float, interval: float = 0.02
+) -> tuple[bool, list[SourceLag]]:
+    """Poll until every source feeding `targets` is fully applied there, or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = lag(cfg, plan, targets)
+        if all(s.behind == 0 for s in state) or time.monotonic() >= deadline:
+            return all(s.behind == 0 for s in state), state
+        time.sleep(interval)

@@ -1,0 +1,213 @@
+"""Cutover of a stage: fences that make a stale bot's write fail loudly, the drain, the
+final proof, the durable record, and resuming after a SIGKILL at each step."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+from cdc import capture, fence
+from cdc.config import load_config
+from cdc.cutover_state import read_record
+from cdc.inventory import list_tables
+from cdc.plan import resolve_plan
+from tests import workload
+from tests.conftest import REPO, cdc_cmd, make_db
+from tests.test_verifier_live import _setup as live_setup
+from tests.workload import SCHEMA
+from verifier.compare import compare_table
+
+MOVED = "sqlite-cdc: table positions of {db} moved to /t/core.db (table positions)"
+
+
+def test_a_fence_refuses_every_writer_but_ours(tmp_path: Path) -> None:
+    db = make_db(
+        tmp_path / "bot.db",
+        SCHEMA + "INSERT INTO kv VALUES ('a', 1); INSERT INTO positions(symbol) VALUES ('P');",
+    )
+    conn = apsw.Connection(str(db))
+    capture.install(conn, list_tables(conn), str(db))
+    mark = fence.fence(conn, "bot", str(db), {"positions": "/t/core.db (table positions)"})
+    assert mark.tables == ["positions"] and mark.fence_seq == 0
+    msg = MOVED.format(db=db)
+    bot = sqlite3.connect(db, isolation_level=None)
+    for sql in (
+        "INSERT INTO positions(symbol) VALUES ('X')",
+        "UPDATE positions SET qty = 1",
+        "DELETE FROM positions",
+    ):
+        with pytest.raises(sqlite3.IntegrityError, match="moved to /t/core.db"):
+            bot.execute(sql)
+    bot.execute("INSERT INTO kv VALUES ('b', 2)")  # the rest of the file is not fenced
+    if shutil.which("sqlite3"):
+        r = subprocess.run(
+            ["sqlite3", str(db), "INSERT INTO positions(symbol) VALUES ('Y')"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode != 0 and msg in r.stderr
+    with pytest.raises(apsw.ConstraintError, match="moved to"):
+        conn.execute("INSERT INTO positions(symbol) VALUES ('Z')")
+    ours = apsw.Connection(str(db))
+    fence.allow_writes(ours)  # the way back (rollback window) writes through the fence
+    ours.execute("INSERT INTO positions(symbol) VALUES ('ours')")
+    again = fence.fence(conn, "bot", str(db), {"positions": "/t/core.db (table positions)"})
+    assert again.fence_seq == mark.fence_seq and again.fenced_at == mark.fenced_at  # resumable
+    assert fence.unfence(conn, str(db)) == ["positions"]
+    bot.execute("INSERT INTO positions(symbol) VALUES ('X')")
+    fence.fence(conn, "bot", str(db), {"positions": "/t/core.db"})
+    capture.uninstall(conn)  # takes the fences with it
+    bot.execute("INSERT INTO positions(symbol) VALUES ('W')")
+    left = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '_cdc%'").fetchall()
+    assert left == []
+    bot.close()
+    ours.close()
+    conn.close()
+
+
+def _cutover(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CDC_TEST_KILL_AT"}
+    if kill_at:
+        env["CDC_TEST_KILL_AT"] = kill_at
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", "cutover", *args, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
+
+
+def _stage_equal(cfg_path: Path, target: str) -> list:
+    """Every table of the stage: legacy == target (the legacy side is fenced, so quiet)."""
+    cfg = load_config(cfg_path)
+    plan = resolve_plan(cfg)
+    bad = []
+    for sp in plan.sources:
+        src = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
+        tgt = apsw.Connection(plan.targets[target], flags=apsw.SQLITE_OPEN_READONLY)
+        src.set_busy_timeout(10000)
+        tgt.set_busy_timeout(10000)
+        try:
+            for m in sp.tables:
+                if m.target == target:
+                    d = compare_table(src, tgt, m)
+                    if not d.equal:
+                        bad.append(d)
+        finally:
+            src.close()
+            tgt.close()
+    return bad
+
+
+def _legacy_fingerprint(cfg_path: Path, target: str) -> dict:
+    cfg = load_config(cfg_path)
+    plan = resolve_plan(cfg)
+    out = {}
+    for sp in plan.sources:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{sp.path}?mode=ro", uri=True, timeout=10)
+        ) as c:
+            for m in sp.tables:
+                if m.target == target:
+                    rows = c.execute(f'SELECT * FROM "{m.table}"').fetchall()
+                    out[(sp.name, m.table)] = sorted(map(repr, rows))
+    return out
+
+
+def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)
+    try:
+        r = cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg))
+        assert r.returncode == 0, r.stdout + r.stderr
+        for target in ("analytics", "core"):
+            r = _cutover(cfg, target)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert f"{target}: cut over; the bots were fenced for" in r.stdout
+            rec = read_record(str(tmp_path / "state"), target)
+            assert rec.state == "done" and rec.pause_ms is not None
+            assert _stage_equal(cfg, target) == []
+            frozen = _legacy_fingerprint(cfg, target)
+            time.sleep(0.5)  # the bots keep trying
+            assert _legacy_fingerprint(cfg, target) == frozen  # nothing got through
+        # a switched bot writes to the target: AUTOINCREMENT goes on after the legacy ids
+        with contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db", timeout=10)) as c:
+            legacy_seq = c.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name='positions'"
+            ).fetchall()[0][0]
+        with contextlib.closing(sqlite3.connect(tmp_path / "out/core.db", timeout=10)) as c:
+            new_id = c.execute(
+                "INSERT INTO alpha_positions(symbol, qty) VALUES ('NEW', 1) RETURNING id"
+            ).fetchone()[0]
+            c.commit()
+        assert new_id > legacy_seq
+    finally:
+        for b in bots:
+            b.send_signal(signal.SIGTERM)
+    stats = [json.loads(b.communicate(timeout=60)[0]) for b in bots]
+    # every failed write was a fence's refusal, and every bot met one
+    assert all(s["fenced"] > 0 and s["errors"] == s["fenced"] for s in stats), stats
+    st = json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
+    assert {c["target"]: c["state"] for c in st["cutovers"]} == {
+        "analytics": "done",
+        "core": "done",
+    }
+    r = cdc_cmd("verify", "--json", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert {t["state"] for t in json.loads(r.stdout)["tables"]} == {"cut over"}
+    assert d.stop() == 0, d.output()
+
+
+def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, daemons) -> None:
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    bots = workload.start(tmp_path, ["alpha", "gamma"], seconds=600)
+    state = str(tmp_path / "state")
+    try:
+        assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
+        for step, shown in (
+            ("fencing", "INTERRUPTED while fencing"),
+            ("fenced", "legacy tables FENCED"),
+            ("done", "cut over"),
+        ):
+            r = _cutover(cfg, "analytics", kill_at=step)
+            assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+            s = cdc_cmd("status", "-c", str(cfg)).stdout
+            assert f"cutover analytics: {shown}" in s, s
+        assert read_record(state, "analytics").state == "done"
+        r = _cutover(cfg, "analytics")
+        assert r.returncode == 0 and "already cut over" in r.stdout
+        assert _stage_equal(cfg, "analytics") == []
+        # abort: a stage fenced but not done gives the bots their tables back
+        r = _cutover(cfg, "core", kill_at="fenced")
+        assert r.returncode == -signal.SIGKILL
+        with (
+            pytest.raises(sqlite3.IntegrityError, match="moved to"),
+            contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db", timeout=10)) as c,
+        ):
+            c.execute("INSERT INTO kv VALUES ('fenced?', 1)")
+        r = _cutover(cfg, "core", "--abort")
+        assert r.returncode == 0, r.stderr
+        with contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db", timeout=10)) as c:
+            c.execute("INSERT INTO kv VALUES ('free again', 1)")
+            c.commit()
+        assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
+    finally:
+        for b in bots:
+            b.send_signal(signal.SIGTERM)
+        for b in bots:
+            b.communicate(timeout=60)
+    assert d.stop() == 0, d.output()
