@@ -27,6 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
@@ -38,6 +39,7 @@ from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
 from cdc.status import daemon_running
+from verifier import verify_tables
 
 
 class CutoverError(CdcError):
@@ -139,26 +141,36 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
         where = f"{plan.targets[m.target]} (table {m.target_table}"
         where += f", {m.tag_column} = '{m.tag}')" if m.tag_column else ")"
         by_source.setdefault(m.source, {})[m.table] = where
-    marks = []
-    for source, moved in sorted(by_source.items()):
+    t0 = time.monotonic()
+
+    def one(item: tuple[str, dict[str, str]]) -> fence.FenceMark:
+        source, moved = item
         sp = plan.source(source)
         conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
         try:
-            marks.append(fence.fence(conn, source, sp.path, moved))
+            return fence.fence(conn, source, sp.path, moved)
         finally:
             conn.close()
-        echo(f"{rec.target}: fenced {len(moved)} tables of {source}")
+
+    # All files at once: the bots' pause starts at the first fence, so fencing the files
+    # one after the other would add their commit times up.
+    with ThreadPoolExecutor(max_workers=min(8, len(by_source))) as pool:
+        marks = list(pool.map(one, sorted(by_source.items())))
+    for m in marks:
+        echo(f"{rec.target}: fenced {len(m.tables)} tables of {m.source}")
+    rec.steps_ms = {"fence": round((time.monotonic() - t0) * 1000.0, 2)}
     rec.fences = marks
     rec.fenced_at = min(m.fenced_at for m in marks)
     rec.state = "fenced"
+    t0 = time.monotonic()
     save_record(cfg.state_dir, rec)
+    rec.steps_ms["record"] = round((time.monotonic() - t0) * 1000.0, 2)
 
 
 def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:  # noqa: ANN001
-    from verifier import verify_tables
-
     target_path = plan.targets[rec.target]
     deadline = time.monotonic() + drain_timeout
+    clock = _Clock(rec)
     for mark in rec.fences:
         while lag.applied_seq(target_path, mark.source) < mark.fence_seq:
             if time.monotonic() > deadline:
@@ -167,9 +179,20 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
                     f"(sequence {mark.fence_seq}) within {drain_timeout:.0f}s"
                 )
             time.sleep(0.002)
+    clock.lap("drain")
     _carry_sequences(cfg, plan, rec)
-    settings = msgspec.structs.replace(cfg.verify, rows_per_second=0.0)
-    report = verify_tables(cfg, plan, tables, settings).report
+    clock.lap("sequences")
+    settings = msgspec.structs.replace(cfg.verify, rows_per_second=0.0, chunk_rows=5000)
+    by_source: dict[str, list[TableMapping]] = {}
+    for m in tables:
+        by_source.setdefault(m.source, []).append(m)
+    # One thread per legacy file: SQLite reads (apsw lets go of the GIL) overlap.
+    with ThreadPoolExecutor(max_workers=min(8, len(by_source))) as pool:
+        parts = list(
+            pool.map(lambda ms: verify_tables(cfg, plan, ms, settings).report, by_source.values())
+        )
+    report = msgspec.structs.replace(parts[0], tables=[t for p in parts for t in p.tables])
+    clock.lap("verify")
     bad = [t for t in report.tables if t.state != "equal"]
     if bad:
         raise TargetError(
@@ -187,6 +210,16 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
     rec.state, rec.error = "done", None
     save_record(cfg.state_dir, rec)
     echo(f"{rec.target}: drained, verified equal ({sum(t.rows for t in rec.tables)} rows)")
+
+
+class _Clock:
+    def __init__(self, rec: CutoverRecord) -> None:
+        self.rec, self.t = rec, time.monotonic()
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self.rec.steps_ms[step] = round((now - self.t) * 1000.0, 2)
+        self.t = now
 
 
 def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:

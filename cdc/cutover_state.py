@@ -36,6 +36,7 @@ class CutoverRecord(msgspec.Struct):
     log_offset: int = 0  # the target's checkpoint when it was done
     fenced_at: float | None = None
     done_at: float | None = None
+    steps_ms: dict[str, float] = {}  # how long each step under the fence took
     pause_ms: float | None = None  # first fence to done: how long the bots had no table
     error: str | None = None
 
