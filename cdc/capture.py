@@ -200,18 +200,20 @@ def _drop_triggers(conn: apsw.Connection, tid: int) -> None:
         conn.execute(f"DROP TRIGGER IF EXISTS {name}")
 
 
-def uninstall(conn: apsw.Connection) -> int:
-    """Remove every trigger and table `install` created, and nothing else. Returns tables released."""
+def uninstall(conn: apsw.Connection, keep_fences: bool = False) -> int:
+    """Remove every trigger and table `install` created, and nothing else. Returns tables
+    released. A cutover's fences (`cdc.fence`) go too, unless `keep_fences`: a finalized
+    stage keeps them, so a stale bot's write to the legacy file still fails loudly."""
     try:
         with write_transaction(conn):
             tids = list(installed_tables(conn).values())
             for tid in tids:
                 _drop_triggers(conn, tid)
-            fences = conn.execute(  # a cutover's fences (cdc.fence) go with the rest
+            fences = conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='trigger' "
                 "AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
             ).fetchall()
-            for (name,) in fences:
+            for (name,) in [] if keep_fences else fences:
                 conn.execute(f"DROP TRIGGER IF EXISTS {name}")
             for t in (CHANGES, TABLES, META):
                 conn.execute(f"DROP TABLE IF EXISTS {t}")

@@ -295,6 +295,28 @@ def cutover(
         click.echo(line)
 
 
+@cli.command()
+@config_option
+@click.argument("target")
+@click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the archive copies go (default: <state_dir>/archive).",
+)
+def finalize(config_path: str, target: str, archive_dir: str | None) -> None:
+    """End a cut-over stage: archive the legacy files it emptied (verified copies and a
+    SHA-256 manifest; originals untouched) and remove capture from them."""
+    from cdc.finalize import finalize as run_finalize
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg))
+    m = _run(lambda: run_finalize(cfg, plan, target, archive_dir, echo=click.echo))
+    click.echo(f"{target}: finalized; {len(m.files)} files archived, {len(m.waiting)} waiting")
+
+
 EXIT_TIMEOUT = 75
 
 

@@ -72,7 +72,7 @@ def cutover(
 ) -> CutoverRecord:
     tables = stage_tables(plan, target)
     rec = read_record(cfg.state_dir, target)
-    if rec is not None and rec.state == "done":
+    if rec is not None and rec.state in ("done", "finalized"):
         echo(f"{target}: already cut over at {_when(rec.done_at)}")
         return rec
     if not tables:
@@ -278,7 +278,7 @@ def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) ->
     rec = read_record(cfg.state_dir, target)
     if rec is None or rec.state == "aborted":
         raise CutoverError(f"{target}: no cutover in progress")
-    if rec.state == "done":
+    if rec.state in ("done", "finalized"):
         raise CutoverError(
             f"{target}: the cutover is done and the bots may have written to {rec.path}",
             hint="going back needs the rollback window (not built yet): see docs/runbook.md",

@@ -29,7 +29,7 @@ class CutoverTable(msgspec.Struct):
 class CutoverRecord(msgspec.Struct):
     target: str
     path: str
-    state: str  # "fencing", "fenced", "done", "aborted"
+    state: str  # "fencing", "fenced", "done", "aborted", "finalized"
     started_at: float
     tables: list[CutoverTable] = []
     fences: list[FenceMark] = []
@@ -39,6 +39,8 @@ class CutoverRecord(msgspec.Struct):
     steps_ms: dict[str, float] = {}  # how long each step under the fence took
     pause_ms: float | None = None  # first fence to done: how long the bots had no table
     error: str | None = None
+    finalized_at: float | None = None
+    archive: str | None = None  # the manifest of the archived legacy files
 
 
 def record_path(state_dir: str, target: str) -> str:
@@ -69,7 +71,7 @@ def cut_over_tables(state_dir: str) -> dict[tuple[str, str], CutoverRecord]:
     return {
         (t.source, t.table): r
         for r in read_records(state_dir)
-        if r.state == "done"
+        if r.state in ("done", "finalized")
         for t in r.tables
     }
 
@@ -90,3 +92,18 @@ def save_record(state_dir: str, rec: CutoverRecord) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def finalized_sources(state_dir: str) -> set[str]:
+    """Sources whose legacy file was archived and released by `cdc finalize`: nothing of
+    them is captured any more, so the daemon and `cdc install` leave them alone."""
+    out: set[str] = set()
+    for r in read_records(state_dir):
+        if r.state == "finalized" and r.archive:
+            try:
+                with open(r.archive, "rb") as f:
+                    files = msgspec.json.decode(f.read()).get("files", [])
+            except (OSError, msgspec.DecodeError):
+                continue
+            out.update(x["source"] for x in files)
+    return out

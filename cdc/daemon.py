@@ -24,6 +24,7 @@ from watchdog.observers import Observer
 from cdc import repair
 from cdc.changelog import LogWriter
 from cdc.config import Config
+from cdc.cutover_state import finalized_sources
 from cdc.errors import CdcError, DaemonError, LogCorruptError, TargetError
 from cdc.harvester import Harvester
 from cdc.plan import Plan, resolve_plan
@@ -81,8 +82,9 @@ class Daemon:
         self.writer = LogWriter(cfg.log_dir, self.settings.segment_bytes)
         self.harvesters: list[Harvester] = []
         self.runtime: dict[str, SourceRuntime] = {}
+        released = finalized_sources(cfg.state_dir)
         for sp in self.plan.sources:
-            if not sp.tables:
+            if not sp.tables or sp.name in released:
                 continue
             h = Harvester(sp, self.writer, self.settings)
             h.open()
@@ -101,6 +103,7 @@ class Daemon:
             )
         self.started_at = time.time()
         self._observer = None
+        self._released: set[str] = set()  # harvest threads done for good (finalized source)
 
     # -- threads ---------------------------------------------------------------------------
     def _harvest_loop(self, h: Harvester) -> None:
@@ -135,6 +138,11 @@ class Daemon:
             except LogCorruptError as e:
                 return self._die(e)
             except (CdcError, apsw.Error, OSError) as e:
+                if name in finalized_sources(self.cfg.state_dir):
+                    log.info("source %s: finalized (archived, capture removed); done", name)
+                    rt.snapshot, rt.last_error = "finalized", None
+                    self._released.add(threading.current_thread().name)
+                    return
                 rt.last_error = f"{type(e).__name__}: {e}"
                 rt.errors += 1
                 log.error("source %s: %s", name, e)
@@ -281,7 +289,7 @@ class Daemon:
             "in a worker process" if self.worker else "in a thread",
         )
         while not self.stop_event.wait(0.2):
-            if not all(t.is_alive() for t in threads[:-1]):
+            if not all(t.is_alive() or t.name in self._released for t in threads[:-1]):
                 self._die(DaemonError("a worker thread died unexpectedly"))
         for ev in self.wakes.values():
             ev.set()

@@ -8,6 +8,7 @@ import msgspec
 
 from cdc import capture
 from cdc.config import Config
+from cdc.cutover_state import finalized_sources
 from cdc.inventory import list_tables
 from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy
@@ -34,9 +35,10 @@ class InstallReport(msgspec.Struct):
 def install(cfg: Config, plan: Plan | None = None) -> InstallReport:
     """Resolve the plan (failing before touching any file if it is wrong), then install."""
     plan = plan or resolve_plan(cfg)
+    released = finalized_sources(cfg.state_dir)
     out = []
     for sp in plan.sources:
-        if not sp.tables:
+        if not sp.tables or sp.name in released:
             continue
         conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
         try:

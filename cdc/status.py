@@ -17,7 +17,7 @@ import msgspec
 from cdc import capture
 from cdc.changelog import LogReader, list_segments
 from cdc.config import Config
-from cdc.cutover_state import CutoverRecord, read_records
+from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
 from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy
@@ -187,8 +187,13 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         )
 
     sources = []
+    released = finalized_sources(cfg.state_dir)
     for sp in plan.sources:
         st = SourceStatus(sp.name, sp.path, len(sp.tables), False)
+        if sp.name in released:  # archived and released by `cdc finalize`
+            st.snapshot = "finalized"
+            sources.append(st)
+            continue
         if not sp.tables:
             st.snapshot = "nothing mapped"
         rt = ds.sources.get(sp.name) if ds else None

@@ -4,6 +4,7 @@ final proof, the durable record, and resuming after a SIGKILL at each step."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -168,6 +169,42 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     r = cdc_cmd("verify", "--json", "-c", str(cfg))
     assert r.returncode == 0, r.stderr
     assert {t["state"] for t in json.loads(r.stdout)["tables"]} == {"cut over"}
+
+    # finalize: analytics' files still feed core... all cut over here, so both archive
+    before = {p.name: p.stat().st_size for p in (tmp_path / "legacy").glob("*.db")}
+    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 files archived" in r.stdout
+    manifest = json.loads((tmp_path / "state/archive/manifest-analytics.json").read_text())
+    for f in manifest["files"]:
+        assert Path(f["original"]).exists()  # originals are never removed
+        assert f["integrity"] == "ok"
+        assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
+        with contextlib.closing(sqlite3.connect(f["original"], timeout=10)) as c:
+            left = c.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE '\\_cdc\\_%' ESCAPE '\\' "
+                "AND type='table'"
+            ).fetchall()
+            assert left == []  # capture removed
+            with pytest.raises(sqlite3.IntegrityError, match="moved to"):
+                c.execute("INSERT INTO kv VALUES ('stale bot', 1)")  # fences stay
+        with (
+            contextlib.closing(sqlite3.connect(f["archive"])) as a,
+            contextlib.closing(sqlite3.connect(f["original"])) as o,
+        ):
+            assert (
+                a.execute("SELECT count(*) FROM kv").fetchone()
+                == o.execute("SELECT count(*) FROM kv").fetchone()
+            )
+    assert set(before) == {p.name for p in (tmp_path / "legacy").glob("*.db")}
+    r = cdc_cmd("finalize", "core", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 files archived" in r.stdout  # the analytics stage archived them already
+    for f in manifest["files"]:  # and those copies still match their manifest
+        assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
+    st = json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
+    assert {s["snapshot"] for s in st["sources"]} == {"finalized"}
+    assert st["daemon"]["state"] == "running"  # its harvesters let go of the files
     assert d.stop() == 0, d.output()
 
 

@@ -1,0 +1,170 @@
+"""Finalize a cut-over stage: archive the legacy files it emptied, then remove capture.
+
+The archive is a consistent copy made with SQLite's backup API (never a raw copy of a file
+beside a live `-wal`: that copies a database without its newest commits, which is how the
+real system's own archive step went wrong), fsynced, then read back: `PRAGMA
+integrity_check` and a SHA-256 taken again from the file on disk must agree with what was
+written. `manifest.json` lists every copy with its size and digest. The originals are
+never deleted or moved.
+
+A legacy file is archived and loses its capture (triggers, `_cdc_*` tables) only once
+every one of its mapped tables belongs to a stage that is cut over; its fences stay, so a
+stale bot's write still fails with the message naming the table's new home. Finalizing a
+stage whose files still feed another stage archives nothing of those files yet and says
+which stage they wait for; finalizing that stage later archives them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import apsw
+import msgspec
+
+from cdc import capture
+from cdc.config import Config
+from cdc.cutover_state import (
+    CutoverRecord,
+    finalized_sources,
+    read_record,
+    read_records,
+    save_record,
+)
+from cdc.errors import CdcError
+from cdc.plan import Plan
+from cdc.sqlconn import open_legacy
+
+
+class ArchivedFile(msgspec.Struct):
+    source: str
+    original: str
+    archive: str
+    size: int
+    sha256: str
+    integrity: str
+    tables: list[str]
+    archived_at: float
+
+
+class ArchiveManifest(msgspec.Struct):
+    target: str
+    created_at: float
+    files: list[ArchivedFile] = []
+    waiting: dict[str, list[str]] = {}  # source -> stages it still feeds
+
+
+class FinalizeError(CdcError):
+    exit_code = 13
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def archive_copy(src_path: str, dest: str, busy_timeout_ms: int) -> tuple[int, str, str]:
+    """A consistent, verified copy of a live SQLite file: (size, sha256, integrity)."""
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    tmp = dest + ".partial"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    src = open_legacy(src_path, busy_timeout_ms, readonly=True)
+    out = apsw.Connection(tmp)
+    try:
+        with out.backup("main", src, "main") as b:
+            while not b.done:
+                b.step(1024)  # the source is locked only while a step copies its pages
+        out.execute("PRAGMA journal_mode=DELETE").fetchall()  # one self-contained file
+    finally:
+        out.close()
+        src.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    written = _sha256(tmp)
+    os.replace(tmp, dest)
+    fd = os.open(os.path.dirname(dest), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    check = apsw.Connection(dest, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        integrity = check.execute("PRAGMA integrity_check").fetchall()[0][0]
+    finally:
+        check.close()
+    again = _sha256(dest)
+    if again != written or integrity != "ok":
+        raise FinalizeError(
+            f"{dest}: the archive copy does not verify (integrity {integrity!r}, "
+            f"sha256 {written[:12]} written, {again[:12]} read back)",
+            hint="check the disk; the original is untouched",
+        )
+    return os.path.getsize(dest), again, integrity
+
+
+def finalize(
+    cfg: Config, plan: Plan, target: str, archive_dir: str | None = None, echo=lambda _s: None
+) -> ArchiveManifest:  # noqa: ANN001
+    rec = read_record(cfg.state_dir, target)
+    if rec is None or rec.state not in ("done", "finalized"):
+        raise FinalizeError(
+            f"{target}: not cut over (state {rec.state if rec else 'none'}); nothing to finalize",
+            hint=f"run `cdc cutover {target}` first",
+        )
+    cut = {
+        (t.source, t.table)
+        for r in read_records(cfg.state_dir)
+        if r.state in ("done", "finalized")
+        for t in r.tables
+    }
+    root = archive_dir or os.path.join(cfg.state_dir, "archive")
+    manifest = ArchiveManifest(target, time.time())
+    released = finalized_sources(cfg.state_dir)
+    for source in sorted({t.source for t in rec.tables}):
+        sp = plan.source(source)
+        if source in released:
+            echo(f"{source}: archived already (by an earlier finalize)")
+            continue
+        pending = sorted({m.target for m in sp.tables if (m.source, m.table) not in cut})
+        if pending:
+            manifest.waiting[source] = pending
+            echo(f"{source}: still feeds {', '.join(pending)}; archived when that is cut over")
+            continue
+        dest = os.path.join(root, source, os.path.basename(sp.path))
+        size, digest, integrity = archive_copy(sp.path, dest, cfg.daemon.busy_timeout_ms)
+        manifest.files.append(
+            ArchivedFile(
+                source,
+                sp.path,
+                dest,
+                size,
+                digest,
+                integrity,
+                sorted(m.table for m in sp.tables),
+                time.time(),
+            )
+        )
+        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
+        try:
+            capture.uninstall(conn, keep_fences=True)
+        finally:
+            conn.close()
+        echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
+    path = os.path.join(root, f"manifest-{target}.json")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
+    save_record(cfg.state_dir, rec)
+    return manifest
+
+
+__all__ = ["ArchiveManifest", "ArchivedFile", "CutoverRecord", "FinalizeError", "finalize"]
