@@ -43,6 +43,9 @@ class CutoverRecord(msgspec.Struct):
     archive: str | None = None  # the manifest of the archived legacy files
 
 
+_RECORD = msgspec.json.Decoder(CutoverRecord)  # built at import: see cdc.fence
+
+
 def record_path(state_dir: str, target: str) -> str:
     return os.path.join(state_dir, CUTOVER_DIR, f"{target}.json")
 
@@ -50,7 +53,7 @@ def record_path(state_dir: str, target: str) -> str:
 def read_record(state_dir: str, target: str) -> CutoverRecord | None:
     try:
         with open(record_path(state_dir, target), "rb") as f:
-            return msgspec.json.decode(f.read(), type=CutoverRecord)
+            return _RECORD.decode(f.read())
     except FileNotFoundError:
         return None
 

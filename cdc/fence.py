@@ -44,6 +44,11 @@ class FenceMark(msgspec.Struct, frozen=True):
     fenced_at: float
 
 
+# Decoders are built once, at import: msgspec 0.22 can crash when several threads make
+# their first typed decode of one Struct at the same moment (found by the cutover bench).
+_MARK = msgspec.json.Decoder(FenceMark)
+
+
 def trigger_names(tid: int) -> list[str]:
     return [f"_cdc_fence{tid}_{s}" for s in ("ins", "upd", "del")]
 
@@ -83,7 +88,7 @@ def fence(conn: apsw.Connection, source: str, path: str, moved: dict[str, str]) 
                 for sql in fence_sql(tids[table], table, message):
                     conn.execute(sql)
             row = conn.execute(f"SELECT v FROM {capture.META} WHERE k=?", (key,)).fetchone()
-            old = msgspec.json.decode(row[0], type=FenceMark) if row else None
+            old = _MARK.decode(row[0]) if row else None
             seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
             tables = sorted(set(moved) | set(old.tables if old else []))
             mark = FenceMark(
@@ -110,7 +115,7 @@ def unfence(conn: apsw.Connection, path: str, tables: list[str] | None = None) -
     with write_transaction(conn):
         tids = capture.installed_tables(conn)
         row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='fence'").fetchone()
-        mark = msgspec.json.decode(row[0], type=FenceMark) if row else None
+        mark = _MARK.decode(row[0]) if row else None
         fenced = mark.tables if mark else []
         lift = [t for t in fenced if tables is None or t in tables]
         for t in lift:
@@ -132,4 +137,4 @@ def fenced_tables(conn: apsw.Connection) -> FenceMark | None:
     if not capture.is_installed(conn):
         return None
     row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='fence'").fetchone()
-    return msgspec.json.decode(row[0], type=FenceMark) if row else None
+    return _MARK.decode(row[0]) if row else None

@@ -39,6 +39,11 @@ class RepairDone(msgspec.Struct):
     error: str | None = None
 
 
+# Built at import: several harvest threads decode requests (see cdc.fence on why).
+_REQUEST = msgspec.msgpack.Decoder(RepairRequest)
+_DONE = msgspec.msgpack.Decoder(RepairDone)
+
+
 def _dir(state_dir: str) -> str:
     return os.path.join(state_dir, REQUESTS_DIR)
 
@@ -69,7 +74,7 @@ def pending(state_dir: str, source: str) -> list[RepairRequest]:
     for n in names:
         try:
             with open(os.path.join(_dir(state_dir), n), "rb") as f:
-                req = msgspec.msgpack.decode(f.read(), type=RepairRequest)
+                req = _REQUEST.decode(f.read())
         except (OSError, msgspec.DecodeError):
             continue
         if req.source == source:
@@ -91,7 +96,7 @@ def wait_done(state_dir: str, req: RepairRequest, timeout: float, alive) -> Repa
     while time.monotonic() < deadline:
         try:
             with open(path, "rb") as f:
-                done = msgspec.msgpack.decode(f.read(), type=RepairDone)
+                done = _DONE.decode(f.read())
             os.unlink(path)
             return done
         except FileNotFoundError:

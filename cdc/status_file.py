@@ -7,6 +7,7 @@ the targets, so status works (and says so) when the daemon is down.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TypeVar
 
 import msgspec
@@ -56,10 +57,25 @@ def write_json_atomic(path: str, value: msgspec.Struct) -> None:
     os.replace(tmp, path)
 
 
+_decoders: dict[type, msgspec.json.Decoder] = {}
+_decoders_lock = threading.Lock()
+
+
+def _decoder(type_: type[T]) -> msgspec.json.Decoder:
+    """One decoder per type, made under a lock: msgspec 0.22 can crash when several threads
+    make their first typed decode of one Struct at the same moment (the daemon's threads
+    all read status files)."""
+    with _decoders_lock:
+        dec = _decoders.get(type_)
+        if dec is None:
+            dec = _decoders[type_] = msgspec.json.Decoder(type_)
+        return dec
+
+
 def read_json(path: str, type_: type[T]) -> T | None:
     try:
         with open(path, "rb") as f:
-            return msgspec.json.decode(f.read(), type=type_)
+            return _decoder(type_).decode(f.read())
     except (FileNotFoundError, msgspec.DecodeError):
         return None
 
