@@ -262,7 +262,8 @@ def wait(config_path: str, targets: tuple[str, ...], zero_lag: bool, timeout: fl
         _fail(ConfigError(f"no such target: {', '.join(unknown)}"))
     ok, state = _run(lambda: wait_zero_lag(cfg, plan, list(targets or plan.targets), timeout))
     for s in state:
-        click.echo(f"{s.source}: captured {s.captured}, behind {s.behind}")
+        copying = f", initial copy pending: {', '.join(s.copying)}" if s.copying else ""
+        click.echo(f"{s.source}: captured {s.captured}, behind {s.behind}{copying}")
     click.echo("zero lag" if ok else f"still behind after {timeout:g}s")
     sys.exit(0 if ok else EXIT_TIMEOUT)
 

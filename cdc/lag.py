@@ -18,17 +18,21 @@ from cdc.config import Config
 from cdc.errors import SourceError
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy
-from checkpoints.store import SOURCES
+from checkpoints.store import SNAPSHOTS, SOURCES
 
 
 class SourceLag(msgspec.Struct):
     source: str
     captured: int
     applied: dict[str, int]  # target -> applied sequence of this source
+    copying: list[str] = []  # tables whose initial copy the target does not have yet
 
     @property
     def behind(self) -> int:
-        return max([self.captured - a for a in self.applied.values()] + [0])
+        """Changes not applied (at least 1 while an initial copy is missing: the snapshot's
+        rows carry no capture sequence, so sequences alone would call it caught up)."""
+        seqs = max([self.captured - a for a in self.applied.values()] + [0])
+        return max(seqs, 1) if self.copying else seqs
 
 
 def applied_seq(target_path: str, source: str) -> int:
@@ -50,6 +54,26 @@ def applied_seq(target_path: str, source: str) -> int:
         conn.close()
 
 
+def snapshots_done(target_path: str, source: str) -> set[str]:
+    try:
+        conn = apsw.Connection(target_path, flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.CantOpenError:
+        return set()
+    try:
+        conn.set_busy_timeout(2000)
+        return {
+            r[0]
+            for r in conn.execute(
+                f"SELECT tbl FROM {SNAPSHOTS} WHERE consumer='replicator' AND source=?",
+                (source,),
+            )
+        }
+    except apsw.SQLError:
+        return set()
+    finally:
+        conn.close()
+
+
 def captured_seq(cfg: Config, path: str) -> int:
     conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
     try:
@@ -67,9 +91,14 @@ def lag(cfg: Config, plan: Plan, targets: list[str]) -> list[SourceLag]:
         if not fed:
             continue
         captured = captured_seq(cfg, sp.path)  # first: see the module docstring
-        out.append(
-            SourceLag(sp.name, captured, {t: applied_seq(plan.targets[t], sp.name) for t in fed})
+        applied = {t: applied_seq(plan.targets[t], sp.name) for t in fed}
+        done = {t: snapshots_done(plan.targets[t], sp.name) for t in fed}
+        copying = sorted(
+            f"{m.table} -> {m.target}"
+            for m in sp.tables
+            if m.target in done and m.table not in done[m.target]
         )
+        out.append(SourceLag(sp.name, captured, applied, copying))
     return out
 
 

@@ -210,6 +210,9 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
 
 def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, daemons) -> None:
     cfg = live_setup(tmp_path)
+    # nothing copied yet: sequences alone would say "caught up" (snapshot rows have none)
+    r = cdc_cmd("wait", "--zero-lag", "--timeout", "0.2", "-c", str(cfg))
+    assert r.returncode == 75 and "initial copy pending: accounts -> core" in r.stdout, r.stdout
     d = daemons(cfg)
     bots = workload.start(tmp_path, ["alpha", "gamma"], seconds=600)
     state = str(tmp_path / "state")
