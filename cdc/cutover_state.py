@@ -33,6 +33,10 @@ class CutoverRecord(msgspec.Struct):
     started_at: float
     tables: list[CutoverTable] = []
     fences: list[FenceMark] = []
+    pre_offset: int = 0  # the target's log offset when the pass before the fence started
+    pre_verified: list[str] = []  # "source.table" proven equal by that pass
+    verified_in_full: int = 0  # tables verified in full under the fence
+    keys_checked: int = 0  # keys changed since the pass, checked one by one under the fence
     log_offset: int = 0  # the target's checkpoint when it was done
     fenced_at: float | None = None
     done_at: float | None = None

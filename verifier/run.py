@@ -128,6 +128,31 @@ def verify_tables(
     return PassResult(report, keys)
 
 
+def verify_keys(
+    cfg: Config,
+    plan: Plan,
+    m: TableMapping,
+    keys: list[list],
+    settings: VerifySettings | None = None,
+) -> TableResult:
+    """Compare only `keys` of one quiet table, plus its row counts (see
+    `TableVerifier.check_keys`)."""
+    busy = cfg.daemon.busy_timeout_ms
+    try:
+        src = open_legacy(plan.source(m.source).path, busy, readonly=True)
+    except SourceError as e:
+        return _skipped(m, str(e))
+    tgt = open_target_readonly(plan.targets[m.target], busy)
+    try:
+        if tgt is None:
+            return _skipped(m, f"target file {plan.targets[m.target]} does not exist")
+        return TableVerifier(src, tgt, m, settings or cfg.verify).check_keys(keys)
+    finally:
+        src.close()
+        if tgt is not None:
+            tgt.close()
+
+
 def _foreign_tags(
     plan: Plan, tables: list[TableMapping], results: list[TableResult], busy: int
 ) -> None:

@@ -140,6 +140,15 @@ class TableSides:
             f"{self._src_select}{where} ORDER BY {', '.join(self.skeys)}", args
         ).fetchall()
 
+    def source_count(self, conn: apsw.Connection) -> int:
+        return conn.execute(f"SELECT count(*) FROM {q(self.info.name)}").fetchone()[0]
+
+    def target_count(self, conn: apsw.Connection) -> int:
+        tag_cond, tag_args = self._tag
+        where = f" WHERE {tag_cond}" if tag_cond else ""
+        sql = f"SELECT count(*) FROM {q(self.shape.target_table)}{where}"
+        return conn.execute(sql, tag_args).fetchone()[0]
+
     def source_null_rows(self, conn: apsw.Connection) -> list[tuple]:
         return conn.execute(f"{self._src_select} WHERE {self._src_null}").fetchall()
 
