@@ -40,7 +40,7 @@ from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
 from cdc.status import daemon_running, read_checkpoint
 from verifier import verify_tables
-from verifier.model import VerifyReport
+from verifier.model import TableResult, VerifyReport
 from verifier.run import verify_keys
 
 
@@ -91,9 +91,9 @@ def cutover(
             plan.targets[target],
             "fencing",
             time.time(),
-            [CutoverTable(m.source, m.table, m.target_table, m.tag_column, m.tag) for m in tables],
+            [_table(m, proven.get(f"{m.source}.{m.table}")) for m in tables],
             pre_offset=pre_offset,
-            pre_verified=proven,
+            pre_verified=sorted(proven),
         )
         save_record(cfg.state_dir, rec)
     _step_done("fencing")
@@ -114,7 +114,14 @@ def cutover(
     return rec
 
 
-def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, list[str]]:  # noqa: ANN001
+def _table(m: TableMapping, proven: TableResult | None) -> CutoverTable:
+    t = CutoverTable(m.source, m.table, m.target_table, m.tag_column, m.tag)
+    if proven is not None:
+        t.rows, t.digest = proven.source_rows, proven.source_digest
+    return t
+
+
+def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]:  # noqa: ANN001
     """Checks, then a full verification while the bots still write (position-aware), so
     that under the fence only the keys changed since need checking."""
     from verifier.continuous import read_verifier_status
@@ -148,7 +155,7 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, list[
             + ", ".join(f"{t.source}.{t.table}" for t in bad),
             hint="repair them (`cdc repair`), then cut over",
         )
-    proven = [f"{t.source}.{t.table}" for t in report.tables if t.state == "equal"]
+    proven = {f"{t.source}.{t.table}": t for t in report.tables if t.state == "equal"}
     echo(f"{target}: {len(proven)} of {len(tables)} tables verified equal before the fence")
     _checkpoint_target(cfg, plan.targets[target])
     return pre_offset, proven
@@ -174,12 +181,27 @@ def _final_verification(cfg, plan, rec: CutoverRecord, tables):  # noqa: ANN001,
     if full:
         results += _verify_parallel(cfg, plan, full).tables
     keys = changed.get("keys", {}) if changed else {}
-    if quick:
-        with ThreadPoolExecutor(max_workers=min(8, len(quick))) as pool:
+    # A table the log did not touch since the pass is as the pass proved it: no read needed.
+    touched = [m for m in quick if keys.get((m.source, m.table))]
+    now = time.time()
+    results += [
+        TableResult(
+            m.source,
+            m.table,
+            m.target,
+            m.target_table,
+            "equal",
+            "unchanged since the verification before the fence",
+            started_at=now,
+            finished_at=now,
+        )
+        for m in quick
+        if m not in touched
+    ]
+    if touched:
+        with ThreadPoolExecutor(max_workers=min(8, len(touched))) as pool:
             results += list(
-                pool.map(
-                    lambda m: verify_keys(cfg, plan, m, keys.get((m.source, m.table), [])), quick
-                )
+                pool.map(lambda m: verify_keys(cfg, plan, m, keys[(m.source, m.table)]), touched)
             )
     rec.verified_in_full = len(full)
     rec.keys_checked = sum(len(keys.get((m.source, m.table), [])) for m in quick)
@@ -294,9 +316,11 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
             "final verification: " + ", ".join(f"{t.source}.{t.table} {t.state}" for t in bad)
         )
     by_key = {(t.source, t.table): t for t in report.tables}
-    for t in rec.tables:
+    for t in rec.tables:  # a table unchanged since the pass keeps the pass's rows and digest
         v = by_key[(t.source, t.table)]
-        t.rows, t.digest = v.source_rows, v.source_digest
+        if v.chunks:
+            t.rows = v.source_rows
+            t.digest = v.source_digest or t.digest
     rec.log_offset = read_checkpoint(target_path)
     rec.done_at = time.time()
     rec.pause_ms = (rec.done_at - rec.fenced_at) * 1000.0
