@@ -280,7 +280,7 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
 
     # All files at once: the bots' pause starts at the first fence, so fencing the files
     # one after the other would add their commit times up.
-    with ThreadPoolExecutor(max_workers=min(8, len(by_source))) as pool:
+    with ThreadPoolExecutor(max_workers=min(32, len(by_source))) as pool:
         marks = list(pool.map(one, sorted(by_source.items())))
     for m in marks:
         echo(f"{rec.target}: fenced {len(m.tables)} tables of {m.source}")
@@ -346,26 +346,24 @@ def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
     for t in rec.tables:
         if t.tag_column is None:
             wanted.setdefault(t.source, []).append(t)
-    counters: dict[str, int] = {}
-    for source, ts in wanted.items():
+
+    def read(item: tuple[str, list[CutoverTable]]) -> None:
+        source, ts = item
         conn = open_legacy(plan.source(source).path, cfg.daemon.busy_timeout_ms, readonly=True)
         try:
-            has = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'"
-            ).fetchone()
-            for t in ts:
-                row = (
-                    conn.execute(
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchone():
+                for t in ts:
+                    row = conn.execute(
                         "SELECT seq FROM sqlite_sequence WHERE name=?", (t.table,)
                     ).fetchone()
-                    if has
-                    else None
-                )
-                if row is not None:
-                    counters[t.target_table] = row[0]
-                    t.sequence = row[0]
+                    t.sequence = row[0] if row else None
         finally:
             conn.close()
+
+    if wanted:  # every file at once: this runs while the bots are fenced
+        with ThreadPoolExecutor(max_workers=min(32, len(wanted))) as pool:
+            list(pool.map(read, wanted.items()))
+    counters = {t.target_table: t.sequence for t in rec.tables if t.sequence is not None}
     if not counters:
         return
     conn = open_target(plan.targets[rec.target], cfg.daemon.busy_timeout_ms)
