@@ -51,6 +51,7 @@ from tests.corpus import (
     make_config,
     read_plan_json,
     run_cli,
+    spawn_daemon,
 )
 
 GOAL_P99_MS = 100.0
@@ -323,13 +324,7 @@ def run_round(root: Path) -> dict:
     r = run_cli("install", toml, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     log = root / "daemon.log"
-    with open(log, "wb") as logf:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "run", "-c", str(toml)],
-            cwd=REPO,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = spawn_daemon(toml, log)
     bots: list = []
     stages: dict[str, dict] = {}
     try:

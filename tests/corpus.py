@@ -396,6 +396,17 @@ def assert_nothing_orphaned(plan: Plan, plan_json: dict, legacy: Path) -> None:
         assert not (set(sp.excluded) & {m.table for m in sp.tables}), (rel, sp.excluded)
 
 
+def spawn_daemon(toml: Path, log: Path) -> subprocess.Popen:
+    """`cdc run` as its own process, output into `log`."""
+    with open(log, "wb") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run", "-c", str(toml)],
+            cwd=REPO,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def run_cli(*args: object, timeout: float = WAIT) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "cdc", args[0], "-c", str(args[1]), *map(str, args[2:])]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)

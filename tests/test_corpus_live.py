@@ -14,7 +14,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,6 @@ from cdc.errors import PlanError
 from cdc.plan import Plan, resolve_plan
 from cdc.status import collect_status
 from tests.corpus import (
-    REPO,
     WAIT,
     assert_nothing_orphaned,
     cdc_objects,
@@ -35,6 +33,7 @@ from tests.corpus import (
     make_config,
     run_cli,
     source_names,
+    spawn_daemon,
 )
 from verifier.compare import compare_plan
 from verifier.continuous import read_verifier_status
@@ -310,13 +309,7 @@ def test_resolved_plan_replicates_live_writes(
     assert not touched & {"database.db", "data/alerts.db", "data/recycle_test.db"}
 
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "run", "-c", str(toml)],
-            cwd=REPO,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn_daemon(toml, log)
     try:
         _wait_for("the snapshot", lambda: _caught_up(cfg, plan), proc, log)
         snap = compare_plan(plan)
