@@ -142,6 +142,7 @@ class Daemon:
                     log.info("source %s: finalized (archived, capture removed); done", name)
                     rt.snapshot, rt.last_error = "finalized", None
                     self._released.add(threading.current_thread().name)
+                    h.close()  # let go of the file: it is the archive's original now
                     return
                 rt.last_error = f"{type(e).__name__}: {e}"
                 rt.errors += 1
