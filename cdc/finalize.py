@@ -23,7 +23,7 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc import capture, guard
 from cdc.config import Config
 from cdc.cutover_state import (
     CutoverRecord,
@@ -123,12 +123,20 @@ def finalize(
         for t in r.tables
     }
     root = archive_dir or os.path.join(cfg.state_dir, "archive")
+    path = os.path.join(root, f"manifest-{target}.json")
     manifest = ArchiveManifest(target, time.time())
+    try:  # a finalize run again (after a refusal) keeps what the first one archived
+        with open(path, "rb") as f:
+            manifest = msgspec.json.decode(f.read(), type=ArchiveManifest)
+    except FileNotFoundError:
+        pass
     released = finalized_sources(cfg.state_dir)
+    guards: list[tuple[str, str]] = []
     for source in sorted({t.source for t in rec.tables}):
         sp = plan.source(source)
         if source in released:
             echo(f"{source}: archived already (by an earlier finalize)")
+            _guard(sp.path, rec, echo)
             continue
         pending = sorted({m.target for m in sp.tables if (m.source, m.table) not in cut})
         if pending:
@@ -155,7 +163,7 @@ def finalize(
         finally:
             conn.close()
         echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
-    path = os.path.join(root, f"manifest-{target}.json")
+        guards.append((sp.path, source))
     os.makedirs(root, mode=0o700, exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         f.write(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
@@ -164,7 +172,20 @@ def finalize(
     os.replace(path + ".tmp", path)
     rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
     save_record(cfg.state_dir, rec)
+    for legacy, _source in guards:  # after the record: a refusal here is resumed by a rerun
+        _guard(legacy, rec, echo)
     return manifest
+
+
+def _guard(legacy: str, rec: CutoverRecord, echo) -> None:  # noqa: ANN001
+    msg = (
+        f"Its tables now live in {rec.path} (cut over {time.ctime(rec.done_at or 0)}); "
+        f"the original file is {legacy}{guard.MOVED_SUFFIX}; archive manifest {rec.archive}."
+    )
+    if guard.is_guard(legacy):
+        return
+    moved = guard.guard(legacy, msg)
+    echo(f"{legacy}: guarded (a stale bot's open now fails); original kept as {moved}")
 
 
 __all__ = ["ArchiveManifest", "ArchivedFile", "CutoverRecord", "FinalizeError", "finalize"]

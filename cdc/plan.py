@@ -17,6 +17,7 @@ import msgspec
 
 from cdc.config import Config, RuleConfig
 from cdc.errors import PlanError
+from cdc.guard import is_guard
 from cdc.inventory import TableInfo, list_tables
 from cdc.sqlconn import open_legacy
 
@@ -106,6 +107,9 @@ def resolve_plan(
             tables = inventories[name]
         else:
             if not os.path.exists(path) and not required:
+                continue
+            if is_guard(path):  # finalized: the data moved (cdc.guard), nothing to map
+                sources.append((name, path, []))
                 continue
             try:
                 conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)

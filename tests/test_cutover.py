@@ -170,17 +170,34 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     assert r.returncode == 0, r.stderr
     assert {t["state"] for t in json.loads(r.stdout)["tables"]} == {"cut over"}
 
-    # finalize: analytics' files still feed core... all cut over here, so both archive
+    # finalize: every file is cut over (both stages), so analytics' finalize archives all
+    # three. A stale bot still holding one open is named, and that file is not moved.
     before = {p.name: p.stat().st_size for p in (tmp_path / "legacy").glob("*.db")}
+    alpha = str(tmp_path / "legacy/alpha.db")
+    stale = sqlite3.connect(alpha)
+    stale.execute("SELECT count(*) FROM kv").fetchall()
     r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
+    assert r.returncode == 13 and f"open by process(es) {os.getpid()}" in r.stderr, r.stderr
+    assert not Path(alpha).read_bytes().startswith(b"sqlite-cdc")
+    stale.close()
+    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))  # run again: completes
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 files archived" in r.stdout
     manifest = json.loads((tmp_path / "state/archive/manifest-analytics.json").read_text())
+    assert len(manifest["files"]) == 3
     for f in manifest["files"]:
-        assert Path(f["original"]).exists()  # originals are never removed
         assert f["integrity"] == "ok"
         assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
-        with contextlib.closing(sqlite3.connect(f["original"], timeout=10)) as c:
+        # the guard: a stale bot reopening the legacy path fails loudly, and no empty
+        # database appears there
+        with (
+            pytest.raises(sqlite3.DatabaseError, match="file is not a database"),
+            contextlib.closing(sqlite3.connect(f["original"])) as c,
+        ):
+            c.execute("CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v)")
+        assert Path(f["original"]).read_bytes().startswith(b"sqlite-cdc: this database has moved")
+        moved = f["original"] + ".cdc-moved"  # the original, never removed
+        with contextlib.closing(sqlite3.connect(moved, timeout=10)) as c:
+            assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             left = c.execute(
                 "SELECT name FROM sqlite_master WHERE name LIKE '\\_cdc\\_%' ESCAPE '\\' "
                 "AND type='table'"
@@ -190,7 +207,7 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
                 c.execute("INSERT INTO kv VALUES ('stale bot', 1)")  # fences stay
         with (
             contextlib.closing(sqlite3.connect(f["archive"])) as a,
-            contextlib.closing(sqlite3.connect(f["original"])) as o,
+            contextlib.closing(sqlite3.connect(moved)) as o,
         ):
             assert (
                 a.execute("SELECT count(*) FROM kv").fetchone()
