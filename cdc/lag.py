@@ -103,12 +103,22 @@ def lag(cfg: Config, plan: Plan, targets: list[str]) -> list[SourceLag]:
 
 
 def wait_zero_lag(
-    cfg: Config, plan: Plan, targets: list[str], timeout: float, interval: float = 0.02
+    cfg: Config,
+    plan: Plan,
+    targets: list[str],
+    timeout: float,
+    interval: float = 0.02,
+    max_behind: int = 0,
 ) -> tuple[bool, list[SourceLag]]:
-    """Poll until every source feeding `targets` is fully applied there, or `timeout`."""
+    """Poll until every source feeding `targets` is at most `max_behind` changes behind
+    there (and no initial copy is missing), or `timeout`."""
     deadline = time.monotonic() + timeout
+
+    def near(s: SourceLag) -> bool:
+        return not s.copying and s.behind <= max_behind
+
     while True:
         state = lag(cfg, plan, targets)
-        if all(s.behind == 0 for s in state) or time.monotonic() >= deadline:
-            return all(s.behind == 0 for s in state), state
+        if all(near(s) for s in state) or time.monotonic() >= deadline:
+            return all(near(s) for s in state), state
         time.sleep(interval)

@@ -24,7 +24,7 @@ from cdc.cutover_state import read_record
 from cdc.inventory import list_tables
 from cdc.plan import resolve_plan
 from tests import workload
-from tests.conftest import REPO, cdc_cmd, make_db
+from tests.conftest import REPO, cdc_cmd, make_db, wait_until
 from tests.test_verifier_live import _setup as live_setup
 from tests.workload import SCHEMA
 from verifier.compare import compare_table
@@ -130,10 +130,10 @@ def _legacy_fingerprint(cfg_path: Path, target: str) -> dict:
 def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     cfg = live_setup(tmp_path)
     d = daemons(cfg)
+    r = cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg))  # the initial copy
+    assert r.returncode == 0, r.stdout + r.stderr
     bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)
     try:
-        r = cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg))
-        assert r.returncode == 0, r.stdout + r.stderr
         for target in ("analytics", "core"):
             r = _cutover(cfg, target)
             assert r.returncode == 0, r.stdout + r.stderr
@@ -231,10 +231,10 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
     r = cdc_cmd("wait", "--zero-lag", "--timeout", "0.2", "-c", str(cfg))
     assert r.returncode == 75 and "initial copy pending: accounts -> core" in r.stdout, r.stdout
     d = daemons(cfg)
+    assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
     bots = workload.start(tmp_path, ["alpha", "gamma"], seconds=600)
     state = str(tmp_path / "state")
     try:
-        assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
         for step, shown in (
             ("fencing", "INTERRUPTED while fencing"),
             ("fenced", "legacy tables FENCED"),
@@ -261,7 +261,12 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
         with contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db", timeout=10)) as c:
             c.execute("INSERT INTO kv VALUES ('free again', 1)")
             c.commit()
-        assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
+
+        def replicated() -> bool:  # and replication of those tables goes on
+            with contextlib.closing(sqlite3.connect(tmp_path / "out/core.db", timeout=10)) as c:
+                return c.execute("SELECT 1 FROM alpha_kv WHERE k = 'free again'").fetchone()
+
+        wait_until(replicated, 60, 0.05, "the unfenced table to replicate again")
     finally:
         for b in bots:
             b.send_signal(signal.SIGTERM)
