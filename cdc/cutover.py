@@ -5,15 +5,18 @@ starts, so that a crash anywhere leaves a state `cdc status` explains and the sa
 completes (`CDC_TEST_KILL_AT=<step>` makes the process SIGKILL itself right after a step,
 for the tests):
 
-1. `preflight`: the daemon runs, the sources of this stage are (nearly) caught up, and the
-   continuous verifier has not found these tables diverged;
+1. `preflight`: the daemon runs, the sources of this stage are (nearly) caught up, the
+   continuous verifier has not found these tables diverged, and a full position-aware
+   verification of them passes while the bots still write (from the target's log offset
+   `pre_offset`); the target's WAL is folded in;
 2. `fencing` -> `fenced`: each legacy file gets its fence (one write transaction per file,
-   recording the capture sequence at that instant, `cdc.fence`); from here a bot's write to
-   these tables fails with an error naming the target;
+   all files at once, recording the capture sequence at that instant, `cdc.fence`); from
+   here a bot's write to these tables fails with an error naming the target;
 3. drain: wait until the target has applied every source up to its fence sequence;
 4. sequences: AUTOINCREMENT counters of copied tables are carried into the target, so the
    first row a bot inserts there does not reuse a legacy id;
-5. verify: the fenced tables, now quiet, are verified once more (must be equal);
+5. verify: under the fence, only the keys the change log touched since `pre_offset` (and
+   the row counts); tables the pass could not prove are verified in full;
 6. `done`: the record holds the time, the positions, the checksums and the pause the bots
    saw (fence to done); the bots may now write to the target.
 
