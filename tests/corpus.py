@@ -50,7 +50,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cdc.config import config_from_dict
+from cdc.config import Config, config_from_dict, load_config
 from cdc.plan import Plan
 
 EXCLUDE = "exclude"
@@ -362,6 +362,14 @@ def make_config(plan_json: dict, legacy: Path, out: Path, resolve: bool):
     data["daemon"] = dict(DAEMON)
     out.mkdir(parents=True, exist_ok=True)
     return data, config_from_dict(data, out)
+
+
+def write_resolved_config(plan_json: dict, legacy: Path, out: Path) -> tuple[Path, Config]:
+    """The resolved plan as a real `cdc.toml` in `out`, and the config loaded from it."""
+    data, _ = make_config(plan_json, legacy, out, resolve=True)
+    toml = out / "cdc.toml"
+    toml.write_text(config_to_toml(data), encoding="utf-8")
+    return toml, load_config(toml)
 
 
 def sqlite_files(root: Path) -> list[Path]:

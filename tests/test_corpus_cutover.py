@@ -20,9 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from cdc.config import load_config
 from cdc.plan import resolve_plan
-from tests.corpus import REPO, config_to_toml, copy_legacy, make_config, run_cli, spawn_daemon
+from tests.corpus import (
+    REPO,
+    copy_legacy,
+    run_cli,
+    spawn_daemon,
+    write_resolved_config,
+)
 
 # (legacy file, table) per stage: AUTOINCREMENT and plain INTEGER PRIMARY KEY tables,
 # rollback-journal and WAL files, one file (jarvis.db) in two stages.
@@ -37,11 +42,7 @@ def test_stages_cut_over_with_bots_writing_and_no_write_lost(
     plan_json: dict, corpus: Path, tmp_path: Path
 ) -> None:
     legacy = copy_legacy(corpus / "legacy", tmp_path / "legacy")
-    out = tmp_path / "out"
-    data, _ = make_config(plan_json, legacy, out, resolve=True)
-    toml = out / "cdc.toml"
-    toml.write_text(config_to_toml(data), encoding="utf-8")
-    cfg = load_config(toml)
+    toml, cfg = write_resolved_config(plan_json, legacy, tmp_path / "out")
     plan = resolve_plan(cfg)
     assert run_cli("install", toml).returncode == 0
     daemon = spawn_daemon(toml, tmp_path / "daemon.log")

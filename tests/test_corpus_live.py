@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import load_config
 from cdc.errors import PlanError
 from cdc.plan import Plan, resolve_plan
 from cdc.status import collect_status
@@ -29,11 +28,10 @@ from tests.corpus import (
     WAIT,
     assert_nothing_orphaned,
     cdc_objects,
-    config_to_toml,
-    make_config,
     run_cli,
     source_names,
     spawn_daemon,
+    write_resolved_config,
 )
 from verifier.compare import compare_plan
 from verifier.continuous import read_verifier_status
@@ -294,10 +292,7 @@ def test_resolved_plan_replicates_live_writes(
     plan_json: dict, manifest: dict, legacy: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    data, cfg = make_config(plan_json, legacy, out, resolve=True)
-    toml = out / "cdc.toml"
-    toml.write_text(config_to_toml(data), encoding="utf-8")
-    cfg = load_config(toml)
+    toml, cfg = write_resolved_config(plan_json, legacy, out)
     plan = resolve_plan(cfg)
     names = source_names(list(plan_json["databases"]))
 
