@@ -225,10 +225,7 @@ def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_r
             f"repairing {sum(len(k) for k in found.keys.values())} rows in {len(found.keys)} tables",
             err=True,
         )
-        again = _run(lambda: repair_diverged(cfg, plan, found, settings)).report
-        redone = {(t.source, t.table): t for t in again.tables}
-        report.tables = [redone.get((t.source, t.table), t) for t in report.tables]
-        report.finished_at = again.finished_at
+        report = _run(lambda: repair_diverged(cfg, plan, found, settings)).report
     if report_dir:
         for path in write_validation_reports(report, report_dir, dict(plan.targets)):
             click.echo(f"wrote {path}", err=True)

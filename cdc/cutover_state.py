@@ -47,7 +47,26 @@ class CutoverRecord(msgspec.Struct):
     archive: str | None = None  # the manifest of the archived legacy files
 
 
-_RECORD = msgspec.json.Decoder(CutoverRecord)  # built at import: see cdc.fence
+class ArchivedFile(msgspec.Struct):
+    source: str
+    original: str
+    archive: str
+    size: int
+    sha256: str
+    integrity: str
+    tables: list[str]
+    archived_at: float
+
+
+class ArchiveManifest(msgspec.Struct):
+    target: str
+    created_at: float
+    files: list[ArchivedFile] = []
+    waiting: dict[str, list[str]] = {}  # source -> stages it still feeds
+
+
+_RECORD = msgspec.json.Decoder(CutoverRecord)
+MANIFEST = msgspec.json.Decoder(ArchiveManifest)  # built at import: see cdc.fence
 
 
 def record_path(state_dir: str, target: str) -> str:
@@ -109,8 +128,8 @@ def finalized_sources(state_dir: str) -> set[str]:
         if r.state == "finalized" and r.archive:
             try:
                 with open(r.archive, "rb") as f:
-                    files = msgspec.json.decode(f.read()).get("files", [])
+                    files = MANIFEST.decode(f.read()).files
             except (OSError, msgspec.DecodeError):
                 continue
-            out.update(x["source"] for x in files)
+            out.update(x.source for x in files)
     return out

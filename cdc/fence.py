@@ -131,10 +131,3 @@ def unfence(conn: apsw.Connection, path: str, tables: list[str] | None = None) -
         else:
             conn.execute(f"DELETE FROM {capture.META} WHERE k='fence'")
         return lift
-
-
-def fenced_tables(conn: apsw.Connection) -> FenceMark | None:
-    if not capture.is_installed(conn):
-        return None
-    row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='fence'").fetchone()
-    return _MARK.decode(row[0]) if row else None

@@ -26,6 +26,9 @@ import msgspec
 from cdc import capture, guard
 from cdc.config import Config
 from cdc.cutover_state import (
+    MANIFEST,
+    ArchivedFile,
+    ArchiveManifest,
     CutoverRecord,
     finalized_sources,
     read_record,
@@ -35,24 +38,6 @@ from cdc.cutover_state import (
 from cdc.errors import CdcError
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy
-
-
-class ArchivedFile(msgspec.Struct):
-    source: str
-    original: str
-    archive: str
-    size: int
-    sha256: str
-    integrity: str
-    tables: list[str]
-    archived_at: float
-
-
-class ArchiveManifest(msgspec.Struct):
-    target: str
-    created_at: float
-    files: list[ArchivedFile] = []
-    waiting: dict[str, list[str]] = {}  # source -> stages it still feeds
 
 
 class FinalizeError(CdcError):
@@ -127,7 +112,7 @@ def finalize(
     manifest = ArchiveManifest(target, time.time())
     try:  # a finalize run again (after a refusal) keeps what the first one archived
         with open(path, "rb") as f:
-            manifest = msgspec.json.decode(f.read(), type=ArchiveManifest)
+            manifest = MANIFEST.decode(f.read())
     except FileNotFoundError:
         pass
     released = finalized_sources(cfg.state_dir)

@@ -18,7 +18,8 @@ from cdc.config import Config
 from cdc.errors import SourceError
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy
-from checkpoints.store import SNAPSHOTS, SOURCES
+from cdc.status import target_state
+from checkpoints.store import SNAPSHOTS
 
 
 class SourceLag(msgspec.Struct):
@@ -37,21 +38,7 @@ class SourceLag(msgspec.Struct):
 
 def applied_seq(target_path: str, source: str) -> int:
     """The capture sequence of `source` that the target has applied (0: none yet)."""
-    try:
-        conn = apsw.Connection(target_path, flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.CantOpenError:
-        return 0
-    try:
-        conn.set_busy_timeout(2000)
-        row = conn.execute(
-            f"SELECT through_seq FROM {SOURCES} WHERE consumer='replicator' AND source=?",
-            (source,),
-        ).fetchone()
-        return row[0] if row else 0
-    except apsw.SQLError:  # no checkpoint table yet
-        return 0
-    finally:
-        conn.close()
+    return target_state(target_path)[3].get(source, 0)
 
 
 def snapshots_done(target_path: str, source: str) -> set[str]:

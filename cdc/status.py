@@ -82,7 +82,7 @@ class Status(msgspec.Struct):
         return self.backlog_events == 0 and all(t.backlog_bytes == 0 for t in self.targets)
 
 
-def _target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
+def target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
     if not os.path.exists(path):
         return 0, 0, None, {}
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
@@ -108,7 +108,7 @@ def _target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
 
 def read_checkpoint(path: str) -> int:
     """A target's applied log offset (0 when it has none yet)."""
-    return _target_state(path)[0]
+    return target_state(path)[0]
 
 
 def _log_positions(log_dir: str) -> dict[str, SourcePosition]:
@@ -166,7 +166,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
 
     targets, applied_seq, oldest = [], {}, {}
     for name, path in sorted(plan.targets.items()):
-        off, events, at, seqs = _target_state(path)
+        off, events, at, seqs = target_state(path)
         rt = ds.targets.get(name) if ds else None
         for src, seq in seqs.items():
             applied_seq.setdefault(src, []).append((name, seq))

@@ -129,14 +129,6 @@ class CheckpointStore:
                 [(self.consumer, source, t) for t in tables],
             )
 
-    def snapshots_done(self) -> set[tuple[str, str]]:
-        return {
-            (r[0], r[1])
-            for r in self.conn.execute(
-                f"SELECT source, tbl FROM {SNAPSHOTS} WHERE consumer=?", (self.consumer,)
-            )
-        }
-
     def sources(self) -> dict[str, SourceApplied]:
         return {
             r[0]: SourceApplied(*r)

@@ -24,8 +24,7 @@ from cdc.plan import resolve_plan
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status
 from tests import workload
-from tests.conftest import SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
-from tests.workload import SCHEMA
+from tests.conftest import SOAK_SCALE, wait_until
 from verifier import compare_plan
 
 CONFIG = """
@@ -67,17 +66,12 @@ as = "{source}_log"
 
 
 def _setup(root: Path) -> Path:
-    for name, wal in (("alpha", False), ("beta", False), ("gamma", True)):
-        seed_rows = "".join(
-            f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
-            f"INSERT INTO log_lines VALUES ('seed', {i});"
-            for i in range(300)
-        )
-        make_db(root / "legacy" / f"{name}.db", SCHEMA + seed_rows, wal=wal)
-    cfg = write_config(root, CONFIG)
-    r = cdc_cmd("install", "-c", str(cfg))
-    assert r.returncode == 0, r.stderr
-    return cfg
+    seed = "".join(
+        f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
+        f"INSERT INTO log_lines VALUES ('seed', {i});"
+        for i in range(300)
+    )
+    return workload.setup(root, CONFIG, seed)
 
 
 def _assert_no_duplicates(cfg_path: Path) -> None:

@@ -221,6 +221,8 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
         assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
     st = json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
     assert {s["snapshot"] for s in st["sources"]} == {"finalized"}
+    r = cdc_cmd("check", "-c", str(cfg))  # guarded files: nothing left to map, no error
+    assert r.returncode == 0, r.stderr
     assert st["daemon"]["state"] == "running"  # its harvesters let go of the files
     assert d.stop() == 0, d.output()
 
@@ -273,3 +275,23 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
         for b in bots:
             b.communicate(timeout=60)
     assert d.stop() == 0, d.output()
+
+
+def test_cutover_commands_refuse_clearly(tmp_path: Path) -> None:
+    """Bad input and wrong order get one clear line and a documented exit code, and
+    change nothing."""
+    cfg = live_setup(tmp_path)
+    r = _cutover(cfg, "nosuch")
+    assert r.returncode == 2 and "no target 'nosuch'" in r.stderr, r.stderr
+    r = _cutover(cfg, "analytics")  # no daemon: nothing would drain the last changes
+    assert r.returncode == 7 and "the daemon is not running" in r.stderr, r.stderr
+    r = _cutover(cfg, "analytics", "--abort")
+    assert r.returncode == 12 and "no cutover in progress" in r.stderr, r.stderr
+    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
+    assert r.returncode == 13 and "not cut over" in r.stderr, r.stderr
+    r = cdc_cmd("wait", "--zero-lag", "nosuch", "-c", str(cfg))
+    assert r.returncode == 2 and "no such target: nosuch" in r.stderr, r.stderr
+    assert read_record(str(tmp_path / "state"), "analytics") is None
+    with contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db")) as c:
+        c.execute("INSERT INTO kv VALUES ('not fenced', 1)")  # nothing was fenced
+        c.commit()

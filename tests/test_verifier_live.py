@@ -14,8 +14,7 @@ from pathlib import Path
 from cdc.config import load_config
 from cdc.plan import resolve_plan
 from tests import workload
-from tests.conftest import SOAK_SCALE, cdc_cmd, make_db, wait_until, write_config
-from tests.workload import SCHEMA
+from tests.conftest import SOAK_SCALE, cdc_cmd, wait_until
 from verifier import compare_plan
 from verifier.continuous import ContinuousVerifier, read_verifier_status
 
@@ -80,18 +79,13 @@ CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT, balance REAL, flags);
 
 
 def _setup(root: Path) -> Path:
-    for name, wal in (("alpha", False), ("beta", False), ("gamma", True)):
-        seed = "".join(
-            f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
-            f"INSERT INTO accounts VALUES ({i}, 'acct {i}', {i * 1.25}, {i % 3});"
-            f"INSERT INTO ticks VALUES ('Z{i % 4}', {i}, {i / 7});"
-            for i in range(400)
-        )
-        make_db(root / "legacy" / f"{name}.db", SCHEMA + QUIET + seed, wal=wal)
-    cfg = write_config(root, CONFIG)
-    r = cdc_cmd("install", "-c", str(cfg))
-    assert r.returncode == 0, r.stderr
-    return cfg
+    seed = QUIET + "".join(
+        f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
+        f"INSERT INTO accounts VALUES ({i}, 'acct {i}', {i * 1.25}, {i % 3});"
+        f"INSERT INTO ticks VALUES ('Z{i % 4}', {i}, {i / 7});"
+        for i in range(400)
+    )
+    return workload.setup(root, CONFIG, seed)
 
 
 class Watcher:

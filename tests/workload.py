@@ -75,6 +75,33 @@ def op(c: sqlite3.Connection, rnd: random.Random) -> None:
         c.execute("COMMIT")
 
 
+FILES = (("alpha", False), ("beta", False), ("gamma", True))  # (name, WAL?)
+
+
+def setup(root: Path, config: str, seed_sql: str) -> Path:
+    """The three legacy files the bots write (`root/legacy/<name>.db`: two in rollback-
+    journal mode, one WAL), each with SCHEMA and `seed_sql`, the config, and capture
+    installed with `cdc install`. Returns the config path."""
+    for name, wal in FILES:
+        path = root / "legacy" / f"{name}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        c = sqlite3.connect(path, isolation_level=None)
+        if wal:
+            c.execute("PRAGMA journal_mode=WAL")
+        c.executescript(SCHEMA + seed_sql)
+        c.close()
+    cfg = root / "cdc.toml"
+    cfg.write_text(config)
+    r = subprocess.run(
+        [sys.executable, "-m", "cdc", "install", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr
+    return cfg
+
+
 def start(root: Path, dbs: list[str], seconds: float) -> list[subprocess.Popen]:
     """One bot process per entry of `dbs` (`root/legacy/<name>.db`; a name may repeat, so
     that two processes write one file), seeded by position."""

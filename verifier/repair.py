@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 from cdc import repair
 from cdc.config import Config, VerifySettings
 from cdc.errors import DaemonError
@@ -25,7 +27,8 @@ def repair_diverged(
     settings: VerifySettings | None = None,
     timeout: float = 120.0,
 ) -> PassResult:
-    """Re-send every diverged key of `found`; returns the verification of those tables."""
+    """Re-send every diverged key of `found`; returns the pass with the repaired tables
+    verified again."""
     if not found.keys:
         return PassResult(found.report, {})
     if not daemon_running(cfg):
@@ -51,4 +54,12 @@ def repair_diverged(
                 )
             time.sleep(0.05)
     tables = [plan.mapping(s, t) for s, t in found.keys]
-    return verify_tables(cfg, plan, tables, settings)
+    again = verify_tables(cfg, plan, tables, settings)
+    # the pass as a whole: repaired tables as verified now, the others as found
+    redone = {(t.source, t.table): t for t in again.report.tables}
+    report = msgspec.structs.replace(
+        found.report,
+        tables=[redone.get((t.source, t.table), t) for t in found.report.tables],
+        finished_at=again.report.finished_at,
+    )
+    return PassResult(report, again.keys)
