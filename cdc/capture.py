@@ -22,6 +22,7 @@ import uuid
 import apsw
 
 from cdc.errors import SourceError
+from cdc.events import Op, RowEvent
 from cdc.inventory import TableInfo
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
@@ -193,6 +194,49 @@ def install(
             f"{path}: database stayed locked during install: {e}",
             hint="a bot held the write lock for longer than the busy timeout; retry",
         ) from e
+
+
+def read_changes(
+    conn: apsw.Connection, info: TableInfo, tid: int, lo: int, hi: int
+) -> list[RowEvent]:
+    """The changes of one table with capture sequence in (lo, hi], inside the caller's read
+    transaction: one event per key (its newest sequence), carrying the row's image now or a
+    delete when the key is gone. Used for legacy files and, during the rollback window, for
+    the targets (`cdc.backflow`)."""
+    width = key_width(info)
+    kcols = [f"k{i + 1}" for i in range(width)]
+    if info.key:
+        join = " AND ".join(f"t.{q(k)} IS c.{kc}" for k, kc in zip(info.key, kcols, strict=True))
+        # WITHOUT ROWID keys are NOT NULL, so a key column tells presence.
+        anchor = q(info.key[0]) if info.without_rowid else info.rowid_alias()
+        present = f"t.{anchor} IS NOT NULL"
+    else:
+        join = f"t.{info.rowid_alias()} = c.k1"
+        present = f"t.{info.rowid_alias()} IS NOT NULL"
+    cols = ", ".join(f"t.{q(c)}" for c in info.column_names)
+    sql = (
+        f"SELECT c.s, {present}, {', '.join('c.' + k for k in kcols)}, {cols} "
+        f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {CHANGES} "
+        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {', '.join(kcols)}) AS c "
+        f"LEFT JOIN {q(info.name)} AS t ON {join} ORDER BY c.s"
+    )
+    kend = 2 + width
+    upsert, delete = Op.UPSERT, Op.DELETE
+    return [
+        RowEvent(upsert, r[0], list(r[2:kend]), list(r[kend:]))
+        if r[1]
+        else RowEvent(delete, r[0], list(r[2:kend]))
+        for r in conn.execute(sql, (lo, hi, tid))
+    ]
+
+
+def suspend(conn: apsw.Connection, tables: list[str]) -> None:
+    """Drop the capture triggers of `tables` but keep their ids (fences are named by them):
+    a rolled-back stage's target tables stop being captured until the next cutover."""
+    tids = installed_tables(conn)
+    for t in tables:
+        if t in tids:
+            _drop_triggers(conn, tids[t])
 
 
 def _drop_triggers(conn: apsw.Connection, tid: int) -> None:

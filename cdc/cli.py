@@ -296,6 +296,29 @@ def cutover(
 @cli.command()
 @config_option
 @click.argument("target")
+@click.option("--abort", "do_abort", is_flag=True, help="Give the target back to the bots instead.")
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True)
+def rollback(config_path: str, target: str, do_abort: bool, drain_timeout: float) -> None:
+    """Give a cut-over stage back to its legacy files, with the bots' writes since.
+
+    Fences TARGET's tables, waits until the daemon wrote their last changes back, verifies,
+    lifts the legacy fences. Re-running it completes an interrupted rollback.
+    """
+    from cdc import rollback as rb
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg))
+    if do_abort:
+        _run(lambda: rb.abort(cfg, plan, target, echo=click.echo))
+        return
+    rec = _run(lambda: rb.rollback(cfg, plan, target, drain_timeout, echo=click.echo))
+    click.echo(f"point the bots back at their legacy files; {rec.path} is fenced for them")
+
+
+@cli.command()
+@config_option
+@click.argument("target")
 @click.option(
     "--archive",
     "archive_dir",

@@ -17,8 +17,11 @@ for the tests):
    first row a bot inserts there does not reuse a legacy id;
 5. verify: under the fence, only the keys the change log touched since `pre_offset` (and
    the row counts); tables the pass could not prove are verified in full;
-6. `done`: the record holds the time, the positions, the checksums and the pause the bots
-   saw (fence to done); the bots may now write to the target.
+6. the target's tables are captured for the way back (`cdc.backflow`) and any target
+   fence a rollback left is lifted;
+7. `done`: the record holds the time, the positions, the checksums and the pause the bots
+   saw (fence to done); the bots may now write to the target, and until `cdc finalize`
+   the daemon writes their changes back into the fenced legacy files (`cdc rollback`).
 
 `abort` lifts the fences of a stage that is not done (the bots get their tables back, as
 they were: nothing was written to the target by them yet).
@@ -34,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
-from cdc import fence, lag
+from cdc import backflow, fence, lag
 from cdc.config import Config
 from cdc.cutover_state import CutoverRecord, CutoverTable, read_record, save_record
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
@@ -55,7 +58,7 @@ class CutoverError(CdcError):
     exit_code = 12
 
 
-def _step_done(step: str) -> None:
+def step_done(step: str) -> None:
     if os.environ.get("CDC_TEST_KILL_AT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -82,6 +85,11 @@ def cutover(
     if rec is not None and rec.state in ("done", "finalized"):
         echo(f"{target}: already cut over at {_when(rec.done_at)}")
         return rec
+    if rec is not None and rec.state == "rolling_back":
+        raise CutoverError(
+            f"{target}: a rollback is in progress",
+            hint=f"finish it with `cdc rollback {target}` (or `cdc rollback --abort {target}`)",
+        )
     if not tables:
         raise ConfigError(f"target {target!r} has no mapped tables: nothing to cut over")
     if not daemon_running(cfg):
@@ -89,7 +97,8 @@ def cutover(
             f"the daemon is not running on {cfg.state_dir}: nothing would drain the last changes",
             hint="start it with `cdc run`, then run the cutover again",
         )
-    if rec is None or rec.state == "aborted":
+    if rec is None or rec.state in ("aborted", "rolled_back"):
+        history = (rec.history + [_round(rec)]) if rec and rec.state == "rolled_back" else []
         pre_offset, proven = _preflight(cfg, plan, target, tables, lag_timeout, echo)
         rec = CutoverRecord(
             target,
@@ -99,12 +108,13 @@ def cutover(
             [_table(m, proven.get(f"{m.source}.{m.table}")) for m in tables],
             pre_offset=pre_offset,
             pre_verified=sorted(proven),
+            history=history,
         )
         save_record(cfg.state_dir, rec)
-    _step_done("fencing")
+    step_done("fencing")
     if rec.state == "fencing":
         _fence(cfg, plan, rec, tables, echo)
-    _step_done("fenced")
+    step_done("fenced")
     try:
         _finish(cfg, plan, rec, tables, drain_timeout, echo)
     except CdcError as e:
@@ -115,7 +125,7 @@ def cutover(
             hint=f"fix it and run `cdc cutover {target}` again, or give the bots their "
             f"tables back with `cdc cutover --abort {target}`",
         ) from e
-    _step_done("done")
+    step_done("done")
     return rec
 
 
@@ -155,7 +165,7 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]
             hint="repair them (`cdc repair`), then cut over",
         )
     pre_offset = read_checkpoint(plan.targets[target])  # before the pass: see _changed_keys
-    report = _verify_parallel(cfg, plan, tables)
+    report = verify_parallel(cfg, plan, tables)
     bad = [t for t in report.tables if t.state == "diverged"]
     if bad:
         raise CutoverError(
@@ -187,7 +197,7 @@ def _final_verification(cfg, plan, rec: CutoverRecord, tables):  # noqa: ANN001,
     full = [m for m in tables if m not in quick]
     results = []
     if full:
-        results += _verify_parallel(cfg, plan, full).tables
+        results += verify_parallel(cfg, plan, full).tables
     keys = changed.get("keys", {}) if changed else {}
     # A table the log did not touch since the pass is as the pass proved it: no read needed.
     touched = [m for m in quick if keys.get((m.source, m.table))]
@@ -255,7 +265,7 @@ def _checkpoint_target(cfg: Config, path: str) -> None:
         conn.close()
 
 
-def _verify_parallel(cfg: Config, plan: Plan, tables: list[TableMapping]):  # noqa: ANN202
+def verify_parallel(cfg: Config, plan: Plan, tables: list[TableMapping]):  # noqa: ANN202
     """One pass, unpaced, one thread per legacy file (SQLite reads overlap: apsw lets go of
     the GIL)."""
     settings = msgspec.structs.replace(cfg.verify, rows_per_second=0.0, chunk_rows=5000)
@@ -304,7 +314,7 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
 def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:  # noqa: ANN001
     target_path = plan.targets[rec.target]
     deadline = time.monotonic() + drain_timeout
-    clock = _Clock(rec)
+    clock = Clock(rec.steps_ms)
     for mark in rec.fences:
         while lag.applied_seq(target_path, mark.source) < mark.fence_seq:
             if time.monotonic() > deadline:
@@ -330,6 +340,8 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
             t.rows = v.source_rows
             t.digest = v.source_digest or t.digest
     rec.log_offset = read_checkpoint(target_path)
+    backflow.open_for_bots(cfg, rec)
+    clock.lap("capture")
     rec.done_at = time.time()
     rec.pause_ms = (rec.done_at - rec.fenced_at) * 1000.0
     rec.state, rec.error = "done", None
@@ -337,13 +349,15 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
     echo(f"{rec.target}: drained, verified equal ({sum(t.rows for t in rec.tables)} rows)")
 
 
-class _Clock:
-    def __init__(self, rec: CutoverRecord) -> None:
-        self.rec, self.t = rec, time.monotonic()
+class Clock:
+    """Times the steps under a fence into `steps` (ms), for the record."""
+
+    def __init__(self, steps: dict[str, float]) -> None:
+        self.steps, self.t = steps, time.monotonic()
 
     def lap(self, step: str) -> None:
         now = time.monotonic()
-        self.rec.steps_ms[step] = round((now - self.t) * 1000.0, 2)
+        self.steps[step] = round((now - self.t) * 1000.0, 2)
         self.t = now
 
 
@@ -399,12 +413,14 @@ def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
 def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) -> CutoverRecord:
     """Give the bots their legacy tables back (a stage not yet done)."""
     rec = read_record(cfg.state_dir, target)
-    if rec is None or rec.state == "aborted":
+    if rec is None or rec.state in ("aborted", "rolled_back"):
         raise CutoverError(f"{target}: no cutover in progress")
-    if rec.state in ("done", "finalized"):
+    if rec.state in ("done", "finalized", "rolling_back"):
         raise CutoverError(
             f"{target}: the cutover is done and the bots may have written to {rec.path}",
-            hint="going back needs the rollback window (not built yet): see docs/runbook.md",
+            hint=f"go back with `cdc rollback {target}`, which brings their writes along"
+            if rec.state != "finalized"
+            else "the stage is finalized: the legacy files are archived",
         )
     for source in sorted({t.source for t in rec.tables}):
         sp = plan.source(source)
@@ -419,6 +435,14 @@ def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) ->
     rec.state = "aborted"
     save_record(cfg.state_dir, rec)
     return rec
+
+
+def _round(rec: CutoverRecord) -> str:
+    rb = rec.rollback
+    return (
+        f"cut over {_when(rec.done_at)} (pause {rec.pause_ms or 0:.0f} ms), rolled back "
+        f"{_when(rb.rolled_back_at if rb else None)} (pause {(rb.pause_ms if rb else 0) or 0:.0f} ms)"
+    )
 
 
 def _when(ts: float | None) -> str:

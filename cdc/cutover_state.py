@@ -29,7 +29,9 @@ class CutoverTable(msgspec.Struct):
 class CutoverRecord(msgspec.Struct):
     target: str
     path: str
-    state: str  # "fencing", "fenced", "done", "aborted", "finalized"
+    # "fencing", "fenced", "done", "aborted", "finalized", and for the way back
+    # "rolling_back", "rolled_back" (`cdc.rollback`)
+    state: str
     started_at: float
     tables: list[CutoverTable] = []
     fences: list[FenceMark] = []
@@ -45,6 +47,20 @@ class CutoverRecord(msgspec.Struct):
     error: str | None = None
     finalized_at: float | None = None
     archive: str | None = None  # the manifest of the archived legacy files
+    rollback: RollbackInfo | None = None
+    history: list[str] = []  # earlier rounds of this stage (cut over, rolled back), one line each
+
+
+class RollbackInfo(msgspec.Struct):
+    """`cdc rollback`: the target fenced for the bots, drained back, verified, legacy unfenced."""
+
+    started_at: float
+    fence: FenceMark | None = None  # the target's fence: its capture sequence then
+    unfencing: bool = False  # past the point where the target could be given back instead
+    verified_tables: int = 0
+    steps_ms: dict[str, float] = {}
+    rolled_back_at: float | None = None
+    pause_ms: float | None = None  # target fenced to legacy unfenced
 
 
 class ArchivedFile(msgspec.Struct):

@@ -21,20 +21,27 @@ import apsw
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from cdc import repair
+from cdc import backflow, repair
 from cdc.changelog import LogWriter
 from cdc.config import Config
-from cdc.cutover_state import finalized_sources
+from cdc.cutover_state import finalized_sources, read_records
 from cdc.errors import CdcError, DaemonError, LogCorruptError, TargetError
 from cdc.harvester import Harvester
 from cdc.plan import Plan, resolve_plan
-from cdc.status_file import DaemonStatus, SourceRuntime, TargetRuntime, write_status
+from cdc.status_file import (
+    BackflowRuntime,
+    DaemonStatus,
+    SourceRuntime,
+    TargetRuntime,
+    write_status,
+)
 from replicator.loop import ApplyLoop
 from replicator.worker import WorkerHandle, read_apply_status
 
 log = logging.getLogger(__name__)
 
 REPAIR_POLL = 0.25  # seconds between looks for repair requests, per source
+BACKFLOW_POLL = 0.1  # seconds between looks at the cut-over targets when nothing moved
 
 
 class _Wake(FileSystemEventHandler):
@@ -104,6 +111,7 @@ class Daemon:
         self.started_at = time.time()
         self._observer = None
         self._released: set[str] = set()  # harvest threads done for good (finalized source)
+        self.backflow: dict[str, BackflowRuntime] = {}
 
     # -- threads ---------------------------------------------------------------------------
     def _harvest_loop(self, h: Harvester) -> None:
@@ -177,6 +185,47 @@ class Daemon:
                 return self._die(self.worker.failure())
             self.apply_wake.wait(0.2)
 
+    def _backflow_loop(self) -> None:
+        """The rollback window: every stage cut over (and not finalized) has its target's
+        changes written back into its legacy files (`cdc.backflow`). A failure is reported
+        and retried; it never stops forward replication."""
+        flows: dict[str, backflow.Backflow] = {}
+        try:
+            while not self.stop_event.is_set():
+                active = {
+                    r.target: r
+                    for r in read_records(self.cfg.state_dir)
+                    if r.state in backflow.ACTIVE
+                }
+                for t in [t for t in flows if t not in active]:
+                    flows.pop(t).close()  # finalized or rolled back: let go of the files
+                for t in [t for t in self.backflow if t not in active]:
+                    del self.backflow[t]
+                moved, failed = 0, False
+                for t, rec in active.items():
+                    rt = self.backflow.setdefault(t, BackflowRuntime(path=rec.path))
+                    rt.state = rec.state
+                    try:
+                        flow = flows.get(t)
+                        if flow is None:
+                            flow = flows[t] = backflow.Backflow(self.cfg, self.plan, rec)
+                        moved += flow.step(eager=rec.state == "rolling_back")
+                        rt.captured_seq, rt.applied = flow.captured_seq, dict(flow.applied)
+                        rt.behind, rt.events, rt.last_error = flow.behind, flow.events, None
+                    except apsw.BusyError:
+                        failed = True  # a bot held a file past our busy timeout: retry
+                    except (CdcError, apsw.Error, OSError) as e:
+                        failed = True
+                        rt.last_error = f"{type(e).__name__}: {e}"
+                        log.error("backflow %s: %s", t, e)
+                        if t in flows:  # reopen: checkpoints are read again from the files
+                            flows.pop(t).close()
+                if not moved:
+                    self.stop_event.wait(1.0 if failed else BACKFLOW_POLL)
+        finally:
+            for f in flows.values():
+                f.close()
+
     def target_offsets(self) -> dict[str, int]:
         """Each target's checkpoint, read from the target files (for tests and benchmarks)."""
         from cdc.status import read_checkpoint
@@ -225,6 +274,7 @@ class Daemon:
                 log_end=self.writer.end_offset,
                 sources=dict(self.runtime),
                 targets=targets,
+                backflow=dict(self.backflow),
                 error=str(self.fatal) if self.fatal else None,
             ),
         )
@@ -273,6 +323,11 @@ class Daemon:
                     daemon=True,
                 )
                 for h in self.harvesters
+            ]
+            + [
+                threading.Thread(
+                    target=self._guard, args=(self._backflow_loop,), name="backflow", daemon=True
+                )
             ]
             + self._verifier_threads()
             + [

@@ -37,7 +37,7 @@ from cdc.cutover_state import (
 )
 from cdc.errors import CdcError
 from cdc.plan import Plan
-from cdc.sqlconn import open_legacy
+from cdc.sqlconn import open_legacy, open_target
 
 
 class FinalizeError(CdcError):
@@ -99,7 +99,9 @@ def finalize(
     if rec is None or rec.state not in ("done", "finalized"):
         raise FinalizeError(
             f"{target}: not cut over (state {rec.state if rec else 'none'}); nothing to finalize",
-            hint=f"run `cdc cutover {target}` first",
+            hint=f"run `cdc rollback {target}` to its end, or `cdc cutover {target}`"
+            if rec is not None and rec.state == "rolling_back"
+            else f"run `cdc cutover {target}` first",
         )
     cut = {
         (t.source, t.table)
@@ -159,7 +161,21 @@ def finalize(
     save_record(cfg.state_dir, rec)
     for legacy, _source in guards:  # after the record: a refusal here is resumed by a rerun
         _guard(legacy, rec, echo)
+    _end_rollback_window(cfg, rec, echo)
     return manifest
+
+
+def _end_rollback_window(cfg: Config, rec: CutoverRecord, echo) -> None:  # noqa: ANN001
+    """The target's capture (the way back) goes: after finalize there is no way back, and
+    its capture table would only grow. Runs after the record says finalized, so the
+    daemon's backflow has stopped reading it."""
+    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+    try:
+        if capture.is_installed(conn):
+            capture.uninstall(conn)
+            echo(f"{rec.path}: rollback window closed (capture of the target removed)")
+    finally:
+        conn.close()
 
 
 def _guard(legacy: str, rec: CutoverRecord, echo) -> None:  # noqa: ANN001

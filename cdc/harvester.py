@@ -208,34 +208,9 @@ class Harvester:
         return out
 
     def _read_table(self, info: TableInfo, tid: int, lo: int, hi: int, now: float) -> RowBatch:
-        width = capture.key_width(info)
-        kcols = [f"k{i + 1}" for i in range(width)]
-        if info.key:
-            join = " AND ".join(
-                f"t.{q(k)} IS c.{kc}" for k, kc in zip(info.key, kcols, strict=True)
-            )
-            # WITHOUT ROWID keys are NOT NULL, so a key column tells presence.
-            anchor = q(info.key[0]) if info.without_rowid else info.rowid_alias()
-            present = f"t.{anchor} IS NOT NULL"
-        else:
-            join = f"t.{info.rowid_alias()} = c.k1"
-            present = f"t.{info.rowid_alias()} IS NOT NULL"
-        cols = ", ".join(f"t.{q(c)}" for c in info.column_names)
-        sql = (
-            f"SELECT c.s, {present}, {', '.join('c.' + k for k in kcols)}, {cols} "
-            f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {capture.CHANGES} "
-            f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {', '.join(kcols)}) AS c "
-            f"LEFT JOIN {q(info.name)} AS t ON {join} ORDER BY c.s"
+        return RowBatch(
+            self.plan.name, info.name, now, capture.read_changes(self.conn, info, tid, lo, hi)
         )
-        kend = 2 + width
-        upsert, delete = Op.UPSERT, Op.DELETE
-        events = [
-            RowEvent(upsert, r[0], list(r[2:kend]), list(r[kend:]))
-            if r[1]
-            else RowEvent(delete, r[0], list(r[2:kend]))
-            for r in self.conn.execute(sql, (lo, hi, tid))
-        ]
-        return RowBatch(self.plan.name, info.name, now, events)
 
     def _maybe_trim(self) -> None:
         """Delete harvested capture rows, without queueing behind busy bots.

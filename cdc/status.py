@@ -21,7 +21,7 @@ from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
 from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy
-from cdc.status_file import read_status
+from cdc.status_file import BackflowRuntime, read_status
 from checkpoints.store import SOURCES, TABLE
 from verifier.continuous import VerifierStatus, read_verifier_status
 
@@ -72,6 +72,7 @@ class Status(msgspec.Struct):
     problems: list[str] = []  # mapping problems found now (e.g. a new unmapped table)
     verifier: VerifierStatus | None = None  # the daemon's continuous verifier, if it ran
     cutovers: list[CutoverRecord] = []  # stages cut over, or being cut over
+    backflow: dict[str, BackflowRuntime] = {}  # open rollback windows (the daemon's way back)
 
     @property
     def backlog_events(self) -> int:
@@ -215,6 +216,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         list(plan.problems),
         read_verifier_status(cfg.state_dir),
         read_records(cfg.state_dir),
+        dict(ds.backflow) if ds and daemon.state == "running" else {},
     )
 
 

@@ -34,6 +34,18 @@ class TargetRuntime(msgspec.Struct):
     last_error: str | None = None
 
 
+class BackflowRuntime(msgspec.Struct):
+    """One cut-over stage's way back (`cdc.backflow`): target capture sequences."""
+
+    path: str
+    state: str = "running"
+    captured_seq: int = 0  # newest change the bots made in the target
+    applied: dict[str, int] = {}  # per legacy source: the target sequence it has
+    behind: int = 0  # captured_seq minus the lowest applied
+    events: int = 0  # written back since the daemon started
+    last_error: str | None = None
+
+
 class DaemonStatus(msgspec.Struct):
     pid: int
     state: str
@@ -42,6 +54,7 @@ class DaemonStatus(msgspec.Struct):
     log_end: int
     sources: dict[str, SourceRuntime] = {}
     targets: dict[str, TargetRuntime] = {}
+    backflow: dict[str, BackflowRuntime] = {}
     error: str | None = None
 
 

@@ -48,6 +48,8 @@ def render_status(st: Status) -> str:
         lines.extend(_render_verifier(st.verifier))
     for c in st.cutovers:
         lines.append(_render_cutover(c))
+    for name, b in sorted(st.backflow.items()):
+        lines.append(_render_backflow(name, b))
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("")
@@ -89,12 +91,36 @@ _CUTOVER_STATES = {
     "(or `cdc cutover --abort {t}`)",
     "done": "cut over {when}: the bots write to {path}",
     "aborted": "cutover aborted; the bots use the legacy tables",
+    "rolling_back": "ROLLING BACK, both sides fenced: run `cdc rollback {t}` again "
+    "(or `cdc rollback --abort {t}`)",
+    "rolled_back": "rolled back {rb_when}: the bots write to their legacy files; {path} "
+    "follows them, fenced",
 }
 
 
 def _render_cutover(c) -> str:  # noqa: ANN001 - CutoverRecord
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.done_at)) if c.done_at else ""
-    text = _CUTOVER_STATES.get(c.state, c.state).format(t=c.target, when=when, path=c.path)
+    rb = c.rollback
+    text = _CUTOVER_STATES.get(c.state, c.state).format(
+        t=c.target,
+        when=_when(c.done_at),
+        rb_when=_when(rb.rolled_back_at if rb else None),
+        path=c.path,
+    )
     pause = f" (bots fenced {c.pause_ms:.0f} ms)" if c.pause_ms is not None else ""
+    if c.state == "rolled_back" and rb and rb.pause_ms is not None:
+        pause = f" (bots fenced {rb.pause_ms:.0f} ms)"
     err = f"; last error: {c.error}" if c.error and c.state != "done" else ""
-    return f"cutover {c.target}: {text}{pause}{err}"
+    rounds = f"; {len(c.history)} earlier round(s)" if c.history else ""
+    return f"cutover {c.target}: {text}{pause}{rounds}{err}"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def _render_backflow(name: str, b) -> str:  # noqa: ANN001 - BackflowRuntime
+    err = f"; last error: {b.last_error}" if b.last_error else ""
+    return (
+        f"rollback window {name}: {b.events} target changes written back, "
+        f"{b.behind} behind (target sequence {b.captured_seq}){err}"
+    )

@@ -1,0 +1,404 @@
+"""The rollback window's way back: the bots' writes to a cut-over target, into the legacy files.
+
+When `cdc cutover T` hands a stage to the bots, the target's tables get the same capture
+triggers the legacy files have (`cdc.capture`, installed in the target). The daemon's
+backflow reads them like a harvester (one short read transaction: capture rows and the
+rows' images as they are now) and writes them into the fenced legacy tables, through the
+fence (our connections pass it), so that `cdc rollback T` can give the bots their old files
+back with every write they made since.
+
+Each legacy file is written in one transaction that also
+- records how far it got (`_cdc_meta` key `backflow:<target>`): a kill -9 anywhere applies
+  nothing twice and loses nothing, like the forward checkpoint in the target;
+- deletes the legacy capture rows its own writes made for the stage's tables. The forward
+  harvester never sees them, so no change can travel back and forth (no loop), and no
+  connection or row needs marking. Capture rows of other tables stay: a bot's own trigger
+  may write one, and that is a real change that must flow forward.
+
+Target capture rows are trimmed once every legacy file of the stage has them. A row of a
+merged table whose tag names no source cannot be placed: the backflow of that stage stops
+there and says so (status), and nothing after it is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import apsw
+import msgspec
+
+from cdc import capture, fence
+from cdc.config import Config
+from cdc.cutover_state import CutoverRecord
+from cdc.errors import CdcError
+from cdc.events import Op, RowEvent
+from cdc.inventory import TableInfo, schema_version, table_info
+from cdc.plan import Plan, TableMapping
+from cdc.sqlconn import (
+    allow_writes,
+    open_legacy,
+    open_target,
+    read_transaction,
+    set_busy_timeout,
+    write_transaction,
+)
+from cdc.sqlident import q
+from replicator.apply import statements
+from replicator.target import AppliedShape
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("done", "rolling_back")  # stages whose target writes flow back
+TRIM_BUDGET_MS = 20  # a target trim waits no longer than this for the bots' writes
+
+
+class BackflowError(CdcError):
+    """A change in the target cannot be written back to its legacy file."""
+
+    exit_code = 12
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """How far one legacy file has the target's changes (in that file's `_cdc_meta`)."""
+
+    install_id: str
+    seq: int
+
+
+_CHECKPOINT = msgspec.json.Decoder(Checkpoint)  # at import: see cdc.fence
+
+
+def checkpoint_key(target: str) -> str:
+    return f"backflow:{target}"
+
+
+def read_checkpoint(conn: apsw.Connection, target: str, install_id: str) -> int:
+    """The target capture sequence this legacy file has applied (0: none, or a checkpoint
+    of an earlier installation of the target's capture)."""
+    if not capture.is_installed(conn):
+        return 0
+    row = conn.execute(
+        f"SELECT v FROM {capture.META} WHERE k=?", (checkpoint_key(target),)
+    ).fetchone()
+    if row is None:
+        return 0
+    cp = _CHECKPOINT.decode(row[0])
+    return cp.seq if cp.install_id == install_id else 0
+
+
+def stage_mappings(plan: Plan, target: str) -> list[TableMapping]:
+    return [m for sp in plan.sources for m in sp.tables if m.target == target]
+
+
+def open_for_bots(cfg: Config, rec: CutoverRecord) -> None:
+    """The last step of a cutover: capture the stage's target tables (so their changes can
+    flow back), then lift the target fences a rollback left, so that no bot write can come
+    before its capture. Both idempotent: a cutover killed in between does both again."""
+    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+    try:
+        names = sorted({t.target_table for t in rec.tables})
+        infos = [table_info(conn, n) for n in names]
+        missing = [i.name for i in infos if not i.columns]
+        if missing:
+            raise BackflowError(f"{rec.path}: tables {', '.join(missing)} are missing")
+        capture.install(conn, infos, rec.path)
+        fence.unfence(conn, rec.path, names)
+    finally:
+        conn.close()
+
+
+def close_for_bots(conn: apsw.Connection, tables: list[str]) -> None:
+    """Stop capturing the stage's target tables (a rollback): replication writes them again
+    and must not be sent back."""
+    with write_transaction(conn):
+        capture.suspend(conn, tables)
+
+
+class Backflow:
+    """One cut-over stage: its target's capture table, read in order, into its legacy files."""
+
+    def __init__(self, cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
+        self.cfg = cfg
+        self.target = rec.target
+        self.path = rec.path
+        self.settings = cfg.daemon
+        maps = stage_mappings(plan, rec.target)
+        self.paths = {m.source: plan.source(m.source).path for m in maps}
+        self.routes: dict[str, dict[str | None, TableMapping]] = {}
+        for m in maps:
+            self.routes.setdefault(m.target_table, {})[m.tag] = m
+        self.tconn = open_target(self.path, self.settings.busy_timeout_ms)
+        self.tbusy = set_busy_timeout(self.tconn, self.settings.busy_timeout_ms)
+        self.install_id = capture.install_id(self.tconn)
+        if self.install_id is None:
+            raise BackflowError(
+                f"{self.path}: the target's tables are not captured (cut over before the "
+                "rollback window existed?)",
+                hint=f"run `cdc cutover {rec.target}` again to install it",
+            )
+        self.lconns: dict[str, apsw.Connection] = {}
+        self.applied = {
+            s: read_checkpoint(self._legacy(s), self.target, self.install_id)
+            for s in sorted(self.paths)
+        }
+        self.read_through = min(self.applied.values(), default=0)
+        self.trimmed_through = 0
+        self.captured_seq = 0
+        self.events = 0
+        self._tinfos: dict[str, TableInfo] = {}
+        self._tversion = -1
+        self._linfos: dict[tuple[str, str], TableInfo] = {}
+        self._lversion: dict[str, int] = {}
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        for c in [self.tconn, *self.lconns.values()]:
+            c.close()
+        self.lconns.clear()
+
+    def _legacy(self, source: str) -> apsw.Connection:
+        conn = self.lconns.get(source)
+        if conn is None:
+            conn = open_legacy(self.paths[source], self.settings.busy_timeout_ms)
+            allow_writes(conn)  # the legacy tables are fenced for the bots, not for us
+            self.lconns[source] = conn
+        return conn
+
+    @property
+    def behind(self) -> int:
+        """Target changes not yet in every legacy file (sequence numbers, not rows)."""
+        return max(0, self.captured_seq - min(self.applied.values(), default=self.captured_seq))
+
+    # -- one step ----------------------------------------------------------------------------
+    def step(self, eager: bool = False) -> int:
+        """Move one batch; returns events written. `eager` (a rollback waits) also brings
+        the checkpoints of files with nothing to apply up to date at once."""
+        t = self.tconn
+        with read_transaction(t):
+            tids = capture.installed_tables(t)
+            hi, top = t.execute(
+                f"SELECT (SELECT max(seq) FROM (SELECT seq FROM {capture.CHANGES} WHERE seq > ? "
+                f"ORDER BY seq LIMIT ?)), (SELECT coalesce(max(seq), 0) FROM {capture.CHANGES})",
+                (self.read_through, self.settings.harvest_batch),
+            ).fetchone()
+            self.captured_seq = top
+            changed: list[tuple[TableInfo, list[RowEvent]]] = []
+            if hi is not None:
+                self._refresh_target_infos()
+                for name in self.routes:
+                    tid = tids.get(name)
+                    if tid is None:
+                        raise BackflowError(f"{self.path}: table {name!r} is not captured")
+                    evs = capture.read_changes(t, self._tinfos[name], tid, self.read_through, hi)
+                    if evs:
+                        changed.append((self._tinfos[name], evs))
+        through = hi if hi is not None else self.read_through
+        per_source = self._route(changed)
+        moved = 0
+        flush = eager or time.monotonic() - self._last_flush >= self.settings.trim_interval
+        for source in sorted(self.paths):
+            done = self.applied[source]
+            items = [
+                (m, info, [e for e in evs if e.seq > done])
+                for m, info, evs in per_source.get(source, [])
+            ]
+            items = [i for i in items if i[2]]
+            if items or (flush and done < through):
+                moved += self._apply(source, items, through)
+        self.read_through = through
+        self.events += moved
+        if flush:
+            self._last_flush = time.monotonic()
+            self._trim()
+        return moved
+
+    def _refresh_target_infos(self) -> None:
+        version = schema_version(self.tconn)
+        if version != self._tversion:
+            self._tinfos = {n: table_info(self.tconn, n) for n in self.routes}
+            self._tversion = version
+
+    def _route(self, changed):  # noqa: ANN001, ANN202
+        """Target table events -> per source: (mapping, target table info, events)."""
+        out: dict[str, list[tuple[TableMapping, TableInfo, list[RowEvent]]]] = {}
+        for info, evs in changed:
+            routes = self.routes[info.name]
+            if None in routes:  # copied: one source
+                m = routes[None]
+                out.setdefault(m.source, []).append((m, info, evs))
+                continue
+            by_tag: dict[object, list[RowEvent]] = {}
+            for e in evs:
+                by_tag.setdefault(e.key[0], []).append(e)
+            for tag, tevs in by_tag.items():
+                m = routes.get(tag)
+                if m is None:
+                    raise BackflowError(
+                        f"{self.path}: {len(tevs)} row(s) of {info.name} have "
+                        f"{next(iter(routes.values())).tag_column} = {tag!r}, which names no "
+                        f"legacy source (known: {', '.join(sorted(map(str, routes)))})",
+                        hint="fix the tag of those rows in the target; the way back waits for it",
+                    )
+                out.setdefault(m.source, []).append((m, info, tevs))
+        return out
+
+    def _apply(self, source: str, items, through: int) -> int:  # noqa: ANN001
+        """One legacy transaction: rows, removal of their own capture rows, checkpoint."""
+        conn = self._legacy(source)
+        n = 0
+        try:
+            with write_transaction(conn):
+                before = conn.execute(
+                    f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}"
+                ).fetchone()[0]
+                ltids = capture.installed_tables(conn)
+                for m, tinfo, evs in items:
+                    n += self._write_rows(conn, source, m, tinfo, evs)
+                    self._no_collateral_deletes(conn, source, m, evs, ltids, before)
+                mine = [ltids[m.table] for m in self._tables_of(source) if m.table in ltids]
+                if mine:
+                    conn.execute(
+                        f"DELETE FROM {capture.CHANGES} WHERE seq > ? AND tid IN "
+                        f"({', '.join('?' * len(mine))})",
+                        (before, *mine),
+                    )
+                conn.execute(
+                    f"INSERT OR REPLACE INTO {capture.META}(k, v) VALUES (?, ?)",
+                    (
+                        checkpoint_key(self.target),
+                        msgspec.json.encode(Checkpoint(self.install_id, through)).decode(),
+                    ),
+                )
+        except apsw.BusyError:
+            raise
+        except apsw.Error as e:
+            raise BackflowError(f"{self.paths[source]}: writing back failed: {e}") from e
+        self.applied[source] = through
+        return n
+
+    def _no_collateral_deletes(self, conn, source, m, evs, ltids, before) -> None:  # noqa: ANN001
+        """A REPLACE may delete a legacy row through a UNIQUE constraint. That is right when
+        the target deleted it too (its event is in the batch), but a merged target table
+        has none of the legacy constraints, so it may hold rows the legacy table cannot:
+        then writing back would silently drop one. The capture rows our own writes made
+        (REPLACE probes, deletes) name every key touched; one outside the batch that is
+        gone now is such a loss, and the whole transaction is refused instead."""
+        tid = ltids.get(m.table)
+        if tid is None:
+            raise BackflowError(f"{self.paths[source]}: capture of {m.table!r} is missing")
+        info = self._legacy_info(conn, source, m.table)
+        width = capture.key_width(info)
+        skip = 1 if m.tag_column else 0
+        sent = {msgspec.msgpack.encode(list(e.key[skip:])) for e in evs}
+        kcols = ", ".join(f"k{i + 1}" for i in range(width))
+        kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
+        present = f"SELECT 1 FROM {q(m.table)} WHERE " + " AND ".join(f"{k} IS ?" for k in kexpr)
+        for key in conn.execute(
+            f"SELECT DISTINCT {kcols} FROM {capture.CHANGES} WHERE seq > ? AND tid = ?",
+            (before, tid),
+        ).fetchall():
+            if msgspec.msgpack.encode(list(key)) in sent:
+                continue
+            if conn.execute(present, key).fetchone() is None:
+                raise BackflowError(
+                    f"{self.paths[source]}: writing {self.target}'s changes back into "
+                    f"{m.table} would delete its row {list(key)} through a UNIQUE constraint "
+                    f"that {m.target_table} in the target does not have",
+                    hint=f"make the rows of {m.target_table} (tag {m.tag!r}) unique the way "
+                    f"{m.table} needs; the way back resumes by itself",
+                )
+
+    def _tables_of(self, source: str) -> list[TableMapping]:
+        return [m for r in self.routes.values() for m in r.values() if m.source == source]
+
+    def _legacy_info(self, conn: apsw.Connection, source: str, table: str) -> TableInfo:
+        version = schema_version(conn)
+        if self._lversion.get(source) != version:
+            self._linfos = {k: v for k, v in self._linfos.items() if k[0] != source}
+            self._lversion[source] = version
+        info = self._linfos.get((source, table))
+        if info is None:
+            info = self._linfos[(source, table)] = table_info(conn, table)
+            if not info.columns:
+                raise BackflowError(f"{self.paths[source]}: legacy table {table!r} is gone")
+        return info
+
+    def _write_rows(
+        self, conn: apsw.Connection, source: str, m: TableMapping, tinfo: TableInfo, evs
+    ) -> int:  # noqa: ANN001
+        linfo = self._legacy_info(conn, source, m.table)
+        tcols = tinfo.column_names
+        skip = 1 if m.tag_column else 0  # a merged table's key starts with the tag
+        if m.tag_column and not linfo.key:
+            raise BackflowError(f"{self.path}: merged table {tinfo.name} needs a declared key")
+        have = {c.lower() for c in linfo.column_names}
+        # A column the legacy table lacks (a bot's ALTER on the target, or another source's
+        # column of a merged table) is added when a value must go there, never dropped.
+        for i, c in enumerate(tcols):
+            if (
+                c.lower() not in have
+                and c != m.tag_column
+                and any(e.op is not Op.DELETE and e.row[i] is not None for e in evs)
+            ):
+                decl = next(x.decl_type for x in tinfo.columns if x.name == c)
+                decl = decl.replace('"', "") if not m.tag_column else ""
+                conn.execute(f"ALTER TABLE {q(m.table)} ADD COLUMN {q(c)} {decl}")
+                log.info("backflow %s: added column %s.%s", self.target, m.table, c)
+                linfo = self._legacy_info(conn, source, m.table)
+                have.add(c.lower())
+        pick = [i for i, c in enumerate(tcols) if c.lower() in have and c != m.tag_column]
+        shape = AppliedShape(
+            columns=[tcols[i] for i in pick],
+            key=list(linfo.key),
+            target_table=m.table,
+            rowid_alias=linfo.rowid_alias(),
+            other_unique=bool(linfo.unique_sets),
+        )
+        upsert_sql, delete_sql = statements(shape)
+        dels = [e.key[skip:] for e in evs if e.op is Op.DELETE]
+        if linfo.key:
+            ups = [[e.row[i] for i in pick] for e in evs if e.op is not Op.DELETE]
+        else:  # identity is the rowid, which the target kept
+            ups = [[*e.key, *(e.row[i] for i in pick)] for e in evs if e.op is not Op.DELETE]
+        if dels:
+            conn.executemany(delete_sql, dels)
+        if ups:
+            conn.executemany(upsert_sql, ups)
+        return len(evs)
+
+    def _trim(self) -> None:
+        """Delete target capture rows every legacy file has, without queueing behind bots."""
+        low = min(self.applied.values(), default=0)
+        if low <= self.trimmed_through:
+            return
+        self.tbusy.timeout_ms = TRIM_BUDGET_MS
+        try:
+            with write_transaction(self.tconn):
+                self.tconn.execute(  # the newest row stays: the sequence never restarts
+                    f"DELETE FROM {capture.CHANGES} WHERE seq <= ? AND seq < "
+                    f"(SELECT max(seq) FROM {capture.CHANGES})",
+                    (low,),
+                )
+            self.trimmed_through = low
+        except apsw.BusyError:
+            log.debug("backflow %s: trim deferred, target busy", self.target)
+        finally:
+            self.tbusy.timeout_ms = self.settings.busy_timeout_ms
+
+
+def legacy_applied(cfg: Config, plan: Plan, target: str) -> dict[str, int]:
+    """Each legacy file's backflow checkpoint, read from the files (for `cdc rollback`)."""
+    tconn = open_target(plan.targets[target], cfg.daemon.busy_timeout_ms)
+    try:
+        iid = capture.install_id(tconn) or ""
+    finally:
+        tconn.close()
+    out = {}
+    for source in sorted({m.source for m in stage_mappings(plan, target)}):
+        conn = open_legacy(plan.source(source).path, cfg.daemon.busy_timeout_ms, readonly=True)
+        try:
+            out[source] = read_checkpoint(conn, target, iid)
+        finally:
+            conn.close()
+    return out

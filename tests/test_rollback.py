@@ -1,0 +1,290 @@
+"""The rollback window: bots' writes to a cut-over target flow back into the fenced legacy
+files, `cdc rollback` hands those files back, and the stage can be cut over again. No change
+travels back and forth, and a SIGKILL at any step is completed by running the command again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cdc.changelog import LogReader
+from cdc.config import load_config
+from cdc.cutover_state import read_record
+from cdc.events import RowBatch
+from tests import workload
+from tests.conftest import REPO, cdc_cmd, wait_until
+from tests.test_cutover import _cutover, _stage_equal
+from tests.test_verifier_live import _setup as live_setup
+from tests.workload import VALUES
+
+CORE_TABLES = {("alpha", "positions"), ("alpha", "kv"), ("beta", "positions"), ("beta", "kv")}
+
+
+def _rollback(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CDC_TEST_KILL_AT"}
+    if kill_at:
+        env["CDC_TEST_KILL_AT"] = kill_at
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", "rollback", *args, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
+
+
+def target_writes(db: Path, n: int, seed: int) -> None:
+    """What a switched bot does in the consolidated core: REPLACE upserts through a UNIQUE,
+    key changes, deletes, REAL/BLOB/NULL edge values, rows of a merged table under its tag,
+    and a runtime ALTER that adds a column."""
+    rnd = random.Random(seed)
+    c = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        cols = [r[1] for r in c.execute("PRAGMA table_info(alpha_positions)")]
+        if "note" not in cols:
+            c.execute("ALTER TABLE alpha_positions ADD COLUMN note TEXT")
+        for _ in range(n):
+            sym, r = f"S{rnd.randrange(60)}", rnd.random()
+            if r < 0.2:
+                c.execute(
+                    "INSERT OR REPLACE INTO alpha_positions(symbol, qty, px, meta, note) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        sym,
+                        rnd.random(),
+                        rnd.choice(VALUES),
+                        rnd.randbytes(3),
+                        rnd.choice([None, "n"]),
+                    ),
+                )
+            elif r < 0.3:
+                c.execute(
+                    "UPDATE alpha_positions SET px = -0.0, qty = qty + 1 WHERE symbol = ?", (sym,)
+                )
+            elif r < 0.35:
+                c.execute(
+                    "UPDATE OR REPLACE alpha_positions SET id = id + 100000 "
+                    "WHERE symbol = ? AND id < 100000",
+                    (sym,),
+                )
+            elif r < 0.4:
+                c.execute("DELETE FROM alpha_positions WHERE symbol = ?", (sym,))
+            elif r < 0.6:
+                c.execute(
+                    "INSERT OR REPLACE INTO alpha_kv(k, v) VALUES (?, ?)",
+                    (f"k{rnd.randrange(100)}", rnd.choice(VALUES)),
+                )
+            elif r < 0.65:
+                c.execute("DELETE FROM alpha_kv WHERE k = ?", (f"k{rnd.randrange(100)}",))
+            elif r < 0.8:
+                # A merged table has neither the legacy UNIQUE(symbol) nor its column types:
+                # a bot keeps to them (REAL in px), or the way back refuses (tested below).
+                i = rnd.randrange(1, 3000)
+                c.execute(
+                    "INSERT OR REPLACE INTO positions(bot, id, symbol, qty, px) "
+                    "VALUES ('beta', ?, ?, ?, ?)",
+                    (i, f"M{i}", rnd.random(), rnd.choice([None, 0.1 + 0.2, 1e-300, 2.5])),
+                )
+            elif r < 0.85:
+                c.execute(
+                    "DELETE FROM positions WHERE bot = 'beta' AND id % 7 = ?", (rnd.randrange(7),)
+                )
+            else:
+                c.execute(
+                    "INSERT OR REPLACE INTO beta_kv VALUES (?, ?)",
+                    (f"t{rnd.randrange(50)}", rnd.choice(VALUES)),
+                )
+    finally:
+        c.close()
+
+
+def _status(cfg: Path) -> dict:
+    return json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
+
+
+def _backflow_caught_up(cfg: Path, target: str):  # noqa: ANN202
+    def ok():  # noqa: ANN202
+        b = _status(cfg)["backflow"].get(target)
+        return b is not None and b["behind"] == 0 and not b["last_error"] and b
+
+    return wait_until(ok, 60, 0.1, f"the {target} backflow to catch up")
+
+
+def _forwarded_since(cfg: Path, offset: int) -> set:
+    """(source, table) of every row batch in the change log from `offset` on."""
+    c = load_config(cfg)
+    return {
+        (e.frame.source, e.frame.table)
+        for e in LogReader(c.log_dir).iter_from(offset)
+        if isinstance(e.frame, RowBatch) and e.frame.events
+    }
+
+
+def _refused(path: Path, sql: str) -> str:
+    with (
+        contextlib.closing(sqlite3.connect(path, timeout=10)) as c,
+        pytest.raises(sqlite3.IntegrityError) as e,
+    ):
+        c.execute(sql)
+    return str(e.value)
+
+
+def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, daemons) -> None:
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    bots = workload.start(tmp_path, ["alpha", "beta", "gamma"], seconds=600)  # all stages
+    core, legacy_alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
+    state = str(tmp_path / "state")
+    try:
+        r = _cutover(cfg, "core")
+        assert r.returncode == 0, r.stdout + r.stderr
+        done = read_record(state, "core")
+        target_writes(core, 600, seed=1)
+        _backflow_caught_up(cfg, "core")
+        # the fenced legacy tables have every write the bots made to the target, a new
+        # column included, and none of it came back through the change log (no loop)
+        assert _stage_equal(cfg, "core") == []
+        assert not _forwarded_since(cfg, done.log_offset) & CORE_TABLES
+        with contextlib.closing(sqlite3.connect(legacy_alpha, timeout=10)) as c:
+            assert "note" in [r[1] for r in c.execute("PRAGMA table_info(positions)")]
+        assert "moved to" in _refused(legacy_alpha, "INSERT INTO kv VALUES ('stale', 1)")
+
+        r = _rollback(cfg, "core")
+        assert r.returncode == 0, r.stdout + r.stderr
+        rec = read_record(state, "core")
+        assert rec.state == "rolled_back" and rec.rollback.verified_tables == len(rec.tables)
+        assert rec.rollback.pause_ms is not None
+        # the target is fenced for the bots now, the legacy files are theirs again
+        msg = _refused(core, "INSERT INTO alpha_kv VALUES ('late', 1)")
+        assert f"moved to {legacy_alpha} (table kv)" in msg and "rolled back" in msg
+        with contextlib.closing(sqlite3.connect(legacy_alpha, timeout=10)) as c:
+            c.execute("INSERT INTO kv VALUES ('back home', 2.5)")
+            c.commit()
+
+        def forwarded() -> bool:  # and replication follows them into the (fenced) target
+            with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+                return c.execute("SELECT v FROM alpha_kv WHERE k = 'back home'").fetchone() == (
+                    2.5,
+                )
+
+        wait_until(forwarded, 60, 0.05, "the legacy write to replicate after the rollback")
+        s = cdc_cmd("status", "-c", str(cfg)).stdout
+        assert "cutover core: rolled back" in s, s
+        r = cdc_cmd("finalize", "core", "-c", str(cfg))
+        assert r.returncode == 13 and "not cut over" in r.stderr, r.stderr
+
+        r = _cutover(cfg, "core")  # and again
+        assert r.returncode == 0, r.stdout + r.stderr
+        again = read_record(state, "core")
+        assert again.state == "done" and len(again.history) == 1
+        target_writes(core, 200, seed=2)  # the target is the bots' again, captured again
+        _backflow_caught_up(cfg, "core")
+        assert _stage_equal(cfg, "core") == []
+    finally:
+        for b in bots:
+            b.send_signal(signal.SIGTERM)
+    stats = [json.loads(b.communicate(timeout=60)[0]) for b in bots]
+    assert all(s["errors"] == s["fenced"] for s in stats), stats  # only fence refusals
+    r = cdc_cmd("finalize", "core", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rollback window closed" in r.stdout
+    with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+        left = c.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE '\\_cdc\\_t%' ESCAPE '\\' "
+            "OR name = '_cdc_changes'"
+        ).fetchall()
+        assert left == []
+        c.execute("INSERT INTO alpha_kv VALUES ('after finalize', 1)")  # no fence left
+        c.commit()
+    assert d.stop() == 0, d.output()
+
+
+def test_rollback_killed_at_each_step_completes_when_run_again(tmp_path: Path, daemons) -> None:
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    state = str(tmp_path / "state")
+    core = tmp_path / "out/core.db"
+    assert _cutover(cfg, "core").returncode == 0
+    target_writes(core, 300, seed=3)
+    for step, shown in (
+        ("rolling_back", "ROLLING BACK"),
+        ("rollback_fenced", "ROLLING BACK"),
+        ("rollback_unfencing", "ROLLING BACK"),
+        ("rolled_back", "rolled back"),
+    ):
+        r = _rollback(cfg, "core", kill_at=step)
+        assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+        s = cdc_cmd("status", "-c", str(cfg)).stdout
+        assert f"cutover core: {shown}" in s, s
+        if step == "rollback_fenced":  # the way forward is still open here
+            r = _rollback(cfg, "core", "--abort")
+            assert r.returncode == 0, r.stderr
+            assert read_record(state, "core").state == "done"
+            target_writes(core, 50, seed=4)  # the bots have the target back
+        if step == "rollback_unfencing":  # past the legacy fences: only forward to the end
+            r = _rollback(cfg, "core", "--abort")
+            assert r.returncode == 12 and "already lifting the legacy fences" in r.stderr
+    assert read_record(state, "core").state == "rolled_back"
+    r = _rollback(cfg, "core")
+    assert r.returncode == 0 and "already rolled back" in r.stdout
+    assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
+    assert _stage_equal(cfg, "core") == []
+    assert "moved to" in _refused(core, "DELETE FROM alpha_kv")
+    assert d.stop() == 0, d.output()
+
+
+def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> None:
+    """The backflow's checkpoint lives in each legacy file's own transaction: killed at any
+    point, the daemon resumes there, and the legacy tables end equal to the target."""
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    assert _cutover(cfg, "core").returncode == 0
+    core = tmp_path / "out/core.db"
+    stop = tmp_path / "stop-writing"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "from tests.test_rollback import target_writes\n"
+            "seed = 10\n"
+            "while not os.path.exists(sys.argv[2]):\n"
+            "    target_writes(sys.argv[1], 100, seed)\n"
+            "    seed += 1\n",
+            str(core),
+            str(stop),
+        ],
+        cwd=REPO,
+    )
+    try:
+        for _ in range(5):  # each daemon gets to write some of it back, then dies mid-way
+            wait_until(lambda: _status(cfg)["backflow"].get("core"), 60, 0.05, "the backflow")
+            time.sleep(random.random())
+            assert d.kill() == -signal.SIGKILL
+            d = daemons(cfg)
+    finally:
+        stop.touch()
+        writer.wait(timeout=120)
+    assert writer.returncode == 0
+    _backflow_caught_up(cfg, "core")
+    assert _stage_equal(cfg, "core") == []
+    # nothing it wrote back was ever sent forward again, however often it was killed
+    assert (
+        not _forwarded_since(cfg, read_record(str(tmp_path / "state"), "core").log_offset)
+        & CORE_TABLES
+    )
+    assert d.stop() == 0, d.output()
