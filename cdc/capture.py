@@ -122,6 +122,15 @@ def is_installed(conn: apsw.Connection) -> bool:
     return row[0] == 3
 
 
+def is_capturing(conn: apsw.Connection, tables: list[str]) -> bool:
+    """Whether every table in `tables` has its capture triggers (cheap: no write)."""
+    tids = installed_tables(conn)
+    if any(t not in tids for t in tables):
+        return False
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    return all(trigger_names(tids[t])[0] in names for t in tables)
+
+
 def install_id(conn: apsw.Connection) -> str | None:
     if not is_installed(conn):
         return None

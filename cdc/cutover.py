@@ -17,8 +17,9 @@ for the tests):
    first row a bot inserts there does not reuse a legacy id;
 5. verify: under the fence, only the keys the change log touched since `pre_offset` (and
    the row counts); tables the pass could not prove are verified in full;
-6. the target's tables are captured for the way back (`cdc.backflow`) and any target
-   fence a rollback left is lifted;
+6. the way back starts here: the target's tables, captured since the preflight
+   (`cdc.backflow`), hold nothing of the bots before this sequence; any target fence a
+   rollback left is lifted;
 7. `done`: the record holds the time, the positions, the checksums and the pause the bots
    saw (fence to done); the bots may now write to the target, and until `cdc finalize`
    the daemon writes their changes back into the fenced legacy files (`cdc rollback`).
@@ -280,6 +281,8 @@ def verify_parallel(cfg: Config, plan: Plan, tables: list[TableMapping]):  # noq
 
 
 def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
+    # Before the pause: the way back needs the target's tables captured (`cdc.backflow`).
+    backflow.capture_target(cfg, rec.path, [m.target_table for m in tables])
     by_source: dict[str, dict[str, str]] = {}
     for m in tables:
         where = f"{plan.targets[m.target]} (table {m.target_table}"
@@ -340,8 +343,8 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
             t.rows = v.source_rows
             t.digest = v.source_digest or t.digest
     rec.log_offset = read_checkpoint(target_path)
-    backflow.open_for_bots(cfg, rec)
-    clock.lap("capture")
+    rec.backflow_from = backflow.open_for_bots(cfg, rec)
+    clock.lap("go")
     rec.done_at = time.time()
     rec.pause_ms = (rec.done_at - rec.fenced_at) * 1000.0
     rec.state, rec.error = "done", None
@@ -363,28 +366,12 @@ class Clock:
 
 def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
     """Copied AUTOINCREMENT tables: the target's counter becomes at least the legacy one,
-    so a bot's first insert into the target cannot take an id a deleted legacy row had."""
-    wanted = {}
+    so a bot's first insert into the target cannot take an id a deleted legacy row had.
+    The legacy counters were read in the fencing transactions (`FenceMark.sequences`)."""
+    marks = {m.source: m for m in rec.fences}
     for t in rec.tables:
-        if t.tag_column is None:
-            wanted.setdefault(t.source, []).append(t)
-
-    def read(item: tuple[str, list[CutoverTable]]) -> None:
-        source, ts = item
-        conn = open_legacy(plan.source(source).path, cfg.daemon.busy_timeout_ms, readonly=True)
-        try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchone():
-                for t in ts:
-                    row = conn.execute(
-                        "SELECT seq FROM sqlite_sequence WHERE name=?", (t.table,)
-                    ).fetchone()
-                    t.sequence = row[0] if row else None
-        finally:
-            conn.close()
-
-    if wanted:  # every file at once: this runs while the bots are fenced
-        with ThreadPoolExecutor(max_workers=min(32, len(wanted))) as pool:
-            list(pool.map(read, wanted.items()))
+        if t.tag_column is None and t.source in marks:
+            t.sequence = marks[t.source].sequences.get(t.table)
     counters = {t.target_table: t.sequence for t in rec.tables if t.sequence is not None}
     if not counters:
         return
@@ -432,6 +419,11 @@ def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) ->
         finally:
             conn.close()
         echo(f"{target}: unfenced {len(lifted)} tables of {source}")
+    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+    try:  # no way back to keep: what the replicator writes there is not the bots'
+        backflow.close_for_bots(conn, sorted({t.target_table for t in rec.tables}))
+    finally:
+        conn.close()
     rec.state = "aborted"
     save_record(cfg.state_dir, rec)
     return rec

@@ -43,6 +43,9 @@ class FenceMark(msgspec.Struct, frozen=True):
     tables: list[str]
     fence_seq: int
     fenced_at: float
+    # AUTOINCREMENT counters of the fenced tables, read in the fencing transaction: final,
+    # since no bot can write them after it (read here, they cost the pause nothing more)
+    sequences: dict[str, int] = {}
 
 
 # Decoders are built once, at import: msgspec 0.22 can crash when several threads make
@@ -63,7 +66,15 @@ def fence_sql(tid: int, table: str, message: str) -> list[str]:
     ]
 
 
-__all__ = ["FenceMark", "allow_writes", "fence", "fence_sql", "trigger_names", "unfence"]
+__all__ = [
+    "FenceMark",
+    "allow_writes",
+    "fence",
+    "fence_sql",
+    "fenced_tables",
+    "trigger_names",
+    "unfence",
+]
 
 
 LEGACY_NOTE = "this legacy copy is read-only now"
@@ -97,12 +108,14 @@ def fence(
             old = _MARK.decode(row[0]) if row else None
             seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
             tables = sorted(set(moved) | set(old.tables if old else []))
+            keep = old is not None and set(moved) <= set(old.tables)
             mark = FenceMark(
                 source,
                 path,
                 tables,
-                old.fence_seq if old and set(moved) <= set(old.tables) else seq,
-                old.fenced_at if old and set(moved) <= set(old.tables) else time.time(),
+                old.fence_seq if keep else seq,
+                old.fenced_at if keep else time.time(),
+                old.sequences if keep else _sequences(conn, tables),
             )
             conn.execute(
                 f"INSERT OR REPLACE INTO {capture.META}(k, v) VALUES (?, ?)",
@@ -114,6 +127,23 @@ def fence(
             f"{path}: stayed locked while fencing: {e}",
             hint="a bot held the write lock longer than the busy timeout; run the cutover again",
         ) from e
+
+
+def _sequences(conn: apsw.Connection, tables: list[str]) -> dict[str, int]:
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchone():
+        return {}
+    marks = ", ".join("?" * len(tables))
+    return dict(
+        conn.execute(f"SELECT name, seq FROM sqlite_sequence WHERE name IN ({marks})", tables)
+    )
+
+
+def fenced_tables(conn: apsw.Connection) -> list[str]:
+    """The tables this file's fence mark lists (none: not fenced)."""
+    if not capture.is_installed(conn):
+        return []
+    row = conn.execute(f"SELECT v FROM {capture.META} WHERE k='fence'").fetchone()
+    return _MARK.decode(row[0]).tables if row else []
 
 
 def unfence(conn: apsw.Connection, path: str, tables: list[str] | None = None) -> list[str]:

@@ -8,10 +8,12 @@ written. `manifest.json` lists every copy with its size and digest. The original
 never deleted or moved.
 
 A legacy file is archived and loses its capture (triggers, `_cdc_*` tables) only once
-every one of its mapped tables belongs to a stage that is cut over; its fences stay, so a
-stale bot's write still fails with the message naming the table's new home. Finalizing a
-stage whose files still feed another stage archives nothing of those files yet and says
-which stage they wait for; finalizing that stage later archives them.
+every one of its mapped tables belongs to a stage that is finalized (a stage that is only
+cut over still has its rollback window); its fences stay, so a stale bot's write still
+fails with the message naming the table's new home. Finalizing a stage whose files still
+feed another stage archives nothing of those files yet and says which stage they wait
+for; finalizing that stage later archives them. Finalizing also ends the stage's rollback
+window: the capture of the target's tables is removed.
 """
 
 from __future__ import annotations
@@ -103,10 +105,13 @@ def finalize(
             if rec is not None and rec.state == "rolling_back"
             else f"run `cdc cutover {target}` first",
         )
-    cut = {
+    # A file is archived only once every stage it feeds is finalized (this one included):
+    # a stage that is only cut over still has its rollback window, which writes back into
+    # the file and needs it in place.
+    ended = {
         (t.source, t.table)
         for r in read_records(cfg.state_dir)
-        if r.state in ("done", "finalized")
+        if r.state == "finalized" or r.target == target
         for t in r.tables
     }
     root = archive_dir or os.path.join(cfg.state_dir, "archive")
@@ -125,10 +130,10 @@ def finalize(
             echo(f"{source}: archived already (by an earlier finalize)")
             _guard(sp.path, rec, echo)
             continue
-        pending = sorted({m.target for m in sp.tables if (m.source, m.table) not in cut})
+        pending = sorted({m.target for m in sp.tables if (m.source, m.table) not in ended})
         if pending:
             manifest.waiting[source] = pending
-            echo(f"{source}: still feeds {', '.join(pending)}; archived when that is cut over")
+            echo(f"{source}: still feeds {', '.join(pending)}; archived when that is finalized")
             continue
         dest = os.path.join(root, source, os.path.basename(sp.path))
         size, digest, integrity = archive_copy(sp.path, dest, cfg.daemon.busy_timeout_ms)

@@ -1,6 +1,9 @@
 """A bot for the cutover tests: writes rows to a legacy table until a fence refuses it, then,
-once the cutover record says the stage is done, to its consolidated table. Every committed
-row is logged (where, id, marker), so a test can check that each is present exactly once.
+once the cutover record says the stage is done, to its consolidated table; and back to the
+legacy table when a fence there refuses it and the record says the stage was rolled back.
+Every committed row is logged (where, id, marker), so a test can check that each is present
+exactly once. A write accepted on a side the record said was fenced both before and after
+it is counted (`accepted_while_fenced`): that would be a write silently accepted.
 
 Run as `python -m tests.cutover_bot LEGACY TABLE TARGET_DB TARGET_TABLE RECORD OUT SEED`.
 Like the real bots: stdlib sqlite3, a connection per write, timeout 5 s.
@@ -37,6 +40,17 @@ def insert_for(conn: sqlite3.Connection, table: str, marker: str) -> tuple[str, 
     return f'INSERT INTO "{table}" ({quoted}) VALUES ({", ".join("?" * len(cols))})', vals
 
 
+LEGACY_FENCED = ("fenced", "done", "finalized", "rolling_back")
+
+
+def stage_state(record: str) -> str | None:
+    try:
+        with open(record, encoding="utf-8") as f:
+            return json.load(f)["state"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def main() -> None:
     legacy, table, target_db, target_table, record, out, seed = sys.argv[1:8]
     stop = False
@@ -46,15 +60,16 @@ def main() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    switched = False
-    n = refused = errors = 0
-    accepted_after_refusal = 0
+    where = "legacy"
+    n = refused = errors = switches = 0
+    accepted_while_fenced = 0
     last_error = None
     with open(out, "a", encoding="utf-8") as log:
         while not stop:
             n += 1
             marker = f"bot{seed}-{n}"
-            path, tbl = (target_db, target_table) if switched else (legacy, table)
+            path, tbl = (target_db, target_table) if where == "target" else (legacy, table)
+            before = stage_state(record)
             try:
                 c = sqlite3.connect(path, timeout=5.0)
                 try:
@@ -63,19 +78,19 @@ def main() -> None:
                         rowid = c.execute(sql, vals).lastrowid
                 finally:
                     c.close()
-                where = "target" if switched else "legacy"
-                accepted_after_refusal += where == "legacy" and refused > 0
+                after = stage_state(record)
+                fenced = LEGACY_FENCED if where == "legacy" else ("rolled_back",)
+                accepted_while_fenced += before in fenced and after in fenced
                 log.write(json.dumps({"where": where, "id": rowid, "marker": marker}) + "\n")
                 log.flush()
             except sqlite3.Error as e:
                 last_error = str(e)
                 if "moved to" in last_error:
                     refused += 1
-                    try:
-                        with open(record, encoding="utf-8") as f:
-                            switched = json.load(f)["state"] in ("done", "finalized")
-                    except (OSError, ValueError):
-                        pass
+                    state = stage_state(record)
+                    side = "target" if state in ("done", "finalized") else "legacy"
+                    if state in ("done", "finalized", "rolled_back") and side != where:
+                        where, switches = side, switches + 1
                 else:
                     errors += 1
             time.sleep(0.005)
@@ -85,8 +100,9 @@ def main() -> None:
                 "writes": n,
                 "refused": refused,
                 "errors": errors,
-                "switched": switched,
-                "accepted_after_refusal": accepted_after_refusal,
+                "switches": switches,
+                "where": where,
+                "accepted_while_fenced": accepted_while_fenced,
                 "last_error": last_error,
             }
         )

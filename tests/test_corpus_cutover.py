@@ -1,12 +1,15 @@
-"""The shared corpus, cut over stage by stage while bots write: analytics, cache, core.
+"""The shared corpus, cut over stage by stage while bots write: analytics, cache, core;
+then core rolled back, and cut over again.
 
 Five bot processes write rows into real tables of the three stages, on rollback-journal
 and WAL files, a connection per write. Each is refused by its stage's fence at cutover,
-switches to the consolidated table once the stage is done, and keeps writing there. At the
-end every row a bot committed, before or after its switch, is in the consolidated table
-exactly once with its marker; no legacy write was accepted after a refusal (each cutover's
-own final verification proved the fenced tables equal); then every stage is finalized and
-every captured legacy file archived once.
+switches to the consolidated table once the stage is done, and keeps writing there. Core
+is rolled back while its bots write: the target refuses them, they go back to their legacy
+files (which have every row they wrote to the target), and come to the target again when
+core is cut over a second time. At the end every row a bot committed, in any of those
+phases, is in the consolidated table exactly once with its marker; no write was accepted
+on a side the record said was fenced (and each cutover and rollback proved the fenced
+tables equal); then every stage is finalized and every captured legacy file archived once.
 """
 
 from __future__ import annotations
@@ -79,17 +82,19 @@ def test_stages_cut_over_with_bots_writing_and_no_write_lost(
                     )
                 )
         time.sleep(1.0)
-        for target in BOT_TABLES:
-            r = run_cli("cutover", toml, target)
+        steps = [("cutover", t) for t in BOT_TABLES] + [("rollback", "core"), ("cutover", "core")]
+        for command, target in steps:
+            r = run_cli(command, toml, target)
             assert r.returncode == 0, r.stdout + r.stderr
             time.sleep(0.7)  # the bots of this stage switch and keep writing
     finally:
         for _, _, p in bots:
             p.send_signal(signal.SIGTERM)
     stats = [json.loads(p.communicate(timeout=60)[0]) for _, _, p in bots]
-    for s in stats:
-        assert s["errors"] == 0 and s["refused"] > 0 and s["switched"], s
-        assert s["accepted_after_refusal"] == 0, s  # never silently accepted
+    for (m, _, _), s in zip(bots, stats, strict=True):
+        assert s["errors"] == 0 and s["refused"] > 0 and s["where"] == "target", s
+        assert s["switches"] == (3 if m.target == "core" else 1), s  # core went back once
+        assert s["accepted_while_fenced"] == 0, s  # never silently accepted
     try:
         r = run_cli("verify", toml, "--json")
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr
@@ -102,8 +107,13 @@ def test_stages_cut_over_with_bots_writing_and_no_write_lost(
 
     for m, log, _ in bots:
         rows = [json.loads(line) for line in log.read_text().splitlines()]
-        wrote = {w: [r for r in rows if r["where"] == w] for w in ("legacy", "target")}
-        assert wrote["legacy"] and wrote["target"], (m.table, len(rows))
+        phases = [[rows[0]]]  # runs of writes on one side, in the order they were made
+        for r in rows[1:]:
+            if r["where"] == phases[-1][-1]["where"]:
+                phases[-1].append(r)
+            else:
+                phases.append([r])
+        assert len(phases) == (4 if m.target == "core" else 2), (m.table, len(phases))
         with contextlib.closing(
             sqlite3.connect(f"file:{plan.targets[m.target]}?mode=ro", uri=True)
         ) as c:
@@ -116,8 +126,10 @@ def test_stages_cut_over_with_bots_writing_and_no_write_lost(
                     f'SELECT * FROM "{m.target_table}" WHERE id = ?', (r["id"],)
                 ).fetchone()
                 assert r["marker"] in row, (m.table, r, row)
-        # rows written after the switch took ids after every legacy id
-        assert min(r["id"] for r in wrote["target"]) > max(r["id"] for r in wrote["legacy"])
+        # rows written after a switch took ids after every id given before it, on either
+        # side (AUTOINCREMENT counters carried at each cutover and rollback)
+        for earlier, later in zip(phases, phases[1:], strict=False):
+            assert min(r["id"] for r in later) > max(r["id"] for r in earlier), m.table
     manifests = [
         json.loads(p.read_text()) for p in (Path(cfg.state_dir) / "archive").glob("*.json")
     ]

@@ -170,19 +170,25 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     assert r.returncode == 0, r.stderr
     assert {t["state"] for t in json.loads(r.stdout)["tables"]} == {"cut over"}
 
-    # finalize: every file is cut over (both stages), so analytics' finalize archives all
-    # three. A stale bot still holding one open is named, and that file is not moved.
+    # finalize: every file feeds both stages, so analytics' finalize archives none (core's
+    # rollback window still writes into them) and core's archives all three. A stale bot
+    # still holding one open is named, and that file is not moved.
     before = {p.name: p.stat().st_size for p in (tmp_path / "legacy").glob("*.db")}
+    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        "0 files archived, 3 waiting" in r.stdout and "archived when that is finalized" in r.stdout
+    )
     alpha = str(tmp_path / "legacy/alpha.db")
     stale = sqlite3.connect(alpha)
     stale.execute("SELECT count(*) FROM kv").fetchall()
-    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
+    r = cdc_cmd("finalize", "core", "-c", str(cfg))
     assert r.returncode == 13 and f"open by process(es) {os.getpid()}" in r.stderr, r.stderr
     assert not Path(alpha).read_bytes().startswith(b"sqlite-cdc")
     stale.close()
-    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))  # run again: completes
+    r = cdc_cmd("finalize", "core", "-c", str(cfg))  # run again: completes
     assert r.returncode == 0, r.stdout + r.stderr
-    manifest = json.loads((tmp_path / "state/archive/manifest-analytics.json").read_text())
+    manifest = json.loads((tmp_path / "state/archive/manifest-core.json").read_text())
     assert len(manifest["files"]) == 3
     for f in manifest["files"]:
         assert f["integrity"] == "ok"
@@ -214,9 +220,9 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
                 == o.execute("SELECT count(*) FROM kv").fetchone()
             )
     assert set(before) == {p.name for p in (tmp_path / "legacy").glob("*.db")}
-    r = cdc_cmd("finalize", "core", "-c", str(cfg))
+    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))  # again: nothing more to archive
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "0 files archived" in r.stdout  # the analytics stage archived them already
+    assert "0 files archived" in r.stdout
     for f in manifest["files"]:  # and those copies still match their manifest
         assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
     st = json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
