@@ -1,7 +1,8 @@
 """The rollback window's way back: the bots' writes to a cut-over target, into the legacy files.
 
-When `cdc cutover T` hands a stage to the bots, the target's tables get the same capture
-triggers the legacy files have (`cdc.capture`, installed in the target). The daemon's
+When `cdc cutover T` hands a stage to the bots, the target's tables have the same capture
+triggers the legacy files have (`cdc.capture`, installed in the target before the fence),
+gated so that only writes by others than sqlite-cdc are captured. The daemon's
 backflow reads them like a harvester (one short read transaction: capture rows and the
 rows' images as they are now) and writes them into the fenced legacy tables, through the
 fence (our connections pass it), so that `cdc rollback T` can give the bots their old files
@@ -92,43 +93,37 @@ def stage_mappings(plan: Plan, target: str) -> list[TableMapping]:
 
 
 def capture_target(cfg: Config, path: str, tables: list[str]) -> None:
-    """Before the fence: capture the stage's target tables, so that "go" needs no schema
-    change (creating the triggers took 193 ms for the 65 tables of the corpus's analytics
-    stage, all of it bot pause). What the replicator writes until "go" is captured too and
-    skipped (`CutoverRecord.backflow_from`)."""
+    """Capture the stage's target tables, in the preflight (creating the triggers took 193
+    ms for the 65 tables of the corpus's analytics stage, holding the target's write lock:
+    bot pause if done under the fence). The triggers ignore our own connections, so what
+    the replicator writes there (before "go", and again after a rollback) is never
+    captured: only the bots' writes are."""
     conn = open_target(path, cfg.daemon.busy_timeout_ms)
     try:
-        infos = [table_info(conn, n) for n in sorted(set(tables))]
-        missing = [i.name for i in infos if not i.columns]
-        if missing:
-            raise BackflowError(f"{path}: tables {', '.join(missing)} are missing")
-        if not capture.is_capturing(conn, [i.name for i in infos]):
-            capture.install(conn, infos, path)
+        _ensure_capture(conn, path, tables)
     finally:
         conn.close()
 
 
-def open_for_bots(cfg: Config, rec: CutoverRecord) -> int:
-    """The last step of a cutover: returns the target's capture sequence now (the way back
-    starts after it: everything before was the replicator's), then lifts the target fences
-    an earlier rollback left. Idempotent: a cutover killed here does it again."""
+def _ensure_capture(conn: apsw.Connection, path: str, tables: list[str]) -> None:
+    names = sorted(set(tables))
+    if capture.is_capturing(conn, names):
+        return
+    infos = [table_info(conn, n) for n in names]
+    missing = [i.name for i in infos if not i.columns]
+    if missing:
+        raise BackflowError(f"{path}: tables {', '.join(missing)} are missing")
+    capture.install(conn, infos, path, skip_ours=True)
+
+
+def open_for_bots(rec: CutoverRecord, conn: apsw.Connection) -> None:
+    """The last step of a cutover, on its target connection: lift the target fences an
+    earlier rollback left (the capture is in place since the preflight). Idempotent: a
+    cutover killed here does it again."""
     names = sorted({t.target_table for t in rec.tables})
-    capture_target(cfg, rec.path, names)  # in place already, unless the record is old
-    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
-    try:
-        start = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
-        if fence.fenced_tables(conn):
-            fence.unfence(conn, rec.path, names)
-        return start
-    finally:
-        conn.close()
-
-
-def close_for_bots(conn: apsw.Connection, tables: list[str]) -> None:
-    """Stop capturing the stage's target tables (a rollback): replication writes them again
-    and must not be sent back."""
-    with write_transaction(conn):
-        capture.suspend(conn, tables)
+    _ensure_capture(conn, rec.path, names)  # a cheap check, unless the record predates it
+    if fence.fenced_tables(conn):
+        fence.unfence(conn, rec.path, names)
 
 
 class Backflow:
@@ -154,10 +149,8 @@ class Backflow:
                 hint=f"run `cdc cutover {rec.target}` again to install it",
             )
         self.lconns: dict[str, apsw.Connection] = {}
-        self.applied = {  # nothing before `backflow_from` is the bots'
-            s: max(
-                read_checkpoint(self._legacy(s), self.target, self.install_id), rec.backflow_from
-            )
+        self.applied = {
+            s: read_checkpoint(self._legacy(s), self.target, self.install_id)
             for s in sorted(self.paths)
         }
         self.read_through = min(self.applied.values(), default=0)
@@ -297,18 +290,19 @@ class Backflow:
 
     def _no_collateral_deletes(self, conn, source, m, evs, ltids, before) -> None:  # noqa: ANN001
         """A REPLACE may delete a legacy row through a UNIQUE constraint. That is right when
-        the target deleted it too (its event is in the batch), but a merged target table
-        has none of the legacy constraints, so it may hold rows the legacy table cannot:
-        then writing back would silently drop one. The capture rows our own writes made
-        (REPLACE probes, deletes) name every key touched; one outside the batch that is
-        gone now is such a loss, and the whole transaction is refused instead."""
+        the target deleted it too, but a merged target table has none of the legacy
+        constraints, so it may hold rows the legacy table cannot: writing back would then
+        silently drop one. The capture rows our own writes made (REPLACE probes, deletes)
+        name every key touched; each must still be there unless this batch deletes it (a
+        key of the batch too: its upsert may have come before the REPLACE that removed
+        it). Otherwise the whole transaction is refused."""
         tid = ltids.get(m.table)
         if tid is None:
             raise BackflowError(f"{self.paths[source]}: capture of {m.table!r} is missing")
         info = self._legacy_info(conn, source, m.table)
         width = capture.key_width(info)
         skip = 1 if m.tag_column else 0
-        sent = {msgspec.msgpack.encode(list(e.key[skip:])) for e in evs}
+        deleted = {msgspec.msgpack.encode(list(e.key[skip:])) for e in evs if e.op is Op.DELETE}
         kcols = ", ".join(f"k{i + 1}" for i in range(width))
         kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
         present = f"SELECT 1 FROM {q(m.table)} WHERE " + " AND ".join(f"{k} IS ?" for k in kexpr)
@@ -316,7 +310,7 @@ class Backflow:
             f"SELECT DISTINCT {kcols} FROM {capture.CHANGES} WHERE seq > ? AND tid = ?",
             (before, tid),
         ).fetchall():
-            if msgspec.msgpack.encode(list(key)) in sent:
+            if msgspec.msgpack.encode(list(key)) in deleted:
                 continue
             if conn.execute(present, key).fetchone() is None:
                 raise BackflowError(

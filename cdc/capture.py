@@ -24,7 +24,7 @@ import apsw
 from cdc.errors import SourceError
 from cdc.events import Op, RowEvent
 from cdc.inventory import TableInfo
-from cdc.sqlconn import write_transaction
+from cdc.sqlconn import NOT_OURS, write_transaction
 from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,11 @@ def trigger_names(tid: int) -> list[str]:
     return [f"_cdc_t{tid}_{s}" for s in ("ins", "upd", "updkey", "del", "uniq", "uniqupd")]
 
 
-def trigger_sql(tid: int, info: TableInfo, probe_unique: bool = True) -> list[str]:
+def trigger_sql(
+    tid: int, info: TableInfo, probe_unique: bool = True, skip_ours: bool = False
+) -> list[str]:
+    """`skip_ours`: the triggers ignore sqlite-cdc's own connections (a target's capture
+    for the rollback window records the bots' writes, never the replicator's)."""
     kcols = ", ".join(f"k{i + 1}" for i in range(key_width(info)))
     new_k = ", ".join(key_exprs(info, "NEW"))
     old_k = ", ".join(key_exprs(info, "OLD"))
@@ -65,19 +69,21 @@ def trigger_sql(tid: int, info: TableInfo, probe_unique: bool = True) -> list[st
     def body(op: int, keys: str) -> str:
         return f"INSERT INTO {CHANGES}(tid, op, {kcols}) VALUES ({tid}, {op}, {keys});"
 
+    gate = f" WHEN {NOT_OURS}" if skip_ours else ""
     sqls = [
-        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {body(OP_INSERT, new_k)} END",
-        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {body(OP_UPDATE, new_k)} END",
-        f"CREATE TRIGGER {updkey} AFTER UPDATE ON {t} WHEN {changed} "
-        f"BEGIN {body(OP_OLD_KEY, old_k)} END",
-        f"CREATE TRIGGER {dele} AFTER DELETE ON {t} BEGIN {body(OP_OLD_KEY, old_k)} END",
+        f"CREATE TRIGGER {ins} AFTER INSERT ON {t}{gate} BEGIN {body(OP_INSERT, new_k)} END",
+        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t}{gate} BEGIN {body(OP_UPDATE, new_k)} END",
+        f"CREATE TRIGGER {updkey} AFTER UPDATE ON {t} WHEN ({changed})"
+        + (f" AND {NOT_OURS}" if skip_ours else "")
+        + f" BEGIN {body(OP_OLD_KEY, old_k)} END",
+        f"CREATE TRIGGER {dele} AFTER DELETE ON {t}{gate} BEGIN {body(OP_OLD_KEY, old_k)} END",
     ]
     if probe_unique and info.unique_sets:
-        sqls += _replace_probe_triggers(tid, info, kcols)
+        sqls += _replace_probe_triggers(tid, info, kcols, gate)
     return sqls
 
 
-def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
+def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str, gate: str) -> list[str]:
     """Record rows that `INSERT/UPDATE OR REPLACE` may delete through a non-key UNIQUE.
 
     SQLite deletes such a row without firing any DELETE trigger (unless the bot turned on
@@ -99,8 +105,8 @@ def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
     ucols = ", ".join(q(c) for c in sorted({c for cols in info.unique_sets for c in cols}))
     _, _, _, _, uniq, uniqupd = trigger_names(tid)
     return [
-        f"CREATE TRIGGER {uniq} BEFORE INSERT ON {t} BEGIN {body} END",
-        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE OF {ucols} ON {t} BEGIN {body} END",
+        f"CREATE TRIGGER {uniq} BEFORE INSERT ON {t}{gate} BEGIN {body} END",
+        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE OF {ucols} ON {t}{gate} BEGIN {body} END",
     ]
 
 
@@ -150,6 +156,7 @@ def install(
     tables: list[TableInfo],
     path: str = "",
     probe_unique: set[str] | None = None,
+    skip_ours: bool = False,
 ) -> str:
     """Create capture tables and (re)create triggers for `tables`; return the install id.
 
@@ -195,7 +202,7 @@ def install(
                     tid = conn.last_insert_rowid()
                 _drop_triggers(conn, tid)
                 probe = probe_unique is None or info.name in probe_unique
-                for sql in trigger_sql(tid, info, probe):
+                for sql in trigger_sql(tid, info, probe, skip_ours):
                     conn.execute(sql)
             return conn.execute(f"SELECT v FROM {META} WHERE k='install_id'").fetchone()[0]
     except apsw.BusyError as e:
@@ -237,15 +244,6 @@ def read_changes(
         else RowEvent(delete, r[0], list(r[2:kend]))
         for r in conn.execute(sql, (lo, hi, tid))
     ]
-
-
-def suspend(conn: apsw.Connection, tables: list[str]) -> None:
-    """Drop the capture triggers of `tables` but keep their ids (fences are named by them):
-    a rolled-back stage's target tables stop being captured until the next cutover."""
-    tids = installed_tables(conn)
-    for t in tables:
-        if t in tids:
-            _drop_triggers(conn, tids[t])
 
 
 def _drop_triggers(conn: apsw.Connection, tid: int) -> None:

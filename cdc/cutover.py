@@ -17,9 +17,8 @@ for the tests):
    first row a bot inserts there does not reuse a legacy id;
 5. verify: under the fence, only the keys the change log touched since `pre_offset` (and
    the row counts); tables the pass could not prove are verified in full;
-6. the way back starts here: the target's tables, captured since the preflight
-   (`cdc.backflow`), hold nothing of the bots before this sequence; any target fence a
-   rollback left is lifted;
+6. go: any target fence a rollback left is lifted (the target's tables are captured
+   since before the fence, for the way back: `cdc.backflow`);
 7. `done`: the record holds the time, the positions, the checksums and the pause the bots
    saw (fence to done); the bots may now write to the target, and until `cdc finalize`
    the daemon writes their changes back into the fenced legacy files (`cdc rollback`).
@@ -36,6 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import apsw
 import msgspec
 
 from cdc import backflow, fence, lag
@@ -46,6 +46,8 @@ from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
 from cdc.status import daemon_running, read_checkpoint
+from checkpoints.store import SOURCES
+from checkpoints.store import TABLE as CHECKPOINT
 from verifier import verify_tables
 from verifier.model import TableResult, VerifyReport
 from verifier.run import verify_keys
@@ -113,11 +115,12 @@ def cutover(
         )
         save_record(cfg.state_dir, rec)
     step_done("fencing")
-    if rec.state == "fencing":
-        _fence(cfg, plan, rec, tables, echo)
-    step_done("fenced")
     try:
-        _finish(cfg, plan, rec, tables, drain_timeout, echo)
+        with Connections(cfg, plan, target, tables) as conns:
+            if rec.state == "fencing":
+                _fence(cfg, plan, rec, tables, echo, conns)
+            step_done("fenced")
+            _finish(cfg, plan, rec, tables, drain_timeout, echo, conns)
     except CdcError as e:
         rec.error = str(e)
         save_record(cfg.state_dir, rec)
@@ -142,6 +145,10 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]
     that under the fence only the keys changed since need checking."""
     from verifier.continuous import read_verifier_status
 
+    # First, so the replicator has caught up again before the fence: creating the target's
+    # capture triggers holds its write lock (193 ms for analytics' 65 tables); done just
+    # before the fence, that backlog doubled the drain under it (bench/README.md).
+    backflow.capture_target(cfg, plan.targets[target], [m.target_table for m in tables])
     # "Near zero", not zero: under a steady write load an instant with nothing in flight
     # may not come for a while, and the drain under the fence takes the rest (at the
     # daemon's 50-100k changes/s, NEAR_ZERO changes are a few ms of the pause).
@@ -180,7 +187,39 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]
     return pre_offset, proven
 
 
-def _final_verification(cfg, plan, rec: CutoverRecord, tables):  # noqa: ANN001, ANN202
+class Connections:
+    """Connections for the steps under the fence, opened before it: a new SQLite connection
+    first parses the file's whole schema, and a target with the way back's capture
+    triggers (6 per table) took ~4 ms for 65 tables, once per connection, all of it pause.
+    One target writer, and per legacy file of the stage a connection (it fences, then
+    reads) and a target reader."""
+
+    def __init__(self, cfg: Config, plan: Plan, target: str, tables: list[TableMapping]):
+        busy = cfg.daemon.busy_timeout_ms
+        self.closing: list[apsw.Connection] = []
+        self.writer = self._keep(open_target(plan.targets[target], busy))
+        self.legacy = {}
+        self.target = {}
+        for source in sorted({m.source for m in tables}):
+            self.legacy[source] = self._keep(open_legacy(plan.source(source).path, busy))
+            t = apsw.Connection(plan.targets[target], flags=apsw.SQLITE_OPEN_READONLY)
+            t.set_busy_timeout(busy)
+            self.target[source] = self._keep(t)
+
+    def _keep(self, conn: apsw.Connection) -> apsw.Connection:
+        self.closing.append(conn)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # parse the schema now
+        return conn
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *_exc) -> None:  # noqa: ANN002
+        for c in self.closing:
+            c.close()
+
+
+def _final_verification(cfg, plan, rec: CutoverRecord, tables, conns: Connections):  # noqa: ANN001, ANN202
     """Under the fence, legacy side quiet and drained: tables the pass before the fence
     proved equal need only the keys the log changed since (and equal row counts); the
     others, and any table whose shape changed, are verified in full."""
@@ -217,11 +256,19 @@ def _final_verification(cfg, plan, rec: CutoverRecord, tables):  # noqa: ANN001,
         for m in quick
         if m not in touched
     ]
-    if touched:
-        with ThreadPoolExecutor(max_workers=min(8, len(touched))) as pool:
-            results += list(
-                pool.map(lambda m: verify_keys(cfg, plan, m, keys[(m.source, m.table)]), touched)
-            )
+    by_source: dict[str, list[TableMapping]] = {}
+    for m in touched:
+        by_source.setdefault(m.source, []).append(m)
+
+    def check(ms: list[TableMapping]) -> list[TableResult]:  # one thread per legacy file
+        src, tgt = conns.legacy[ms[0].source], conns.target[ms[0].source]
+        return [
+            verify_keys(cfg, plan, m, keys[(m.source, m.table)], source=src, target=tgt) for m in ms
+        ]
+
+    if by_source:
+        with ThreadPoolExecutor(max_workers=min(8, len(by_source))) as pool:
+            results += [r for rs in pool.map(check, by_source.values()) for r in rs]
     rec.verified_in_full = len(full)
     rec.keys_checked = sum(len(keys.get((m.source, m.table), [])) for m in quick)
     return VerifyReport(time.time(), time.time(), results)
@@ -280,8 +327,8 @@ def verify_parallel(cfg: Config, plan: Plan, tables: list[TableMapping]):  # noq
     return msgspec.structs.replace(parts[0], tables=[t for p in parts for t in p.tables])
 
 
-def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
-    # Before the pause: the way back needs the target's tables captured (`cdc.backflow`).
+def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> None:  # noqa: ANN001
+    # Normally in place since the preflight (a cheap check then): the way back needs it.
     backflow.capture_target(cfg, rec.path, [m.target_table for m in tables])
     by_source: dict[str, dict[str, str]] = {}
     for m in tables:
@@ -292,12 +339,7 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
 
     def one(item: tuple[str, dict[str, str]]) -> fence.FenceMark:
         source, moved = item
-        sp = plan.source(source)
-        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
-        try:
-            return fence.fence(conn, source, sp.path, moved)
-        finally:
-            conn.close()
+        return fence.fence(conns.legacy[source], source, plan.source(source).path, moved)
 
     # All files at once: the bots' pause starts at the first fence, so fencing the files
     # one after the other would add their commit times up.
@@ -314,22 +356,14 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo) -> None:  # noqa: ANN001
     rec.steps_ms["record"] = round((time.monotonic() - t0) * 1000.0, 2)
 
 
-def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:  # noqa: ANN001
-    target_path = plan.targets[rec.target]
+def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo, conns) -> None:  # noqa: ANN001
     deadline = time.monotonic() + drain_timeout
     clock = Clock(rec.steps_ms)
-    for mark in rec.fences:
-        while lag.applied_seq(target_path, mark.source) < mark.fence_seq:
-            if time.monotonic() > deadline:
-                raise TargetError(
-                    f"{rec.target} did not apply {mark.source} up to its fence "
-                    f"(sequence {mark.fence_seq}) within {drain_timeout:.0f}s"
-                )
-            time.sleep(0.002)
+    _drain(conns.writer, rec, deadline, drain_timeout)
     clock.lap("drain")
-    _carry_sequences(cfg, plan, rec)
+    _carry_sequences(rec, conns.writer)
     clock.lap("sequences")
-    report = _final_verification(cfg, plan, rec, tables)
+    report = _final_verification(cfg, plan, rec, tables, conns)
     clock.lap("verify")
     bad = [t for t in report.tables if t.state != "equal"]
     if bad:
@@ -342,14 +376,39 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo) -> None:
         if v.chunks:
             t.rows = v.source_rows
             t.digest = v.source_digest or t.digest
-    rec.log_offset = read_checkpoint(target_path)
-    rec.backflow_from = backflow.open_for_bots(cfg, rec)
+    row = conns.writer.execute(
+        f"SELECT log_offset FROM {CHECKPOINT} WHERE consumer='replicator'"
+    ).fetchone()
+    rec.log_offset = row[0] if row else 0
+    backflow.open_for_bots(rec, conns.writer)
     clock.lap("go")
     rec.done_at = time.time()
     rec.pause_ms = (rec.done_at - rec.fenced_at) * 1000.0
     rec.state, rec.error = "done", None
     save_record(cfg.state_dir, rec)
     echo(f"{rec.target}: drained, verified equal ({sum(t.rows for t in rec.tables)} rows)")
+
+
+def _drain(conn: apsw.Connection, rec: CutoverRecord, deadline: float, timeout: float) -> None:
+    """Wait until the target applied every source up to its fence sequence, polling on one
+    connection (opened before the fence, see `Connections`: per poll, a new one cost the
+    corpus's analytics drain 184 ms instead of 20)."""
+    while True:
+        applied = dict(
+            conn.execute(
+                f"SELECT source, through_seq FROM {SOURCES} WHERE consumer='replicator'"
+            ).fetchall()
+        )
+        behind = [m for m in rec.fences if applied.get(m.source, 0) < m.fence_seq]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            m = behind[0]
+            raise TargetError(
+                f"{rec.target} did not apply {m.source} up to its fence "
+                f"(sequence {m.fence_seq}) within {timeout:.0f}s"
+            )
+        time.sleep(0.002)
 
 
 class Clock:
@@ -364,7 +423,7 @@ class Clock:
         self.t = now
 
 
-def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
+def _carry_sequences(rec: CutoverRecord, conn: apsw.Connection) -> None:
     """Copied AUTOINCREMENT tables: the target's counter becomes at least the legacy one,
     so a bot's first insert into the target cannot take an id a deleted legacy row had.
     The legacy counters were read in the fencing transactions (`FenceMark.sequences`)."""
@@ -373,28 +432,18 @@ def _carry_sequences(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
         if t.tag_column is None and t.source in marks:
             t.sequence = marks[t.source].sequences.get(t.table)
     counters = {t.target_table: t.sequence for t in rec.tables if t.sequence is not None}
-    if not counters:
-        return
-    conn = open_target(plan.targets[rec.target], cfg.daemon.busy_timeout_ms)
-    try:
-        with write_transaction(conn):
-            for table, seq in counters.items():
-                if (
-                    conn.execute(
-                        "SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'"
-                    ).fetchone()
-                    is None
-                ):
-                    break  # the target table has no AUTOINCREMENT
-                conn.execute(
-                    "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table)
-                )
-                if conn.changes() == 0:
-                    conn.execute(
-                        "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq)
-                    )
-    finally:
-        conn.close()
+    if (
+        not counters
+        or not conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchone()
+    ):
+        return  # no AUTOINCREMENT table in the target
+    with write_transaction(conn):
+        for table, seq in counters.items():
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table)
+            )
+            if conn.changes() == 0:
+                conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq))
 
 
 def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) -> CutoverRecord:
@@ -419,11 +468,6 @@ def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) ->
         finally:
             conn.close()
         echo(f"{target}: unfenced {len(lifted)} tables of {source}")
-    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
-    try:  # no way back to keep: what the replicator writes there is not the bots'
-        backflow.close_for_bots(conn, sorted({t.target_table for t in rec.tables}))
-    finally:
-        conn.close()
     rec.state = "aborted"
     save_record(cfg.state_dir, rec)
     return rec

@@ -47,7 +47,6 @@ class CutoverRecord(msgspec.Struct):
     error: str | None = None
     finalized_at: float | None = None
     archive: str | None = None  # the manifest of the archived legacy files
-    backflow_from: int = 0  # target capture sequence at "go": the bots' changes come after
     rollback: RollbackInfo | None = None
     history: list[str] = []  # earlier rounds of this stage (cut over, rolled back), one line each
 

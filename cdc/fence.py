@@ -31,7 +31,7 @@ import msgspec
 
 from cdc import capture
 from cdc.errors import SourceError
-from cdc.sqlconn import PASS_NAME, allow_writes, write_transaction
+from cdc.sqlconn import NOT_OURS, allow_writes, write_transaction
 from cdc.sqlident import lit, q
 
 
@@ -58,7 +58,7 @@ def trigger_names(tid: int) -> list[str]:
 
 
 def fence_sql(tid: int, table: str, message: str) -> list[str]:
-    when = f"NOT EXISTS (SELECT 1 FROM pragma_module_list WHERE name = {lit(PASS_NAME)})"
+    when = NOT_OURS
     body = f"BEGIN SELECT RAISE(ROLLBACK, {lit(message)}); END"
     return [
         f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {op} ON {q(table)} WHEN {when} {body}"

@@ -12,8 +12,9 @@ anywhere leaves a state `cdc status` explains, and `cdc rollback TARGET` complet
    backflow writes them, and its checkpoint, in one legacy transaction);
 4. AUTOINCREMENT counters go back to the legacy tables, so no id the target gave is reused;
 5. verify: every table of the stage, legacy against target, both sides quiet;
-6. `rollback_unfencing`: the target tables stop being captured (replication writes them
-   again from now on, for the next cutover), then the legacy fences are lifted;
+6. `rollback_unfencing`: the legacy fences are lifted (the target's capture stays: it
+   records only the bots' writes, and they are fenced there; replication keeps the target
+   current for the next cutover);
 7. `rolled_back`: the bots may write to their legacy files; the target stays fenced for
    them and keeps following the legacy files, so `cdc cutover TARGET` can be run again.
 
@@ -192,11 +193,6 @@ def _carry_sequences_back(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
 
 
 def _hand_back(cfg: Config, plan: Plan, rec: CutoverRecord, echo: Echo) -> None:
-    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
-    try:
-        backflow.close_for_bots(conn, sorted({t.target_table for t in rec.tables}))
-    finally:
-        conn.close()
     for source in sorted({t.source for t in rec.tables}):
         sp = plan.source(source)
         lc = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)

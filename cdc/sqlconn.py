@@ -15,6 +15,8 @@ import apsw
 from cdc.errors import SourceError, TargetError
 
 PASS_NAME = "cdc_fence_pass"  # see cdc.fence
+# True in a trigger fired by anyone but sqlite-cdc's own connections (`allow_writes`).
+NOT_OURS = f"NOT EXISTS (SELECT 1 FROM pragma_module_list WHERE name = '{PASS_NAME}')"
 
 
 class _NoTables:

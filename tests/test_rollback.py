@@ -288,3 +288,46 @@ def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> N
         & CORE_TABLES
     )
     assert d.stop() == 0, d.output()
+
+
+def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
+    tmp_path: Path, daemons
+) -> None:
+    """A merged target table lacks the legacy UNIQUE(symbol): two rows the target accepts
+    cannot both go back. Writing back is refused (never one row silently dropped), the
+    error is in `cdc status`, a rollback stops with both sides fenced and can be aborted,
+    and once the rows are fixed in the target the way back resumes by itself."""
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    assert _cutover(cfg, "core").returncode == 0
+    core, beta = tmp_path / "out/core.db", tmp_path / "legacy/beta.db"
+    with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+        with c:  # one transaction: both rows reach the way back in one batch
+            c.execute("INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5001, 'DUP', 1.5)")
+            c.execute("INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5002, 'DUP', 2.5)")
+        c.execute("INSERT INTO beta_kv VALUES ('after the conflict', 1)")
+        c.commit()
+
+    def stuck():  # noqa: ANN202
+        b = _status(cfg)["backflow"].get("core")
+        return b and b["last_error"] and "UNIQUE constraint" in b["last_error"] and b
+
+    err = wait_until(stuck, 60, 0.1, "the way back to refuse the conflicting rows")["last_error"]
+    assert f"{beta}: writing core's changes back into positions would delete its row" in err
+    assert "rollback window core:" in cdc_cmd("status", "-c", str(cfg)).stdout
+    with contextlib.closing(sqlite3.connect(beta, timeout=10)) as c:  # nothing half-written
+        assert c.execute("SELECT count(*) FROM positions WHERE symbol = 'DUP'").fetchone() == (0,)
+        assert c.execute("SELECT count(*) FROM kv WHERE k = 'after the conflict'").fetchone() == (
+            0,
+        )  # and nothing after it jumped the queue
+    r = _rollback(cfg, "core", "--drain-timeout", "2")
+    assert r.returncode == 12 and "did not write the target's changes back" in r.stderr, r.stderr
+    assert "ROLLING BACK" in cdc_cmd("status", "-c", str(cfg)).stdout
+    assert _rollback(cfg, "core", "--abort").returncode == 0
+    with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:  # the bots' again
+        c.execute("UPDATE positions SET symbol = 'DUP2' WHERE bot = 'beta' AND id = 5002")
+        c.commit()
+    _backflow_caught_up(cfg, "core")
+    assert _stage_equal(cfg, "core") == []
+    assert d.stop() == 0, d.output()

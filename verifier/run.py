@@ -140,22 +140,27 @@ def verify_keys(
     m: TableMapping,
     keys: list[list],
     settings: VerifySettings | None = None,
+    source: apsw.Connection | None = None,
+    target: apsw.Connection | None = None,
 ) -> TableResult:
     """Compare only `keys` of one quiet table, plus its row counts (see
-    `TableVerifier.check_keys`)."""
+    `TableVerifier.check_keys`). `source`/`target`: connections opened earlier, kept open
+    (a new one first parses the file's whole schema: milliseconds the cutover's pause
+    should not pay)."""
     busy = cfg.daemon.busy_timeout_ms
     try:
-        src = open_legacy(plan.source(m.source).path, busy, readonly=True)
+        src = source or open_legacy(plan.source(m.source).path, busy, readonly=True)
     except SourceError as e:
         return _skipped(m, str(e))
-    tgt = open_target_readonly(plan.targets[m.target], busy)
+    tgt = target or open_target_readonly(plan.targets[m.target], busy)
     try:
         if tgt is None:
             return _skipped(m, f"target file {plan.targets[m.target]} does not exist")
         return TableVerifier(src, tgt, m, settings or cfg.verify).check_keys(keys)
     finally:
-        src.close()
-        if tgt is not None:
+        if source is None:
+            src.close()
+        if tgt is not None and target is None:
             tgt.close()
 
 
