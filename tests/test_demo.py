@@ -49,8 +49,8 @@ def test_demo_passes_and_says_so(demo_run):
     assert code == 0, out
     assert lines[-1].startswith("RESULT: PASS"), out
     assert elapsed < 40, f"demo took {elapsed:.1f}s"
-    for step in range(1, 7):
-        assert _has(lines, f"[{step}/6]"), f"step {step} missing:\n{out}"
+    for step in range(1, 8):
+        assert _has(lines, f"[{step}/7]"), f"step {step} missing:\n{out}"
 
 
 def test_demo_shows_what_it_built_and_installed(demo_run):
@@ -88,12 +88,24 @@ def test_demo_adopts_the_table_a_bot_created_mid_run(demo_run):
     assert _has(lines, "llm_costs", "budget_alerts", "analytics.budget_alerts", "EQUAL"), out
 
 
+def test_demo_cuts_a_stage_over_and_rolls_it_back_with_every_write(demo_run):
+    _, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    assert _has(lines, "$ cdc cutover cache"), out
+    assert _has(
+        lines, "a stale bot writing", "file_cache.db gets: sqlite-cdc: table", "moved to"
+    ), out
+    assert _has(lines, "rollback window: 3 target change(s) written back"), out
+    assert _has(lines, "$ cdc rollback cache"), out
+    assert _has(lines, "3 of 3 rows the switched bot wrote are in"), out
+
+
 def test_demo_verifies_every_table_equal(demo_run):
     _, _, lines, _ = demo_run
     out = "\n".join(lines)
     assert _has(lines, "$ cdc verify -c", "--report"), out
     assert _has(lines, "total: 24 tables, 24 EQUAL, 0 DIVERGED, 0 UNSETTLED, 0 SKIPPED"), out
-    final = lines[lines.index(next(ln for ln in lines if "[6/6]" in ln)) :]
+    final = lines[lines.index(next(ln for ln in lines if "[7/7]" in ln)) :]
     rows = [
         ln for ln in final if ln.rstrip().endswith(("EQUAL", "DIVERGED", "UNSETTLED", "SKIPPED"))
     ]

@@ -304,8 +304,12 @@ def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
     core, beta = tmp_path / "out/core.db", tmp_path / "legacy/beta.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
         with c:  # one transaction: both rows reach the way back in one batch
-            c.execute("INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5001, 'DUP', 1.5)")
-            c.execute("INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5002, 'DUP', 2.5)")
+            c.execute(
+                "INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5001, 'DUP', 1.5)"
+            )
+            c.execute(
+                "INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5002, 'DUP', 2.5)"
+            )
         c.execute("INSERT INTO beta_kv VALUES ('after the conflict', 1)")
         c.commit()
 

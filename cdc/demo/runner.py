@@ -3,7 +3,8 @@
 It builds a demo tree (legacy files, `cdc.toml`), runs `check` and `install`, starts the daemon
 as a real `cdc run` process, lets the simulated bots (real processes) write and drift their
 schemas, shows the backlog converging while the daemon's continuous verifier proves the tables
-equal, stops everything the way an operator would (SIGTERM) and finally runs the product's
+equal, cuts the cache stage over, writes to it as a switched bot would and rolls it back
+(no write lost), stops everything the way an operator would (SIGTERM) and finally runs the product's
 verifier (`cdc verify --report`) on every consolidated table against its legacy table, writing
 the validation reports into `validation/` of the demo folder.
 
@@ -23,6 +24,7 @@ import time
 
 from cdc.config import load_config
 from cdc.demo.bots import KINDS, BotProcess, start_bots, stop_bots
+from cdc.demo.cutover_phase import run_cutover_round
 from cdc.demo.daemon import DaemonProcess, _wait
 from cdc.demo.folder import MARKER, DemoError, prepare_root
 from cdc.demo.generator import generate_legacy, write_demo_config
@@ -71,21 +73,21 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
     try:
         echo(f"== sqlite-cdc demo in {path} ==")
         echo("")
-        echo(f"[1/6] legacy databases (written by the demo's own generator, seed {SEED})")
+        echo(f"[1/7] legacy databases (written by the demo's own generator, seed {SEED})")
         files = generate_legacy(path, seed=SEED)
         write_demo_config(path, files)
         _show_files(files, echo)
         echo(f"  config: {cfg_path}")
         echo("")
 
-        echo(f"[2/6] $ cdc check -c {cfg_path}  &&  cdc install -c {cfg_path}")
+        echo(f"[2/7] $ cdc check -c {cfg_path}  &&  cdc install -c {cfg_path}")
         cfg = load_config(cfg_path)
         plan = resolve_plan(cfg)
         _show_check(plan, echo)
         _install(cfg, plan, echo)
         echo("")
 
-        echo(f"[3/6] $ cdc run -c {cfg_path}   (log: {daemon_log})")
+        echo(f"[3/7] $ cdc run -c {cfg_path}   (log: {daemon_log})")
         daemon = DaemonProcess(cfg_path, daemon_log)
         daemon.wait_running(cfg.state_dir)
         running_plan = plan  # what that daemon captures: the files had not changed since install
@@ -110,7 +112,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         echo("  the llm_costs bot creates a table that did not exist at `cdc install` time")
         echo("")
 
-        echo(f"[4/6] live: bots writing, daemon replicating (`cdc status -c {cfg_path}`)")
+        echo(f"[4/7] live: bots writing, daemon replicating (`cdc status -c {cfg_path}`)")
         t0 = time.monotonic()
         tried = False
         live_mismatches = 0  # the most rows the continuous verifier found differing at once
@@ -138,7 +140,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
                 tried = True
         echo("")
 
-        echo("[5/6] stop the bots (SIGTERM), drain the backlog, stop the daemon (SIGTERM)")
+        echo("[5/7] stop the bots (SIGTERM), drain the backlog, stop the daemon (SIGTERM)")
         codes = stop_bots(bots)
         echo(f"  bots stopped after {time.monotonic() - t0:.1f}s of writes, exit codes {codes}")
         missing = _uncaptured(running_plan, resolve_plan(cfg))
@@ -171,6 +173,11 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
             echo("")
             echo(_indent(render_status(st)))
             echo("")
+        round_trip = False
+        if st is not None:
+            echo("[6/7] cut over the cache stage, write as a switched bot, roll it back")
+            round_trip = run_cutover_round(cfg, resolve_plan(cfg), echo)
+            echo("")
         daemon_code = daemon.stop()
         echo(f"  $ kill -TERM {daemon.pid}  ->  daemon exited with code {daemon_code}")
         if daemon_code != 0:
@@ -179,7 +186,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         _show_daemon_log(daemon_log, echo)
         echo("")
 
-        echo("[6/6] verify: every mapped table, legacy vs consolidated (keys, values, types)")
+        echo("[7/7] verify: every mapped table, legacy vs consolidated (keys, values, types)")
         echo(f"  $ cdc verify -c {cfg_path} --report {validation}")
         report = _verify(cfg, resolve_plan(cfg), validation, echo)
         all_equal = report.verdict == "equal" and bool(report.tables)
@@ -191,6 +198,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
             and bot_errors == 0
             and daemon_code == 0
             and st is not None
+            and round_trip
         )
         echo("")
         _show_next(cfg_path, path, cfg, echo)
@@ -212,6 +220,8 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
                 why.append("backlog did not drain")
             if daemon_code != 0:
                 why.append(f"daemon exited {daemon_code}")
+            if st is not None and not round_trip:
+                why.append("the cutover and rollback round did not bring every write back")
             echo(f"RESULT: FAIL ({elapsed:.1f}s): {', '.join(why)}")
         return 0 if ok else 1
     finally:

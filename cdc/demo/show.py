@@ -112,6 +112,7 @@ def _show_next(cfg_path: Path, root: Path, cfg: Config, echo: Echo) -> None:
         (f"cdc status -c {cfg_path}", "positions and backlog, per source and target"),
         (f"cdc run -c {cfg_path}", "resume replication (Ctrl-C or SIGTERM stops it)"),
         (f"cdc verify -c {cfg_path} --report {root / 'validation'}", "prove it again, any time"),
+        (f"cdc cutover cache -c {cfg_path}", "with `cdc run` going: cut the stage over for real"),
         (f"python -m cdc.demo.bots --root {root} --bot trader --seconds 30", "more writes"),
         (f"sqlite3 {core} .tables", "look at the consolidated data"),
         (f"cdc uninstall -c {cfg_path}", "remove every trigger from the legacy files"),
