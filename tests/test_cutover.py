@@ -295,6 +295,12 @@ def test_cutover_commands_refuse_clearly(tmp_path: Path) -> None:
     assert r.returncode == 12 and "no cutover in progress" in r.stderr, r.stderr
     r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
     assert r.returncode == 13 and "not cut over" in r.stderr, r.stderr
+    r = cdc_cmd("rollback", "analytics", "-c", str(cfg))
+    assert r.returncode == 12 and "nothing to roll back" in r.stderr, r.stderr
+    r = cdc_cmd("rollback", "--abort", "analytics", "-c", str(cfg))
+    assert r.returncode == 12 and "no rollback in progress" in r.stderr, r.stderr
+    r = cdc_cmd("rollback", "nosuch", "-c", str(cfg))
+    assert r.returncode == 2 and "no target 'nosuch'" in r.stderr, r.stderr
     r = cdc_cmd("wait", "--zero-lag", "nosuch", "-c", str(cfg))
     assert r.returncode == 2 and "no such target: nosuch" in r.stderr, r.stderr
     assert read_record(str(tmp_path / "state"), "analytics") is None
