@@ -78,11 +78,18 @@ def test_a_fence_refuses_every_writer_but_ours(tmp_path: Path) -> None:
 
 
 def _cutover(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    return cdc_step("cutover", cfg, *args, kill_at=kill_at)
+
+
+def cdc_step(
+    command: str, cfg: Path, *args: str, kill_at: str | None = None
+) -> subprocess.CompletedProcess:
+    """`cdc COMMAND ARGS`, SIGKILLing itself right after step `kill_at` (a test hook)."""
     env = {k: v for k, v in os.environ.items() if k != "CDC_TEST_KILL_AT"}
     if kill_at:
         env["CDC_TEST_KILL_AT"] = kill_at
     return subprocess.run(
-        [sys.executable, "-m", "cdc", "cutover", *args, "-c", str(cfg)],
+        [sys.executable, "-m", "cdc", command, *args, "-c", str(cfg)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -22,7 +22,7 @@ from cdc.cutover_state import read_record
 from cdc.events import RowBatch
 from tests import workload
 from tests.conftest import REPO, cdc_cmd, wait_until
-from tests.test_cutover import _cutover, _stage_equal
+from tests.test_cutover import _cutover, _stage_equal, cdc_step
 from tests.test_verifier_live import _setup as live_setup
 from tests.workload import VALUES
 
@@ -30,18 +30,7 @@ CORE_TABLES = {("alpha", "positions"), ("alpha", "kv"), ("beta", "positions"), (
 
 
 def _rollback(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "CDC_TEST_KILL_AT"}
-    if kill_at:
-        env["CDC_TEST_KILL_AT"] = kill_at
-    return subprocess.run(
-        [sys.executable, "-m", "cdc", "rollback", *args, "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "PYTHONPATH": str(REPO)},
-    )
+    return cdc_step("rollback", cfg, *args, kill_at=kill_at)
 
 
 def target_writes(db: Path, n: int, seed: int) -> None:
