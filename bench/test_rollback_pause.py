@@ -128,6 +128,7 @@ def bot_main(spec_path: str, out: str) -> None:
     s: dict = {
         "legacy_ok": 0,
         "cutover_refused": 0,
+        "legacy_ok_after_refusal": 0,
         "target_ok": 0,
         "target_rows": [],  # [id, marker] of every committed target write
         "rollback_refused": 0,
@@ -166,6 +167,7 @@ def bot_main(spec_path: str, out: str) -> None:
             err = write_once(spec["legacy"], legacy_sql, row_values(legacy_kinds, n, rng))
             if err is None:
                 s["legacy_ok"] += 1
+                s["legacy_ok_after_refusal"] += cut
             elif "moved to" in err:
                 s["cutover_refused"] += 1
             else:
@@ -249,7 +251,14 @@ def start_bots(root: Path, toml: Path) -> list[tuple[str, dict, subprocess.Popen
         out = root / f"bot-{i}.out.json"
         with open(root / f"bot-{i}.stderr", "wb") as errf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.test_rollback_pause", "--bot", str(spec_path), str(out)],
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.test_rollback_pause",
+                    "--bot",
+                    str(spec_path),
+                    str(out),
+                ],
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=errf,
@@ -258,14 +267,13 @@ def start_bots(root: Path, toml: Path) -> list[tuple[str, dict, subprocess.Popen
     return bots
 
 
-def in_legacy(spec: dict, rows: list[list]) -> list[list]:
-    """The [id, marker] pairs that are NOT in the bot's legacy table (by id, with the marker)."""
+def not_in_legacy(spec: dict, rows: list[list]) -> list[list]:
+    """The [id, marker] pairs missing from the bot's legacy table: no row with that id, or
+    one that does not hold the marker."""
+    sql = f'SELECT * FROM "{spec["table"]}" WHERE rowid = ?'
     with contextlib.closing(sqlite3.connect(f"file:{spec['legacy']}?mode=ro", uri=True)) as c:
-        return [
-            [rowid, marker]
-            for rowid, marker in rows
-            if marker not in (c.execute(f'SELECT * FROM "{spec["table"]}" WHERE rowid = ?', (rowid,)).fetchone() or ())
-        ]
+        found = {rowid: c.execute(sql, (rowid,)).fetchone() or () for rowid, _ in rows}
+    return [[rowid, marker] for rowid, marker in rows if marker not in found[rowid]]
 
 
 def run_round(root: Path) -> dict:
@@ -324,6 +332,7 @@ def run_round(root: Path) -> dict:
         # other error, and every row it wrote to the target went back to its legacy table
         assert s["other_errors"] == 0, (table, s["error_samples"])
         assert s["cutover_refused"] > 0 and s["target_ok"] > 0, (table, s)
+        assert s["legacy_ok_after_refusal"] == 0, (table, s)
         assert s["rollback_refused"] > 0 and s["first_refused_start"] is not None, (table, s)
         assert ROLLED_BACK_NOTE in s["refusal_message"], (table, s["refusal_message"])
         assert s["target_ok_after_refusal"] == 0, (table, s)
@@ -331,7 +340,7 @@ def run_round(root: Path) -> dict:
         assert s["first_refused_end"] >= rb.fence.fenced_at, (table, s, rb.fence.fenced_at)
         assert s["first_back_start"] >= rb.rolled_back_at, (table, s, rb.rolled_back_at)
         assert len(s["target_rows"]) == s["target_ok"], (table, s)
-        missing = in_legacy(spec, s["target_rows"])
+        missing = not_in_legacy(spec, s["target_rows"])
         assert not missing, (table, f"{len(missing)} of {s['target_ok']} target rows", missing[:5])
         out_bots.append(
             {
@@ -473,7 +482,9 @@ def test_bot_write_cost_on_a_captured_target(benchmark, summary, tmp_path, table
     ratio = base.record(benchmark, "capture_ratio")
     with contextlib.closing(sqlite3.connect(captured)) as c:
         changes = c.execute(f"SELECT count(*) FROM {capture.CHANGES}").fetchone()[0]
-        triggers = c.execute("SELECT count(*) FROM sqlite_master WHERE type='trigger'").fetchone()[0]
+        (triggers,) = c.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='trigger'"
+        ).fetchone()
     assert changes == next(n), changes  # every bot write was captured (warm-ups included)
     benchmark.extra_info.update(tables=tables, triggers=triggers)
     if ratio is not None:
