@@ -16,7 +16,8 @@ Each legacy file is written in one transaction that also
   connection or row needs marking. Capture rows of other tables stay: a bot's own trigger
   may write one, and that is a real change that must flow forward.
 
-Target capture rows are trimmed once every legacy file of the stage has them. A row of a
+Target capture rows are trimmed once every legacy file of the stage has them; their keys
+are kept (`_cdc_touched`), so that a rollback verifies only the keys the bots changed. A row of a
 merged table whose tag names no source cannot be placed: the backflow of that stage stops
 there and says so (status), and nothing after it is skipped.
 """
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("done", "rolling_back")  # stages whose target writes flow back
 TRIM_BUDGET_MS = 20  # a target trim waits no longer than this for the bots' writes
+TOUCHED = "_cdc_touched"  # keys of trimmed target capture rows, for the rollback's check
 
 
 class BackflowError(CdcError):
@@ -107,13 +109,73 @@ def capture_target(cfg: Config, path: str, tables: list[str]) -> None:
 
 def _ensure_capture(conn: apsw.Connection, path: str, tables: list[str]) -> None:
     names = sorted(set(tables))
-    if capture.is_capturing(conn, names):
+    if capture.is_capturing(conn, names) and _key_columns(conn, TOUCHED):
         return
     infos = [table_info(conn, n) for n in names]
     missing = [i.name for i in infos if not i.columns]
     if missing:
         raise BackflowError(f"{path}: tables {', '.join(missing)} are missing")
     capture.install(conn, infos, path, skip_ours=True)
+    with write_transaction(conn):
+        kcols = _key_columns(conn, capture.CHANGES)
+        have = _key_columns(conn, TOUCHED)
+        if not have:
+            conn.execute(
+                f"CREATE TABLE {TOUCHED}(tid, {', '.join(kcols)}, UNIQUE(tid, {', '.join(kcols)}))"
+            )
+        for k in kcols[len(have) :] if have else []:
+            conn.execute(f"ALTER TABLE {TOUCHED} ADD COLUMN {k}")
+
+
+def _key_columns(conn: apsw.Connection, table: str) -> list[str]:
+    """k1..kN of a capture-shaped table (none: it does not exist)."""
+    return [
+        r[0]
+        for r in conn.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))
+        if r[0].startswith("k")
+    ]
+
+
+def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[list]] | None:
+    """Target table -> every key the bots changed since the stage was last proven equal
+    (the cutover, or the end of the last rollback): what the backflow trimmed is kept in
+    `_cdc_touched`, the rest is still in the capture table. None: no record of it (a
+    target captured before it existed): verify in full."""
+    kcols = _key_columns(conn, TOUCHED)
+    if not kcols:
+        return None
+    tids = capture.installed_tables(conn)
+    widths = {
+        tid: capture.key_width(table_info(conn, name))
+        for name, tid in tids.items()
+        if name in tables
+    }
+    names = {tid: name for name, tid in tids.items()}
+    out: dict[str, dict[bytes, list]] = {}
+    cols = ", ".join(kcols)
+    for table in (TOUCHED, capture.CHANGES):
+        for row in conn.execute(f"SELECT DISTINCT tid, {cols} FROM {table}"):
+            tid = row[0]
+            if tid in widths:
+                key = list(row[1 : 1 + widths[tid]])
+                out.setdefault(names[tid], {})[msgspec.msgpack.encode(key)] = key
+    return {name: list(keys.values()) for name, keys in out.items()}
+
+
+def remove_target_capture(conn: apsw.Connection) -> bool:
+    """The end of the rollback window (`cdc finalize`): every object of ours leaves the
+    target's tables. Returns whether there was any."""
+    if not capture.is_installed(conn) and not _key_columns(conn, TOUCHED):
+        return False
+    capture.uninstall(conn)
+    conn.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
+    return True
+
+
+def forget_touched(conn: apsw.Connection) -> None:
+    """The stage was just proven equal (the end of a rollback): a new record starts."""
+    if _key_columns(conn, TOUCHED):
+        conn.execute(f"DELETE FROM {TOUCHED}")
 
 
 def open_for_bots(rec: CutoverRecord, conn: apsw.Connection) -> None:
@@ -387,11 +449,16 @@ class Backflow:
         self.tbusy.timeout_ms = TRIM_BUDGET_MS
         try:
             with write_transaction(self.tconn):
-                self.tconn.execute(  # the newest row stays: the sequence never restarts
-                    f"DELETE FROM {capture.CHANGES} WHERE seq <= ? AND seq < "
-                    f"(SELECT max(seq) FROM {capture.CHANGES})",
-                    (low,),
-                )
+                cols = ", ".join(["tid", *_key_columns(self.tconn, TOUCHED)])
+                where = f"seq <= ? AND seq < (SELECT max(seq) FROM {capture.CHANGES})"
+                if cols != "tid":  # the keys stay known until the stage is proven again
+                    self.tconn.execute(
+                        f"INSERT OR IGNORE INTO {TOUCHED}({cols}) "
+                        f"SELECT DISTINCT {cols} FROM {capture.CHANGES} WHERE {where}",
+                        (low,),
+                    )
+                # the newest row stays: the sequence never restarts
+                self.tconn.execute(f"DELETE FROM {capture.CHANGES} WHERE {where}", (low,))
             self.trimmed_through = low
         except apsw.BusyError:
             log.debug("backflow %s: trim deferred, target busy", self.target)

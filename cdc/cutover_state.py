@@ -58,6 +58,7 @@ class RollbackInfo(msgspec.Struct):
     fence: FenceMark | None = None  # the target's fence: its capture sequence then
     unfencing: bool = False  # past the point where the target could be given back instead
     verified_tables: int = 0
+    keys_checked: int = 0  # keys the bots changed, compared one by one (-1: all in full)
     steps_ms: dict[str, float] = {}
     rolled_back_at: float | None = None
     pause_ms: float | None = None  # target fenced to legacy unfenced

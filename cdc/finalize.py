@@ -25,7 +25,7 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture, guard
+from cdc import backflow, capture, guard
 from cdc.config import Config
 from cdc.cutover_state import (
     MANIFEST,
@@ -176,8 +176,7 @@ def _end_rollback_window(cfg: Config, rec: CutoverRecord, echo) -> None:  # noqa
     daemon's backflow has stopped reading it."""
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:
-        if capture.is_installed(conn):
-            capture.uninstall(conn)
+        if backflow.remove_target_capture(conn):
             echo(f"{rec.path}: rollback window closed (capture of the target removed)")
     finally:
         conn.close()

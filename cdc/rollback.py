@@ -11,7 +11,8 @@ anywhere leaves a state `cdc status` explains, and `cdc rollback TARGET` complet
 3. drain: every legacy file of the stage has the target's changes up to that sequence (the
    backflow writes them, and its checkpoint, in one legacy transaction);
 4. AUTOINCREMENT counters go back to the legacy tables, so no id the target gave is reused;
-5. verify: every table of the stage, legacy against target, both sides quiet;
+5. verify, both sides quiet: the keys the bots changed in the target since the stage was
+   last proven equal (remembered by the way back), one by one, with the row counts;
 6. `rollback_unfencing`: the legacy fences are lifted (the target's capture stays: it
    records only the bots' writes, and they are fenced there; replication keeps the target
    current for the next cutover);
@@ -24,6 +25,7 @@ Until step 6 `cdc rollback --abort` gives the target back to the bots instead.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from cdc import backflow, fence
 from cdc.config import Config
@@ -33,6 +35,8 @@ from cdc.errors import CdcError, DaemonError
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.status import daemon_running
+from verifier.model import TableResult
+from verifier.run import verify_keys
 
 TARGET_NOTE = "the stage was rolled back: this copy is read-only until the next cutover"
 
@@ -94,15 +98,15 @@ def _fence_drain_verify(cfg, plan, rec, tables, drain_timeout, echo) -> None:  #
         clock.lap("drain")
         _carry_sequences_back(cfg, plan, rec)
         clock.lap("sequences")
-        report = verify_parallel(cfg, plan, tables)
+        results = _verify_back(cfg, plan, rec, tables)
         clock.lap("verify")
-        bad = [t for t in report.tables if t.state != "equal"]
+        bad = [t for t in results if t.state != "equal"]
         if bad:
             raise CutoverError(
                 "verification of the way back: "
                 + ", ".join(f"{t.source}.{t.table} {t.state}" for t in bad)
             )
-        rb.verified_tables = len(report.tables)
+        rb.verified_tables = len(results)
     except CdcError as e:
         rec.error = str(e)
         save_record(cfg.state_dir, rec)
@@ -112,6 +116,54 @@ def _fence_drain_verify(cfg, plan, rec, tables, drain_timeout, echo) -> None:  #
             hint=f"fix it and run `cdc rollback {target}` again, or give the bots the target "
             f"back with `cdc rollback --abort {target}`",
         ) from e
+
+
+def _verify_back(cfg, plan, rec: CutoverRecord, tables) -> list[TableResult]:  # noqa: ANN001
+    """Both sides quiet. The stage was proven equal when it was cut over; since then only
+    the bots changed the target (every key they touched is captured and remembered) and
+    only the way back changed the legacy tables, from those keys. So those keys are
+    compared one by one, with the row counts; a table the bots did not touch is not read.
+    Without that record (a target captured by an older version), everything in full."""
+    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+    try:
+        keys = backflow.touched_keys(conn, sorted({t.target_table for t in rec.tables}))
+    finally:
+        conn.close()
+    if keys is None:
+        rec.rollback.keys_checked = -1
+        return verify_parallel(cfg, plan, tables).tables
+    per_table: dict[tuple[str, str], list[list]] = {}
+    for m in tables:
+        ks = keys.get(m.target_table, [])
+        if m.tag_column:  # the target key starts with the tag: this source's rows only
+            ks = [k[1:] for k in ks if k and k[0] == m.tag]
+        if ks:
+            per_table[(m.source, m.table)] = ks
+    now = time.time()
+    results = [
+        TableResult(
+            m.source,
+            m.table,
+            m.target,
+            m.target_table,
+            "equal",
+            "not changed by the bots since it was proven equal",
+            started_at=now,
+            finished_at=now,
+        )
+        for m in tables
+        if (m.source, m.table) not in per_table
+    ]
+    touched = [m for m in tables if (m.source, m.table) in per_table]
+    if touched:
+        with ThreadPoolExecutor(max_workers=min(8, len(touched))) as pool:
+            results += list(
+                pool.map(
+                    lambda m: verify_keys(cfg, plan, m, per_table[(m.source, m.table)]), touched
+                )
+            )
+    rec.rollback.keys_checked = sum(len(k) for k in per_table.values())
+    return results
 
 
 def _fence_target(cfg: Config, plan: Plan, rec: CutoverRecord, echo: Echo) -> None:
@@ -193,6 +245,12 @@ def _carry_sequences_back(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
 
 
 def _hand_back(cfg: Config, plan: Plan, rec: CutoverRecord, echo: Echo) -> None:
+    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+    try:  # proven equal just now: the next rollback's record of touched keys starts empty
+        with write_transaction(conn):
+            backflow.forget_touched(conn)
+    finally:
+        conn.close()
     for source in sorted({t.source for t in rec.tables}):
         sp = plan.source(source)
         lc = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)

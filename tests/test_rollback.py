@@ -14,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 
+from cdc import fence
 from cdc.changelog import LogReader
 from cdc.config import load_config
 from cdc.cutover_state import read_record
@@ -103,9 +105,15 @@ def _status(cfg: Path) -> dict:
 
 
 def _backflow_caught_up(cfg: Path, target: str):  # noqa: ANN202
+    """Every change the bots made to `target` so far is written back."""
+    path = load_config(cfg).targets[target]
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as c:
+        top = c.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
+
     def ok():  # noqa: ANN202
         b = _status(cfg)["backflow"].get(target)
-        return b is not None and b["behind"] == 0 and not b["last_error"] and b
+        done = b and b["captured_seq"] >= top and b["behind"] == 0 and not b["last_error"]
+        return b if done else None
 
     return wait_until(ok, 60, 0.1, f"the {target} backflow to catch up")
 
@@ -154,6 +162,7 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
         assert r.returncode == 0, r.stdout + r.stderr
         rec = read_record(state, "core")
         assert rec.state == "rolled_back" and rec.rollback.verified_tables == len(rec.tables)
+        assert rec.rollback.keys_checked > 0  # only what the bots changed, one by one
         assert rec.rollback.pause_ms is not None
         # the target is fenced for the bots now, the legacy files are theirs again
         msg = _refused(core, "INSERT INTO alpha_kv VALUES ('late', 1)")
@@ -323,4 +332,39 @@ def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
         c.commit()
     _backflow_caught_up(cfg, "core")
     assert _stage_equal(cfg, "core") == []
+    assert d.stop() == 0, d.output()
+
+
+def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
+    tmp_path: Path, daemons
+) -> None:
+    """The rollback compares only the keys the bots changed since the cutover (the rest was
+    proven then and nothing else wrote either side): that check must still catch a legacy
+    row that differs (here damaged through the fence, as only a bug of ours could)."""
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    assert _cutover(cfg, "core").returncode == 0
+    core, alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
+    with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+        c.execute("INSERT OR REPLACE INTO alpha_kv VALUES ('touched', 1.5)")
+        c.commit()
+    _backflow_caught_up(cfg, "core")
+    ours = apsw.Connection(str(alpha))
+    fence.allow_writes(ours)
+    with ours:  # a way back that wrote a wrong value (and, as it does, hid it from capture)
+        top = ours.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
+        ours.execute("UPDATE kv SET v = 2.5 WHERE k = 'touched'")
+        ours.execute("DELETE FROM _cdc_changes WHERE seq > ?", (top,))
+    r = _rollback(cfg, "core")
+    assert r.returncode == 12, r.stdout + r.stderr
+    assert "verification of the way back: alpha.kv diverged" in r.stderr, r.stderr
+    with ours:
+        top = ours.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
+        ours.execute("UPDATE kv SET v = 1.5 WHERE k = 'touched'")
+        ours.execute("DELETE FROM _cdc_changes WHERE seq > ?", (top,))
+    ours.close()
+    r = _rollback(cfg, "core")  # run again once fixed: completes
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_record(str(tmp_path / "state"), "core").rollback.keys_checked == 1
     assert d.stop() == 0, d.output()
