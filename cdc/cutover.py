@@ -50,7 +50,7 @@ from checkpoints.store import SOURCES
 from checkpoints.store import TABLE as CHECKPOINT
 from verifier import verify_tables
 from verifier.model import TableResult, VerifyReport
-from verifier.run import verify_keys
+from verifier.run import unchanged, verify_keys
 
 NEAR_ZERO = 1000  # changes a source may be behind when the fence goes up
 
@@ -241,18 +241,8 @@ def _final_verification(cfg, plan, rec: CutoverRecord, tables, conns: Connection
     keys = changed.get("keys", {}) if changed else {}
     # A table the log did not touch since the pass is as the pass proved it: no read needed.
     touched = [m for m in quick if keys.get((m.source, m.table))]
-    now = time.time()
     results += [
-        TableResult(
-            m.source,
-            m.table,
-            m.target,
-            m.target_table,
-            "equal",
-            "unchanged since the verification before the fence",
-            started_at=now,
-            finished_at=now,
-        )
+        unchanged(m, "unchanged since the verification before the fence")
         for m in quick
         if m not in touched
     ]

@@ -36,7 +36,7 @@ from cdc.plan import Plan
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.status import daemon_running
 from verifier.model import TableResult
-from verifier.run import verify_keys
+from verifier.run import unchanged, verify_keys
 
 TARGET_NOTE = "the stage was rolled back: this copy is read-only until the next cutover"
 
@@ -139,18 +139,8 @@ def _verify_back(cfg, plan, rec: CutoverRecord, tables) -> list[TableResult]:  #
             ks = [k[1:] for k in ks if k and k[0] == m.tag]
         if ks:
             per_table[(m.source, m.table)] = ks
-    now = time.time()
     results = [
-        TableResult(
-            m.source,
-            m.table,
-            m.target,
-            m.target_table,
-            "equal",
-            "not changed by the bots since it was proven equal",
-            started_at=now,
-            finished_at=now,
-        )
+        unchanged(m, "not changed by the bots since it was proven equal")
         for m in tables
         if (m.source, m.table) not in per_table
     ]

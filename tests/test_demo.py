@@ -144,7 +144,13 @@ def test_demo_ran_the_continuous_verifier_while_the_bots_wrote(demo_run):
     assert v is not None, out
     assert len(v.tables) == 24, v
     assert all(t.passes >= 1 for t in v.tables), v  # a full pass, every table
-    assert v.mismatches == 0 and all(t.state == "equal" for t in v.tables), v
+    # The cache stage was cut over (and rolled back) at the end: the daemon may have stopped
+    # before its verifier came back to those tables, which it skips while cut over.
+    cache = {"cache_entries", "rate_configs", "request_log", "limit_stats"}
+    assert v.mismatches == 0, v
+    assert all(
+        t.state == "equal" or (t.state, t.table in cache) == ("cut over", True) for t in v.tables
+    ), v
     assert all(t.last_verified_at is not None for t in v.tables), v
     live = [ln for ln in lines if "apply lag" in ln]
     assert live and all("verifier" in ln for ln in live), out  # its progress, live

@@ -335,6 +335,14 @@ def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
     assert d.stop() == 0, d.output()
 
 
+def _write_as_the_way_back(conn: apsw.Connection, sql: str) -> None:
+    """Write through the fence and remove the capture rows it made, in one transaction."""
+    with conn:
+        top = conn.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
+        conn.execute(sql)
+        conn.execute("DELETE FROM _cdc_changes WHERE seq > ?", (top,))
+
+
 def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
     tmp_path: Path, daemons
 ) -> None:
@@ -352,17 +360,12 @@ def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
     _backflow_caught_up(cfg, "core")
     ours = apsw.Connection(str(alpha))
     fence.allow_writes(ours)
-    with ours:  # a way back that wrote a wrong value (and, as it does, hid it from capture)
-        top = ours.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
-        ours.execute("UPDATE kv SET v = 2.5 WHERE k = 'touched'")
-        ours.execute("DELETE FROM _cdc_changes WHERE seq > ?", (top,))
+    # a way back that wrote a wrong value (and, as it does, hid it from capture)
+    _write_as_the_way_back(ours, "UPDATE kv SET v = 2.5 WHERE k = 'touched'")
     r = _rollback(cfg, "core")
     assert r.returncode == 12, r.stdout + r.stderr
     assert "verification of the way back: alpha.kv diverged" in r.stderr, r.stderr
-    with ours:
-        top = ours.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
-        ours.execute("UPDATE kv SET v = 1.5 WHERE k = 'touched'")
-        ours.execute("DELETE FROM _cdc_changes WHERE seq > ?", (top,))
+    _write_as_the_way_back(ours, "UPDATE kv SET v = 1.5 WHERE k = 'touched'")
     ours.close()
     r = _rollback(cfg, "core")  # run again once fixed: completes
     assert r.returncode == 0, r.stdout + r.stderr
