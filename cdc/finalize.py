@@ -27,6 +27,7 @@ import msgspec
 
 from cdc import backflow, capture, guard
 from cdc.config import Config
+from cdc.cutover import step_done
 from cdc.cutover_state import (
     MANIFEST,
     ArchivedFile,
@@ -156,6 +157,7 @@ def finalize(
             conn.close()
         echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
         guards.append((sp.path, source))
+        step_done("archived")  # test hook: a kill after the first file
     os.makedirs(root, mode=0o700, exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         f.write(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
@@ -164,6 +166,7 @@ def finalize(
     os.replace(path + ".tmp", path)
     rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
     save_record(cfg.state_dir, rec)
+    step_done("finalized")
     for legacy, _source in guards:  # after the record: a refusal here is resumed by a rerun
         _guard(legacy, rec, echo)
     _end_rollback_window(cfg, rec, echo)

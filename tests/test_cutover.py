@@ -314,3 +314,36 @@ def test_cutover_commands_refuse_clearly(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db")) as c:
         c.execute("INSERT INTO kv VALUES ('not fenced', 1)")  # nothing was fenced
         c.commit()
+
+
+def test_a_finalize_killed_mid_way_completes_when_run_again(tmp_path: Path, daemons) -> None:
+    """SIGKILL after the first file is archived (its capture already removed), then after
+    the record says finalized (before the guards): each run again completes, every file is
+    archived once, guarded, and the rollback window is closed."""
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    for target in ("analytics", "core"):
+        assert _cutover(cfg, target).returncode == 0
+    r = cdc_cmd("finalize", "analytics", "-c", str(cfg))  # every file also feeds core
+    assert r.returncode == 0 and "0 files archived, 3 waiting" in r.stdout, r.stdout + r.stderr
+    for step in ("archived", "finalized"):
+        r = cdc_step("finalize", cfg, "core", kill_at=step)
+        assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    r = cdc_cmd("finalize", "core", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rollback window closed" in r.stdout
+    manifest = json.loads((tmp_path / "state/archive/manifest-core.json").read_text())
+    originals = [f["original"] for f in manifest["files"]]
+    assert sorted(originals) == sorted(
+        str(tmp_path / f"legacy/{n}.db") for n in ("alpha", "beta", "gamma")
+    )
+    for f in manifest["files"]:
+        assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
+        assert Path(f["original"]).read_bytes().startswith(b"sqlite-cdc: this database has moved")
+    with contextlib.closing(sqlite3.connect(tmp_path / "out/core.db", timeout=10)) as c:
+        assert c.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = '_cdc_changes'"
+        ).fetchone() == (0,)
+    assert read_record(str(tmp_path / "state"), "core").state == "finalized"
+    assert d.stop() == 0, d.output()
