@@ -162,14 +162,16 @@ def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[lis
     return {name: list(keys.values()) for name, keys in out.items()}
 
 
-def remove_target_capture(conn: apsw.Connection) -> bool:
-    """The end of the rollback window (`cdc finalize`): every object of ours leaves the
-    target's tables. Returns whether there was any."""
+def remove_target_capture(conn: apsw.Connection) -> int:
+    """The end of the rollback window (`cdc finalize`, `cdc uninstall`): every object of
+    ours leaves the target's tables (capture, fences, `_cdc_touched`). Returns the number
+    of tables that were captured (0: there was nothing)."""
+    tables = len(capture.installed_tables(conn))
     if not capture.is_installed(conn) and not _key_columns(conn, TOUCHED):
-        return False
+        return 0
     capture.uninstall(conn)
     conn.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
-    return True
+    return max(tables, 1)
 
 
 def forget_touched(conn: apsw.Connection) -> None:

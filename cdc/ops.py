@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import msgspec
 
-from cdc import capture
+from cdc import backflow, capture
 from cdc.config import Config
 from cdc.cutover_state import finalized_sources
 from cdc.inventory import list_tables
 from cdc.plan import Plan, resolve_plan
-from cdc.sqlconn import open_legacy
+from cdc.sqlconn import open_legacy, open_target
 
 log = logging.getLogger(__name__)
 
@@ -72,4 +73,16 @@ def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
         finally:
             conn.close()
         out.append(SourceUninstall(name, path, n))
+    for name, path in sorted(cfg.targets.items()):
+        # A cutover leaves capture (and, after a rollback, fences) on the target's tables:
+        # with the legacy side gone, nothing would ever read or trim it.
+        if not os.path.exists(path):
+            continue
+        conn = open_target(path, cfg.daemon.busy_timeout_ms)
+        try:
+            n = backflow.remove_target_capture(conn)
+            if n:
+                out.append(SourceUninstall(f"target {name}", path, n))
+        finally:
+            conn.close()
     return out

@@ -359,6 +359,7 @@ def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
         c.commit()
     _backflow_caught_up(cfg, "core")
     ours = apsw.Connection(str(alpha))
+    ours.set_busy_timeout(10000)  # the daemon reads and trims this file too
     fence.allow_writes(ours)
     # a way back that wrote a wrong value (and, as it does, hid it from capture)
     _write_as_the_way_back(ours, "UPDATE kv SET v = 2.5 WHERE k = 'touched'")
@@ -371,3 +372,30 @@ def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
     assert r.returncode == 0, r.stdout + r.stderr
     assert read_record(str(tmp_path / "state"), "core").rollback.keys_checked == 1
     assert d.stop() == 0, d.output()
+
+
+def test_uninstall_removes_the_rollback_windows_objects_from_the_targets(
+    tmp_path: Path, daemons
+) -> None:
+    """Giving up after a cutover and a rollback: `cdc uninstall` leaves no trigger or table
+    of ours in the legacy files nor in the target (capture, fences, touched keys)."""
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    assert _cutover(cfg, "core").returncode == 0
+    assert _rollback(cfg, "core").returncode == 0  # the target is fenced now
+    assert d.stop() == 0, d.output()
+    r = cdc_cmd("uninstall", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "target core: capture removed from 8 tables" in r.stdout, r.stdout
+    for db in ("out/core.db", "legacy/alpha.db"):
+        with contextlib.closing(sqlite3.connect(tmp_path / db, timeout=10)) as c:
+            left = c.execute(
+                "SELECT type, name FROM sqlite_master WHERE name LIKE '\\_cdc\\_%' ESCAPE '\\' "
+                "AND (type = 'trigger' OR name IN ('_cdc_changes', '_cdc_tables', '_cdc_meta', "
+                "'_cdc_touched'))"
+            ).fetchall()
+            assert left == [], (db, left)
+    with contextlib.closing(sqlite3.connect(tmp_path / "out/core.db", timeout=10)) as c:
+        c.execute("INSERT INTO alpha_kv VALUES ('no fence left', 1)")
+        c.commit()
