@@ -31,6 +31,16 @@ from tests.workload import VALUES
 CORE_TABLES = {("alpha", "positions"), ("alpha", "kv"), ("beta", "positions"), ("beta", "kv")}
 
 
+def _core_cut_over(tmp_path: Path, daemons):  # noqa: ANN001, ANN202
+    """The live test setup, the daemon caught up, and the core stage cut over (no bots)."""
+    cfg = live_setup(tmp_path)
+    d = daemons(cfg)
+    d.wait_synced()
+    r = _cutover(cfg, "core")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return cfg, d
+
+
 def _rollback(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
     return cdc_step("rollback", cfg, *args, kill_at=kill_at)
 
@@ -210,12 +220,9 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
 
 
 def test_rollback_killed_at_each_step_completes_when_run_again(tmp_path: Path, daemons) -> None:
-    cfg = live_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
+    cfg, d = _core_cut_over(tmp_path, daemons)
     state = str(tmp_path / "state")
     core = tmp_path / "out/core.db"
-    assert _cutover(cfg, "core").returncode == 0
     target_writes(core, 300, seed=3)
     for step, shown in (
         ("rolling_back", "ROLLING BACK"),
@@ -247,10 +254,7 @@ def test_rollback_killed_at_each_step_completes_when_run_again(tmp_path: Path, d
 def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> None:
     """The backflow's checkpoint lives in each legacy file's own transaction: killed at any
     point, the daemon resumes there, and the legacy tables end equal to the target."""
-    cfg = live_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
-    assert _cutover(cfg, "core").returncode == 0
+    cfg, d = _core_cut_over(tmp_path, daemons)
     core = tmp_path / "out/core.db"
     stop = tmp_path / "stop-writing"
     writer = subprocess.Popen(
@@ -295,10 +299,7 @@ def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
     cannot both go back. Writing back is refused (never one row silently dropped), the
     error is in `cdc status`, a rollback stops with both sides fenced and can be aborted,
     and once the rows are fixed in the target the way back resumes by itself."""
-    cfg = live_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
-    assert _cutover(cfg, "core").returncode == 0
+    cfg, d = _core_cut_over(tmp_path, daemons)
     core, beta = tmp_path / "out/core.db", tmp_path / "legacy/beta.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
         with c:  # one transaction: both rows reach the way back in one batch
@@ -349,10 +350,7 @@ def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
     """The rollback compares only the keys the bots changed since the cutover (the rest was
     proven then and nothing else wrote either side): that check must still catch a legacy
     row that differs (here damaged through the fence, as only a bug of ours could)."""
-    cfg = live_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
-    assert _cutover(cfg, "core").returncode == 0
+    cfg, d = _core_cut_over(tmp_path, daemons)
     core, alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
         c.execute("INSERT OR REPLACE INTO alpha_kv VALUES ('touched', 1.5)")
@@ -379,10 +377,7 @@ def test_uninstall_removes_the_rollback_windows_objects_from_the_targets(
 ) -> None:
     """Giving up after a cutover and a rollback: `cdc uninstall` leaves no trigger or table
     of ours in the legacy files nor in the target (capture, fences, touched keys)."""
-    cfg = live_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
-    assert _cutover(cfg, "core").returncode == 0
+    cfg, d = _core_cut_over(tmp_path, daemons)
     assert _rollback(cfg, "core").returncode == 0  # the target is fenced now
     assert d.stop() == 0, d.output()
     r = cdc_cmd("uninstall", "-c", str(cfg))
