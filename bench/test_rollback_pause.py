@@ -446,7 +446,7 @@ def make_target(path: Path, tables: int, captured: bool) -> None:
         conn = apsw.Connection(str(path))
         try:
             infos = [table_info(conn, f"t{i}") for i in range(tables)]
-            capture.install(conn, infos, str(path), skip_ours=True)
+            capture.install(conn, infos, str(path))
         finally:
             conn.close()
 

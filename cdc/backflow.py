@@ -1,8 +1,9 @@
 """The rollback window's way back: the bots' writes to a cut-over target, into the legacy files.
 
 When `cdc cutover T` hands a stage to the bots, the target's tables have the same capture
-triggers the legacy files have (`cdc.capture`, installed in the target before the fence),
-gated so that only writes by others than sqlite-cdc are captured. The daemon's
+triggers the legacy files have (`cdc.capture`, installed in the target before the fence);
+the replicator removes the capture rows of its own writes there in the same transaction,
+as the way back does in the legacy files, so only the bots' writes are read back. The daemon's
 backflow reads them like a harvester (one short read transaction: capture rows and the
 rows' images as they are now) and writes them into the fenced legacy tables, through the
 fence (our connections pass it), so that `cdc rollback T` can give the bots their old files
@@ -97,9 +98,12 @@ def stage_mappings(plan: Plan, target: str) -> list[TableMapping]:
 def capture_target(cfg: Config, path: str, tables: list[str]) -> None:
     """Capture the stage's target tables, in the preflight (creating the triggers took 193
     ms for the 65 tables of the corpus's analytics stage, holding the target's write lock:
-    bot pause if done under the fence). The triggers ignore our own connections, so what
-    the replicator writes there (before "go", and again after a rollback) is never
-    captured: only the bots' writes are."""
+    bot pause if done under the fence). What the replicator writes there (before "go", and
+    again after a rollback) is captured too, and removed in its own apply transaction
+    (`replicator.apply`), so only the bots' writes stay. The triggers cannot tell our
+    connections apart themselves: a test of a pass function in SQL needs a virtual table,
+    which a bot connection with `trusted_schema=OFF` refuses inside a trigger, and its
+    every write would fail."""
     conn = open_target(path, cfg.daemon.busy_timeout_ms)
     try:
         _ensure_capture(conn, path, tables)
@@ -115,7 +119,7 @@ def _ensure_capture(conn: apsw.Connection, path: str, tables: list[str]) -> None
     missing = [i.name for i in infos if not i.columns]
     if missing:
         raise BackflowError(f"{path}: tables {', '.join(missing)} are missing")
-    capture.install(conn, infos, path, skip_ours=True)
+    capture.install(conn, infos, path)
     with write_transaction(conn):
         kcols = _key_columns(conn, capture.CHANGES)
         have = _key_columns(conn, TOUCHED)
@@ -324,20 +328,13 @@ class Backflow:
         n = 0
         try:
             with write_transaction(conn):
-                before = conn.execute(
-                    f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}"
-                ).fetchone()[0]
+                before = capture.top_seq(conn) or 0
                 ltids = capture.installed_tables(conn)
                 for m, tinfo, evs in items:
                     n += self._write_rows(conn, source, m, tinfo, evs)
                     self._no_collateral_deletes(conn, source, m, evs, ltids, before)
                 mine = [ltids[m.table] for m in self._tables_of(source) if m.table in ltids]
-                if mine:
-                    conn.execute(
-                        f"DELETE FROM {capture.CHANGES} WHERE seq > ? AND tid IN "
-                        f"({', '.join('?' * len(mine))})",
-                        (before, *mine),
-                    )
+                capture.drop_own_changes(conn, before, mine)
                 conn.execute(
                     f"INSERT OR REPLACE INTO {capture.META}(k, v) VALUES (?, ?)",
                     (

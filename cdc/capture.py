@@ -24,7 +24,7 @@ import apsw
 from cdc.errors import SourceError
 from cdc.events import Op, RowEvent
 from cdc.inventory import TableInfo
-from cdc.sqlconn import NOT_OURS, write_transaction
+from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,7 @@ def trigger_names(tid: int) -> list[str]:
     return [f"_cdc_t{tid}_{s}" for s in ("ins", "upd", "updkey", "del", "uniq", "uniqupd")]
 
 
-def trigger_sql(
-    tid: int, info: TableInfo, probe_unique: bool = True, skip_ours: bool = False
-) -> list[str]:
-    """`skip_ours`: the triggers ignore sqlite-cdc's own connections (a target's capture
-    for the rollback window records the bots' writes, never the replicator's)."""
+def trigger_sql(tid: int, info: TableInfo, probe_unique: bool = True) -> list[str]:
     kcols = ", ".join(f"k{i + 1}" for i in range(key_width(info)))
     new_k = ", ".join(key_exprs(info, "NEW"))
     old_k = ", ".join(key_exprs(info, "OLD"))
@@ -69,21 +65,19 @@ def trigger_sql(
     def body(op: int, keys: str) -> str:
         return f"INSERT INTO {CHANGES}(tid, op, {kcols}) VALUES ({tid}, {op}, {keys});"
 
-    gate = f" WHEN {NOT_OURS}" if skip_ours else ""
     sqls = [
-        f"CREATE TRIGGER {ins} AFTER INSERT ON {t}{gate} BEGIN {body(OP_INSERT, new_k)} END",
-        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t}{gate} BEGIN {body(OP_UPDATE, new_k)} END",
-        f"CREATE TRIGGER {updkey} AFTER UPDATE ON {t} WHEN ({changed})"
-        + (f" AND {NOT_OURS}" if skip_ours else "")
-        + f" BEGIN {body(OP_OLD_KEY, old_k)} END",
-        f"CREATE TRIGGER {dele} AFTER DELETE ON {t}{gate} BEGIN {body(OP_OLD_KEY, old_k)} END",
+        f"CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {body(OP_INSERT, new_k)} END",
+        f"CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {body(OP_UPDATE, new_k)} END",
+        f"CREATE TRIGGER {updkey} AFTER UPDATE ON {t} WHEN {changed} "
+        f"BEGIN {body(OP_OLD_KEY, old_k)} END",
+        f"CREATE TRIGGER {dele} AFTER DELETE ON {t} BEGIN {body(OP_OLD_KEY, old_k)} END",
     ]
     if probe_unique and info.unique_sets:
-        sqls += _replace_probe_triggers(tid, info, kcols, gate)
+        sqls += _replace_probe_triggers(tid, info, kcols)
     return sqls
 
 
-def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str, gate: str) -> list[str]:
+def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
     """Record rows that `INSERT/UPDATE OR REPLACE` may delete through a non-key UNIQUE.
 
     SQLite deletes such a row without firing any DELETE trigger (unless the bot turned on
@@ -105,8 +99,8 @@ def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str, gate: str) ->
     ucols = ", ".join(q(c) for c in sorted({c for cols in info.unique_sets for c in cols}))
     _, _, _, _, uniq, uniqupd = trigger_names(tid)
     return [
-        f"CREATE TRIGGER {uniq} BEFORE INSERT ON {t}{gate} BEGIN {body} END",
-        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE OF {ucols} ON {t}{gate} BEGIN {body} END",
+        f"CREATE TRIGGER {uniq} BEFORE INSERT ON {t} BEGIN {body} END",
+        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE OF {ucols} ON {t} BEGIN {body} END",
     ]
 
 
@@ -118,6 +112,30 @@ def lacks_probes(conn: apsw.Connection, tables: list[TableInfo], tids: dict[str,
         t.unique_sets and t.name in tids and trigger_names(tids[t.name])[4] not in names
         for t in tables
     )
+
+
+def top_seq(conn: apsw.Connection) -> int | None:
+    """The newest capture sequence (0: none yet), None when capture is not installed."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (CHANGES,)
+    ).fetchone():
+        return None
+    return conn.execute(f"SELECT coalesce(max(seq), 0) FROM {CHANGES}").fetchone()[0]
+
+
+def drop_own_changes(conn: apsw.Connection, before: int, tids: list[int] | None = None) -> None:
+    """Inside the caller's write transaction, which began at sequence `before`: remove the
+    capture rows its own writes made (of `tids` only, if given), so that whoever reads
+    this capture table never sees them. Nobody else can write during a write transaction,
+    so every row after `before` is ours; the newest row may go with them, which is safe:
+    the next sequence restarts at `before + 1`, and nobody read past `before`."""
+    if tids is None:
+        conn.execute(f"DELETE FROM {CHANGES} WHERE seq > ?", (before,))
+    elif tids:
+        conn.execute(
+            f"DELETE FROM {CHANGES} WHERE seq > ? AND tid IN ({', '.join('?' * len(tids))})",
+            (before, *tids),
+        )
 
 
 def is_installed(conn: apsw.Connection) -> bool:
@@ -156,7 +174,6 @@ def install(
     tables: list[TableInfo],
     path: str = "",
     probe_unique: set[str] | None = None,
-    skip_ours: bool = False,
 ) -> str:
     """Create capture tables and (re)create triggers for `tables`; return the install id.
 
@@ -202,7 +219,7 @@ def install(
                     tid = conn.last_insert_rowid()
                 _drop_triggers(conn, tid)
                 probe = probe_unique is None or info.name in probe_unique
-                for sql in trigger_sql(tid, info, probe, skip_ours):
+                for sql in trigger_sql(tid, info, probe):
                     conn.execute(sql)
             return conn.execute(f"SELECT v FROM {META} WHERE k='install_id'").fetchone()[0]
     except apsw.BusyError as e:

@@ -14,6 +14,7 @@ from collections import defaultdict
 import apsw
 import msgspec
 
+from cdc import capture
 from cdc.changelog import LogEntry
 from cdc.errors import TargetBusyError, TargetError
 from cdc.events import Op, RowBatch, SourceMark, SourcePosition, TableSchema
@@ -45,6 +46,7 @@ def apply_batch(
     newest = 0.0
     try:
         with write_transaction(conn):
+            own_from = capture.top_seq(conn)  # see the end of the transaction
             runs: dict[tuple[str, str], list[RowBatch]] = defaultdict(list)
             marks: dict[str, SourcePosition] = {}
             for e in entries:
@@ -72,6 +74,10 @@ def apply_batch(
             for batches in runs.values():
                 applied += _flush(conn, target, batches)
                 newest = max(newest, batches[-1].observed_at)
+            if own_from is not None:
+                # A cut-over (or rolled-back) stage's target tables are captured for the way
+                # back (`cdc.backflow`): what we wrote is not the bots' and must not go back.
+                capture.drop_own_changes(conn, own_from)
             cp = target.checkpoints.advance(old, entries[-1].next_offset, applied)
     except apsw.FullError as e:
         raise TargetBusyError(

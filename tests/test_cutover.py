@@ -137,6 +137,9 @@ def _legacy_fingerprint(cfg_path: Path, target: str) -> dict:
 def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     cfg = live_setup(tmp_path)
     d = daemons(cfg)
+    # `cdc wait` can say "caught up" before the daemon first wrote its status file, and a
+    # cutover then refuses ("the daemon is not running"): wait for the daemon itself too
+    d.wait_synced()
     r = cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg))  # the initial copy
     assert r.returncode == 0, r.stdout + r.stderr
     bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)
@@ -246,6 +249,7 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
     r = cdc_cmd("wait", "--zero-lag", "--timeout", "0.2", "-c", str(cfg))
     assert r.returncode == 75 and "initial copy pending: accounts -> core" in r.stdout, r.stdout
     d = daemons(cfg)
+    d.wait_synced()  # see test_stages_cut_over_while_bots_write
     assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
     bots = workload.start(tmp_path, ["alpha", "gamma"], seconds=600)
     state = str(tmp_path / "state")

@@ -394,3 +394,39 @@ def test_uninstall_removes_the_rollback_windows_objects_from_the_targets(
     with contextlib.closing(sqlite3.connect(tmp_path / "out/core.db", timeout=10)) as c:
         c.execute("INSERT INTO alpha_kv VALUES ('no fence left', 1)")
         c.commit()
+
+
+def test_a_careful_bot_writes_a_cut_over_target_and_our_own_writes_are_not_sent_back(
+    tmp_path: Path, daemons
+) -> None:
+    """The target's capture triggers must not fail a bot that runs with
+    `trusted_schema=OFF` (a trigger that tests who is writing needs a virtual table, which
+    such a connection refuses: its every write failed). The replicator's own writes into a
+    captured target are removed from the capture in their transaction instead: after a
+    rollback, replication into the target adds nothing to it."""
+    cfg, d = _core_cut_over(tmp_path, daemons)
+    core, alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
+    with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+        c.execute("PRAGMA trusted_schema=OFF")
+        c.execute("INSERT INTO alpha_kv VALUES ('careful bot', 1.5)")
+        c.commit()
+    _backflow_caught_up(cfg, "core")
+    with contextlib.closing(sqlite3.connect(alpha, timeout=10)) as c:
+        assert c.execute("SELECT v FROM kv WHERE k = 'careful bot'").fetchone() == (1.5,)
+    assert _rollback(cfg, "core").returncode == 0
+    with contextlib.closing(sqlite3.connect(alpha, timeout=10)) as c:
+        c.executemany("INSERT INTO kv VALUES (?, 2.5)", [(f"after {i}",) for i in range(50)])
+        c.commit()
+
+    def forwarded() -> bool:
+        with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+            return c.execute("SELECT count(*) FROM alpha_kv WHERE k LIKE 'after %'").fetchone() == (
+                50,
+            )
+
+    wait_until(forwarded, 60, 0.05, "the legacy writes to replicate after the rollback")
+    fence_seq = read_record(str(tmp_path / "state"), "core").rollback.fence.fence_seq
+    with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+        top = c.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
+    assert top <= fence_seq, (top, fence_seq)  # the replicator's 50 rows were not captured
+    assert d.stop() == 0, d.output()
