@@ -91,10 +91,6 @@ def read_checkpoint(conn: apsw.Connection, target: str, install_id: str) -> int:
     return cp.seq if cp.install_id == install_id else 0
 
 
-def stage_mappings(plan: Plan, target: str) -> list[TableMapping]:
-    return [m for sp in plan.sources for m in sp.tables if m.target == target]
-
-
 def capture_target(cfg: Config, path: str, tables: list[str]) -> None:
     """Capture the stage's target tables, in the preflight (creating the triggers took 193
     ms for the 65 tables of the corpus's analytics stage, holding the target's write lock:
@@ -202,7 +198,7 @@ class Backflow:
         self.target = rec.target
         self.path = rec.path
         self.settings = cfg.daemon
-        maps = stage_mappings(plan, rec.target)
+        maps = plan.stage(rec.target)
         self.paths = {m.source: plan.source(m.source).path for m in maps}
         self.routes: dict[str, dict[str | None, TableMapping]] = {}
         for m in maps:
@@ -473,7 +469,7 @@ def legacy_applied(cfg: Config, plan: Plan, target: str) -> dict[str, int]:
     finally:
         tconn.close()
     out = {}
-    for source in sorted({m.source for m in stage_mappings(plan, target)}):
+    for source in sorted({m.source for m in plan.stage(target)}):
         conn = open_legacy(plan.source(source).path, cfg.daemon.busy_timeout_ms, readonly=True)
         try:
             out[source] = read_checkpoint(conn, target, iid)

@@ -66,12 +66,6 @@ def step_done(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def stage_tables(plan: Plan, target: str) -> list[TableMapping]:
-    if target not in plan.targets:
-        raise ConfigError(f"no target {target!r} (known: {', '.join(sorted(plan.targets))})")
-    return [m for sp in plan.sources for m in sp.tables if m.target == target]
-
-
 Echo = Callable[[str], None]
 
 
@@ -83,7 +77,7 @@ def cutover(
     drain_timeout: float = 30.0,
     echo: Echo = lambda _s: None,
 ) -> CutoverRecord:
-    tables = stage_tables(plan, target)
+    tables = plan.stage(target)
     rec = read_record(cfg.state_dir, target)
     if rec is not None and rec.state in ("done", "finalized"):
         echo(f"{target}: already cut over at {_when(rec.done_at)}")

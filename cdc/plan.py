@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from cdc.config import Config, RuleConfig
-from cdc.errors import PlanError
+from cdc.errors import ConfigError, PlanError
 from cdc.guard import is_guard
 from cdc.inventory import TableInfo, list_tables
 from cdc.sqlconn import open_legacy
@@ -57,6 +57,12 @@ class Plan(msgspec.Struct, frozen=True, dict=True):
 
     def mapping(self, source: str, table: str) -> TableMapping | None:
         return self._index.get((source, table))
+
+    def stage(self, target: str) -> list[TableMapping]:
+        """Every mapped table of one target: what a cutover moves (a stage)."""
+        if target not in self.targets:
+            raise ConfigError(f"no target {target!r} (known: {', '.join(sorted(self.targets))})")
+        return [m for s in self.sources for m in s.tables if m.target == target]
 
     @functools.cached_property
     def _index(self) -> dict[tuple[str, str], TableMapping]:

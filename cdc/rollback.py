@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cdc import backflow, fence
 from cdc.config import Config
-from cdc.cutover import Clock, CutoverError, Echo, stage_tables, step_done, verify_parallel
+from cdc.cutover import Clock, CutoverError, Echo, step_done, verify_parallel
 from cdc.cutover_state import CutoverRecord, RollbackInfo, read_record, save_record
 from cdc.errors import CdcError, DaemonError
 from cdc.plan import Plan
@@ -48,7 +48,7 @@ def rollback(
     drain_timeout: float = 30.0,
     echo: Echo = lambda _s: None,
 ) -> CutoverRecord:
-    tables = stage_tables(plan, target)
+    tables = plan.stage(target)
     rec = read_record(cfg.state_dir, target)
     if rec is not None and rec.state == "rolled_back":
         echo(f"{target}: already rolled back at {time.ctime(rec.rollback.rolled_back_at)}")

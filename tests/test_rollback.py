@@ -17,7 +17,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import fence
+from cdc import capture, fence
 from cdc.changelog import LogReader
 from cdc.config import load_config
 from cdc.cutover_state import read_record
@@ -339,9 +339,9 @@ def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
 def _write_as_the_way_back(conn: apsw.Connection, sql: str) -> None:
     """Write through the fence and remove the capture rows it made, in one transaction."""
     with conn:
-        top = conn.execute("SELECT coalesce(max(seq), 0) FROM _cdc_changes").fetchone()[0]
+        top = capture.top_seq(conn)
         conn.execute(sql)
-        conn.execute("DELETE FROM _cdc_changes WHERE seq > ?", (top,))
+        capture.drop_own_changes(conn, top)
 
 
 def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
