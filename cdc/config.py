@@ -50,6 +50,7 @@ class RuleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     merge: bool = False
     tag_column: str = "source"
     tag: str | None = None
+    drop_foreign_keys: bool = False  # drop FKs that cannot hold in the target (docs/config.md)
 
 
 class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

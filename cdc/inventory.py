@@ -11,9 +11,21 @@ import apsw
 import msgspec
 
 from cdc.events import ColumnDef, TableSchema
+from cdc.sqlident import fts_options, tokens, unquote, virtual_module
 
 OWN_PREFIX = "_cdc_"
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
+
+
+class ForeignKey(msgspec.Struct, frozen=True):
+    """One FOREIGN KEY of a table (`PRAGMA foreign_key_list`); `ref_columns` empty when
+    the clause names no columns (the parent's primary key)."""
+
+    columns: list[str]
+    ref_table: str
+    ref_columns: list[str] = []
+    on_update: str = "NO ACTION"
+    on_delete: str = "NO ACTION"
 
 
 class TableInfo(msgspec.Struct, frozen=True):
@@ -27,6 +39,11 @@ class TableInfo(msgspec.Struct, frozen=True):
     unique_sets: list[
         list[str]
     ] = []  # non-key UNIQUE column sets (REPLACE can delete through them)
+    foreign_keys: list[ForeignKey] = []
+    autoincrement: bool = False
+    module: str = ""  # virtual tables: fts5, rtree, ...
+    content_table: str | None = None  # FTS with external content: the table it indexes
+    sync_triggers: list[str] = []  # FTS: the content table's triggers that keep it current
 
     @property
     def column_names(self) -> list[str]:
@@ -52,6 +69,20 @@ class TableInfo(msgspec.Struct, frozen=True):
         )
 
 
+def affinity(decl_type: str) -> str:
+    """SQLite's column affinity of a declared type (datatype3.html, section 3.1)."""
+    t = decl_type.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"
+
+
 def is_internal(name: str) -> bool:
     """SQLite's own tables and ours are never user data."""
     low = name.lower()
@@ -67,6 +98,9 @@ def list_tables(conn: apsw.Connection) -> list[TableInfo]:
     out = []
     for name, kind, wr in rows:
         if is_internal(name):
+            continue
+        if kind == "virtual":
+            out.append(virtual_info(conn, name))
             continue
         if kind != "table":
             out.append(TableInfo(name=name, kind=kind))
@@ -107,6 +141,65 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
         create_sql=sql_row[0] if sql_row else "",
         index_sql=index_sql,
         unique_sets=unique_sets(conn, name),
+        foreign_keys=foreign_keys(conn, name),
+        autoincrement=bool(
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence' AND type='table'"
+            ).fetchone()
+        )
+        and _has_autoincrement(sql_row[0] if sql_row else ""),
+    )
+
+
+def _has_autoincrement(create_sql: str) -> bool:
+    return any(t.upper() == "AUTOINCREMENT" for t in tokens(create_sql))
+
+
+def foreign_keys(conn: apsw.Connection, name: str) -> list[ForeignKey]:
+    rows = conn.execute(
+        'SELECT id, seq, "table", "from", "to", on_update, on_delete '
+        "FROM pragma_foreign_key_list(?) ORDER BY id, seq",
+        (name,),
+    ).fetchall()
+    out: dict[int, ForeignKey] = {}
+    for fid, _seq, ref, col, to, upd, dele in rows:
+        fk = out.get(fid)
+        if fk is None:
+            fk = out[fid] = ForeignKey([], ref, [], upd, dele)
+        fk.columns.append(col)
+        if to is not None:
+            fk.ref_columns.append(to)
+    return list(out.values())
+
+
+def virtual_info(conn: apsw.Connection, name: str) -> TableInfo:
+    """A virtual table: its declaration, module and, for an external-content FTS table,
+    the content table and the triggers on it that write this table (the application's
+    way of keeping the index current, which the target needs too)."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)
+    ).fetchone()
+    sql = row[0] if row else ""
+    module = virtual_module(sql)
+    content = None
+    triggers: list[str] = []
+    if module.lower() in ("fts5", "fts4", "fts3"):
+        content = fts_options(sql).get("content") or None
+        if content:
+            for (tsql,) in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type='trigger' AND tbl_name=? "
+                "AND sql IS NOT NULL ORDER BY name",
+                (content,),
+            ):
+                if any(unquote(t).lower() == name.lower() for t in tokens(tsql)):
+                    triggers.append(tsql)
+    return TableInfo(
+        name=name,
+        kind="virtual",
+        create_sql=sql,
+        module=module,
+        content_table=content,
+        sync_triggers=triggers,
     )
 
 

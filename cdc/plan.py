@@ -15,10 +15,11 @@ from pathlib import Path
 
 import msgspec
 
+from cdc import ddl
 from cdc.config import Config, RuleConfig
 from cdc.errors import ConfigError, PlanError
 from cdc.guard import is_guard
-from cdc.inventory import TableInfo, list_tables
+from cdc.inventory import TableInfo, affinity, list_tables
 from cdc.sqlconn import open_legacy
 
 
@@ -31,6 +32,7 @@ class TableMapping(msgspec.Struct, frozen=True):
     target_table: str
     tag_column: str | None = None  # set for merged tables
     tag: str | None = None
+    drop_foreign_keys: bool = False
 
 
 class SourcePlan(msgspec.Struct, frozen=True):
@@ -39,6 +41,17 @@ class SourcePlan(msgspec.Struct, frozen=True):
     tables: list[TableMapping]
     excluded: list[str] = []
     uncapturable: list[str] = []  # virtual tables explicitly excluded
+    fts: list[TableMapping] = []  # FTS tables re-created in the target (cdc.ddl), not captured
+    infos: list[TableInfo] = []  # every table as the plan saw it (the target DDL's context)
+
+    def info(self, table: str) -> TableInfo | None:
+        low = table.lower()
+        return next((t for t in self.infos if t.name.lower() == low), None)
+
+    def mapping_of(self, table: str) -> TableMapping | None:
+        """The mapping of a table named as SQL names it (case-insensitively)."""
+        low = table.lower()
+        return next((m for m in self.tables if m.table.lower() == low), None)
 
     def needs_unique_probes(self) -> set[str]:
         """Tables that get the REPLACE probes (those with a non-key UNIQUE): all of them.
@@ -132,12 +145,16 @@ def resolve_plan(
     landing: dict[tuple[str, str], list[tuple[TableMapping, RuleConfig]]] = {}
     for name, path, tables in sources:
         mapped, excluded, uncapturable = [], [], []
+        virtuals: list[tuple[TableInfo, RuleConfig | None]] = []
         for t in tables:
             if t.kind == "shadow":
                 continue  # belongs to its virtual table
             rule, err = _match(cfg.rules, name, t.name)
             if err:
                 problems.append(err)
+                continue
+            if t.kind == "virtual":
+                virtuals.append((t, rule))  # decided once the content tables are mapped
                 continue
             if rule is None:
                 problems.append(
@@ -146,23 +163,9 @@ def resolve_plan(
                 )
                 continue
             if rule.exclude:
-                (uncapturable if t.kind == "virtual" else excluded).append(t.name)
+                excluded.append(t.name)
                 continue
-            if t.kind == "virtual":
-                problems.append(
-                    f"table {t.name!r} of source {name!r} is a virtual table (e.g. FTS): "
-                    "triggers cannot capture it; exclude it and rebuild it in the target"
-                )
-                continue
-            as_name = (rule.as_ or t.name).replace("{table}", t.name).replace("{source}", name)
-            m = TableMapping(
-                source=name,
-                table=t.name,
-                target=rule.target or "",
-                target_table=as_name,
-                tag_column=rule.tag_column if rule.merge else None,
-                tag=(rule.tag or name) if rule.merge else None,
-            )
+            m = _mapping(rule, name, t.name)
             if rule.merge and not t.key:
                 problems.append(
                     f"table {t.name!r} of source {name!r}: a merge needs a declared primary "
@@ -173,15 +176,31 @@ def resolve_plan(
                     f"table {t.name!r} of source {name!r} already has a column "
                     f"{rule.tag_column!r}: choose another `tag_column`"
                 )
-            landing.setdefault((m.target, m.target_table), []).append((m, rule))
+            landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule))
             mapped.append(m)
-        plans.append(SourcePlan(name, path, mapped, excluded, uncapturable))
+        fts = []
+        for t, rule in virtuals:
+            if rule is not None and rule.exclude:
+                uncapturable.append(t.name)
+                continue
+            m, err = _virtual_mapping(t, rule, name, path, mapped)
+            if err:
+                problems.append(err)
+                continue
+            landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule or _FOLLOW))
+            fts.append(m)
+        visible = [t for t in tables if t.kind != "shadow"]
+        plans.append(SourcePlan(name, path, mapped, excluded, uncapturable, fts, visible))
 
     infos = {(n, t.name): t for n, _, ts in sources for t in ts}
     for (target, ttable), entries in sorted(landing.items()):
         if len(entries) < 2 and not entries[0][1].merge:
             continue
         problems.extend(_check_merge(target, ttable, entries, infos))
+    for sp in plans:
+        problems.extend(_check_foreign_keys(sp))
+    plan = Plan(targets=dict(cfg.targets), sources=plans)
+    problems.extend(ddl.check_names(plan))
     if problems and not strict:
         return Plan(targets=dict(cfg.targets), sources=plans, problems=problems)
     if problems:
@@ -189,14 +208,111 @@ def resolve_plan(
             f"{cfg.config_path or 'config'}: {len(problems)} problem(s) in the table mapping:\n  - "
             + "\n  - ".join(problems)
         )
-    return Plan(targets=dict(cfg.targets), sources=plans)
+    return plan
+
+
+_FOLLOW = RuleConfig(table="*")  # an FTS table no rule names: it follows its content table
+
+
+def _mapping(rule: RuleConfig, source: str, table: str) -> TableMapping:
+    as_name = (rule.as_ or table).replace("{table}", table).replace("{source}", source)
+    return TableMapping(
+        source=source,
+        table=table,
+        target=rule.target or "",
+        target_table=as_name,
+        tag_column=rule.tag_column if rule.merge else None,
+        tag=(rule.tag or source) if rule.merge else None,
+        drop_foreign_keys=rule.drop_foreign_keys,
+    )
+
+
+def _virtual_mapping(
+    t: TableInfo, rule: RuleConfig | None, source: str, path: str, mapped: list[TableMapping]
+) -> tuple[TableMapping | None, str | None]:
+    """Where a virtual table goes. Triggers cannot capture one; an external-content FTS
+    table is derived data, so it is re-created in its content table's target and rebuilt
+    from it there (docs/config.md). Anything else must be excluded, by name."""
+    what = f"virtual table {t.name!r} of source {source!r}"
+    if t.content_table is None:
+        if rule is None:
+            return None, (
+                f"table {t.name!r} of source {source!r} ({path}) is matched by no rule: "
+                "map it to a target or exclude it"
+            )
+        kind = f"a {t.module} table" if t.module else "a virtual table"
+        return None, (
+            f"{what} is {kind} that keeps its own rows: triggers cannot capture it; "
+            "exclude it (`exclude = true`) and rebuild it in the target"
+        )
+    content = next((m for m in mapped if m.table.lower() == t.content_table.lower()), None)
+    if content is None:
+        return None, (
+            f"{what} indexes {t.content_table!r}, which is not copied: "
+            f"exclude {t.name!r} too, or map {t.content_table!r}"
+        )
+    if content.tag_column is not None:
+        return None, (
+            f"{what} indexes {t.content_table!r}, a merged table (its rowids are not unique "
+            f"there): exclude {t.name!r}"
+        )
+    if rule is None:
+        rule = RuleConfig(table=t.name, target=content.target)
+    m = _mapping(rule, source, t.name)
+    if rule.merge:
+        return None, f"{what}: an FTS table cannot be merged"
+    if m.target != content.target:
+        return None, (
+            f"{what} goes to {m.target!r} but its content table {t.content_table!r} goes to "
+            f"{content.target!r}: an FTS table is rebuilt from its content, in the same target"
+        )
+    return m, None
+
+
+def _check_foreign_keys(sp: SourcePlan) -> list[str]:
+    """A foreign key that cannot hold in the target is refused unless the rule drops it: a
+    bot running with `foreign_keys=ON` would otherwise fail every write after cutover."""
+    problems = []
+    for m in sp.tables:
+        info = sp.info(m.table)
+        if info is None or m.drop_foreign_keys or m.tag_column is not None:
+            continue  # dropped on purpose, or a merged table (no constraints at all)
+        for fk in info.foreign_keys:
+            cols = ", ".join(fk.columns)
+            head = f"foreign key {sp.name}.{m.table}({cols}) -> {fk.ref_table}"
+            parent = sp.mapping_of(fk.ref_table)
+            if parent is None:
+                why = "is not copied" if sp.info(fk.ref_table) else "does not exist"
+                problems.append(
+                    f"{head}: {fk.ref_table!r} {why}, so the key would point at nothing in "
+                    f"{m.target!r}; map it to {m.target!r} or set `drop_foreign_keys` on the "
+                    f"rule of {m.table!r}"
+                )
+            elif parent.target != m.target:
+                problems.append(
+                    f"{head}: crosses targets ({m.table!r} goes to {m.target!r}, "
+                    f"{fk.ref_table!r} to {parent.target!r}); move one, or set "
+                    f"`drop_foreign_keys` on the rule of {m.table!r}"
+                )
+            elif parent.tag_column is not None:
+                problems.append(
+                    f"{head}: {fk.ref_table!r} is merged into {parent.target}."
+                    f"{parent.target_table} (key now includes {parent.tag_column!r}), so "
+                    f"the key cannot hold; set `drop_foreign_keys` on the rule of {m.table!r}"
+                )
+    return problems
 
 
 def _check_merge(target, ttable, entries, infos) -> list[str]:
     names = ", ".join(f"{m.source}.{m.table}" for m, _ in entries)
+    ttable = entries[0][0].target_table
+    named = [(f"{m.source}.{m.table}", infos.get((m.source, m.table))) for m, _ in entries]
+    members = [i for _, i in named]
+    diff = differences(named)
     if not all(r.merge for _, r in entries):
+        what = f" ({'; '.join(diff)})" if diff else " (their columns agree)"
         return [
-            f"{target}.{ttable} receives {names}: rename one (`as`) or declare "
+            f"{target}.{ttable} receives {names}{what}: rename one (`as`) or declare "
             "`merge = true` with a `tag_column` on every rule involved"
         ]
     problems = []
@@ -205,13 +321,55 @@ def _check_merge(target, ttable, entries, infos) -> list[str]:
     tags = [m.tag for m, _ in entries]
     if len(set(tags)) != len(tags):
         problems.append(f"{target}.{ttable}: two merged tables share one tag ({names})")
-    keys = {tuple(infos[(m.source, m.table)].key) for m, _ in entries}
+    if any(i is None or i.kind != "table" for i in members):
+        return problems
+    keys = {tuple(i.key) for i in members}
     if len(keys) > 1:
         problems.append(
             f"{target}.{ttable}: merged tables have different primary keys "
             f"({'; '.join(','.join(k) for k in sorted(keys))})"
         )
+    clash = _type_clashes(named)
+    if clash:
+        problems.append(
+            f"{target}.{ttable}: merged tables disagree on column types ({'; '.join(clash)}): "
+            "one column would hold two kinds of value; rename one side (`as`)"
+        )
     return problems
+
+
+def differences(members: list[tuple[str, TableInfo | None]]) -> list[str]:
+    """What tells tables apart, in words an operator can act on: key, columns only one
+    side has, declared types that disagree."""
+    known = [(n, i) for n, i in members if i is not None and i.kind == "table"]
+    if len(known) < 2:
+        return []
+    out = []
+    keys = {n: tuple(i.key) for n, i in known}
+    if len(set(keys.values())) > 1:
+        out.append(
+            "keys differ: " + ", ".join(f"{n}({','.join(k) or 'rowid'})" for n, k in keys.items())
+        )
+    cols = {n: {c.name.lower(): c for c in i.columns} for n, i in known}
+    every = set.intersection(*(set(c) for c in cols.values()))
+    for n, c in cols.items():
+        only = [c[k].name for k in c if k not in every]
+        if only:
+            out.append(f"only in {n}: {', '.join(only)}")
+    out.extend(_type_clashes(known))
+    return out
+
+
+def _type_clashes(members: list[tuple[str, TableInfo]]) -> list[str]:
+    cols = {n: {c.name.lower(): c for c in i.columns} for n, i in members}
+    every = set.intersection(*(set(c) for c in cols.values()))
+    out = []
+    for k in sorted(every):
+        aff = {n: affinity(c[k].decl_type) for n, c in cols.items()}
+        if len(set(aff.values())) > 1:
+            name = next(iter(cols.values()))[k].name
+            out.append(f"{name} is " + " vs ".join(f"{a} in {n}" for n, a in aff.items()))
+    return out
 
 
 def _specificity(rule: RuleConfig) -> int:

@@ -9,6 +9,7 @@ over byte for byte.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 
 def q(name: str) -> str:
@@ -128,3 +129,170 @@ def index_name(sql: str) -> str:
     if nxt == ".":
         tok, _, _ = _token(sql, nend)
     return unquote(tok)
+
+
+def tokens(sql: str) -> list[str]:
+    """Every token of a statement (comments and whitespace dropped; quoted names whole)."""
+    out, i = [], 0
+    while True:
+        tok, _, i = _token(sql, i)
+        if not tok:
+            return out
+        out.append(tok)
+
+
+def virtual_module(sql: str) -> str:
+    """`CREATE VIRTUAL TABLE x USING fts5(...)` -> `fts5` ('' when it is not one)."""
+    toks = tokens(sql)
+    up = [t.upper() for t in toks]
+    if "USING" not in up:
+        return ""
+    i = up.index("USING")
+    return unquote(toks[i + 1]) if i + 1 < len(toks) else ""
+
+
+def fts_options(sql: str) -> dict[str, str]:
+    """The `key=value` arguments of a virtual table declaration (`content`, `content_rowid`,
+    `tokenize`...), keys lowercased, values unquoted."""
+    toks = tokens(sql)
+    out: dict[str, str] = {}
+    for j in range(1, len(toks) - 1):
+        if toks[j] == "=" and toks[j - 1][:1] not in "\"'`[":
+            out[toks[j - 1].lower()] = unquote(toks[j + 1])
+    return out
+
+
+def _spans(sql: str, i: int = 0) -> list[tuple[str, int, int]]:
+    out = []
+    while True:
+        tok, start, end = _token(sql, i)
+        if not tok:
+            return out
+        out.append((tok, start, end))
+        i = end
+
+
+_FK_ACTIONS = {"SET", "NULL", "DEFAULT", "CASCADE", "RESTRICT", "NO", "ACTION"}
+
+
+def _fk_clause_end(toks: list[tuple[str, int, int]], j: int) -> int:
+    """Index of the first token after a `REFERENCES parent [(cols)] [actions]` clause at j."""
+    j += 2  # REFERENCES name
+    if j < len(toks) and toks[j][0] == ".":
+        j += 2  # schema-qualified
+    if j < len(toks) and toks[j][0] == "(":
+        depth = 0
+        while j < len(toks):
+            depth += {"(": 1, ")": -1}.get(toks[j][0], 0)
+            j += 1
+            if depth == 0:
+                break
+    while j < len(toks):
+        w = toks[j][0].upper()
+        if w == "ON" and j + 1 < len(toks) and toks[j + 1][0].upper() in ("DELETE", "UPDATE"):
+            j += 2
+            while j < len(toks) and toks[j][0].upper() in _FK_ACTIONS:
+                j += 1
+        elif w == "MATCH":
+            j += 2
+        elif w == "NOT" and j + 1 < len(toks) and toks[j + 1][0].upper() == "DEFERRABLE":
+            j += 1
+        elif w == "DEFERRABLE":
+            j += 1
+            if j < len(toks) and toks[j][0].upper() == "INITIALLY":
+                j += 2
+        else:
+            break
+    return j
+
+
+def rewrite_foreign_keys(sql: str, parent: Callable[[str], str | None]) -> str:
+    """Point each FOREIGN KEY of a CREATE TABLE at `parent(old_name)`, or drop the whole
+    clause (and its CONSTRAINT name, and the comma of a table constraint) when it returns
+    None. Everything else is kept byte for byte."""
+    toks = _spans(sql)
+    edits: list[tuple[int, int, str]] = []
+    for j, (tok, _s, _e) in enumerate(toks):
+        if tok.upper() != "REFERENCES" or j + 1 >= len(toks):
+            continue
+        name_j = j + 1
+        if name_j + 2 < len(toks) and toks[name_j + 1][0] == ".":
+            name_j += 2
+        new = parent(unquote(toks[name_j][0]))
+        if new is not None:
+            edits.append((toks[j + 1][1], toks[name_j][2], q(new)))
+            continue
+        start_j = j
+        # FOREIGN KEY (cols) REFERENCES ...: a table constraint
+        k = j - 1
+        if toks[k][0] == ")":
+            while k > 0 and toks[k][0] != "(":
+                k -= 1
+            if k >= 2 and toks[k - 1][0].upper() == "KEY" and toks[k - 2][0].upper() == "FOREIGN":
+                start_j = k - 2
+        if start_j >= 2 and toks[start_j - 2][0].upper() == "CONSTRAINT":
+            start_j -= 2
+        end_j = _fk_clause_end(toks, j)
+        start = toks[start_j][1]
+        end = toks[end_j - 1][2]
+        if start_j != j and toks[start_j - 1][0] == ",":  # table constraint: its comma too
+            start = toks[start_j - 1][1]
+        edits.append((start, end, ""))
+    for start, end, text in sorted(edits, reverse=True):
+        sql = sql[:start] + text + sql[end:]
+    return sql
+
+
+def rename_virtual_table(sql: str, new_name: str, options: dict[str, str]) -> str:
+    """`CREATE VIRTUAL TABLE old USING m(..., key=value)` with a new name and some option
+    values replaced (`content` follows a renamed content table)."""
+    toks = _spans(sql)
+    up = [t[0].upper() for t in toks]
+    using = up.index("USING")
+    out = "CREATE VIRTUAL TABLE IF NOT EXISTS " + q(new_name) + " " + sql[toks[using][1] :]
+    shift = len(out) - (len(sql) - toks[using][1])
+    edits = []
+    for j in range(using + 1, len(toks) - 1):
+        tok = toks[j - 1][0] if j else ""
+        if toks[j][0] == "=" and tok.lower() in options and tok[:1] not in "\"'`[":
+            _, s, e = toks[j + 1]
+            edits.append((s + shift - toks[using][1], e + shift - toks[using][1]))
+            edits[-1] = (*edits[-1], lit(options[tok.lower()]))
+    for s, e, text in sorted(edits, reverse=True):
+        out = out[:s] + text + out[e:]
+    return out
+
+
+def rename_trigger(sql: str, new_name: str, renames: dict[str, str]) -> str:
+    """A trigger re-homed: its own name replaced, and every identifier naming a renamed
+    table (case-insensitively) replaced, in the head and the body. An FTS table's hidden
+    column shares the table's name, so it follows the rename, as it must."""
+    toks = _spans(sql)
+    low = {k.lower(): v for k, v in renames.items()}
+    i = _skip_if_not_exists(sql, _expect_words(sql, _expect_words(sql, 0, "CREATE"), "TRIGGER"))
+    _, name_end = _name_span(sql, i)
+    edits = []
+    for tok, s, e in toks:
+        if s < name_end or tok[:1] == "'":
+            continue
+        new = low.get(unquote(tok).lower())
+        if new is not None and (tok[:1] in '"`[' or _WORD.fullmatch(tok)):
+            edits.append((s, e, q(new)))
+    body = sql[name_end:]
+    for s, e, text in sorted(edits, reverse=True):
+        body = body[: s - name_end] + text + body[e - name_end :]
+    return "CREATE TRIGGER IF NOT EXISTS " + q(new_name) + body
+
+
+def created_name(sql: str) -> str:
+    """The (unqualified, unquoted) name a CREATE statement gives its object."""
+    toks = _spans(sql)
+    j = 1
+    while j < len(toks) and toks[j][0].upper() in ("UNIQUE", "TEMP", "TEMPORARY", "VIRTUAL"):
+        j += 1
+    j += 1  # TABLE / INDEX / TRIGGER / VIEW
+    if j + 2 < len(toks) and toks[j][0].upper() == "IF":
+        j += 3
+    if j + 2 < len(toks) and toks[j + 1][0] == ".":
+        j += 2
+    return unquote(toks[j][0])

@@ -118,16 +118,20 @@ class CheckpointStore:
             ),
         )
 
-    def record_snapshots_done(self, source: str, tables: list[str]) -> None:
-        """Remember finished initial copies; call inside the apply transaction.
+    def record_snapshots_done(self, source: str, tables: list[str]) -> list[str]:
+        """Remember finished initial copies; call inside the apply transaction. Returns
+        the tables recorded for the first time (an FTS index is rebuilt then).
 
         Every applied mark repeats its finished tables (a few dozen INSERT OR IGNOREs per
         batch): cheaper to keep than a cache that must forget rolled-back batches."""
-        if tables:
-            self.conn.executemany(
-                f"INSERT OR IGNORE INTO {SNAPSHOTS} VALUES (?, ?, ?)",
-                [(self.consumer, source, t) for t in tables],
+        fresh = []
+        for t in tables:
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO {SNAPSHOTS} VALUES (?, ?, ?)", (self.consumer, source, t)
             )
+            if self.conn.changes():
+                fresh.append(t)
+        return fresh
 
     def sources(self) -> dict[str, SourceApplied]:
         return {

@@ -14,7 +14,7 @@ from collections import defaultdict
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc import capture, ddl
 from cdc.changelog import LogEntry
 from cdc.errors import TargetBusyError, TargetError
 from cdc.events import Op, RowBatch, SourceMark, SourcePosition, TableSchema
@@ -49,6 +49,7 @@ def apply_batch(
             own_from = capture.top_seq(conn)  # see the end of the transaction
             runs: dict[tuple[str, str], list[RowBatch]] = defaultdict(list)
             marks: dict[str, SourcePosition] = {}
+            rebuilds: list[tuple[str, str]] = []
             for e in entries:
                 f = e.frame
                 if isinstance(f, RowBatch):
@@ -60,7 +61,7 @@ def apply_batch(
                     if m is not None and m.target == target.name:
                         # Rows queued so far were shaped by the previous schema.
                         applied += _flush(conn, target, runs.pop((f.source, f.table), []))
-                        target.apply_schema(f, m)
+                        target.apply_schema(f, m, plan)
                 elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
                     marks[f.source] = f.position  # only the newest per source matters
             now = time.time()
@@ -68,12 +69,17 @@ def apply_batch(
                 target.checkpoints.record_source(
                     SourceApplied(source, p.install_id, p.through_seq, p.events, now)
                 )
-                target.checkpoints.record_snapshots_done(
+                fresh = target.checkpoints.record_snapshots_done(
                     source, [c.table for c in p.snapshots if c.done]
                 )
+                rebuilds += [(source, t) for t in fresh]
             for batches in runs.values():
                 applied += _flush(conn, target, batches)
                 newest = max(newest, batches[-1].observed_at)
+            for source, table in rebuilds:  # initial copy complete: index it from scratch
+                for fm in ddl.fts_of(plan, source, table):
+                    if fm.target == target.name and target.table_columns(fm.target_table):
+                        conn.execute(ddl.fts_rebuild(fm))
             if own_from is not None:
                 # A cut-over (or rolled-back) stage's target tables are captured for the way
                 # back (`cdc.backflow`): what we wrote is not the bots' and must not go back.

@@ -21,11 +21,12 @@ import logging
 import apsw
 import msgspec
 
+from cdc import ddl
 from cdc.errors import TargetError
 from cdc.events import ColumnDef, TableSchema
-from cdc.plan import TableMapping
+from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_target, write_transaction
-from cdc.sqlident import index_name, q, rename_create_index, rename_create_table
+from cdc.sqlident import q
 from checkpoints import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class TargetDB:
         self.name = name
         self.path = path
         self.conn = open_target(path, busy_timeout_ms)
+        # A REPLACE that deletes a row through a UNIQUE conflict then fires the DELETE
+        # triggers of the FTS tables we re-create (cdc.ddl), as an explicit delete would.
+        self.conn.execute("PRAGMA recursive_triggers = ON")
         try:
             with write_transaction(self.conn):
                 self.conn.execute(
@@ -80,13 +84,19 @@ class TargetDB:
     def table_columns(self, table: str) -> list[str]:
         return [r[1] for r in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
 
-    def apply_schema(self, schema: TableSchema, m: TableMapping) -> None:
+    def apply_schema(self, schema: TableSchema, m: TableMapping, plan: Plan) -> None:
         """Create or widen the target table for `schema`; call inside the apply transaction."""
         have = self.table_columns(m.target_table)
         if not have:
-            self._create(schema, m)
+            self._create(schema, m, plan)
         else:
             self._widen(schema, m, have)
+        for fm in ddl.fts_of(plan, m.source, m.table):
+            if fm.target == self.name and not self.table_columns(fm.target_table):
+                for sql in ddl.fts_statements(plan, fm):
+                    self.conn.execute(sql)
+                self.conn.execute(ddl.fts_rebuild(fm))  # rows copied before it existed
+                log.info("target %s: created FTS table %s", self.name, fm.target_table)
         alias = next(n for n in ROWID_NAMES if n not in {c.name.lower() for c in schema.columns})
         other_unique = (
             self.conn.execute(
@@ -111,27 +121,13 @@ class TargetDB:
         self.shapes[(m.source, m.table)] = shape
         self.statements.pop((m.source, m.table), None)
 
-    def _create(self, schema: TableSchema, m: TableMapping) -> None:
-        if m.tag_column is None and schema.create_sql:
-            self.conn.execute(rename_create_table(schema.create_sql, m.target_table))
-            for sql in schema.index_sql:
-                iname = index_name(sql)
-                self.conn.execute(
-                    rename_create_index(sql, f"{m.target_table}__{iname}", m.target_table)
-                )
-            log.info(
-                "target %s: created %s from %s.%s", self.name, m.target_table, m.source, m.table
-            )
-            return
-        if m.tag_column is None:
+    def _create(self, schema: TableSchema, m: TableMapping, plan: Plan) -> None:
+        if m.tag_column is None and not schema.create_sql:
             raise TargetError(f"{self.path}: no definition for {m.source}.{m.table}")
-        cols = [q(m.tag_column) + " NOT NULL"] + [q(c.name) for c in schema.columns]
-        key = ", ".join(q(k) for k in [m.tag_column, *schema.key])
-        self.conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {q(m.target_table)} ({', '.join(cols)}, "
-            f"PRIMARY KEY ({key}))"
-        )
-        log.info("target %s: created merged table %s", self.name, m.target_table)
+        taken = {r[0].lower() for r in self.conn.execute("SELECT name FROM sqlite_schema")}
+        for sql in ddl.table_statements(plan, m, schema, taken):
+            self.conn.execute(sql)
+        log.info("target %s: created %s from %s.%s", self.name, m.target_table, m.source, m.table)
 
     def _widen(self, schema: TableSchema, m: TableMapping, have: list[str]) -> None:
         present = {h.lower() for h in have}

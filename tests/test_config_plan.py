@@ -121,22 +121,24 @@ def test_missing_and_non_sqlite_sources(tmp_path):
     assert not (tmp_path / "a.db").exists(), "a missing legacy file must never be created"
 
 
-def test_virtual_tables_must_be_excluded(tmp_path):
+def test_fts_with_content_follows_its_table_and_other_virtual_tables_must_be_excluded(tmp_path):
     make_db(
         tmp_path / "a.db",
         "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);"
-        "CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');",
+        "CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');"
+        "CREATE VIRTUAL TABLE notes_fts USING fts5(body);",
     )
     make_db(tmp_path / "b.db", "CREATE TABLE x(id INTEGER PRIMARY KEY);")
     cfg = _cfg(tmp_path, '[[rules]]\ntable = "*"\ntarget = "core"\n')
-    with pytest.raises(PlanError, match="virtual table"):
+    with pytest.raises(PlanError, match="'notes_fts' of source 'a' is a fts5 table that keeps"):
         resolve_plan(cfg)
     cfg = _cfg(
         tmp_path,
-        '[[rules]]\ntable = "*"\ntarget = "core"\n[[rules]]\ntable = "docs_fts"\nexclude = true\n',
+        '[[rules]]\ntable = "*"\ntarget = "core"\n[[rules]]\ntable = "notes_fts"\nexclude = true\n',
     )
     plan = resolve_plan(cfg)
-    assert plan.source("a").uncapturable == ["docs_fts"]
+    assert plan.source("a").uncapturable == ["notes_fts"]
+    assert [m.table for m in plan.source("a").fts] == ["docs_fts"]  # re-created, not captured
     assert [m.table for m in plan.source("a").tables] == ["docs"]  # shadow tables skipped
 
 

@@ -1,0 +1,255 @@
+"""The consolidated databases' DDL: one function per object, used both by `cdc schema` (which
+writes it for review) and by the replicator (which creates the targets from it), so the file
+an operator approved is what the target holds.
+
+Decisions (docs/config.md, "Target tables"):
+
+- A table keeping its own definition gets the legacy CREATE statement, renamed, with each
+  FOREIGN KEY pointed at its parent's new name. A key that cannot hold in the target (its
+  parent goes elsewhere, is not copied, or is merged) is refused by the plan, or dropped from
+  the statement when the rule says `drop_foreign_keys`.
+- An index keeps its legacy name when nothing else in the target claims it (a bot that runs
+  `CREATE INDEX IF NOT EXISTS` at start-up then finds it, instead of building a second copy);
+  otherwise it becomes `<target table>__<index>`. The choice is made over the whole plan of
+  the target, so it does not depend on which table the replicator happens to create first.
+- A merged table is built: the tag column, the union of every member's columns *without
+  declared types*, PRIMARY KEY(tag, key); no constraints, defaults or indexes.
+- An external-content FTS table is re-created from its declaration (its `content` option
+  following a renamed content table), with the application's triggers that keep it current,
+  and rebuilt from its content once that table's initial copy is in (`fts_rebuild`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cdc.events import TableSchema
+from cdc.inventory import TableInfo
+from cdc.sqlident import (
+    created_name,
+    fts_options,
+    q,
+    rename_create_index,
+    rename_create_table,
+    rename_trigger,
+    rename_virtual_table,
+    rewrite_foreign_keys,
+)
+
+if TYPE_CHECKING:
+    from cdc.plan import Plan, SourcePlan, TableMapping
+
+FTS_SHADOWS = ("_data", "_idx", "_docsize", "_config", "_content")
+
+
+class _Names:
+    """Every object name a target will hold, decided once per plan."""
+
+    def __init__(self, plan: Plan, target: str) -> None:
+        self.tables: dict[str, str] = {}  # lower name -> what it is
+        self.indexes: dict[tuple[str, str, str], str] = {}  # (source, table, index) -> name
+        self.triggers: dict[tuple[str, str, str], str] = {}  # (source, fts, trigger) -> name
+        idx_claims: dict[str, list[tuple[str, str, str]]] = {}
+        trg_claims: dict[str, list[tuple[str, str, str]]] = {}
+        for sp in plan.sources:
+            for m in sp.tables:
+                if m.target != target:
+                    continue
+                self.tables.setdefault(m.target_table.lower(), f"table {m.target_table}")
+                info = sp.info(m.table)
+                if m.tag_column is None and info is not None:
+                    for sql in info.index_sql:
+                        k = (sp.name, m.table, created_name(sql))
+                        idx_claims.setdefault(k[2].lower(), []).append(k)
+            for fm in sp.fts:
+                if fm.target != target:
+                    continue
+                self.tables[fm.target_table.lower()] = f"FTS table {fm.target_table}"
+                for suffix in FTS_SHADOWS:
+                    self.tables.setdefault(
+                        (fm.target_table + suffix).lower(), f"FTS table {fm.target_table}"
+                    )
+                info = sp.info(fm.table)
+                for sql in info.sync_triggers if info else []:
+                    k = (sp.name, fm.table, created_name(sql))
+                    trg_claims.setdefault(k[2].lower(), []).append(k)
+        owner = {k: _owner(plan, k[0], k[1]) for ks in idx_claims.values() for k in ks}
+        for low, ks in idx_claims.items():
+            for k in ks:
+                keep = len(ks) == 1 and low not in self.tables and low not in trg_claims
+                self.indexes[k] = k[2] if keep else f"{owner[k]}__{k[2]}"
+        for low, ks in trg_claims.items():
+            for k in ks:
+                keep = len(ks) == 1 and low not in self.tables and low not in idx_claims
+                fts_name = _fts_target(plan, k[0], k[1])
+                self.triggers[k] = k[2] if keep else f"{fts_name}__{k[2]}"
+
+    def clashes(self, target: str) -> list[str]:
+        seen: dict[str, list[str]] = {}
+        for low, what in self.tables.items():
+            seen.setdefault(low, []).append(what)
+        for (source, table, idx), name in self.indexes.items():
+            seen.setdefault(name.lower(), []).append(f"index {idx} of {source}.{table}")
+        for (source, table, trg), name in self.triggers.items():
+            seen.setdefault(name.lower(), []).append(f"trigger {trg} of {source}.{table}")
+        return [
+            f"{target}: the name {low!r} is taken by {' and by '.join(whats)}; rename a "
+            "table (`as`) so the target's names stay unique"
+            for low, whats in sorted(seen.items())
+            if len(whats) > 1
+        ]
+
+
+def _owner(plan: Plan, source: str, table: str) -> str:
+    m = plan.mapping(source, table)
+    return m.target_table if m else table
+
+
+def _fts_target(plan: Plan, source: str, fts: str) -> str:
+    sp = plan.source(source)
+    return next((m.target_table for m in sp.fts if m.table == fts), fts)
+
+
+def names(plan: Plan, target: str) -> _Names:
+    cache = plan.__dict__.setdefault("_ddl_names", {})
+    if target not in cache:
+        cache[target] = _Names(plan, target)
+    return cache[target]
+
+
+def check_names(plan: Plan) -> list[str]:
+    """Index and trigger names that would clash in a target even after renaming."""
+    return [p for t in sorted(plan.targets) for p in names(plan, t).clashes(t)]
+
+
+def table_statements(
+    plan: Plan, m: TableMapping, schema: TableSchema, taken: set[str] = frozenset()
+) -> list[str]:
+    """The statements that create `m`'s target table from `schema` (the table as the log
+    last described it) and its indexes. `taken`: lowercased names the target already holds,
+    for an index the plan did not know about (a bot created it after the plan)."""
+    if m.tag_column is not None:
+        return [merged_table_statement(plan, m, schema)]
+    sp = plan.source(m.source)
+    sql = rewrite_foreign_keys(schema.create_sql, _parent_name(sp, m))
+    out = [rename_create_table(sql, m.target_table)]
+    n = names(plan, m.target)
+    for isql in schema.index_sql:
+        legacy = created_name(isql)
+        new = n.indexes.get((m.source, m.table, legacy))
+        if new is None:
+            low = legacy.lower()
+            free = low not in taken and low not in n.tables and not _claimed(n, low)
+            new = legacy if free else f"{m.target_table}__{legacy}"
+        out.append(rename_create_index(isql, new, m.target_table))
+    return out
+
+
+def _claimed(n: _Names, low: str) -> bool:
+    return any(v.lower() == low for v in n.indexes.values()) or any(
+        v.lower() == low for v in n.triggers.values()
+    )
+
+
+def _parent_name(sp: SourcePlan, m: TableMapping):  # noqa: ANN202
+    def parent(name: str) -> str | None:
+        p = sp.mapping_of(name)
+        if p is not None and p.target == m.target and p.tag_column is None:
+            return p.target_table
+        return None if m.drop_foreign_keys else name
+
+    return parent
+
+
+def merged_table_statement(plan: Plan, m: TableMapping, schema: TableSchema | None) -> str:
+    """Every member's columns at once (members in source order, then any column the live
+    schema has that the plan did not), so the table does not depend on arrival order."""
+    cols: list[str] = []
+    low: set[str] = set()
+    key = list(schema.key) if schema else []
+    members = [
+        (sp.name, mm, sp.info(mm.table))
+        for sp in plan.sources
+        for mm in sp.tables
+        if mm.target == m.target and mm.target_table.lower() == m.target_table.lower()
+    ]
+    extra = [c.name for c in schema.columns] if schema else []
+    for _, _, info in members:
+        if info is not None and not key:
+            key = list(info.key)
+    for name in [c.name for _, _, i in members if i for c in i.columns] + extra:
+        if name.lower() not in low:
+            low.add(name.lower())
+            cols.append(name)
+    defs = [q(m.tag_column) + " NOT NULL"] + [q(c) for c in cols]
+    pk = ", ".join(q(k) for k in [m.tag_column, *key])
+    return f"CREATE TABLE IF NOT EXISTS {q(m.target_table)} ({', '.join(defs)}, PRIMARY KEY ({pk}))"
+
+
+def fts_statements(plan: Plan, fm: TableMapping) -> list[str]:
+    """The FTS table and the application's triggers that keep it current, re-homed."""
+    sp = plan.source(fm.source)
+    info = sp.info(fm.table)
+    if info is None or info.content_table is None:
+        return []
+    content = sp.mapping_of(info.content_table)
+    content_name = content.target_table if content else info.content_table
+    opts = {"content": content_name} if "content" in fts_options(info.create_sql) else {}
+    out = [rename_virtual_table(info.create_sql, fm.target_table, opts)]
+    renames = {info.content_table: content_name, info.name: fm.target_table}
+    n = names(plan, fm.target)
+    for tsql in info.sync_triggers:
+        legacy = created_name(tsql)
+        out.append(
+            rename_trigger(tsql, n.triggers.get((fm.source, fm.table, legacy), legacy), renames)
+        )
+    return out
+
+
+def fts_rebuild(fm: TableMapping) -> str:
+    return f"INSERT INTO {q(fm.target_table)}({q(fm.target_table)}) VALUES('rebuild')"
+
+
+def fts_of(plan: Plan, source: str, table: str) -> list[TableMapping]:
+    """FTS tables of `source` whose content is `table`."""
+    try:
+        sp = plan.source(source)
+    except KeyError:
+        return []
+    out = []
+    for fm in sp.fts:
+        info = sp.info(fm.table)
+        if info and info.content_table and info.content_table.lower() == table.lower():
+            out.append(fm)
+    return out
+
+
+def target_statements(plan: Plan, target: str) -> list[tuple[str, list[str]]]:
+    """(object described, statements) for every object of one target, as `cdc schema`
+    writes them: from the legacy files as the plan read them."""
+    out: list[tuple[str, list[str]]] = []
+    done: set[str] = set()
+    for sp in plan.sources:
+        for m in sp.tables:
+            if m.target != target:
+                continue
+            info = sp.info(m.table)
+            if info is None:
+                continue
+            if m.tag_column is not None:
+                if m.target_table.lower() in done:
+                    continue
+                done.add(m.target_table.lower())
+                out.append(
+                    (f"merged table {m.target_table}", [merged_table_statement(plan, m, None)])
+                )
+                continue
+            out.append((f"{sp.name}.{m.table}", table_statements(plan, m, _schema(sp.name, info))))
+        for fm in sp.fts:
+            if fm.target == target:
+                out.append((f"{sp.name}.{fm.table} (FTS)", fts_statements(plan, fm)))
+    return out
+
+
+def _schema(source: str, info: TableInfo) -> TableSchema:
+    return info.to_schema(source)
