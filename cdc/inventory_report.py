@@ -1,0 +1,575 @@
+"""`cdc inventory`: the files an operator plans a migration with, from one survey.
+
+Outputs, all in one folder and each written atomically (temporary file, then rename), so a
+crash or a full disk never leaves half a mapping behind, even when `--mapping` names the
+file being rewritten:
+
+- `database_inventory.md`: for people (summary, per-database tables, collisions, what was
+  skipped or unreadable);
+- `inventory.json`: for scripts (`cdc.survey.Inventory`, `format_version`);
+- `migration_mapping.csv`: one row per mappable table for the operator to fill in
+  (`cdc.mapping`); an earlier mapping's decisions are carried over;
+- `dependencies.dot` (+ `dependencies.svg` when Graphviz is installed): what depends on
+  what inside each database, which is what a mapping must not tear apart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import msgspec
+
+from cdc.errors import ConfigError
+from cdc.mapping import EXCLUDE, MappingRow, read_mapping, source_names, write_mapping
+from cdc.survey import (
+    CrossTargetForeignKey,
+    DatabaseReport,
+    Inventory,
+    Progress,
+    TableReport,
+    VanishedTable,
+    take_inventory,
+)
+
+MARKDOWN = "database_inventory.md"
+JSON = "inventory.json"
+MAPPING = "migration_mapping.csv"
+DOT = "dependencies.dot"
+SVG = "dependencies.svg"
+DOT_TIMEOUT_S = 120
+
+
+class MappingMerge(msgspec.Struct, frozen=True):
+    rows: list[MappingRow]
+    vanished: list[VanishedTable] = []
+    kept_unread: list[str] = []  # databases not read this time whose old rows were kept
+
+
+class InventoryRun(msgspec.Struct, frozen=True):
+    inventory: Inventory
+    out_dir: str
+    written: list[str]  # file names inside out_dir
+    notes: list[str] = []  # things the operator should know that are not errors
+
+
+def run_inventory(
+    roots: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] = ".",
+    mapping: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    busy_timeout_ms: int = 5000,
+) -> InventoryRun:
+    """Survey `roots` and write every output into `out_dir`."""
+    if mapping is None:
+        refuse_to_clobber(Path(out_dir) / MAPPING)
+    old = read_mapping(mapping) if mapping is not None else None  # before anything is written
+    inv = take_inventory(roots, progress, busy_timeout_ms)
+    merged = merge_mapping(inv, old)
+    if mapping is not None:
+        inv = msgspec.structs.replace(
+            inv,
+            mapping=os.path.abspath(mapping),
+            mapping_vanished=merged.vanished,
+            cross_target_foreign_keys=cross_target_foreign_keys(inv, merged.rows),
+        )
+    out = Path(out_dir).resolve()
+    notes = [
+        f"{rel}: not read this time; its rows of the old mapping are kept as they were"
+        for rel in merged.kept_unread
+    ]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = _write_all(inv, merged.rows, out, notes)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot write the inventory: {e}") from e
+    return InventoryRun(inventory=inv, out_dir=str(out), written=written, notes=notes)
+
+
+def refuse_to_clobber(path: Path) -> None:
+    """A mapping the operator has started filling in is never replaced by a blank one."""
+    if not path.exists():
+        return
+    hint = f"pass --mapping {path} to carry its decisions over, or move it away"
+    try:
+        rows = read_mapping(path)
+    except ConfigError as e:
+        raise ConfigError(f"{path} exists and is not a mapping: {e}", hint=hint) from e
+    names = source_names(sorted({r.database for r in rows}))
+    decided = [r for r in rows if _decided(r) or r.source != names[r.database]]
+    if decided:
+        raise ConfigError(f"{path} exists and holds {len(decided)} filled-in rows", hint=hint)
+
+
+def _decided(r: MappingRow) -> bool:
+    return bool(
+        r.target or r.as_ or r.merge or r.tag_column or r.tag or r.drop_foreign_keys or r.note
+    )
+
+
+def _write_all(inv: Inventory, rows: list[MappingRow], out: Path, notes: list[str]) -> list[str]:
+    atomic_write(out / MARKDOWN, lambda p: p.write_text(render_markdown(inv), encoding="utf-8"))
+    atomic_write(out / JSON, lambda p: p.write_bytes(render_json(inv)))
+    atomic_write(out / MAPPING, lambda p: write_mapping(rows, p))
+    atomic_write(out / DOT, lambda p: p.write_text(render_dot(inv), encoding="utf-8"))
+    written = [MARKDOWN, JSON, MAPPING, DOT]
+    problem = write_svg(out / DOT, out / SVG)
+    if problem:
+        notes.append(problem)
+    else:
+        written.append(SVG)
+    return written
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder and rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def render_json(inv: Inventory) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(inv), indent=2) + b"\n"
+
+
+def write_svg(dot_file: Path, svg: Path) -> str | None:
+    """Render the graph with Graphviz; the reason it was not rendered, or None."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return (
+            f"{SVG} not written: Graphviz `dot` is not on PATH (Debian: apt-get install graphviz)"
+        )
+
+    def run(tmp: Path) -> None:
+        subprocess.run(
+            [exe, "-Tsvg", "-o", str(tmp), str(dot_file)],
+            check=True,
+            capture_output=True,
+            timeout=DOT_TIMEOUT_S,
+        )
+
+    try:
+        atomic_write(svg, run)
+    except subprocess.CalledProcessError as e:
+        first = (e.stderr or b"").decode(errors="replace").strip().splitlines()[:1]
+        return f"{SVG} not written: dot failed: {' '.join(first) or e.returncode}"
+    except subprocess.TimeoutExpired:
+        return f"{SVG} not written: dot took over {DOT_TIMEOUT_S} s"
+    return None
+
+
+# -- the mapping ----------------------------------------------------------------------------
+
+
+def table_kind(t: TableReport) -> str:
+    if t.kind == "virtual":
+        return "fts5" if t.module.lower() == "fts5" else "virtual"
+    return "table"
+
+
+def merge_mapping(inv: Inventory, old: list[MappingRow] | None) -> MappingMerge:
+    """The new mapping: a row per mappable table, keeping every decision an operator made
+    in `old` for tables still there. Rows of databases that could not be read this time
+    are kept unchanged (an unreadable file must not erase the operator's work)."""
+    old = old or []
+    previous = {(r.database, r.table.lower()): r for r in old}
+    names = source_names([db.relpath for db in inv.databases])
+    old_source: dict[str, str] = {}  # per database: a source the operator chose wins
+    for r in old:
+        chosen = old_source.get(r.database)
+        if chosen is None or (chosen == names.get(r.database) and r.source != chosen):
+            old_source[r.database] = r.source
+    rows: list[MappingRow] = []
+    present = set()
+    for db in inv.databases:
+        for t in db.mappable():
+            key = (db.relpath, t.name.lower())
+            present.add(key)
+            fresh = MappingRow(
+                database=db.relpath,
+                source=old_source.get(db.relpath, names[db.relpath]),
+                table=t.name,
+                kind=table_kind(t),
+                rows=t.rows,
+            )
+            before = previous.get(key)
+            if before is not None:
+                fresh = msgspec.structs.replace(before, table=t.name, kind=fresh.kind, rows=t.rows)
+            rows.append(fresh)
+    unread = {u.relpath for u in inv.unreadable}
+    kept = [r for r in old if r.database in unread]
+    vanished = [
+        VanishedTable(database=r.database, table=r.table, target=r.target)
+        for r in old
+        if (r.database, r.table.lower()) not in present and r.database not in unread
+    ]
+    rows = sorted(rows + kept, key=lambda r: r.database)  # stable: table order kept
+    return MappingMerge(
+        rows=rows, vanished=vanished, kept_unread=sorted({r.database for r in kept})
+    )
+
+
+def cross_target_foreign_keys(
+    inv: Inventory, rows: list[MappingRow]
+) -> list[CrossTargetForeignKey]:
+    """Foreign keys whose child is mapped somewhere its parent will not be."""
+    target = {(r.database, r.table.lower()): r for r in rows}
+    out = []
+    for db in inv.databases:
+        tables = {t.name.lower() for t in db.tables}
+        for t in db.mappable():
+            child = target.get((db.relpath, t.name.lower()))
+            if child is None or child.target in ("", EXCLUDE):
+                continue
+            for fk in t.foreign_keys:
+                parent = target.get((db.relpath, fk.ref_table.lower()))
+                parent_target = parent.target if parent else ""
+                if fk.ref_table.lower() not in tables:
+                    reason = "the parent table does not exist in this file"
+                elif parent_target == "":
+                    reason = "the parent table is not mapped"
+                elif parent_target == EXCLUDE:
+                    reason = "the parent table is excluded"
+                elif parent_target != child.target:
+                    reason = f"the parent table goes to {parent_target}"
+                else:
+                    continue
+                out.append(
+                    CrossTargetForeignKey(
+                        database=db.relpath,
+                        table=t.name,
+                        columns=list(fk.columns),
+                        parent=fk.ref_table,
+                        parent_columns=list(fk.ref_columns),
+                        target=child.target,
+                        parent_target=parent_target,
+                        reason=reason,
+                        dropped=child.drop_foreign_keys,
+                    )
+                )
+    return out
+
+
+# -- dependencies.dot -----------------------------------------------------------------------
+
+
+def dot_string(text: str) -> str:
+    """A DOT double-quoted string: backslashes and quotes escaped, newlines as `\\n`."""
+    esc = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + esc.replace("\r", "").replace("\n", "\\n") + '"'
+
+
+def render_dot(inv: Inventory) -> str:
+    lines = [
+        "digraph dependencies {",
+        "  graph [rankdir=LR, fontname=Helvetica, fontsize=11];",
+        "  node [shape=box, fontname=Helvetica, fontsize=10];",
+        "  edge [fontname=Helvetica, fontsize=8];",
+    ]
+    for n, db in enumerate(inv.databases, start=1):
+        lines += _dot_cluster(n, db)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_cluster(n: int, db: DatabaseReport) -> list[str]:
+    ids: dict[str, str] = {}  # lowercased name -> node id
+    body: list[str] = []
+    for i, t in enumerate(db.mappable(), start=1):
+        ids[t.name.lower()] = f"d{n}_t{i}"
+        label = t.name + ("" if t.rows is None else f"\n{t.rows} rows")
+        if t.kind == "virtual":
+            label += f"\n{t.module or 'virtual'}"
+        style = ", style=rounded" if t.kind == "virtual" else ""
+        body.append(f"    {ids[t.name.lower()]} [label={dot_string(label)}{style}];")
+    for i, v in enumerate(db.views, start=1):
+        ids[v.name.lower()] = f"d{n}_v{i}"
+        body.append(f"    d{n}_v{i} [label={dot_string(v.name + chr(10) + 'view')}, shape=note];")
+    edges: list[str] = []
+
+    def node(name: str) -> str:
+        if name.lower() not in ids:  # a parent that does not exist: show it, dashed
+            ids[name.lower()] = f"d{n}_m{len(ids) + 1}"
+            label = dot_string(name + "\n(missing)")
+            body.append(f"    {ids[name.lower()]} [label={label}, style=dashed];")
+        return ids[name.lower()]
+
+    for t in db.mappable():
+        me = ids[t.name.lower()]
+        for fk in t.foreign_keys:
+            edges.append(
+                f"  {me} -> {node(fk.ref_table)} [label={dot_string(', '.join(fk.columns))}];"
+            )
+        if t.content_table:
+            edges.append(f"  {me} -> {node(t.content_table)} [style=dashed, label=content];")
+    for v in db.views:
+        edges += [f"  {ids[v.name.lower()]} -> {node(r)} [style=dotted];" for r in v.reads]
+    for tr in db.triggers:
+        for w in tr.writes:
+            if w.lower() != tr.table.lower() and tr.table.lower() in ids:
+                edges.append(
+                    f"  {ids[tr.table.lower()]} -> {node(w)} "
+                    f"[style=dotted, color=gray40, label={dot_string(tr.name)}];"
+                )
+    if not body:  # Graphviz does not draw an empty cluster
+        body.append(f'    d{n}_empty [label="(no tables)", shape=plaintext];')
+    return [
+        f"  subgraph cluster_{n} {{",
+        f"    label={dot_string(db.relpath)};",
+        *body,
+        "  }",
+        *edges,
+    ]
+
+
+# -- database_inventory.md ------------------------------------------------------------------
+
+
+def md_name(name: str) -> str:
+    """A name as inline code that survives backticks and newlines (`_cell` for pipes)."""
+    name = name.replace("\n", "\\n")
+    fence = "``" if "`" in name else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{name}{pad}{fence}"
+
+
+def _cell(text: str) -> str:
+    """GitHub tables split cells on `|`, even inside code spans, unless it is escaped."""
+    return text.replace("|", "\\|")
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_markdown(inv: Inventory) -> str:
+    parts = [
+        "# Database inventory",
+        "",
+        f"Taken {inv.taken_at} under {md_name(inv.base)} (SQLite {inv.sqlite_version}). "
+        f"Machine-readable: `{JSON}`. Mapping to fill in: `{MAPPING}`.",
+        "",
+        *_md_summary(inv),
+        *_md_collisions(inv),
+        *_md_mapping(inv),
+        "## Databases",
+        "",
+    ]
+    for db in inv.databases:
+        parts += _md_database(db)
+    parts += _md_skipped(inv)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _md_summary(inv: Inventory) -> list[str]:
+    tables = [t for db in inv.databases for t in db.tables]
+    plain = [t for t in tables if t.kind == "table"]
+    count = sum(t.rows or 0 for t in plain)
+    differing = sum(1 for c in inv.table_collisions if not c.agree)
+    rows = [
+        ("databases", len(inv.databases)),
+        ("size", size_text(sum(db.size for db in inv.databases))),
+        ("tables", len(plain)),
+        ("virtual tables", sum(1 for t in tables if t.kind == "virtual")),
+        ("shadow tables (not mapped)", sum(1 for t in tables if t.kind == "shadow")),
+        ("rows (tables)", count),
+        ("tables without a declared key", sum(1 for t in plain if not t.key)),
+        ("views", sum(len(db.views) for db in inv.databases)),
+        ("triggers", sum(len(db.triggers) for db in inv.databases)),
+        ("indexes", sum(len(db.indexes) for db in inv.databases)),
+        ("table names in several files", f"{len(inv.table_collisions)} ({differing} differ)"),
+        ("index names in several files", len(inv.index_collisions)),
+        ("unreadable", len(inv.unreadable)),
+        ("skipped files", len(inv.skipped)),
+    ]
+    return ["## Summary", "", "| | |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def _md_database(db: DatabaseReport) -> list[str]:
+    facts = [
+        db.journal_mode,
+        size_text(db.size),
+        f"page {db.page_size} x {db.page_count}",
+        db.encoding,
+        f"user_version {db.user_version}",
+    ]
+    if db.wal_file:
+        facts.append(f"-wal {size_text(db.wal_size or 0)}")
+    if db.sqlite_cdc_installed:
+        facts.append("sqlite-cdc capture installed")
+    out = [f"### {md_name(db.relpath)}", "", " · ".join(facts), ""]
+    if db.mappable():
+        out += ["| table | rows | key | notes |", "|---|---:|---|---|"]
+        for t in db.mappable():
+            rows = "?" if t.rows is None else str(t.rows)
+            cells = (md_name(t.name), rows, _md_key(t), _md_flags(t))
+            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        out.append("")
+    else:
+        out += ["No tables.", ""]
+    extra = [f"Not checked: {problem}" for problem in db.problems if ": rows not" not in problem]
+    named = [i for i in db.indexes if i.sql]
+    if named:
+        extra.append(
+            "Indexes: "
+            + ", ".join(
+                f"{md_name(i.name)} on {md_name(i.table)}" + (" (unique)" if i.unique else "")
+                for i in named
+            )
+        )
+    if db.triggers:
+        extra.append(
+            "Triggers: "
+            + ", ".join(
+                f"{md_name(tr.name)} on {md_name(tr.table)}"
+                + (f" writes {', '.join(md_name(w) for w in tr.writes)}" if tr.writes else "")
+                for tr in db.triggers
+            )
+        )
+    if db.views:
+        extra.append(
+            "Views: "
+            + ", ".join(
+                md_name(v.name)
+                + (f" reads {', '.join(md_name(r) for r in v.reads)}" if v.reads else "")
+                for v in db.views
+            )
+        )
+    return out + [f"- {e}" for e in extra] + ([""] if extra else [])
+
+
+def _md_key(t: TableReport) -> str:
+    if t.kind != "table":
+        return "—"
+    return ", ".join(md_name(k) for k in t.key) if t.key else "none (rowid)"
+
+
+def _md_flags(t: TableReport) -> str:
+    flags = []
+    if t.kind == "virtual":
+        flags.append(t.module or "virtual")
+        if t.content_table:
+            flags.append(f"content {md_name(t.content_table)}")
+        if t.shadow_tables:
+            flags.append(f"{len(t.shadow_tables)} shadow tables")
+    if t.autoincrement:
+        flags.append("AUTOINCREMENT")
+    if t.without_rowid:
+        flags.append("WITHOUT ROWID")
+    flags += ["UNIQUE(" + ", ".join(md_name(c) for c in u) + ")" for u in t.unique]
+    flags += [
+        "FK " + ", ".join(md_name(c) for c in fk.columns) + f" → {md_name(fk.ref_table)}"
+        for fk in t.foreign_keys
+    ]
+    generated = [c.name for c in t.columns if c.generated]
+    if generated:
+        flags.append("generated " + ", ".join(md_name(c) for c in generated))
+    if t.problem:
+        flags.append(t.problem)
+    return "; ".join(flags)
+
+
+def _md_collisions(inv: Inventory) -> list[str]:
+    out = ["## Collisions", ""]
+    if not inv.table_collisions and not inv.index_collisions:
+        return out + ["No table or index name is used in more than one file.", ""]
+    if inv.table_collisions:
+        out += ["### Table names in several files", ""]
+    for c in inv.table_collisions:
+        where = ", ".join(
+            f"{md_name(p.database)} ({p.rows if p.rows is not None else '?'} rows)"
+            for p in c.places
+        )
+        verdict = "columns agree" if c.agree else "**columns differ**"
+        out.append(f"- {md_name(c.table)}: {verdict}; in {where}")
+        for rel, cols in c.missing_columns.items():
+            out.append(f"  - {md_name(rel)} lacks {', '.join(md_name(x) for x in cols)}")
+        for d in c.type_differences:
+            types = ", ".join(
+                f"{md_name(t or '(none)')} in {md_name(r)}" for r, t in d.types.items()
+            )
+            out.append(f"  - {md_name(d.column)} is declared {types}")
+        if c.order_differs:
+            out.append("  - the same columns in a different order")
+        if c.key_differs:
+            keys = ", ".join(
+                f"({', '.join(p.key) or 'rowid'}) in {md_name(p.database)}" for p in c.places
+            )
+            out.append(f"  - keys differ: {keys}")
+    if inv.index_collisions:
+        out += ["", "### Index names in several files", ""]
+        for ix in inv.index_collisions:
+            where = ", ".join(f"{md_name(p.database)} on {md_name(p.table)}" for p in ix.places)
+            out.append(f"- {md_name(ix.index)}: {where}")
+    return out + [""]
+
+
+def _md_mapping(inv: Inventory) -> list[str]:
+    if inv.mapping is None:
+        return []
+    out = ["## Checked against the mapping", "", f"Mapping read: {md_name(inv.mapping)}.", ""]
+    out += ["### In the mapping, no longer on disk", ""]
+    out += [
+        f"- {md_name(v.database)} {md_name(v.table)} (target {v.target or 'empty'})"
+        for v in inv.mapping_vanished
+    ] or ["None."]
+    out += ["", "### Foreign keys across targets", ""]
+    for fk in inv.cross_target_foreign_keys:
+        cols = ", ".join(md_name(c) for c in fk.columns)
+        done = " (drop_foreign_keys: yes)" if fk.dropped else ""
+        out.append(
+            f"- {md_name(fk.database)} {md_name(fk.table)}({cols}) → "
+            f"{md_name(fk.parent)}: {fk.reason}; the child goes to {fk.target}{done}"
+        )
+    if not inv.cross_target_foreign_keys:
+        out.append("None.")
+    return out + [""]
+
+
+def _md_skipped(inv: Inventory) -> list[str]:
+    out = ["## Unreadable and skipped files", ""]
+    if inv.unreadable:
+        out += [f"- **{md_name(u.relpath)}**: {u.kind}: {u.reason}" for u in inv.unreadable]
+        out.append("")
+    else:
+        out += ["Every database was read.", ""]
+    counts: dict[str, int] = {}
+    for s in inv.skipped:
+        reason = "side files (-wal, -shm, -journal)" if s.kind == "side_file" else s.reason
+        counts[reason] = counts.get(reason, 0) + 1
+    out += [f"Skipped {len(inv.skipped)} files (each listed in `{JSON}`):", ""]
+    out += [f"- {reason}: {n}" for reason, n in sorted(counts.items())]
+    return out + [""]
+
+
+def summary_lines(run: InventoryRun) -> list[str]:
+    """What `cdc inventory` prints on stdout."""
+    inv = run.inventory
+    tables = [t for db in inv.databases for t in db.mappable()]
+    lines = [
+        f"inventory: {len(inv.databases)} databases, {len(tables)} tables, "
+        f"{sum(t.rows or 0 for t in tables if t.kind == 'table')} rows; "
+        f"{len(inv.unreadable)} unreadable, {len(inv.skipped)} files skipped",
+        f"collisions: {len(inv.table_collisions)} table names "
+        f"({sum(1 for c in inv.table_collisions if not c.agree)} with different columns), "
+        f"{len(inv.index_collisions)} index names",
+    ]
+    lines += [f"unreadable: {u.relpath}: {u.kind}: {u.reason}" for u in inv.unreadable]
+    if inv.mapping is not None:
+        lines.append(f"in the mapping, no longer on disk: {len(inv.mapping_vanished)}")
+        lines += [f"  {v.database}: {v.table}" for v in inv.mapping_vanished]
+        lines.append(f"foreign keys across targets: {len(inv.cross_target_foreign_keys)}")
+    lines.append(f"wrote {', '.join(run.written)} in {run.out_dir}")
+    return lines
