@@ -418,3 +418,33 @@ def spawn_daemon(toml: Path, log: Path) -> subprocess.Popen:
 def run_cli(*args: object, timeout: float = WAIT) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "cdc", args[0], "-c", str(args[1]), *map(str, args[2:])]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def plan_to_mapping(plan_json: dict, rows: list, resolve: bool) -> list:
+    """Fill the inventory's `migration_mapping.csv` rows (`cdc.mapping.MappingRow`) from
+    plan.json: its target and `as` per table, `exclude` as written. With `resolve`, the four
+    collisions get `RESOLUTIONS`. A table plan.json does not list keeps an empty target (the
+    plan then names it as unmapped)."""
+    import msgspec
+
+    dbs = plan_json["databases"]
+    out = []
+    for r in rows:
+        entry = dbs.get(r.database, {})
+        rule = entry.get("tables", {}).get(r.table)
+        if rule is None:
+            out.append(r)
+            continue
+        as_name = rule.get("as") or r.table
+        if resolve:
+            as_name = RESOLUTIONS.get((r.database, r.table), as_name)
+        target = rule["target"]
+        out.append(
+            msgspec.structs.replace(
+                r,
+                target=target,
+                as_="" if target == EXCLUDE or as_name == r.table else as_name,
+                note=rule.get("note", ""),
+            )
+        )
+    return out

@@ -1,0 +1,242 @@
+"""`cdc plan`: an inventory plus the operator's mapping become a checked `cdc.toml`.
+
+The output is written only when the plan resolves without a single problem, so a
+`cdc.toml` made by this command can always be installed. Every problem is reported at
+once (a sheet of 100 tables is fixed in one pass, not one error per run). The rules it
+writes are literal, one per table, so the file says exactly what the sheet said and a
+table that appears later is refused by name instead of matched by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from cdc.config import Config, load_config
+from cdc.errors import ConfigError, PlanError
+from cdc.inventory import list_tables
+from cdc.mapping import EXCLUDE, MappingRow, read_mapping, source_names
+from cdc.plan import Plan, resolve_plan
+from cdc.sqlconn import open_legacy
+from cdc.sqlident import q
+from cdc.toml_out import render_toml
+
+
+class InventoryDatabase(msgspec.Struct):
+    path: str
+    relpath: str
+
+
+class InventoryFile(msgspec.Struct):
+    """The part of `inventory.json` a plan needs; other fields are ignored."""
+
+    base: str
+    databases: list[InventoryDatabase]
+
+
+class PlanResult(msgspec.Struct):
+    config_path: str
+    plan: Plan
+    targets: dict[str, int]  # target -> tables mapped
+    excluded: int
+    fts: int
+
+
+def read_inventory(path: str | os.PathLike[str]) -> InventoryFile:
+    try:
+        return msgspec.json.decode(Path(path).read_bytes(), type=InventoryFile)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: inventory not found", hint="run `cdc inventory DIR` first"
+        ) from None
+    except (OSError, msgspec.DecodeError) as e:
+        raise ConfigError(f"{path}: not a readable inventory.json: {e}") from e
+
+
+def make_plan(
+    inventory: str | os.PathLike[str],
+    mapping: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    targets: list[str] | None = None,
+    targets_dir: str = "consolidated",
+    state_dir: str = "cdc-state",
+) -> PlanResult:
+    """Write `out` (a `cdc.toml`) from the inventory and a mapping (CSV, or a TOML whose
+    `[targets]` and `[[rules]]` are used), or raise PlanError naming every problem."""
+    inv = read_inventory(inventory)
+    out = Path(out).resolve()
+    problems: list[str] = []
+    if str(mapping).endswith(".toml"):
+        data = _from_toml_rules(inv, Path(mapping), out, state_dir)
+    else:
+        rows = read_mapping(mapping)
+        data = _from_rows(inv, rows, out, targets, targets_dir, state_dir, problems)
+    text = render_toml(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Checked from the folder it will live in: its relative paths resolve from there.
+    probe = out.with_name(f".{out.name}.{os.getpid()}.check")
+    probe.write_text(text, encoding="utf-8")
+    try:
+        cfg = load_config(probe)
+    except ConfigError as e:
+        problems.append(e.message.split(": ", 1)[-1])
+        cfg = None
+    finally:
+        probe.unlink()
+    plan = None
+    if cfg is not None:
+        plan = resolve_plan(cfg, strict=False)
+        problems.extend(plan.problems)
+    if problems:
+        raise PlanError(
+            f"{mapping}: {len(problems)} problem(s); {out.name} not written:\n  - "
+            + "\n  - ".join(problems)
+        )
+    _atomic_write(out, text)
+    assert cfg is not None and plan is not None
+    counts: dict[str, int] = {t: 0 for t in cfg.targets}
+    for sp in plan.sources:
+        for m in sp.tables:
+            counts[m.target] += 1
+    return PlanResult(
+        config_path=str(out),
+        plan=plan,
+        targets=counts,
+        excluded=sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources),
+        fts=sum(len(s.fts) for s in plan.sources),
+    )
+
+
+def _from_rows(
+    inv: InventoryFile,
+    rows: list[MappingRow],
+    out: Path,
+    targets: list[str] | None,
+    targets_dir: str,
+    state_dir: str,
+    problems: list[str],
+) -> dict:
+    dbs = {d.relpath: d for d in inv.databases}
+    names = source_names(list(dbs))
+    by_db: dict[str, list[MappingRow]] = {}
+    for r in rows:
+        if r.database not in dbs:
+            problems.append(
+                f"{r.database}: in the mapping but not in the inventory (table {r.table!r})"
+            )
+            continue
+        by_db.setdefault(r.database, []).append(r)
+    used = sorted({r.target for r in rows if r.target and r.target != EXCLUDE})
+    if targets:
+        for t in used:
+            if t not in targets:
+                bad = [f"{r.database}:{r.table}" for r in rows if r.target == t]
+                problems.append(
+                    f"target {t!r} is not one of {', '.join(targets)} (rows: {', '.join(bad)})"
+                )
+    declared = targets or used
+    data: dict = {
+        "state_dir": state_dir,
+        "targets": {t: f"{targets_dir}/{t}.db" for t in declared},
+        "sources": [],
+        "rules": [],
+    }
+    merges: dict[tuple[str, str], list[tuple[MappingRow, str]]] = {}
+    for rel, d in dbs.items():
+        mine = by_db.get(rel, [])
+        name = next((r.source for r in mine if r.source), names[rel])
+        data["sources"].append({"name": name, "path": _rel(d.path, out.parent)})
+        for r in mine:
+            if not r.target:
+                continue  # no rule: the plan names the table as unmapped
+            rule: dict = {"source": name, "table": r.table}
+            if r.target == EXCLUDE or r.target not in declared:  # unknown: reported above
+                rule["exclude"] = True
+            else:
+                rule["target"] = r.target
+                if r.as_ and r.as_ != r.table:
+                    rule["as"] = r.as_
+                if r.merge:
+                    rule["merge"] = True
+                    rule["tag_column"] = r.tag_column or "source"
+                    if r.tag:
+                        rule["tag"] = r.tag
+                    if not r.tag_column:
+                        key = (r.target, (r.as_ or r.table).lower())
+                        merges.setdefault(key, []).append((r, d.path))
+                if r.drop_foreign_keys:
+                    rule["drop_foreign_keys"] = True
+            data["rules"].append(rule)
+    for (target, table), members in sorted(merges.items()):
+        problems.append(_tagless_merge(target, table, members))
+    return data
+
+
+def _tagless_merge(target: str, table: str, members: list[tuple[MappingRow, str]]) -> str:
+    """A merge must name its tag column: without one, rows of different sources that share
+    a key would overwrite each other. Count how many do today, so the operator sees it."""
+    keys: dict[tuple, list[str]] = {}
+    for r, path in members:
+        try:
+            conn = open_legacy(path, 5000, readonly=True)
+        except Exception:  # noqa: BLE001 - the plan reports unreadable files itself
+            continue
+        try:
+            info = next((t for t in list_tables(conn) if t.name == r.table), None)
+            if info is None:
+                continue
+            cols = ", ".join(q(k) for k in info.key) or info.rowid_alias()
+            for k in conn.execute(f"SELECT {cols} FROM {q(r.table)}"):
+                keys.setdefault(tuple(k), []).append(r.database)
+        finally:
+            conn.close()
+    shared = [k for k, where in keys.items() if len(set(where)) > 1]
+    names = ", ".join(f"{r.database}:{r.table}" for r, _ in members)
+    if shared:
+        sample = ", ".join(repr(k[0] if len(k) == 1 else k) for k in sorted(shared, key=repr)[:3])
+        return (
+            f"{target}.{table}: merge of {names} has no `tag_column`, and {len(shared)} key(s) "
+            f"exist in more than one of them (e.g. {sample}): their rows would overwrite each "
+            "other; give a tag_column (e.g. `source`)"
+        )
+    return (
+        f"{target}.{table}: merge of {names} has no `tag_column`: no key is shared today, but "
+        "nothing stops a bot writing one tomorrow; give a tag_column (e.g. `source`)"
+    )
+
+
+def _from_toml_rules(inv: InventoryFile, path: Path, out: Path, state_dir: str) -> dict:
+    cfg: Config = load_config(path)
+    names = source_names([d.relpath for d in inv.databases])
+    rules = []
+    for r in cfg.rules:
+        rule = {k: v for k, v in msgspec.to_builtins(r).items() if v not in (None, False)}
+        if rule.get("tag_column") == "source" and not r.merge:
+            rule.pop("tag_column")
+        rules.append(rule)
+    return {
+        "state_dir": state_dir,
+        "targets": {t: _rel(p, out.parent) for t, p in cfg.targets.items()},
+        "sources": [
+            {"name": names[d.relpath], "path": _rel(d.path, out.parent)} for d in inv.databases
+        ],
+        "rules": rules,
+    }
+
+
+def _rel(path: str, base: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, base)).as_posix()
+    except ValueError:
+        return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
