@@ -60,6 +60,15 @@ def test_demo_shows_what_it_built_and_installed(demo_run):
     assert _has(lines, "telegram", "delete", "messages"), out
     assert _has(lines, "ok: 8 sources", "1 excluded (trading.test)"), out
     assert _has(lines, "installed: 23 tables in 8 databases"), out
+    assert _has(lines, "inventory: 8 databases, 24 tables"), out
+    assert _has(lines, "trades: columns differ (bots/buy_tracker/trades.db, data/trading.db)"), out
+    for name in (
+        "inventory.json",
+        "migration_mapping.csv",
+        "core_schema.sql",
+        "schema_comparison.md",
+    ):
+        assert (root / "plan" / name).is_file(), name
     assert (root / MARKER).is_file()
     assert (root / "cdc.toml").is_file()
     assert (root / "daemon.log").stat().st_size > 0

@@ -46,7 +46,9 @@ from cdc.demo.show import (
     _show_check,
     _show_daemon_log,
     _show_files,
+    _show_inventory,
     _show_next,
+    _show_schema,
 )
 from cdc.plan import resolve_plan
 from cdc.status import collect_status
@@ -77,13 +79,16 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         files = generate_legacy(path, seed=SEED)
         write_demo_config(path, files)
         _show_files(files, echo)
+        echo(f"  $ cdc inventory {path / 'legacy'} --out {path / 'plan'}")
+        _show_inventory(path / "legacy", path / "plan", echo)
         echo(f"  config: {cfg_path}")
         echo("")
 
-        echo(f"[2/7] $ cdc check -c {cfg_path}  &&  cdc install -c {cfg_path}")
+        echo(f"[2/7] $ cdc check, cdc schema --out {path / 'plan'}, cdc install  (-c {cfg_path})")
         cfg = load_config(cfg_path)
         plan = resolve_plan(cfg)
         _show_check(plan, echo)
+        _show_schema(plan, path / "plan", echo)
         _install(cfg, plan, echo)
         echo("")
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from cdc.config import Config
 from cdc.demo.bots import BotProcess
 from cdc.demo.generator import LegacyFile
+from cdc.inventory_report import run_inventory, summary_lines
 from cdc.plan import Plan
+from cdc.schema_out import write_schema
 
 Echo = Callable[[str], object]
 
@@ -122,3 +124,20 @@ def _show_next(cfg_path: Path, root: Path, cfg: Config, echo: Echo) -> None:
     for cmd, why in steps:
         echo(f"  {cmd:<{w}}  # {why}")
     echo(f"  logs: {root / 'daemon.log'} (daemon), {root / 'bot-stats'}/ (bots)")
+
+
+def _show_inventory(legacy: Path, out: Path, echo: Echo) -> None:
+    """`cdc inventory` on the demo's legacy folder: what an operator reads before mapping."""
+    run = run_inventory([str(legacy)], str(out))
+    for line in summary_lines(run)[:2]:
+        echo(f"  {line}")
+    for c in run.inventory.table_collisions:
+        where = ", ".join(p.database for p in c.places)
+        echo(f"    {c.table}: {'same columns' if c.agree else 'columns differ'} ({where})")
+    echo(f"  wrote {', '.join(run.written)} in {out}")
+
+
+def _show_schema(plan: Plan, out: Path, echo: Echo) -> None:
+    """`cdc schema`: the DDL the replicator will create the targets from, for review."""
+    written = write_schema(plan, out)
+    echo(_wrap("  schema: ", ", ".join(p.name for p in written) + f" in {out}"))
