@@ -11,7 +11,7 @@ import apsw
 import msgspec
 
 from cdc.events import ColumnDef, TableSchema
-from cdc.sqlident import fts_options, tokens, unquote, virtual_module
+from cdc.sqlident import fts_options, names_object, tokens, unquote, virtual_module
 
 OWN_PREFIX = "_cdc_"
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
@@ -191,7 +191,9 @@ def virtual_info(conn: apsw.Connection, name: str) -> TableInfo:
                 "AND sql IS NOT NULL ORDER BY name",
                 (content,),
             ):
-                if any(unquote(t).lower() == name.lower() for t in tokens(tsql)):
+                if any(
+                    names_object(t) and unquote(t).lower() == name.lower() for t in tokens(tsql)
+                ):
                     triggers.append(tsql)
     return TableInfo(
         name=name,

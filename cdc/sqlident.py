@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import apsw
+
 
 def q(name: str) -> str:
     """Quote an identifier for SQLite (double quotes, embedded quotes doubled)."""
@@ -129,6 +131,15 @@ def index_name(sql: str) -> str:
     if nxt == ".":
         tok, _, _ = _token(sql, nend)
     return unquote(tok)
+
+
+def names_object(tok: str) -> bool:
+    """Whether a token can name a table: a quoted name, or a bare word that is not an SQL
+    keyword (a table called `on` is only ever written quoted; the keyword ON never names
+    it). A keyword used bare as a name, which SQLite tolerates for some, is not followed."""
+    if tok[:1] in '"`[':
+        return True
+    return bool(_WORD.fullmatch(tok)) and tok.upper() not in apsw.keywords
 
 
 def tokens(sql: str) -> list[str]:
@@ -276,7 +287,7 @@ def rename_trigger(sql: str, new_name: str, renames: dict[str, str]) -> str:
         if s < name_end or tok[:1] == "'":
             continue
         new = low.get(unquote(tok).lower())
-        if new is not None and (tok[:1] in '"`[' or _WORD.fullmatch(tok)):
+        if new is not None and names_object(tok):
             edits.append((s, e, q(new)))
     body = sql[name_end:]
     for s, e, text in sorted(edits, reverse=True):
