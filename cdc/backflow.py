@@ -237,6 +237,10 @@ class Backflow:
         if conn is None:
             conn = open_legacy(self.paths[source], self.settings.busy_timeout_ms)
             allow_writes(conn)  # the legacy tables are fenced for the bots, not for us
+            # A row we write back with REPLACE then fires the application's DELETE triggers
+            # for the row it replaces (an FTS index kept by triggers stays exact), as the
+            # bot's UPDATE in the target fired them there.
+            conn.execute("PRAGMA recursive_triggers = ON")
             self.lconns[source] = conn
         return conn
 
