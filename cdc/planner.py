@@ -18,7 +18,7 @@ from cdc.config import Config, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.inventory import list_tables
 from cdc.mapping import EXCLUDE, MappingRow, read_mapping, source_names
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import Plan, expand_sources, resolve_plan
 from cdc.sqlconn import open_legacy
 from cdc.sqlident import q
 from cdc.toml_out import render_toml
@@ -208,20 +208,32 @@ def _tagless_merge(target: str, table: str, members: list[tuple[MappingRow, str]
 
 
 def _from_toml_rules(inv: InventoryFile, path: Path, out: Path, state_dir: str) -> dict:
+    """The rules and targets of an existing config, over the inventory's databases. A
+    database that config already declares keeps its source name there (its rules name
+    sources); any other gets a name derived from its path."""
     cfg: Config = load_config(path)
-    names = source_names([d.relpath for d in inv.databases])
+    derived = source_names([d.relpath for d in inv.databases])
+    declared = {os.path.realpath(p): n for n, p, _ in expand_sources(cfg)}
+    taken = set(declared.values())
     rules = []
     for r in cfg.rules:
         rule = {k: v for k, v in msgspec.to_builtins(r).items() if v not in (None, False)}
         if rule.get("tag_column") == "source" and not r.merge:
             rule.pop("tag_column")
         rules.append(rule)
+    sources = []
+    for d in inv.databases:
+        name = declared.get(os.path.realpath(d.path))
+        if name is None:
+            name = derived[d.relpath]
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        sources.append({"name": name, "path": _rel(d.path, out.parent)})
     return {
         "state_dir": state_dir,
         "targets": {t: _rel(p, out.parent) for t, p in cfg.targets.items()},
-        "sources": [
-            {"name": names[d.relpath], "path": _rel(d.path, out.parent)} for d in inv.databases
-        ],
+        "sources": sources,
         "rules": rules,
     }
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cdc.inventory_report import (
 )
 from cdc.mapping import MappingRow, read_mapping, write_mapping
 from cdc.survey import DatabaseReport, Inventory, take_inventory
-from tests.conftest import cdc_cmd, make_db
+from tests.conftest import REPO, cdc_cmd, make_db
 from tests.corpus import read_manifest
 
 DOT_EXE = shutil.which("dot")
@@ -782,3 +783,39 @@ def test_rows_of_a_database_not_read_this_time_are_kept(tmp_path: Path) -> None:
     assert read_mapping(out / MAPPING) == rows
     assert run.inventory.mapping_vanished == []
     assert any(n.startswith("b.db: not read this time") for n in run.notes)
+
+
+def test_a_progress_bar_shows_on_a_terminal_for_a_large_folder(tmp_path: Path) -> None:
+    """The bar is drawn only when stderr is a terminal: run the CLI under a pseudo-terminal."""
+    import pty
+    import select
+
+    root = tmp_path / "many"
+    for i in range(25):
+        make_db(root / f"db{i:02}.db", "CREATE TABLE t(id INTEGER PRIMARY KEY);")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "inventory", str(root), "--out", str(tmp_path / "out")],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "100"},
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the child exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(timeout=30) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    assert "inventory" in text and "100%" in text, text
+    assert "inventory: 25 databases" in text

@@ -168,3 +168,54 @@ def test_odd_identifiers_survive_inventory_plan_schema_and_replication(tmp_path,
         ]
         fk = got.execute('SELECT "table" FROM pragma_foreign_key_list(?)', ("new " + name,))
         assert [r[0] for r in fk] == [f"new {ODD[0]}"]
+
+
+def test_rules_can_come_from_a_cdc_toml(legacy, tmp_path):
+    out = tmp_path / "work"
+    _inventory(legacy, out)
+    (legacy / "new.db").write_bytes(b"")  # not in the inventory: ignored by the plan
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        'state_dir = "s"\n[targets]\ncore = "c.db"\nanalytics = "a.db"\n'
+        '[[sources]]\nname = "alpha"\npath = "legacy/a.db"\n'
+        '[[rules]]\nsource = "alpha"\ntable = "*"\ntarget = "core"\n'
+        '[[rules]]\nsource = "b"\ntable = "users"\ntarget = "core"\nas = "b_users"\n'
+        '[[rules]]\nsource = "b"\ntable = "trades"\ntarget = "analytics"\n'
+    )
+    res = make_plan(out / "inventory.json", rules, out / "cdc.toml")
+    assert res.targets == {"core": 3, "analytics": 1}
+    cfg = load_config(out / "cdc.toml")
+    assert [s.name for s in cfg.sources] == ["alpha", "b"]  # declared name kept, other derived
+    assert cfg.targets["core"] == str(tmp_path / "c.db")
+
+
+def test_a_foreign_key_to_a_merged_table_and_an_fts_sent_elsewhere_are_refused(tmp_path):
+    root = tmp_path / "legacy"
+    make_db(
+        root / "a.db",
+        "CREATE TABLE acct(id INTEGER PRIMARY KEY, n TEXT);"
+        "CREATE TABLE fills(id INTEGER PRIMARY KEY, acct INTEGER REFERENCES acct(id));"
+        "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);"
+        "CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');",
+    )
+    make_db(root / "b.db", "CREATE TABLE acct(id INTEGER PRIMARY KEY, n TEXT);")
+    out = tmp_path / "work"
+    rows = _fill(
+        _inventory(root, out),
+        acct={"target": "core", "merge": True, "tag_column": "bot"},
+        fills={"target": "core"},
+        docs={"target": "core"},
+        docs_fts={"target": "analytics"},
+    )
+    write_mapping(rows, out / "m.csv")
+    with pytest.raises(PlanError) as e:
+        make_plan(out / "inventory.json", out / "m.csv", out / "cdc.toml")
+    msg = str(e.value)
+    assert (
+        "foreign key a.fills(acct) -> acct: 'acct' is merged into core.acct (key now includes "
+        "'bot'), so the key cannot hold" in msg
+    )
+    assert (
+        "virtual table 'docs_fts' of source 'a' goes to 'analytics' but its content table "
+        "'docs' goes to 'core'" in msg
+    )
