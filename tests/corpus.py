@@ -52,6 +52,7 @@ import pytest
 
 from cdc.config import Config, config_from_dict, load_config
 from cdc.plan import Plan
+from cdc.toml_out import render_toml
 
 EXCLUDE = "exclude"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -307,29 +308,7 @@ def plan_to_config(plan_json: dict, legacy_root: Path, out_root: Path, resolve: 
 
 def config_to_toml(cfg: dict) -> str:
     """Render a config dict (as `plan_to_config` makes it, plus optional `daemon`) as TOML."""
-    lines: list[str] = []
-    for k, v in cfg.items():
-        if not isinstance(v, dict | list):
-            lines.append(f"{k} = {_toml_value(v)}")
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
-    for k, v in cfg.items():
-        if isinstance(v, list):
-            for item in v:
-                lines += ["", f"[[{k}]]"]
-                lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(x: object) -> str:
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, int | float):
-        return repr(x)
-    if isinstance(x, str):
-        return json.dumps(x, ensure_ascii=False).replace("\x7f", "\\u007f")
-    raise TypeError(f"unsupported TOML value {x!r}")
+    return render_toml(cfg)
 
 
 # -- shared by the corpus tests (tests/test_corpus*.py) ---------------------------------------

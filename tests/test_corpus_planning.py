@@ -5,40 +5,25 @@ DDL, and the targets replicated from it hold exactly that DDL and the legacy row
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import apsw
 
 from cdc.config import load_config
-from cdc.mapping import read_mapping, write_mapping
+from cdc.mapping import write_mapping
 from tests.conftest import cdc_cmd
 from tests.corpus import plan_to_mapping
+from tests.planning_support import inventory_rows, plan_cli, schema_objects
 
 TARGETS = ("--target", "core", "--target", "analytics", "--target", "cache")
-
-
-def _inventory(legacy: Path, out: Path) -> list:
-    r = cdc_cmd("inventory", str(legacy), "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return read_mapping(out / "migration_mapping.csv")
 
 
 def test_the_operators_plan_is_refused_with_the_four_inconsistent_targets(
     legacy, plan_json, tmp_path
 ):
     work = tmp_path / "work"
-    rows = plan_to_mapping(plan_json, _inventory(legacy, work), resolve=False)
+    rows = plan_to_mapping(plan_json, inventory_rows(legacy, work), resolve=False)
     write_mapping(rows, work / "plan_as_written.csv")
-    r = cdc_cmd(
-        "plan",
-        "--inventory",
-        str(work / "inventory.json"),
-        "--mapping",
-        str(work / "plan_as_written.csv"),
-        "--out",
-        str(work / "cdc.toml"),
-        *TARGETS,
-    )
+    r = plan_cli(work, "plan_as_written.csv", *TARGETS)
     assert r.returncode == 3, r.stdout + r.stderr
     assert not (work / "cdc.toml").exists()
     problems = [line for line in r.stderr.splitlines() if line.startswith("  - ")]
@@ -61,18 +46,9 @@ def test_the_corrected_plan_passes_and_the_targets_hold_its_schema(
     legacy, plan_json, tmp_path, pipeline_for
 ):
     work = tmp_path / "work"
-    rows = plan_to_mapping(plan_json, _inventory(legacy, work), resolve=True)
+    rows = plan_to_mapping(plan_json, inventory_rows(legacy, work), resolve=True)
     write_mapping(rows, work / "mapping.csv")
-    r = cdc_cmd(
-        "plan",
-        "--inventory",
-        str(work / "inventory.json"),
-        "--mapping",
-        str(work / "mapping.csv"),
-        "--out",
-        str(work / "cdc.toml"),
-        *TARGETS,
-    )
+    r = plan_cli(work, "mapping.csv", *TARGETS)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 FTS tables rebuilt" in r.stdout
     r = cdc_cmd("schema", "-c", str(work / "cdc.toml"), "--out", str(work / "schema"))
@@ -85,18 +61,9 @@ def test_the_corrected_plan_passes_and_the_targets_hold_its_schema(
         expected = apsw.Connection(":memory:")
         expected.execute((work / "schema" / f"{target}_schema.sql").read_text())
         got = apsw.Connection(path)
-        assert _objects(got) == _objects(expected), target
+        assert schema_objects(got) == schema_objects(expected), target
     analytics = apsw.Connection(cfg.targets["analytics"])
     for fts in ("facts_fts", "reflections_fts"):
         analytics.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)")
     n = analytics.execute("SELECT count(*) FROM facts_fts").fetchone()[0]
     assert n == analytics.execute("SELECT count(*) FROM facts").fetchone()[0] > 0
-
-
-def _objects(conn) -> list[tuple]:
-    return sorted(
-        conn.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' "
-            "AND name NOT LIKE '\\_cdc\\_%' ESCAPE '\\'"
-        ).fetchall()
-    )

@@ -3,24 +3,17 @@ odd identifiers survive inventory -> plan -> schema -> replication."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import apsw
 import msgspec
 import pytest
 
 from cdc.config import load_config
 from cdc.errors import PlanError
-from cdc.mapping import read_mapping, write_mapping
+from cdc.mapping import write_mapping
 from cdc.planner import make_plan
 from cdc.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db
-
-
-def _inventory(root: Path, out: Path) -> list:
-    r = cdc_cmd("inventory", str(root), "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return read_mapping(out / "migration_mapping.csv")
+from tests.planning_support import inventory_rows, plan_cli, schema_objects
 
 
 def _fill(rows, **by_table) -> list:
@@ -52,7 +45,7 @@ def legacy(tmp_path):
 
 def test_every_problem_of_a_mapping_is_named_and_nothing_is_written(legacy, tmp_path):
     out = tmp_path / "work"
-    rows = _inventory(legacy, out)
+    rows = inventory_rows(legacy, out)
     rows = _fill(
         rows,
         **{
@@ -81,21 +74,11 @@ def test_every_problem_of_a_mapping_is_named_and_nothing_is_written(legacy, tmp_
 def test_an_undecided_table_and_an_unknown_target_are_refused(legacy, tmp_path):
     out = tmp_path / "work"
     rows = _fill(
-        _inventory(legacy, out),
+        inventory_rows(legacy, out),
         **{"a.db:users": {"target": "core"}, "trades": {"target": "cor"}},
     )
     write_mapping(rows, out / "m.csv")
-    r = cdc_cmd(
-        "plan",
-        "--inventory",
-        str(out / "inventory.json"),
-        "--mapping",
-        str(out / "m.csv"),
-        "--out",
-        str(out / "cdc.toml"),
-        "--target",
-        "core",
-    )
+    r = plan_cli(out, "m.csv", "--target", "core")
     assert r.returncode == 3
     assert "target 'cor' is not one of core (rows: a.db:trades, sub/b.db:trades)" in r.stderr
     assert "table 'users' of source 'b' " in r.stderr and "matched by no rule" in r.stderr
@@ -104,7 +87,7 @@ def test_an_undecided_table_and_an_unknown_target_are_refused(legacy, tmp_path):
 def test_a_good_mapping_writes_a_config_that_checks(legacy, tmp_path):
     out = tmp_path / "work"
     rows = _fill(
-        _inventory(legacy, out),
+        inventory_rows(legacy, out),
         **{
             "a.db:users": {"target": "core"},
             "sub/b.db:users": {"target": "core", "as_": "b_users"},
@@ -112,15 +95,7 @@ def test_a_good_mapping_writes_a_config_that_checks(legacy, tmp_path):
         },
     )
     write_mapping(rows, out / "m.csv")
-    r = cdc_cmd(
-        "plan",
-        "--inventory",
-        str(out / "inventory.json"),
-        "--mapping",
-        str(out / "m.csv"),
-        "--out",
-        str(out / "cdc.toml"),
-    )
+    r = plan_cli(out, "m.csv")
     assert r.returncode == 0, r.stderr
     assert "analytics: 2 tables" in r.stdout and "core: 2 tables" in r.stdout
     cfg = load_config(out / "cdc.toml")
@@ -145,7 +120,7 @@ def test_odd_identifiers_survive_inventory_plan_schema_and_replication(tmp_path,
         )
     make_db(root / "we ird.db", "".join(ddl))
     out = tmp_path / "work"
-    rows = _inventory(root, out)
+    rows = inventory_rows(root, out)
     assert sorted(r.table for r in rows) == sorted(ODD)
     rows = _fill(rows, **{n: {"target": "core", "as_": f"new {n}"} for n in ODD})
     write_mapping(rows, out / "m.csv")
@@ -159,9 +134,7 @@ def test_odd_identifiers_survive_inventory_plan_schema_and_replication(tmp_path,
     got = apsw.Connection(cfg.targets["core"])
     expected = apsw.Connection(":memory:")
     expected.execute((out / "schema" / "core_schema.sql").read_text())
-    objs = "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE '\\_cdc\\_%' ESCAPE '\\' "
-    objs += "AND name NOT LIKE 'sqlite%' ORDER BY 1, 2"
-    assert got.execute(objs).fetchall() == expected.execute(objs).fetchall()
+    assert schema_objects(got) == schema_objects(expected)
     for i, name in enumerate(ODD):
         assert got.execute(f"SELECT * FROM {q('new ' + name)}").fetchall() == [
             (i, f"v{i}", i + 0.5, 0)
@@ -172,7 +145,7 @@ def test_odd_identifiers_survive_inventory_plan_schema_and_replication(tmp_path,
 
 def test_rules_can_come_from_a_cdc_toml(legacy, tmp_path):
     out = tmp_path / "work"
-    _inventory(legacy, out)
+    inventory_rows(legacy, out)
     (legacy / "new.db").write_bytes(b"")  # not in the inventory: ignored by the plan
     rules = tmp_path / "rules.toml"
     rules.write_text(
@@ -201,7 +174,7 @@ def test_a_foreign_key_to_a_merged_table_and_an_fts_sent_elsewhere_are_refused(t
     make_db(root / "b.db", "CREATE TABLE acct(id INTEGER PRIMARY KEY, n TEXT);")
     out = tmp_path / "work"
     rows = _fill(
-        _inventory(root, out),
+        inventory_rows(root, out),
         acct={"target": "core", "merge": True, "tag_column": "bot"},
         fills={"target": "core"},
         docs={"target": "core"},

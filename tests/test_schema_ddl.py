@@ -13,6 +13,7 @@ from cdc.errors import PlanError
 from cdc.plan import resolve_plan
 from cdc.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db, write_config
+from tests.planning_support import schema_objects
 
 HEAD = """
 state_dir = "state"
@@ -115,16 +116,7 @@ def test_replicated_target_holds_exactly_the_schema_file(shop, pipeline_for):
         expected = apsw.Connection(":memory:")
         expected.execute((shop / "schema" / f"{target}_schema.sql").read_text())
         got = apsw.Connection(str(shop / "out" / f"{target}.db"))
-        assert _objects(got) == _objects(expected), target
-
-
-def _objects(conn) -> list[tuple]:
-    return sorted(
-        conn.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' "
-            "AND name NOT LIKE '\\_cdc\\_%' ESCAPE '\\'"
-        ).fetchall()
-    )
+        assert schema_objects(got) == schema_objects(expected), target
 
 
 def _fts_rows(path: Path, table: str, word: str) -> list[int]:
