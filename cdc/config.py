@@ -10,6 +10,7 @@ depend on the directory it was started from.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
@@ -32,6 +33,7 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
     required: bool = True
+    capture: str = "triggers"  # or "hooks": writers using `cdc.pool` are captured in-process
 
 
 class RuleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"as_": "as"}):
@@ -67,6 +69,19 @@ class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     apply_worker: bool = True  # apply in a child process (both cores); False: a thread
 
 
+class PoolSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How `cdc.pool` opens and lends connections (docs/pool.md). One place for the
+    settings every bot used to pick for itself."""
+
+    size: int = 8  # connections per database and process, at most
+    checkout_timeout: float = 10.0  # seconds a borrower waits for a free connection
+    busy_timeout_ms: int = 5000
+    synchronous: str = "NORMAL"  # targets (WAL); legacy files keep FULL unless said here
+    legacy_synchronous: str = "FULL"
+    foreign_keys: bool = False
+    metrics_interval: float = 1.0  # seconds between two writes of a process's metrics file
+
+
 class VerifySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The verifier's pace. It reads the bots' files, so it goes in small chunks (each one
     short read transaction) and, inside the daemon, at a bounded rate."""
@@ -86,11 +101,19 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "cdc-state"
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     verify: VerifySettings = msgspec.field(default_factory=VerifySettings)
+    pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
     config_path: str = ""
 
     @property
     def log_dir(self) -> str:
         return os.path.join(self.state_dir, "log")
+
+    def capture_of(self, source: str) -> str:
+        """How a (possibly glob-expanded) source is captured: "triggers" or "hooks"."""
+        for s in self.sources:
+            if fnmatch.fnmatchcase(source, s.name.replace("{stem}", "*")):
+                return s.capture
+        return "triggers"
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -171,6 +194,8 @@ def _check(cfg: Config) -> list[str]:
         seen.add(s.name)
         if s.path in paths:
             problems.append(f"{key}.path is also a target file")
+        if s.capture not in ("triggers", "hooks"):
+            problems.append(f'{key}.capture {s.capture!r}: use "triggers" or "hooks"')
     for i, r in enumerate(cfg.rules):
         key = f"`rules[{i}]`"
         if r.exclude and (r.target or r.merge or r.as_):
@@ -190,6 +215,12 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"`daemon.{field}` must be positive")
     if d.poll_interval <= 0:
         problems.append("`daemon.poll_interval` must be positive")
+    p = cfg.pool
+    if p.size <= 0 or p.checkout_timeout <= 0 or p.busy_timeout_ms < 0:
+        problems.append("`pool.size` and `pool.checkout_timeout` must be positive")
+    for field in ("synchronous", "legacy_synchronous"):
+        if getattr(p, field).upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            problems.append(f"`pool.{field}`: use OFF, NORMAL, FULL or EXTRA")
     v = cfg.verify
     for field in ("chunk_rows", "settle_timeout", "max_report_keys"):
         if getattr(v, field) <= 0:

@@ -97,7 +97,10 @@ class Daemon:
             h.open()
             self.harvesters.append(h)
             self.runtime[sp.name] = SourceRuntime(
-                path=sp.path, through_seq=h.position.through_seq, snapshot=h.snapshot_state()
+                path=sp.path,
+                through_seq=h.position.through_seq,
+                snapshot=h.snapshot_state(),
+                capture=sp.capture,
             )
         self.wakes = {h.plan.name: threading.Event() for h in self.harvesters}
         self.worker: WorkerHandle | None = None
@@ -130,6 +133,7 @@ class Daemon:
                 res = h.harvest()
                 rt.harvested += res.events
                 rt.through_seq = res.through_seq
+                rt.hook_rows, rt.foreign_rows = h.hook_rows, h.foreign_rows
                 busy = res.full
                 if h.snapshot_pending:
                     rt.snapshot_rows += h.snapshot_chunk()

@@ -34,6 +34,7 @@ from cdc.events import (
     SourceMark,
     SourcePosition,
 )
+from cdc.hooks import HOOK_OP
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.plan import SourcePlan
 from cdc.sqlconn import open_legacy, read_transaction, set_busy_timeout, write_transaction
@@ -66,6 +67,10 @@ class Harvester:
         self._schema_version = -1
         self._pending_schemas: list[Frame] = []
         self._last_count = 0
+        # hook capture (cdc.hooks): capture rows the pool wrote, and rows the triggers wrote
+        # for writers outside the pool (counted since the daemon started)
+        self.hook_rows = 0
+        self.foreign_rows = 0
         self._last_trim = 0.0
         self._trimmed_through = 0
         self.last_error: str | None = None
@@ -167,6 +172,8 @@ class Harvester:
             self._last_count = n
             if hi is not None:
                 frames = self._read_changes(pos.through_seq, hi, now)
+                if self.plan.capture == "hooks":
+                    self._count_origins(pos.through_seq, hi)
         if hi is None and not self._pending_schemas:
             self._maybe_trim()
             return HarvestResult(through_seq=pos.through_seq)
@@ -178,6 +185,15 @@ class Harvester:
         self._maybe_trim()
         full = self._last_count >= self.settings.harvest_batch
         return HarvestResult(nevents, through, full=full)
+
+    def _count_origins(self, lo: int, hi: int) -> None:
+        hooked, foreign = self.conn.execute(
+            f"SELECT coalesce(sum(op >= {HOOK_OP}), 0), coalesce(sum(op < {HOOK_OP}), 0) "
+            f"FROM {capture.CHANGES} WHERE seq > ? AND seq <= ?",
+            (lo, hi),
+        ).fetchone()
+        self.hook_rows += hooked
+        self.foreign_rows += foreign
 
     def _log(self, frames: list[Frame], new_pos: SourcePosition) -> None:
         """Append `frames` after any pending schema frames, with the mark of `new_pos`.

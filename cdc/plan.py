@@ -43,6 +43,7 @@ class SourcePlan(msgspec.Struct, frozen=True):
     uncapturable: list[str] = []  # virtual tables explicitly excluded
     fts: list[TableMapping] = []  # FTS tables re-created in the target (cdc.ddl), not captured
     infos: list[TableInfo] = []  # every table as the plan saw it (the target DDL's context)
+    capture: str = "triggers"  # or "hooks" (cdc.hooks)
 
     def info(self, table: str) -> TableInfo | None:
         low = table.lower()
@@ -137,6 +138,8 @@ def resolve_plan(
                 continue
             try:
                 tables = list_tables(conn)
+                if cfg.capture_of(name) == "hooks":
+                    problems.extend(_check_hooks(conn, name))
             finally:
                 conn.close()
         sources.append((name, path, tables))
@@ -190,7 +193,11 @@ def resolve_plan(
             landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule or _FOLLOW))
             fts.append(m)
         visible = [t for t in tables if t.kind != "shadow"]
-        plans.append(SourcePlan(name, path, mapped, excluded, uncapturable, fts, visible))
+        plans.append(
+            SourcePlan(
+                name, path, mapped, excluded, uncapturable, fts, visible, cfg.capture_of(name)
+            )
+        )
 
     infos = {(n, t.name): t for n, _, ts in sources for t in ts}
     for (target, ttable), entries in sorted(landing.items()):
@@ -209,6 +216,24 @@ def resolve_plan(
             + "\n  - ".join(problems)
         )
     return plan
+
+
+def _check_hooks(conn, source: str) -> list[str]:  # noqa: ANN001 - apsw.Connection
+    """Hook capture turns triggers off on the pool's connections (cdc.hooks): a file with
+    triggers of its own would see them silently skipped for every pool write."""
+    own = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='trigger' "
+            "AND name NOT LIKE '\\_cdc\\_%' ESCAPE '\\' ORDER BY name"
+        )
+    ]
+    if not own:
+        return []
+    return [
+        f'source {source!r} has triggers of its own ({", ".join(own)}): `capture = "hooks"` '
+        "would skip them for writes through the pool; use trigger capture for it"
+    ]
 
 
 _FOLLOW = RuleConfig(table="*")  # an FTS table no rule names: it follows its content table

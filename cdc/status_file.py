@@ -24,6 +24,9 @@ class SourceRuntime(msgspec.Struct):
     snapshot: str = "pending"
     errors: int = 0
     last_error: str | None = None
+    capture: str = "triggers"
+    hook_rows: int = 0  # hook capture: changes written by pool connections
+    foreign_rows: int = 0  # hook capture: changes by writers outside the pool (triggers)
 
 
 class TargetRuntime(msgspec.Struct):
