@@ -24,8 +24,9 @@ is seen directly (the hook fires for it), where the triggers need probes.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apsw
@@ -36,8 +37,8 @@ from cdc.inventory import table_info
 log = logging.getLogger(__name__)
 
 HOOK_OP = 10  # hook rows: OP_INSERT + 10 ... (the harvester counts trigger rows apart)
-# Run as they are: transaction control, and what SQLite refuses inside a transaction.
-_DIRECT = ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA", "VACUUM")
+# Run as they are: transaction control, what SQLite refuses inside a transaction, reads.
+_DIRECT = ("BEGIN", "ROLLBACK", "SAVEPOINT", "PRAGMA", "VACUUM", "SELECT", "VALUES", "EXPLAIN")
 _DDL = ("CREATE", "ALTER", "DROP")
 
 
@@ -50,73 +51,120 @@ class _Table:
         self.width = width
 
 
+_INSERT, _DELETE, _UPDATE = apsw.SQLITE_INSERT, apsw.SQLITE_DELETE, apsw.SQLITE_UPDATE
+_OPS = {  # (trigger-equivalent op of the old key, of the new key) + HOOK_OP
+    _INSERT: (None, capture.OP_INSERT + HOOK_OP),
+    _DELETE: (capture.OP_OLD_KEY + HOOK_OP, None),
+    _UPDATE: (capture.OP_OLD_KEY + HOOK_OP, capture.OP_UPDATE + HOOK_OP),
+}
+
+
 class HookCapture:
     """One pool connection's capture. Not shared between threads (a pool connection is
-    lent to one borrower at a time)."""
+    lent to one borrower at a time).
+
+    The hook runs for every row a statement changes, so it does as little as it can: for
+    a table whose key is the rowid (no declared key, or an INTEGER PRIMARY KEY) it keeps
+    the rowids only; for others the key values; for a table it does not know yet, the
+    whole change, resolved once the statement is over."""
 
     def __init__(self, raw: apsw.Connection, source: str) -> None:
         self.source = source
-        self.pending: list[tuple] = []  # (table, opcode, old, new, rowid, rowid_new)
+        self.pending: list[tuple] = []  # (tid, width, old op, old key, new op, new key) | raw
+        self.unknown: list[tuple] = []  # (table, opcode, old, new, rowid, rowid_new)
         self.tables: dict[str, _Table] = {}
         self.changes = 0  # capture rows written, for the pool's metrics
         self._stale = True
+        self._version = -1
         raw.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
         raw.preupdate_hook(self._on_change, id="sqlite-cdc")
         raw.set_commit_hook(self._on_commit)
         raw.set_rollback_hook(self._on_rollback)
+        self._load(raw)
 
     # -- inside SQLite: only buffer -----------------------------------------------------------
     def _on_change(self, pu: apsw.PreUpdate) -> None:
-        if pu.database_name != "main":
-            return
+        name = pu.table_name
+        if name == capture.CHANGES or pu.database_name != "main":
+            return  # our own capture rows, or an attached database
         op = pu.opcode
-        self.pending.append(
-            (
-                pu.table_name,
-                op,
-                pu.old if op != apsw.SQLITE_INSERT else None,
-                pu.new if op != apsw.SQLITE_DELETE else None,
-                pu.rowid,
-                pu.rowid_new if op == apsw.SQLITE_UPDATE else pu.rowid,
+        t = self.tables.get(name)
+        if t is None:
+            self.unknown.append(
+                (
+                    name,
+                    op,
+                    pu.old if op != _INSERT else None,
+                    pu.new if op != _DELETE else None,
+                    pu.rowid,
+                    pu.rowid_new if op == _UPDATE else pu.rowid,
+                )
             )
-        )
+            return
+        if t.positions is None:
+            old = (pu.rowid,) if op != _INSERT else None
+            new = ((pu.rowid_new,) if op == _UPDATE else (pu.rowid,)) if op != _DELETE else None
+        else:
+            pos = t.positions
+            old = tuple(pu.old[i] for i in pos) if op != _INSERT else None
+            new = tuple(pu.new[i] for i in pos) if op != _DELETE else None
+        self.pending.append((t.tid, t.width, op, old, new))
 
     def _on_commit(self) -> bool:
         """Refuse (roll back) a commit that would leave changes uncaptured: they were made
         through the apsw connection itself (`conn.raw`), around the pool's statements."""
-        if self.pending:
+        if self.pending or self.unknown:
             log.error(
                 "%s: a write bypassed the pool's capture (%d changes); the transaction is "
                 "rolled back. Write through the PooledConnection's execute/executemany.",
                 self.source,
-                len(self.pending),
+                len(self.pending) + len(self.unknown),
             )
-            self.pending.clear()
+            self.discard()
             return True
         return False
 
     def _on_rollback(self) -> None:
-        self.pending.clear()
+        self.discard()
 
     # -- around each statement --------------------------------------------------------------
-    def run(self, raw: apsw.Connection, sql: str, fn: Callable[[apsw.Connection], Iterable[Any]]):
-        """Run one call (`fn`, executing `sql`) to its end and write its capture rows in
-        its transaction. The call runs inside its own savepoint: if it fails, all of it is
-        undone, so no change can stay without its capture row (a failing statement of a
-        multi-statement string would otherwise leave the earlier ones behind, uncaptured)."""
-        first = sql.lstrip().split(None, 1)[0].upper().rstrip(";") if sql.strip() else ""
-        if first in _DIRECT:
-            if first in ("COMMIT", "END", "RELEASE"):
-                self.flush(raw)
-            return iter(list(fn(raw)))
+    def execute(self, raw: apsw.Connection, sql: str, bindings: Any = None) -> Iterator[Any]:
+        return self._call(raw, sql, raw.execute, bindings)
+
+    def executemany(self, raw: apsw.Connection, sql: str, seq: Iterable[Any]) -> Iterator[Any]:
+        return self._call(raw, sql, raw.executemany, seq)
+
+    def _call(self, raw: apsw.Connection, sql: str, method: Callable, arg: Any) -> Iterator[Any]:
+        """Run one call to its end and write its capture rows in its transaction. A call
+        that is not a single statement inside a transaction runs in its own savepoint: if
+        it fails, all of it is undone, so no change stays without its capture row (and an
+        autocommit statement gets one transaction for its rows and their capture)."""
+        kind = _kinds.get(sql)
+        if kind is None:
+            if len(_kinds) > 4096:  # SQL with values formatted in: do not grow forever
+                _kinds.clear()
+            kind = _kinds[sql] = _kind(sql)
+        if kind is _DIRECT_KIND:
+            return iter(list(method(sql, arg)))
+        if kind is _ENDS:
+            self.flush(raw)
+            return iter(list(method(sql, arg)))
+        if kind is _SINGLE and raw.in_transaction:
+            try:  # SQLite undoes a failed statement by itself: its buffered keys just go
+                rows = list(method(sql, arg))
+            except BaseException:
+                self.discard()
+                raise
+            self.flush(raw)
+            return iter(rows)
         raw.execute("SAVEPOINT _cdc_stmt")
         try:
-            rows = list(fn(raw))
-            if first in _DDL:
+            rows = list(method(sql, arg))
+            if kind is _DDL_KIND:
                 self._stale = True
             self.flush(raw)
         except BaseException:
-            self.pending.clear()
+            self.discard()
             raw.execute("ROLLBACK TO _cdc_stmt")
             raw.execute("RELEASE _cdc_stmt")
             raise
@@ -125,44 +173,48 @@ class HookCapture:
 
     def flush(self, raw: apsw.Connection) -> None:
         """Write the buffered keys into the capture table (inside the open transaction)."""
+        if self.unknown or self._stale:
+            self._resolve(raw)
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        if self._stale or any(p[0] not in self.tables for p in pending):
-            self._load(raw)
-        rows: dict[int, list[tuple]] = {}
-        for table, op, old, new, rowid, rowid_new in pending:
-            t = self.tables.get(table) or self.tables.get(table.lower())
-            if t is None:
-                continue  # not captured (or ours): the triggers would not record it either
-            add = rows.setdefault(t.width, []).append
-            if op == apsw.SQLITE_INSERT:
-                add((t.tid, capture.OP_INSERT + HOOK_OP, *_key(t, new, rowid_new)))
-            elif op == apsw.SQLITE_DELETE:
-                add((t.tid, capture.OP_OLD_KEY + HOOK_OP, *_key(t, old, rowid)))
-            else:
-                ko, kn = _key(t, old, rowid), _key(t, new, rowid_new)
-                if ko != kn:
-                    add((t.tid, capture.OP_OLD_KEY + HOOK_OP, *ko))
-                add((t.tid, capture.OP_UPDATE + HOOK_OP, *kn))
-        self.pending.clear()  # our own INSERTs below fire the hook too
-        for width, batch in rows.items():
-            kcols = ", ".join(f"k{i + 1}" for i in range(width))
-            raw.executemany(
-                f"INSERT INTO {capture.CHANGES}(tid, op, {kcols}) "
-                f"VALUES (?, ?, {', '.join('?' * width)})",
-                batch,
-            )
+        if len(pending) == 1:  # the common case: a single-row write
+            for r in _rows(pending[0]):
+                raw.execute(_insert_sql(len(r) - 2), r)
+            self.changes += 1 + (pending[0][2] == _UPDATE and pending[0][3] != pending[0][4])
+            return
+        by_width: dict[int, list[tuple]] = {}
+        for p in pending:
+            for r in _rows(p):
+                by_width.setdefault(len(r) - 2, []).append(r)
+        for width, batch in by_width.items():
+            raw.executemany(_insert_sql(width), batch)
             self.changes += len(batch)
-        self.pending.clear()
+
+    def _resolve(self, raw: apsw.Connection) -> None:
+        """Changes to tables the hook did not know: after DDL through the pool, or a table
+        captured by a `cdc install` since this connection opened. Ones still not captured
+        are dropped, as the triggers would not record them either."""
+        unknown, self.unknown = self.unknown, []
+        if self._stale or (unknown and self._version != _schema_version(raw)):
+            self._load(raw)
+        for name, op, old, new, rowid, rowid_new in unknown:
+            t = self.tables.get(name)
+            if t is None:
+                continue
+            ko = _key(t, old, rowid) if op != _INSERT else None
+            kn = _key(t, new, rowid_new) if op != _DELETE else None
+            self.pending.append((t.tid, t.width, op, ko, kn))
 
     def discard(self) -> None:
         self.pending.clear()
+        self.unknown.clear()
 
     def _load(self, raw: apsw.Connection) -> None:
         """Which tables are captured and where their keys are: read again when a table
         we do not know changes (a new `cdc install`), or after DDL through the pool."""
         self.tables = {}
+        self._version = _schema_version(raw)
         for name, tid in capture.installed_tables(raw).items():
             info = table_info(raw, name)
             cols = {
@@ -170,10 +222,57 @@ class HookCapture:
                 for c in raw.execute("SELECT name, cid FROM pragma_table_xinfo(?)", (name,))
             }
             positions = [cols[k] for k in info.key] if info.key else None
+            if positions and not info.without_rowid and _rowid_alias(raw, name):
+                positions = None  # INTEGER PRIMARY KEY: the key is the rowid itself
             entry = _Table(tid, positions, capture.key_width(info))
             self.tables[name] = entry
             self.tables.setdefault(name.lower(), entry)
         self._stale = False
+
+
+def _rowid_alias(raw: apsw.Connection, name: str) -> bool:
+    """A declared key that is the rowid (INTEGER PRIMARY KEY) has no index of its own; any
+    other key (including the INTEGER PRIMARY KEY DESC quirk) has one."""
+    return not raw.execute(
+        "SELECT 1 FROM pragma_index_list(?) WHERE origin = 'pk'", (name,)
+    ).fetchone()
+
+
+def _schema_version(raw: apsw.Connection) -> int:
+    return raw.execute("PRAGMA schema_version").fetchone()[0]
+
+
+@functools.cache
+def _insert_sql(width: int) -> str:
+    kcols = ", ".join(f"k{i + 1}" for i in range(width))
+    return (
+        f"INSERT INTO {capture.CHANGES}(tid, op, {kcols}) VALUES (?, ?, {', '.join('?' * width)})"
+    )
+
+
+def _rows(p: tuple) -> list[tuple]:
+    """Capture rows of one change, as the triggers write them: an UPDATE that changes the
+    key records the old key first."""
+    tid, _w, op, old, new = p
+    o, n = _OPS[op]
+    if op == _UPDATE:
+        return [(tid, n, *new)] if old == new else [(tid, o, *old), (tid, n, *new)]
+    return [(tid, n, *new)] if op == _INSERT else [(tid, o, *old)]
+
+
+_DIRECT_KIND, _ENDS, _SINGLE, _MULTI, _DDL_KIND = "direct", "ends", "single", "multi", "ddl"
+_kinds: dict[str, str] = {}  # SQL text -> how to run it (bots reuse a few strings)
+
+
+def _kind(sql: str) -> str:
+    first = sql.lstrip().split(None, 1)[0].upper().rstrip(";") if sql.strip() else ""
+    if first in ("COMMIT", "END", "RELEASE"):
+        return _ENDS
+    if first in _DIRECT:
+        return _DIRECT_KIND
+    if first in _DDL:
+        return _DDL_KIND
+    return _SINGLE if ";" not in sql.rstrip().rstrip(";") else _MULTI
 
 
 def _key(t: _Table, values: tuple | None, rowid: int) -> tuple:

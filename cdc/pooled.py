@@ -27,12 +27,10 @@ class PooledConnection:
             self.cursor = raw.cursor  # type: ignore[method-assign]
 
     def execute(self, statements: str, bindings: Any = None) -> Iterator[Any]:
-        return self.capture.run(self.raw, statements, lambda c: c.execute(statements, bindings))
+        return self.capture.execute(self.raw, statements, bindings)
 
     def executemany(self, statements: str, sequenceofbindings: Iterable[Any]) -> Iterator[Any]:
-        return self.capture.run(
-            self.raw, statements, lambda c: c.executemany(statements, sequenceofbindings)
-        )
+        return self.capture.executemany(self.raw, statements, sequenceofbindings)
 
     def cursor(self) -> _CapturingCursor:
         return _CapturingCursor(self)
