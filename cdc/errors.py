@@ -59,3 +59,10 @@ class DaemonError(CdcError):
     """The daemon could not start or another instance already owns the state dir."""
 
     exit_code = 7
+
+
+class PoolTimeout(CdcError):
+    """No pooled connection came free within `pool.checkout_timeout` (cdc.pool): every
+    connection of that database is lent out, and held longer than the borrower would wait."""
+
+    exit_code = 8

@@ -20,6 +20,7 @@ from cdc.config import Config
 from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
 from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
+from cdc.pool_metrics import PoolMetrics, read_pool_metrics
 from cdc.sqlconn import open_legacy
 from cdc.status_file import BackflowRuntime, read_status
 from checkpoints.store import SOURCES, TABLE
@@ -38,6 +39,9 @@ class SourceStatus(msgspec.Struct):
     backlog_seconds: float = 0.0
     snapshot: str = "pending"
     last_error: str | None = None
+    capture: str = "triggers"  # or "hooks" (docs/hooks.md)
+    hook_changes: int = 0  # hooks: capture rows written by pool connections (daemon's run)
+    foreign_changes: int = 0  # hooks: capture rows by writers outside the pool (triggers)
 
 
 class TargetStatus(msgspec.Struct):
@@ -73,6 +77,7 @@ class Status(msgspec.Struct):
     verifier: VerifierStatus | None = None  # the daemon's continuous verifier, if it ran
     cutovers: list[CutoverRecord] = []  # stages cut over, or being cut over
     backflow: dict[str, BackflowRuntime] = {}  # open rollback windows (the daemon's way back)
+    pools: list[PoolMetrics] = []  # connection pools of live bot processes (cdc.pool)
 
     @property
     def backlog_events(self) -> int:
@@ -190,7 +195,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
     sources = []
     released = finalized_sources(cfg.state_dir)
     for sp in plan.sources:
-        st = SourceStatus(sp.name, sp.path, len(sp.tables), False)
+        st = SourceStatus(sp.name, sp.path, len(sp.tables), False, capture=sp.capture)
         if sp.name in released:  # archived and released by `cdc finalize`
             st.snapshot = "finalized"
             sources.append(st)
@@ -207,6 +212,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             _fill_source(st, sp, cfg, logged, applied_seq, oldest, now)
         if rt and daemon.state == "running":
             st.last_error = rt.last_error
+            st.hook_changes, st.foreign_changes = rt.hook_rows, rt.foreign_rows
         sources.append(st)
     return Status(
         daemon,
@@ -217,6 +223,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         read_verifier_status(cfg.state_dir),
         read_records(cfg.state_dir),
         dict(ds.backflow) if ds and daemon.state == "running" else {},
+        read_pool_metrics(cfg.state_dir),
     )
 
 

@@ -33,6 +33,11 @@ def render_status(st: Status) -> str:
             f"{s.name:<24} {s.tables:>6} {s.captured:>9} {s.logged:>9} {s.applied:>9} "
             f"{s.backlog_events:>8} {lag:>7}  {s.snapshot}{inst}"
         )
+        if s.capture == "hooks":
+            lines.append(
+                f"  hook capture: {s.hook_changes} changes through the pool, "
+                f"{s.foreign_changes} by writers outside it (captured by the triggers)"
+            )
         if s.last_error:
             lines.append(f"  last error: {s.last_error}")
     lines.append("")
@@ -50,6 +55,9 @@ def render_status(st: Status) -> str:
         lines.append(_render_cutover(c))
     for name, b in sorted(st.backflow.items()):
         lines.append(_render_backflow(name, b))
+    if st.pools:
+        lines.append("")
+        lines.extend(_render_pool(m) for m in st.pools)
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("")
@@ -123,4 +131,18 @@ def _render_backflow(name: str, b) -> str:  # noqa: ANN001 - BackflowRuntime
     return (
         f"rollback window {name}: {b.events} target changes written back, "
         f"{b.behind} behind (target sequence {b.captured_seq}){err}"
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _render_pool(m) -> str:  # noqa: ANN001 - PoolMetrics
+    hooks = ", hooks" if m.hooks else ""
+    return (
+        f"pool {m.database} pid {m.pid}: {m.open}/{m.size} open, {m.in_use} in use, "
+        f"{m.checkouts} checkouts, {m.waits} waits (max {_ms(m.wait_seconds_max)}), "
+        f"{m.timeouts} timeouts, {m.errors} errors, longest hold {_ms(m.longest_hold_seconds)}"
+        f"{hooks}"
     )

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from cdc.events import RowBatch, TableSchema
 from cdc.hooks import HookCapture
 from cdc.plan import resolve_plan
 from cdc.pooled import PooledConnection
-from tests.conftest import REPO, make_db, write_config
+from tests.conftest import REPO, cdc_cmd, make_db, write_config
+from verifier import compare_plan
 
 SCHEMA = """
 CREATE TABLE acct(id INTEGER PRIMARY KEY AUTOINCREMENT, handle TEXT UNIQUE, bal REAL, note TEXT);
@@ -300,7 +302,9 @@ def test_a_writer_killed_at_any_instant_loses_nothing_it_committed(tmp_path, pip
         want = random.randint(5, 60)
         got = []
         while len(got) < want:
-            got.append(int(w.stdout.readline()))
+            line = w.stdout.readline()
+            assert line, f"the writer exited early ({w.poll()})"
+            got.append(int(line))
         w.send_signal(signal.SIGKILL)  # mid-transaction or between: wherever it is
         w.wait()
         w.stdout.close()
@@ -315,3 +319,59 @@ def test_a_writer_killed_at_any_instant_loses_nothing_it_committed(tmp_path, pip
     src = apsw.Connection(str(tmp_path / "bot.db"))
     assert keys == {int(k[1:]) for (k,) in src.execute("SELECT k FROM kv")}
     assert p.harvesters[0].foreign_rows == 0
+
+
+POOL_BOT = textwrap.dedent(
+    """
+    import sys, time
+    from cdc import pool
+    pool.configure(sys.argv[1])
+    n = int(sys.argv[2])
+    for i in range(n):
+        with pool.connection("bot") as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO kv VALUES (?, ?)", (f"{sys.argv[3]}{i}", i * 0.5))
+            conn.execute("UPDATE acct SET bal = ? WHERE id = 1", (float(i),))
+            conn.execute("COMMIT")
+        if i % 50 == 0:
+            with pool.connection("bot") as conn:  # autocommit, REPLACE through the UNIQUE
+                conn.execute("INSERT OR REPLACE INTO acct(handle, bal) VALUES ('a', ?)", (-0.0,))
+    pool.close_all()
+    """
+)
+
+
+def test_pool_writers_and_a_foreign_writer_under_a_daemon_killed_midway(tmp_path, daemons):
+    """Real processes: two bots through `cdc.pool` (hooks), one bot that never heard of it,
+    the daemon SIGKILLed while they write; the targets end equal, and `cdc status` tells the
+    two kinds of writers apart."""
+    make_db(tmp_path / "bot.db", SCHEMA + "INSERT INTO acct(handle) VALUES ('a');")
+    cfg_path = _config(tmp_path, "hooks")
+    with open(cfg_path, "a") as f:
+        f.write(
+            "[daemon]\npoll_interval = 0.05\ntrim_interval = 0.2\n[verify]\ncontinuous = false\n"
+        )
+    assert cdc_cmd("install", "-c", str(cfg_path)).returncode == 0
+    d = daemons(cfg_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bots = [
+        subprocess.Popen([sys.executable, "-c", POOL_BOT, str(cfg_path), "300", tag], env=env)
+        for tag in ("p", "q")
+    ]
+    other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None, timeout=10)
+    for i in range(100):
+        other.execute("INSERT INTO kv VALUES (?, ?)", (f"x{i}", i))
+        if i == 50:
+            d.kill()  # SIGKILL, mid-stream
+            d = daemons(cfg_path)
+    other.close()
+    for b in bots:
+        assert b.wait(timeout=120) == 0
+    st = d.wait_synced()
+    src = st["sources"][0]
+    assert src["capture"] == "hooks"
+    assert src["foreign_changes"] > 0 and src["hook_changes"] > 0  # since this daemon started
+    cfg = load_config(cfg_path)
+    assert [x for x in compare_plan(resolve_plan(cfg)) if not x.equal] == []
+    tgt = apsw.Connection(cfg.targets["core"])
+    assert tgt.execute("SELECT count(*) FROM kv").fetchone() == (700,)
