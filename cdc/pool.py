@@ -35,6 +35,7 @@ import msgspec
 
 from cdc.config import Config, PoolSettings, load_config
 from cdc.errors import CdcError, ConfigError, PoolTimeout
+from cdc.hooks import capture_for
 from cdc.pool_metrics import PoolMetrics, read_pool_metrics, write_pool_metrics
 from cdc.pool_open import open_pooled
 from cdc.pooled import PooledConnection
@@ -420,20 +421,7 @@ def _locate(cfg: Config, name: str) -> tuple[str, bool]:
 
 
 def _capture_factory(cfg: Config, name: str) -> CaptureFactory | None:
-    """In-process capture for a source that asks for it (`capture = "hooks"`), from
-    `cdc.hooks` when it is installed. A hooks source without it is refused: its writes
-    would reach the file without being captured, and replication would miss them."""
-    try:
-        from cdc import hooks  # imported late: optional, and heavier than the pool
-
-        capture_for = hooks.capture_for
-    except (ImportError, AttributeError) as e:
-        if cfg.capture_of(name) == "hooks":
-            raise ConfigError(
-                f'{name}: declared with capture = "hooks" but cdc.hooks is unavailable ({e})',
-                hint='use capture = "triggers" for this source',
-            ) from e
-        return None
+    """In-process capture for a source that asks for it (`capture = "hooks"`)."""
     return capture_for(cfg, name)
 
 
