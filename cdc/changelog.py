@@ -219,9 +219,9 @@ class LogWriter:
                 self._start_segment(self.end_offset)
             return start, start + len(data)
 
-    def delete_segments_before(self, offset: int) -> list[int]:
+    def delete_segments_before(self, offset: int, archive_dir: str | None = None) -> list[int]:
         with self._lock:
-            return delete_segments_before(self.log_dir, offset)
+            return delete_segments_before(self.log_dir, offset, archive_dir)
 
     def close(self) -> None:
         with self._lock:
@@ -230,21 +230,44 @@ class LogWriter:
                 self._fd = -1
 
 
-def delete_segments_before(log_dir: str, offset: int) -> list[int]:
-    """Drop whole segments that end at or before `offset` (every consumer is past them).
+def delete_segments_before(log_dir: str, offset: int, archive_dir: str | None = None) -> list[int]:
+    """Drop whole segments that end at or before `offset` (every consumer is past them),
+    or, with `archive_dir` (`[log] retention = "archive"`), move them there: the full
+    history stays readable (`cdc history`, `cdc rebuild`) at the cost of its disk.
 
     The newest segment is never deleted (the writer appends to it), so this is safe from
-    the apply worker's process while the daemon keeps appending.
+    the apply worker's process while the daemon keeps appending. An archived segment is
+    made durable in the archive before it leaves the log: a crash in between leaves it in
+    both places, never in neither.
     """
     removed = []
     bases = list_segments(log_dir)
     for base, nxt in zip(bases, bases[1:], strict=False):
         if nxt <= offset:
-            os.unlink(os.path.join(log_dir, segment_name(base)))
+            path = os.path.join(log_dir, segment_name(base))
+            if archive_dir is not None:
+                _archive(path, archive_dir)
+            os.unlink(path)
             removed.append(base)
     if removed:
         _fsync_dir(log_dir)
     return removed
+
+
+def _archive(path: str, archive_dir: str) -> None:
+    os.makedirs(archive_dir, mode=0o700, exist_ok=True)
+    dest = os.path.join(archive_dir, os.path.basename(path))
+    if os.path.exists(dest) and os.path.getsize(dest) == os.path.getsize(path):
+        return  # archived before a crash, not yet removed from the log
+    tmp = dest + ".tmp"
+    with open(path, "rb") as src, open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, dest)
+    _fsync_dir(archive_dir)
 
 
 class LogReader:

@@ -82,6 +82,15 @@ class PoolSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_interval: float = 1.0  # seconds between two writes of a process's metrics file
 
 
+class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What happens to change-log segments every target has applied. `delete` (default)
+    frees the space; `archive` moves them to `archive_dir`, keeping the whole history for
+    `cdc history` and `cdc rebuild` (docs/history.md) at the cost of the disk they take."""
+
+    retention: str = "delete"  # or "archive"
+    archive_dir: str = ""  # default: <state_dir>/log-archive
+
+
 class VerifySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The verifier's pace. It reads the bots' files, so it goes in small chunks (each one
     short read transaction) and, inside the daemon, at a bounded rate."""
@@ -102,11 +111,17 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     verify: VerifySettings = msgspec.field(default_factory=VerifySettings)
     pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
     config_path: str = ""
 
     @property
     def log_dir(self) -> str:
         return os.path.join(self.state_dir, "log")
+
+    @property
+    def log_archive_dir(self) -> str:
+        """Where `retention = "archive"` moves applied segments (same names, same format)."""
+        return self.log.archive_dir or os.path.join(self.state_dir, "log-archive")
 
     def capture_of(self, source: str) -> str:
         """How a (possibly glob-expanded) source is captured: "triggers" or "hooks"."""
@@ -166,6 +181,9 @@ def _absolutize(cfg: Config, base: Path, config_path: str) -> Config:
     return msgspec.structs.replace(
         cfg,
         state_dir=_abs(base, cfg.state_dir),
+        log=msgspec.structs.replace(
+            cfg.log, archive_dir=_abs(base, cfg.log.archive_dir) if cfg.log.archive_dir else ""
+        ),
         targets={k: _abs(base, v) for k, v in cfg.targets.items()},
         sources=[msgspec.structs.replace(s, path=_abs(base, s.path)) for s in cfg.sources],
         config_path=config_path,
@@ -215,6 +233,8 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"`daemon.{field}` must be positive")
     if d.poll_interval <= 0:
         problems.append("`daemon.poll_interval` must be positive")
+    if cfg.log.retention not in ("delete", "archive"):
+        problems.append(f'`log.retention` {cfg.log.retention!r}: use "delete" or "archive"')
     p = cfg.pool
     if p.size <= 0 or p.checkout_timeout <= 0 or p.busy_timeout_ms < 0:
         problems.append("`pool.size` and `pool.checkout_timeout` must be positive")

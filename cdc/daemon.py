@@ -109,7 +109,11 @@ class Daemon:
             self.worker = WorkerHandle(cfg, self.plan, self.writer.end_offset)
         else:
             self.applier = ApplyLoop(
-                self.plan, cfg.log_dir, self.settings, lambda: self.writer.end_offset
+                self.plan,
+                cfg.log_dir,
+                self.settings,
+                lambda: self.writer.end_offset,
+                archive_dir=cfg.log_archive_dir if cfg.log.retention == "archive" else None,
             )
         self.started_at = time.time()
         self._observer = None

@@ -29,9 +29,11 @@ class ApplyLoop:
         settings: DaemonSettings,
         durable_end: Callable[[], int],
         log_first: int | None = None,
+        archive_dir: str | None = None,
     ) -> None:
         self.plan = plan
         self.log_dir = log_dir
+        self.archive_dir = archive_dir  # `[log] retention = "archive"`: keep applied segments
         self.settings = settings
         self.durable_end = durable_end
         self.wake = threading.Event()
@@ -63,7 +65,9 @@ class ApplyLoop:
                 if res.newest_observed_at:
                     rt.last_lag = now - res.newest_observed_at
             if now - last_gc > GC_INTERVAL:
-                delete_segments_before(self.log_dir, self.replicator.durable_min_offset())
+                delete_segments_before(
+                    self.log_dir, self.replicator.durable_min_offset(), self.archive_dir
+                )
                 last_gc = now
             if self.replicator.errors:
                 self.wake.wait(1.0)  # a target is locked or full: retry, don't spin

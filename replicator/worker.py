@@ -185,7 +185,9 @@ def main() -> int:
     st = ApplyStatus(os.getpid(), time.time())
     try:
         _lock(cfg.state_dir)
-        loop = ApplyLoop(start.plan, cfg.log_dir, cfg.daemon, lambda: end[0])
+        loop = ApplyLoop(
+            start.plan, cfg.log_dir, cfg.daemon, lambda: end[0], archive_dir=_archive_dir(cfg)
+        )
     except CdcError as e:
         st.error, st.exit_code = e.message + (f" (hint: {e.hint})" if e.hint else ""), e.exit_code
         _write_status(cfg.state_dir, st)
@@ -230,3 +232,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _archive_dir(cfg: Config) -> str | None:
+    return cfg.log_archive_dir if cfg.log.retention == "archive" else None

@@ -92,6 +92,28 @@ def test_positions_survive_segment_rolls_and_deletion(tmp_path):
     assert w2.positions["s"].through_seq == 92
 
 
+def test_archive_retention_moves_applied_segments_whole(tmp_path):
+    log, archive = tmp_path / "log", tmp_path / "archive"
+    w = LogWriter(str(log), segment_bytes=300)
+    for i in range(10):
+        _batch(w, i)
+    everything = _rows(str(log))
+    moved = w.delete_segments_before(w.end_offset, str(archive))
+    assert moved and list_segments(str(archive)) == moved
+    assert len(list_segments(str(log))) == 1
+    assert oct(os.stat(archive).st_mode & 0o777) == "0o700"
+    assert _rows(str(archive)) + _rows(str(log)) == everything  # nothing lost, in order
+    # a crash after the copy, before the unlink: the segment is in both; the next run
+    # keeps the archived copy and removes the log's
+    for i in range(10, 14):
+        _batch(w, i)
+    nxt = list_segments(str(log))[0]
+    (archive / segment_name(nxt)).write_bytes((log / segment_name(nxt)).read_bytes())
+    w.delete_segments_before(w.end_offset, str(archive))
+    assert nxt in list_segments(str(archive)) and nxt not in list_segments(str(log))
+    w.close()
+
+
 def test_corrupt_frame_in_the_middle_is_named(tmp_path):
     w = LogWriter(str(tmp_path), segment_bytes=300)
     for i in range(6):
