@@ -168,6 +168,11 @@ def _lock(state_dir: str) -> int:
             time.sleep(0.05)
 
 
+def _archive_dir(cfg: Config) -> str | None:
+    """Where applied segments go under `[log] retention = "archive"`, else None (deleted)."""
+    return cfg.log_archive_dir if cfg.log.retention == "archive" else None
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     logging.basicConfig(
@@ -232,7 +237,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _archive_dir(cfg: Config) -> str | None:
-    return cfg.log_archive_dir if cfg.log.retention == "archive" else None
