@@ -246,17 +246,23 @@ def status(config_path: str, as_json: bool, watch: float | None) -> None:
     from cdc.status_view import render_status
 
     cfg = _load(config_path)
-    while True:
-        st = _run(lambda: collect_status(cfg))
-        if as_json:
-            click.echo(msgspec.json.encode(st).decode())
-        else:
-            if watch:
-                click.clear()
-            click.echo(render_status(st))
-        if not watch:
-            return
-        time.sleep(watch)
+    prev, prev_t = None, 0.0
+    try:
+        while True:
+            st = _run(lambda: collect_status(cfg))
+            now = time.monotonic()
+            if as_json:
+                click.echo(msgspec.json.encode(st).decode())
+            else:
+                if watch:
+                    click.clear()
+                click.echo(render_status(st, prev, now - prev_t))
+            if not watch:
+                return
+            prev, prev_t = st, now
+            time.sleep(watch)
+    except KeyboardInterrupt:  # Ctrl-C ends --watch: the normal way out, exit 0
+        click.echo("")
 
 
 EXIT_DIVERGED = 10  # a verified table differs (keys named in the output)

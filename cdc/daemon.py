@@ -134,7 +134,9 @@ class Daemon:
                 if time.monotonic() >= next_repair_look:
                     next_repair_look = time.monotonic() + REPAIR_POLL
                     self._serve_repairs(h)
+                began = time.time()  # a change captured after this may not be in `res`
                 res = h.harvest()
+                rt.heartbeat_at = began
                 rt.harvested += res.events
                 rt.through_seq = res.through_seq
                 rt.hook_rows, rt.foreign_rows = h.hook_rows, h.foreign_rows

@@ -42,6 +42,8 @@ class SourceStatus(msgspec.Struct):
     capture: str = "triggers"  # or "hooks" (docs/hooks.md)
     hook_changes: int = 0  # hooks: capture rows written by pool connections (daemon's run)
     foreign_changes: int = 0  # hooks: capture rows by writers outside the pool (triggers)
+    heartbeat_at: float | None = None  # start of the daemon's last complete harvest pass
+    lag_seconds: float | None = None  # see `_lag`: never a stale zero; None: unknown
 
 
 class TargetStatus(msgspec.Struct):
@@ -60,6 +62,7 @@ class DaemonState(msgspec.Struct):
     pid: int | None = None
     updated_at: float | None = None
     error: str | None = None
+    started_at: float | None = None
 
 
 class LogStatus(msgspec.Struct):
@@ -210,6 +213,9 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             else:
                 logged = (rt.through_seq, rt.snapshot) if rt else None
             _fill_source(st, sp, cfg, logged, applied_seq, oldest, now)
+        if rt and rt.heartbeat_at:
+            st.heartbeat_at = rt.heartbeat_at
+        st.lag_seconds = _lag(st, cfg, oldest.get(sp.name), now)
         if rt and daemon.state == "running":
             st.last_error = rt.last_error
             st.hook_changes, st.foreign_changes = rt.hook_rows, rt.foreign_rows
@@ -255,6 +261,38 @@ def _fill_source(st, sp, cfg, logged, applied_seq, oldest, now) -> None:
         st.backlog_seconds = max(0.0, now - oldest[sp.name])
 
 
+def fresh_limit(cfg: Config) -> float:
+    """How old a heartbeat may be and still prove an idle source up to date: a harvest
+    thread passes at least every poll interval, and the status file is written every 0.5 s."""
+    return max(2.0, 3 * cfg.daemon.poll_interval + 1.0)
+
+
+def _lag(st: SourceStatus, cfg: Config, oldest_unapplied: float | None, now: float) -> float | None:
+    """Seconds the targets are behind this source, never a stale number.
+
+    - nothing pending and a recent heartbeat: 0, proven;
+    - changes logged but not applied: the age of the oldest one;
+    - changes captured but not harvested: they are at most as old as the last harvest pass
+      (`now - heartbeat_at`), since that pass saw the capture table to its end;
+    - no recent heartbeat (daemon down or stuck): the age of the last proof, which grows
+      every second instead of staying at its last value; None if there never was one.
+    """
+    age = now - st.heartbeat_at if st.heartbeat_at else None
+    fresh = age is not None and age <= fresh_limit(cfg)
+    if st.snapshot == "finalized" or not st.tables:
+        return 0.0
+    lag = 0.0
+    if st.applied < st.logged and oldest_unapplied is not None:
+        lag = max(lag, now - oldest_unapplied)
+    if st.captured > st.logged or st.snapshot != "done":
+        if age is None:
+            return None
+        lag = max(lag, age)
+    if not fresh:
+        return None if age is None else max(lag, age)
+    return max(0.0, lag)
+
+
 def _daemon_state(cfg: Config, ds, now: float) -> DaemonState:
     if ds is None:
         return DaemonState("not started")
@@ -263,7 +301,7 @@ def _daemon_state(cfg: Config, ds, now: float) -> DaemonState:
         state = "dead"
     elif state == "running" and now - ds.updated_at > 10:
         state = "stalled"
-    return DaemonState(state, ds.pid, ds.updated_at, ds.error)
+    return DaemonState(state, ds.pid, ds.updated_at, ds.error, ds.started_at)
 
 
 def daemon_running(cfg: Config) -> bool:

@@ -27,6 +27,7 @@ class SourceRuntime(msgspec.Struct):
     capture: str = "triggers"
     hook_rows: int = 0  # hook capture: changes written by pool connections
     foreign_rows: int = 0  # hook capture: changes by writers outside the pool (triggers)
+    heartbeat_at: float = 0.0  # start of the last harvest that read this file to its end
 
 
 class TargetRuntime(msgspec.Struct):

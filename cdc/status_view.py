@@ -13,10 +13,40 @@ def _age(ts: float | None) -> str:
     return f"{max(0.0, time.time() - ts):.1f}s ago"
 
 
-def render_status(st: Status) -> str:
+def _duration(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def render_status(st: Status, prev: Status | None = None, dt: float = 0.0) -> str:
+    """The status as text. Given the previous frame of `cdc status --watch` and the seconds
+    between them, rates are shown too (changes/s harvested per source, applied per target)."""
+    return _render(st, _rates(st, prev, dt))
+
+
+def _rates(st: Status, prev: Status | None, dt: float) -> dict[str, float]:
+    if prev is None or dt <= 0:
+        return {}
+    out = {}
+    before = {s.name: s.logged for s in prev.sources}
+    for s in st.sources:
+        if s.name in before:
+            out[f"source:{s.name}"] = max(0, s.logged - before[s.name]) / dt
+    before = {t.name: t.applied_events for t in prev.targets}
+    for t in st.targets:
+        if t.name in before:
+            out[f"target:{t.name}"] = max(0, t.applied_events - before[t.name]) / dt
+    return out
+
+
+def _render(st: Status, rates: dict[str, float]) -> str:
     d = st.daemon
+    up = f", up {_duration(time.time() - d.started_at)}" if d.started_at else ""
     lines = [
-        f"daemon: {d.state}" + (f" (pid {d.pid}, updated {_age(d.updated_at)})" if d.pid else "")
+        f"daemon: {d.state}"
+        + (f" (pid {d.pid}{up}, updated {_age(d.updated_at)})" if d.pid else "")
     ]
     if d.error:
         lines.append(f"  error: {d.error}")
@@ -24,14 +54,19 @@ def render_status(st: Status) -> str:
         f"log: {st.log.segments} segments, offsets {st.log.first_offset}..{st.log.end_offset}"
     )
     lines.append("")
-    hdr = f"{'source':<24} {'tables':>6} {'captured':>9} {'logged':>9} {'applied':>9} {'backlog':>8} {'lag':>7}  snapshot"
+    hdr = (
+        f"{'source':<24} {'tables':>6} {'captured':>9} {'logged':>9} {'applied':>9} "
+        f"{'backlog':>8} {'lag':>7} {'rate/s':>8}  snapshot"
+    )
     lines.append(hdr)
     for s in st.sources:
-        lag = f"{s.backlog_seconds:.2f}s" if s.backlog_events else "0s"
+        lag = "?" if s.lag_seconds is None else f"{s.lag_seconds:.2f}s"
         inst = "" if s.installed or not s.tables else "  NOT INSTALLED"
+        rate = rates.get(f"source:{s.name}")
+        rate_s = "-" if rate is None else f"{rate:.0f}"
         lines.append(
             f"{s.name:<24} {s.tables:>6} {s.captured:>9} {s.logged:>9} {s.applied:>9} "
-            f"{s.backlog_events:>8} {lag:>7}  {s.snapshot}{inst}"
+            f"{s.backlog_events:>8} {lag:>7} {rate_s:>8}  {s.snapshot}{inst}"
         )
         if s.capture == "hooks":
             lines.append(
@@ -41,10 +76,17 @@ def render_status(st: Status) -> str:
         if s.last_error:
             lines.append(f"  last error: {s.last_error}")
     lines.append("")
-    lines.append(f"{'target':<12} {'applied events':>14} {'behind (bytes)':>15} {'last apply':>12}")
+    lines.append(
+        f"{'target':<12} {'applied events':>14} {'log offset':>12} {'behind (bytes)':>15} "
+        f"{'apply lag':>9} {'rate/s':>8} {'last apply':>12}"
+    )
     for t in st.targets:
+        rate = rates.get(f"target:{t.name}")
+        rate_s = "-" if rate is None else f"{rate:.0f}"
+        tlag = "-" if t.lag_seconds is None else f"{t.lag_seconds:.2f}s"
         lines.append(
-            f"{t.name:<12} {t.applied_events:>14} {t.backlog_bytes:>15} {_age(t.last_applied_at):>12}"
+            f"{t.name:<12} {t.applied_events:>14} {t.log_offset:>12} {t.backlog_bytes:>15} "
+            f"{tlag:>9} {rate_s:>8} {_age(t.last_applied_at):>12}"
         )
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
