@@ -7,6 +7,7 @@ error class's exit code, in one place (`_run`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -17,7 +18,7 @@ import click
 import msgspec
 
 from cdc.config import Config, load_config
-from cdc.errors import CdcError, LogCorruptError
+from cdc.errors import CdcError, ConfigError, LogCorruptError
 
 T = TypeVar("T")
 
@@ -57,10 +58,17 @@ def _load(path: str) -> Config:
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text (default) or one JSON object each (source/table/target/offset).",
+)
+def cli(verbose: int, log_format: str | None) -> None:
     """sqlite-cdc: replicate live legacy SQLite databases into consolidated ones."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cdc import logfmt
+
+    logfmt.configure(logging.WARNING - 10 * min(verbose, 2), log_format)
 
 
 @cli.command()
@@ -218,7 +226,13 @@ def schema(config_path: str, out_dir: str) -> None:
 
 @cli.command()
 @config_option
-def run(config_path: str) -> None:
+@click.option(
+    "--metrics-addr",
+    default=None,
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus metrics there (a bare port binds to 127.0.0.1 only).",
+)
+def run(config_path: str, metrics_addr: str | None) -> None:
     """Run the daemon in the foreground until SIGINT/SIGTERM."""
     import signal
     import threading
@@ -230,6 +244,13 @@ def run(config_path: str) -> None:
         signal.signal(sig, lambda *_: stop.set())
     cfg = _load(config_path)
     daemon = _run(lambda: Daemon(cfg, stop_event=stop))
+    if metrics_addr:
+        from cdc import metrics
+
+        try:
+            metrics.serve(cfg, metrics_addr, daemon.plan)
+        except (OSError, ValueError) as e:
+            _fail(ConfigError(f"--metrics-addr {metrics_addr}: {e}"))
     code = daemon.run(install_signals=False)
     if daemon.fatal is not None:
         _report(daemon.fatal)
@@ -262,7 +283,8 @@ def status(config_path: str, as_json: bool, watch: float | None) -> None:
             prev, prev_t = st, now
             time.sleep(watch)
     except KeyboardInterrupt:  # Ctrl-C ends --watch: the normal way out, exit 0
-        click.echo("")
+        if not as_json:
+            click.echo("")
 
 
 EXIT_DIVERGED = 10  # a verified table differs (keys named in the output)
@@ -499,6 +521,232 @@ def log_check(config_path: str, as_json: bool) -> None:
             )
         click.echo("log ok" if report.ok else "log damaged")
     sys.exit(0 if report.ok else LogCorruptError.exit_code)
+
+
+@log_group.command(name="tail")
+@config_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new batches until Ctrl-C.")
+@click.option("--from", "from_offset", type=int, default=None, help="Start at this log offset.")
+@click.option("--last", type=int, default=None, help="Start with the last N events [10].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--source", default=None, help="Only this source (glob).")
+@click.option("--table", default=None, help="Only this legacy table (glob).")
+def log_tail(config_path, follow, from_offset, last, as_json, source, table) -> None:  # noqa: ANN001
+    """Print the change log's events, one line each: rows (values as SQL literals, so
+    1, 1.0, '1' and X'31' differ), schemas and marks (docs/history.md)."""
+    import os
+    import signal
+    import threading
+
+    from cdc import history
+
+    cfg = _load(config_path)
+    stop = threading.Event()  # Ctrl-C / SIGTERM end the output between two batches, exit 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if from_offset is None and last is None:
+        last = 10
+    fmt = history.event_json if as_json else history.format_event
+    events = history.tail(
+        cfg,
+        from_offset=from_offset,
+        last=last,
+        follow=follow,
+        source=source,
+        table=table,
+        stop=stop,
+    )
+
+    def show() -> None:
+        for e in events:
+            click.echo(fmt(e))
+
+    try:
+        _run(show)
+    except BrokenPipeError:  # `| head`: the reader is gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@cli.command(name="history")
+@config_option
+@click.argument("table_ref", metavar="TARGET.TABLE")
+@click.argument("key", nargs=-1)
+@click.option("--key-json", default=None, help="The key as a JSON array, e.g. '[5]'.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def history_cmd(config_path, table_ref, key, key_json, as_json) -> None:  # noqa: ANN001
+    """Every change of one row of a target table, from the retained change log.
+
+    KEY values are read as the legacy key column would store them ("5" is 5 in an
+    INTEGER key); a merged table's key may start with the tag. Says so when older
+    segments were deleted and the history is incomplete.
+    """
+    from cdc import history as h
+    from cdc.errors import ConfigError
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    plan = _run(lambda: resolve_plan(cfg, strict=False))
+    target, table = _run(lambda: h.split_table_ref(plan, table_ref))
+    if (key_json is None) == (not key):
+        _fail(ConfigError("give the key as KEY... or as --key-json, once"))
+    if key_json is not None:
+        values = _run(lambda: h.key_from_json(key_json))
+    else:
+        values = _run(lambda: h.parse_key(plan, target, table, list(key)))
+    found = _run(lambda: h.row_history(cfg, plan, target, table, values))
+    click.echo(h.history_json(found) if as_json else h.format_history(found))
+
+
+@cli.command(name="rebuild")
+@config_option
+@click.argument("target")
+@click.option(
+    "--as-of",
+    "as_of",
+    required=True,
+    help="A log offset, an ISO time (UTC unless it says) or @UNIX_SECONDS.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="New file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def rebuild_cmd(config_path, target, as_of, out, as_json) -> None:  # noqa: ANN001
+    """Write TARGET as it was right after a log offset (or time) into a new file, by
+    replaying the retained change log through the replicator (docs/history.md)."""
+    from cdc.history_rebuild import parse_as_of, rebuild
+    from cdc.plan import resolve_plan
+
+    cfg = _load(config_path)
+    point = _run(lambda: parse_as_of(as_of))
+    plan = _run(lambda: resolve_plan(cfg))
+    res = _run(lambda: rebuild(cfg, plan, target, point, out))
+    if as_json:
+        click.echo(msgspec.json.encode(res).decode())
+        return
+    rows = sum(t.rows for t in res.tables)
+    click.echo(
+        f"{res.target} as of offset {res.offset}: {len(res.tables)} tables, {rows} rows, "
+        f"{res.events} events from {res.frames} frames replayed in {res.seconds:.2f}s"
+    )
+    for t in res.tables:
+        click.echo(f"  {t.name}: {t.rows} rows")
+    click.echo(f"wrote {res.out}")
+
+
+def _control_what(fn, panic: bool = False):  # noqa: ANN001, ANN202
+    """The options of `cdc pause` and `cdc resume`: what to pause or resume."""
+    opts = [
+        click.option(
+            "--harvest",
+            "what",
+            flag_value="harvest",
+            default=True,
+            help="Harvesting of the sources NAMES (the default).",
+        ),
+        click.option("--apply", "what", flag_value="apply", help="Applying to the targets NAMES."),
+        click.option("--both", "what", flag_value="both", help="Harvest and apply, everything."),
+        click.option("--cutover", "what", flag_value="cutover", help="New cutovers."),
+    ]
+    if panic:
+        opts.append(click.option("--panic", "what", flag_value="panic", help="Lift a panic stop."))
+    for opt in reversed([config_option, click.argument("names", nargs=-1), *opts]):
+        fn = opt(fn)
+    return fn
+
+
+@cli.command()
+@_control_what
+def pause(config_path: str, names: tuple[str, ...], what: str) -> None:
+    """Pause harvesting of the sources NAMES (default: all): the daemon stops reading their
+    legacy files, and their capture rows wait there. --apply: stop applying to the targets
+    NAMES; --both: everything; --cutover: refuse new cutovers. Kept across restarts until
+    `cdc resume` (docs/controls.md)."""
+    _steer(config_path, what, names, True)
+
+
+@cli.command()
+@functools.partial(_control_what, panic=True)
+def resume(config_path: str, names: tuple[str, ...], what: str) -> None:
+    """Undo `cdc pause` (same options); --panic lifts a panic stop so `cdc run` may start."""
+    _steer(config_path, what, names, False)
+
+
+def _steer(config_path: str, what: str, names: tuple[str, ...], on: bool) -> None:
+    from cdc import controls
+
+    cfg = _load(config_path)
+    _show_controls(cfg, _run(lambda: controls.steer(cfg, what, list(names), on)))
+
+
+def _show_controls(cfg: Config, now) -> None:  # noqa: ANN001 - cdc.controls.Controls
+    from cdc.controls import describe
+    from cdc.status import daemon_running
+
+    for line in describe(now) or ["no controls in force"]:
+        click.echo(line)
+    if daemon_running(cfg):
+        click.echo("the running daemon follows within about a second")
+    else:
+        click.echo("the daemon is not running; it follows these when it starts")
+
+
+@cli.command()
+@config_option
+@click.argument("sources", nargs=-1)
+@click.option(
+    "--max-changes-per-second",
+    type=float,
+    default=None,
+    help="Harvest at most this many changes per second, per source.",
+)
+@click.option(
+    "--max-lock-ms",
+    type=float,
+    default=None,
+    help="Keep each harvest read transaction under this many ms (adaptive batch size).",
+)
+@click.option("--off", is_flag=True, help="Remove the throttle.")
+def throttle(
+    config_path: str,
+    sources: tuple[str, ...],
+    max_changes_per_second: float | None,
+    max_lock_ms: float | None,
+    off: bool,
+) -> None:
+    """Slow down the harvest of SOURCES (default: all) so their bots feel it less. The
+    limits replace any earlier throttle of those sources; kept until `--off`."""
+    from cdc import controls
+
+    cfg = _load(config_path)
+    now = _run(
+        lambda: controls.throttle(cfg, list(sources), max_changes_per_second, max_lock_ms, off)
+    )
+    _show_controls(cfg, now)
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the daemon to stop.",
+)
+def panic(config_path: str, timeout: float) -> None:
+    """Stop the daemon at once (harvest, apply and its worker) and keep it stopped: it exits
+    with code 9 and refuses to start until `cdc resume --panic`. Exit 0 once it stopped,
+    75 if it still runs after --timeout."""
+    from cdc import controls
+    from cdc.status import daemon_running
+
+    cfg = _load(config_path)
+    running = daemon_running(cfg)
+    _run(lambda: controls.set_panic(cfg.state_dir, True))
+    click.echo(f"panic stop requested ({controls.control_dir(cfg.state_dir)}/panic)")
+    if not controls.wait_daemon_gone(cfg, timeout):
+        click.echo(f"the daemon still runs after {timeout:g}s", err=True)
+        sys.exit(EXIT_TIMEOUT)
+    what = "the daemon is stopped" if running else "no daemon was running"
+    click.echo(f"{what}; it will not start until `cdc resume --panic`")
 
 
 @cli.command()

@@ -40,6 +40,7 @@ import msgspec
 
 from cdc import backflow, fence, lag
 from cdc.config import Config
+from cdc.controls import read_controls
 from cdc.cutover_state import CutoverRecord, CutoverTable, read_record, save_record
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
 from cdc.plan import Plan, TableMapping
@@ -89,6 +90,14 @@ def cutover(
         )
     if not tables:
         raise ConfigError(f"target {target!r} has no mapped tables: nothing to cut over")
+    new_round = rec is None or rec.state in ("aborted", "rolled_back")
+    if new_round and read_controls(cfg.state_dir).cutover_postponed:
+        # Only a new round is refused: an interrupted one has the bots fenced already, and
+        # finishing it (or `--abort`) is the way out.
+        raise CutoverError(
+            f"{target}: cutovers are postponed (`cdc pause --cutover`); nothing was changed",
+            hint="`cdc resume --cutover` when the stage may be cut over",
+        )
     if not daemon_running(cfg):
         raise DaemonError(
             f"the daemon is not running on {cfg.state_dir}: nothing would drain the last changes",

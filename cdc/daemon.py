@@ -6,6 +6,8 @@ the legacy files and their -wal/-journal companions, with a polling fallback, so
 daemon costs nothing and a busy one reacts within milliseconds. A source that fails
 (locked, vanished) is backed off and reported, without stopping the others; a damaged log
 or a target that refuses writes stops the daemon, because continuing could lose data.
+Operators steer it live through control files (`cdc.controls`, docs/controls.md), which the
+main thread polls: paused sources are not touched, throttled ones are paced, a panic stops it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from watchdog.observers import Observer
 from cdc import backflow, repair
 from cdc.changelog import LogWriter
 from cdc.config import Config
+from cdc.controls import ControlWatcher, describe, panic_error
 from cdc.cutover_state import finalized_sources, read_records
-from cdc.errors import CdcError, DaemonError, LogCorruptError, TargetError
+from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, TargetError
 from cdc.harvester import Harvester
+from cdc.pacing import Pacer, TimedWriter
 from cdc.plan import Plan, resolve_plan
 from cdc.status_file import (
     BackflowRuntime,
@@ -79,6 +83,12 @@ class Daemon:
     ) -> None:
         self.cfg = cfg
         self.settings = cfg.daemon
+        # A panic file left in place means a human stopped the migration on purpose: it
+        # stays stopped, before anything is locked or opened, until `cdc resume --panic`.
+        self.control_watch = ControlWatcher(cfg.state_dir)
+        self.controls = self.control_watch.current()
+        if self.controls.panic:
+            raise panic_error(self.controls)
         # Given by the CLI, which installs its signal handlers before the (slow) start, so
         # a SIGTERM that arrives while sources open still ends in a clean stop.
         self.stop_event = stop_event or threading.Event()
@@ -114,6 +124,7 @@ class Daemon:
                 self.settings,
                 lambda: self.writer.end_offset,
                 archive_dir=cfg.log_archive_dir if cfg.log.retention == "archive" else None,
+                controls=lambda: self.controls,
             )
         self.started_at = time.time()
         self._observer = None
@@ -122,32 +133,33 @@ class Daemon:
 
     # -- threads ---------------------------------------------------------------------------
     def _harvest_loop(self, h: Harvester) -> None:
-        """One thread per source: a bot holding one file's lock delays only that file."""
+        """One thread per source: a bot holding one file's lock delays only that file.
+
+        It obeys the source's controls: while paused it does not touch the file at all (no
+        harvest, snapshot chunk, trim or repair), and a throttle paces it (`Pacer`)."""
         name = h.plan.name
         rt = self.runtime[name]
         wake = self.wakes[name]
+        pacer = Pacer(self.settings)
+        h.writer = timed = TimedWriter(self.writer)
         next_repair_look = 0.0
         while not self.stop_event.is_set():
             wake.clear()
             pause = self.settings.poll_interval
+            ctl = self.controls
+            if name in ctl.paused_harvest:
+                self.stop_event.wait(pause)  # not `wake`: the bots' writes must not spin us
+                continue
+            pacer.use(ctl.throttles.get(name))
+            delay = pacer.delay()
+            if delay:
+                self.stop_event.wait(delay)
+                continue
             try:
                 if time.monotonic() >= next_repair_look:
                     next_repair_look = time.monotonic() + REPAIR_POLL
                     self._serve_repairs(h)
-                began = time.time()  # a change captured after this may not be in `res`
-                res = h.harvest()
-                rt.heartbeat_at = began
-                rt.harvested += res.events
-                rt.through_seq = res.through_seq
-                rt.hook_rows, rt.foreign_rows = h.hook_rows, h.foreign_rows
-                busy = res.full
-                if h.snapshot_pending:
-                    rt.snapshot_rows += h.snapshot_chunk()
-                    busy = True
-                rt.snapshot_done = not h.snapshot_pending
-                rt.snapshot = h.snapshot_state()
-                if res.events or busy:
-                    self.apply_wake.set()
+                busy = self._harvest_step(h, rt, pacer, timed)
                 rt.last_error = None
                 if busy:
                     continue
@@ -168,6 +180,42 @@ class Daemon:
                 pause = 1.0
             wake.wait(pause)
 
+    def _harvest_step(
+        self, h: Harvester, rt: SourceRuntime, pacer: Pacer, timed: TimedWriter
+    ) -> bool:
+        """One harvest and, while the snapshot runs, one chunk, each in the batch size the
+        pacer allows and timed without the log append. True: there is more to do now."""
+        h.settings = pacer.settings()
+        before, timed.seconds, t = h.position.through_seq, 0.0, time.monotonic()
+        began = time.time()  # a change captured after this may not be in `res`
+        res = h.harvest()
+        pacer.done(
+            "harvest",
+            res.through_seq - before,
+            h.settings.harvest_batch,
+            time.monotonic() - t - timed.seconds,
+        )
+        if not res.full:  # the pass read the capture table to its end
+            rt.heartbeat_at = began
+        rt.harvested += res.events
+        rt.through_seq = res.through_seq
+        rt.hook_rows, rt.foreign_rows = h.hook_rows, h.foreign_rows
+        busy = res.full
+        if h.snapshot_pending:
+            busy = True
+            if not pacer.delay():
+                h.settings = pacer.settings()
+                timed.seconds, t = 0.0, time.monotonic()
+                rows = h.snapshot_chunk()
+                spent = time.monotonic() - t - timed.seconds
+                pacer.done("snapshot", rows, h.settings.snapshot_chunk, spent)
+                rt.snapshot_rows += rows
+        rt.snapshot_done = not h.snapshot_pending
+        rt.snapshot = h.snapshot_state()
+        if res.events or busy:
+            self.apply_wake.set()
+        return busy
+
     def _serve_repairs(self, h: Harvester) -> None:
         for req in repair.pending(self.cfg.state_dir, h.plan.name):
             try:
@@ -185,7 +233,7 @@ class Daemon:
             self.applier.wake = self.apply_wake
             try:
                 self.applier.run()
-            except (TargetError, LogCorruptError, apsw.Error) as e:
+            except (TargetError, LogCorruptError, PanicStop, apsw.Error) as e:
                 self._die(e)
             return
         while not self.stop_event.is_set():
@@ -254,6 +302,16 @@ class Daemon:
             log.exception("worker %s crashed", loop.__name__)
             self._die(e)
 
+    def _poll_controls(self) -> None:
+        """The main thread's look at the control folder; the other threads read
+        `self.controls` (one reference, swapped whole)."""
+        ctl = self.control_watch.current()
+        if ctl != self.controls:
+            log.warning("controls now: %s", "; ".join(describe(ctl)) or "none")
+            self.controls = ctl
+        if ctl.panic:
+            self._die(panic_error(ctl))
+
     def _die(self, e: Exception) -> None:
         log.critical("stopping: %s", e)
         self.fatal = e if isinstance(e, CdcError) else DaemonError(f"{type(e).__name__}: {e}")
@@ -319,6 +377,8 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop_event.set())
         self._watch()
+        if self.controls.active:  # a restarted daemon that looks idle should say why
+            log.warning("controls in force: %s", "; ".join(describe(self.controls)))
         threads = (
             [
                 threading.Thread(
@@ -355,6 +415,7 @@ class Daemon:
             "in a worker process" if self.worker else "in a thread",
         )
         while not self.stop_event.wait(0.2):
+            self._poll_controls()
             if not all(t.is_alive() or t.name in self._released for t in threads[:-1]):
                 self._die(DaemonError("a worker thread died unexpectedly"))
         for ev in self.wakes.values():
@@ -377,6 +438,7 @@ class Daemon:
             self.worker.stop()
         if self.applier is not None:
             self.applier.close()
-        self.write_status("failed" if self.fatal else "stopped")
+        failed = self.fatal is not None and not isinstance(self.fatal, PanicStop)
+        self.write_status("failed" if failed else "stopped")
         self.writer.close()
         os.close(self._lock_fd)

@@ -66,3 +66,11 @@ class PoolTimeout(CdcError):
     connection of that database is lent out, and held longer than the borrower would wait."""
 
     exit_code = 8
+
+
+class PanicStop(CdcError):
+    """An operator asked for a panic stop (`cdc panic`, the `control/panic` file): the daemon
+    stops harvesting and applying at once, exits with this code, and refuses to start again
+    until `cdc resume --panic` removes the file (docs/controls.md)."""
+
+    exit_code = 9

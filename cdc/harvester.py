@@ -149,7 +149,12 @@ class Harvester:
                 )
             if force or self.infos.get(name) != info:
                 if name in self.infos:
-                    log.info("source %s: table %s changed shape", self.plan.name, name)
+                    log.info(
+                        "source %s: table %s changed shape",
+                        self.plan.name,
+                        name,
+                        extra={"source": self.plan.name, "table": name},
+                    )
                 self.infos[name] = info
                 self._pending_schemas.append(info.to_schema(self.plan.name))
         self._schema_version = version  # only once every table was found: a dropped or
@@ -320,7 +325,12 @@ class Harvester:
             frames, SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))
         )
         if snaps[idx].done:
-            log.info("source %s: snapshot of %s complete", src, cur.table)
+            log.info(
+                "source %s: snapshot of %s complete",
+                src,
+                cur.table,
+                extra={"source": src, "table": cur.table},
+            )
         return len(rows)
 
     # -- repair --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import msgspec
 from cdc import capture
 from cdc.changelog import LogReader, list_segments
 from cdc.config import Config
+from cdc.controls import Controls, read_controls
 from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
 from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
@@ -81,6 +82,7 @@ class Status(msgspec.Struct):
     cutovers: list[CutoverRecord] = []  # stages cut over, or being cut over
     backflow: dict[str, BackflowRuntime] = {}  # open rollback windows (the daemon's way back)
     pools: list[PoolMetrics] = []  # connection pools of live bot processes (cdc.pool)
+    controls: Controls = msgspec.field(default_factory=Controls)  # docs/controls.md
 
     @property
     def backlog_events(self) -> int:
@@ -180,8 +182,10 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         for src, seq in seqs.items():
             applied_seq.setdefault(src, []).append((name, seq))
         if off < end:
+            fed = {sp.name for sp in plan.sources if any(m.target == name for m in sp.tables)}
             for src, t in _first_unapplied(cfg.log_dir, off).items():
-                oldest[src] = min(oldest.get(src, t), t)
+                if src in fed:  # a target's offset also passes frames it does not take
+                    oldest[src] = min(oldest.get(src, t), t)
         targets.append(
             TargetStatus(
                 name,
@@ -230,6 +234,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         read_records(cfg.state_dir),
         dict(ds.backflow) if ds and daemon.state == "running" else {},
         read_pool_metrics(cfg.state_dir),
+        read_controls(cfg.state_dir),
     )
 
 
@@ -282,7 +287,9 @@ def _lag(st: SourceStatus, cfg: Config, oldest_unapplied: float | None, now: flo
     if st.snapshot == "finalized" or not st.tables:
         return 0.0
     lag = 0.0
-    if st.applied < st.logged and oldest_unapplied is not None:
+    if st.applied < st.logged:
+        if oldest_unapplied is None:
+            return None  # beyond the bounded scan of the log: unknown, not zero
         lag = max(lag, now - oldest_unapplied)
     if st.captured > st.logged or st.snapshot != "done":
         if age is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from cdc.controls import describe
 from cdc.status import Status
 
 
@@ -78,7 +79,7 @@ def _render(st: Status, rates: dict[str, float]) -> str:
     lines.append("")
     lines.append(
         f"{'target':<12} {'applied events':>14} {'log offset':>12} {'behind (bytes)':>15} "
-        f"{'apply lag':>9} {'rate/s':>8} {'last apply':>12}"
+        f"{'batch lag':>9} {'rate/s':>8} {'last apply':>12}"
     )
     for t in st.targets:
         rate = rates.get(f"target:{t.name}")
@@ -100,6 +101,9 @@ def _render(st: Status, rates: dict[str, float]) -> str:
     if st.pools:
         lines.append("")
         lines.extend(_render_pool(m) for m in st.pools)
+    if st.controls.active:
+        lines.append("")
+        lines.extend(f"CONTROL: {c}" for c in describe(st.controls))
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("")

@@ -3,7 +3,9 @@
 It applies up to the log's durable end (given by the harvesting side), records what it
 did for the status, and deletes log segments once every target is durably past them.
 Locked or full targets are retried; any other target or log error ends the loop by
-raising, because continuing could lose data.
+raising, because continuing could lose data. It obeys the live controls
+(docs/controls.md): a paused target is skipped (its checkpoint stays the lowest, so the
+segments it still needs are kept), and a panic stop ends the loop with `PanicStop`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 from cdc.changelog import delete_segments_before
 from cdc.config import DaemonSettings
+from cdc.controls import Controls, panic_error
 from cdc.plan import Plan
 from cdc.status_file import TargetRuntime
 from replicator.replicator import Replicator
@@ -30,8 +33,10 @@ class ApplyLoop:
         durable_end: Callable[[], int],
         log_first: int | None = None,
         archive_dir: str | None = None,
+        controls: Callable[[], Controls] = Controls,
     ) -> None:
         self.plan = plan
+        self.controls = controls  # polled once per step (cheap: `cdc.controls.ControlWatcher`)
         self.log_dir = log_dir
         self.archive_dir = archive_dir  # `[log] retention = "archive"`: keep applied segments
         self.settings = settings
@@ -45,16 +50,33 @@ class ApplyLoop:
         for name, cp in self.replicator.checkpoints.items():
             self.runtime[name].applied, self.runtime[name].offset = cp.events, cp.offset
 
-    def caught_up(self, end: int | None = None) -> bool:
+    def caught_up(self, end: int | None = None, skip: frozenset[str] = frozenset()) -> bool:
         end = self.durable_end() if end is None else end
-        return all(c.offset >= end for c in self.replicator.checkpoints.values())
+        return all(c.offset >= end for n, c in self.replicator.checkpoints.items() if n not in skip)
+
+    def _step(self, end: int, paused: frozenset[str]) -> int:
+        """One replicator step over the targets not paused. The replicator steps every
+        target it holds, so the paused ones are held out for this step only; their
+        checkpoints stay in, which keeps their segments and makes them durable at GC."""
+        if not paused:
+            return self.replicator.step(end)
+        every = self.replicator.targets
+        self.replicator.targets = {n: t for n, t in every.items() if n not in paused}
+        try:
+            return self.replicator.step(end)
+        finally:
+            self.replicator.targets = every
 
     def run(self) -> None:
         last_gc = 0.0
         while not self.stop.is_set():
             self.wake.clear()
+            ctl = self.controls()
+            if ctl.panic:
+                raise panic_error(ctl)
+            paused = frozenset(ctl.paused_apply)
             end = self.durable_end()
-            n = self.replicator.step(end)
+            n = self._step(end, paused)
             now = time.time()
             for name, rt in self.runtime.items():
                 err = self.replicator.errors.get(name)
@@ -62,8 +84,9 @@ class ApplyLoop:
             for name, res in self.replicator.last_results.items():
                 rt = self.runtime[name]
                 rt.applied, rt.offset = res.checkpoint.events, res.checkpoint.offset
-                if res.newest_observed_at:
+                if res.newest_observed_at:  # harvest-to-apply delay of this batch, once
                     rt.last_lag = now - res.newest_observed_at
+            self.replicator.last_results.clear()
             if now - last_gc > GC_INTERVAL:
                 delete_segments_before(
                     self.log_dir, self.replicator.durable_min_offset(), self.archive_dir
@@ -71,7 +94,7 @@ class ApplyLoop:
                 last_gc = now
             if self.replicator.errors:
                 self.wake.wait(1.0)  # a target is locked or full: retry, don't spin
-            elif n == 0 and self.caught_up(end):
+            elif n == 0 and self.caught_up(end, paused):
                 self.wake.wait(self.settings.poll_interval)
 
     def close(self) -> None:

@@ -61,7 +61,7 @@ class Replicator:
             except TargetBusyError as e:
                 # Nothing was committed; the other targets go on, this one retries later.
                 self.errors[name] = e
-                log.warning("target %s: %s", name, e)
+                log.warning("target %s: %s", name, e, extra={"target": name, "offset": cp.offset})
                 continue
             self.errors.pop(name, None)
             self.checkpoints[name] = res.checkpoint

@@ -127,7 +127,14 @@ class TargetDB:
         taken = {r[0].lower() for r in self.conn.execute("SELECT name FROM sqlite_schema")}
         for sql in ddl.table_statements(plan, m, schema, taken):
             self.conn.execute(sql)
-        log.info("target %s: created %s from %s.%s", self.name, m.target_table, m.source, m.table)
+        log.info(
+            "target %s: created %s from %s.%s",
+            self.name,
+            m.target_table,
+            m.source,
+            m.table,
+            extra={"target": self.name, "source": m.source, "table": m.table},
+        )
 
     def _widen(self, schema: TableSchema, m: TableMapping, have: list[str]) -> None:
         present = {h.lower() for h in have}
@@ -138,7 +145,13 @@ class TargetDB:
             if c.default is not None:
                 decl += f" DEFAULT {c.default}"  # SQL text from the source's own schema
             self.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {decl}")
-            log.info("target %s: added column %s.%s", self.name, m.target_table, c.name)
+            log.info(
+                "target %s: added column %s.%s",
+                self.name,
+                m.target_table,
+                c.name,
+                extra={"target": self.name, "table": m.target_table},
+            )
 
 
 def _decl(c: ColumnDef) -> str:

@@ -10,7 +10,9 @@ child never reads past the newest it was told). EOF means the daemon stopped or 
 the child finishes the transaction it is in and exits. The child writes one byte "R" to
 its stdout once it is ready, and keeps `apply-status.json` in the state dir. It holds
 `apply.lock` for its whole life, so a restarted daemon's new worker waits for an old one
-that is still finishing a batch instead of racing it on the same targets.
+that is still finishing a batch instead of racing it on the same targets. It reads the
+live controls itself (`cdc.controls`): a paused target is skipped, and a panic stop ends
+it with `PanicStop`'s exit code, which the daemon reports as the panic it is.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import time
 
 import msgspec
 
+from cdc import logfmt
 from cdc.config import Config
-from cdc.errors import CdcError, DaemonError
+from cdc.controls import ControlWatcher
+from cdc.errors import CdcError, DaemonError, PanicStop
 from cdc.plan import Plan
 from cdc.status_file import TargetRuntime, read_json, write_json_atomic
 
@@ -117,6 +121,8 @@ class WorkerHandle:
 
     def failure(self) -> CdcError:
         st = read_apply_status(self.cfg.state_dir)
+        if st and st.exit_code == PanicStop.exit_code:
+            return PanicStop(st.error or "panic stop", hint="`cdc resume --panic`, then `cdc run`")
         err = DaemonError(
             st.error if st and st.error else f"apply worker exited with code {self.proc.returncode}"
         )
@@ -175,9 +181,7 @@ def _archive_dir(cfg: Config) -> str | None:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logfmt.configure(logging.INFO)  # text or JSON, as the daemon was told (CDC_LOG_FORMAT)
     stdin = sys.stdin.buffer
     raw = stdin.read(LENGTH.size)
     if len(raw) < LENGTH.size:
@@ -191,7 +195,12 @@ def main() -> int:
     try:
         _lock(cfg.state_dir)
         loop = ApplyLoop(
-            start.plan, cfg.log_dir, cfg.daemon, lambda: end[0], archive_dir=_archive_dir(cfg)
+            start.plan,
+            cfg.log_dir,
+            cfg.daemon,
+            lambda: end[0],
+            archive_dir=_archive_dir(cfg),
+            controls=ControlWatcher(cfg.state_dir).current,
         )
     except CdcError as e:
         st.error, st.exit_code = e.message + (f" (hint: {e.hint})" if e.hint else ""), e.exit_code

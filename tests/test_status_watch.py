@@ -69,6 +69,6 @@ def test_the_watch_view_refreshes_with_rates_and_ends_on_ctrl_c(tmp_path, daemon
     text = (first + frames + rest).decode(errors="replace")
     assert code == 0, text
     assert "daemon: running (pid" in text and ", up " in text
-    assert "rate/s" in text and "apply lag" in text
+    assert "rate/s" in text and "batch lag" in text
     assert "bot" in text and "core" in text
     assert "Traceback" not in text
