@@ -23,6 +23,7 @@ import msgspec
 
 from cdc.errors import LogCorruptError
 from cdc.events import Frame, SegmentStart, SourceMark, SourcePosition, decode_frame, encode_frame
+from cdc.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,6 @@ def _frame_bytes(frame: Frame) -> bytes:
             hint="lower `daemon.harvest_batch` / `daemon.snapshot_chunk` for tables with huge rows",
         )
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LogWriter:
@@ -176,7 +169,7 @@ class LogWriter:
         data = _frame_bytes(SegmentStart(base, dict(self._positions), time.time()))
         os.write(fd, data)
         os.fsync(fd)
-        _fsync_dir(self.log_dir)
+        fsync_dir(self.log_dir)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._base, self._size = fd, base, len(data)
@@ -250,7 +243,7 @@ def delete_segments_before(log_dir: str, offset: int, archive_dir: str | None = 
             os.unlink(path)
             removed.append(base)
     if removed:
-        _fsync_dir(log_dir)
+        fsync_dir(log_dir)
     return removed
 
 
@@ -267,7 +260,7 @@ def _archive(path: str, archive_dir: str) -> None:
         os.fsync(out.fileno())
     os.chmod(tmp, 0o600)
     os.replace(tmp, dest)
-    _fsync_dir(archive_dir)
+    fsync_dir(archive_dir)
 
 
 class LogReader:

@@ -39,6 +39,7 @@ from cdc.cutover_state import (
     save_record,
 )
 from cdc.errors import CdcError
+from cdc.fsutil import fsync_dir
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy, open_target
 
@@ -75,11 +76,7 @@ def archive_copy(src_path: str, dest: str, busy_timeout_ms: int) -> tuple[int, s
         os.fsync(f.fileno())
     written = _sha256(tmp)
     os.replace(tmp, dest)
-    fd = os.open(os.path.dirname(dest), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(dest))
     check = apsw.Connection(dest, flags=apsw.SQLITE_OPEN_READONLY)
     try:
         integrity = check.execute("PRAGMA integrity_check").fetchall()[0][0]

@@ -18,6 +18,7 @@ import time
 import apsw
 
 from cdc.errors import CdcError
+from cdc.fsutil import fsync_dir
 
 MAGIC = b"sqlite-cdc: this database has moved"
 MOVED_SUFFIX = ".cdc-moved"
@@ -87,9 +88,5 @@ def guard(path: str, message: str, wait: float = 5.0) -> str:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)  # the path is never missing, not even for an instant
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return moved

@@ -26,6 +26,7 @@ import msgspec
 from cdc.config import Config
 from cdc.errors import ConfigError, TargetError
 from cdc.events import RowBatch, SegmentStart, SourceMark
+from cdc.fsutil import fsync_dir
 from cdc.history import RETENTION_HINT, HistoryIncomplete, RetainedLog, incomplete_note
 from cdc.plan import Plan
 from cdc.sqlident import q
@@ -236,8 +237,4 @@ def _publish(tmp: str, out: str) -> None:
         if os.path.lexists(out):
             raise ConfigError(f"{out} appeared while rebuilding: left as it is") from None
         os.rename(tmp, out)
-    fd = os.open(os.path.dirname(out), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(out))
