@@ -17,6 +17,7 @@ import time
 import msgspec
 
 from cdc.config import Config
+from cdc.controls import read_controls
 from cdc.plan import Plan, TableMapping
 from cdc.status_file import read_json, write_json_atomic
 from verifier.model import KeyDiff, TableResult
@@ -90,6 +91,10 @@ class ContinuousVerifier:
             for m, st in zip(self.tables, self.status.tables, strict=True):
                 if self.stop.is_set():
                     break
+                if m.source in read_controls(self.cfg.state_dir).paused_harvest:
+                    # `cdc pause --harvest`: hands off that legacy file, the verifier too
+                    st.state, st.reason = "paused", "harvest of its source is paused"
+                    continue
                 self.status.current = f"{m.source}.{m.table}"
                 self._write()
                 try:
