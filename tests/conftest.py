@@ -117,7 +117,8 @@ class DaemonProcess:
         return self.kill(signal.SIGTERM)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
