@@ -3,7 +3,7 @@
 PY ?= python3
 SOAK_SCALE ?= 0.2
 
-.PHONY: install demo test soak bench lint
+.PHONY: install demo test soak soak-corpus bench lint
 
 install:
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -16,6 +16,11 @@ test: install
 
 soak: install
 	CDC_SOAK_SCALE=1 $(PY) -m pytest -q -m slow
+
+# The corpus under bots and SIGKILLs for SOAK_MINUTES (needs ../shared/corpus/jarvis).
+SOAK_MINUTES ?= 10
+soak-corpus: install
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 bench: install
 	$(PY) -m pytest bench --benchmark-only -q --benchmark-json=bench-results.json
