@@ -120,11 +120,10 @@ def _ensure_capture(conn: apsw.Connection, path: str, tables: list[str]) -> None
         kcols = _key_columns(conn, capture.CHANGES)
         have = _key_columns(conn, TOUCHED)
         if not have:
-            conn.execute(
-                f"CREATE TABLE {TOUCHED}(tid, {', '.join(kcols)}, UNIQUE(tid, {', '.join(kcols)}))"
-            )
+            keys = ", ".join(q(k) for k in kcols)
+            conn.execute(f"CREATE TABLE {TOUCHED}(tid, {keys}, UNIQUE(tid, {keys}))")
         for k in kcols[len(have) :] if have else []:
-            conn.execute(f"ALTER TABLE {TOUCHED} ADD COLUMN {k}")
+            conn.execute(f"ALTER TABLE {TOUCHED} ADD COLUMN {q(k)}")
 
 
 def _key_columns(conn: apsw.Connection, table: str) -> list[str]:
@@ -152,7 +151,7 @@ def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[lis
     }
     names = {tid: name for name, tid in tids.items()}
     out: dict[str, dict[bytes, list]] = {}
-    cols = ", ".join(kcols)
+    cols = ", ".join(q(k) for k in kcols)
     for table in (TOUCHED, capture.CHANGES):
         for row in conn.execute(f"SELECT DISTINCT tid, {cols} FROM {table}"):
             tid = row[0]
@@ -414,8 +413,9 @@ class Backflow:
                 and c != m.tag_column
                 and any(e.op is not Op.DELETE and e.row[i] is not None for e in evs)
             ):
-                decl = next(x.decl_type for x in tinfo.columns if x.name == c)
-                decl = decl.replace('"', "") if not m.tag_column else ""
+                typ = next(x.decl_type for x in tinfo.columns if x.name == c)
+                # unquoted by PRAGMA table_info: quoted back, never pasted (see replicator.target)
+                decl = q(typ) if typ and not m.tag_column else ""
                 conn.execute(f"ALTER TABLE {q(m.table)} ADD COLUMN {q(c)} {decl}")
                 log.info("backflow %s: added column %s.%s", self.target, m.table, c)
                 linfo = self._legacy_info(conn, source, m.table)
@@ -448,7 +448,7 @@ class Backflow:
         self.tbusy.timeout_ms = TRIM_BUDGET_MS
         try:
             with write_transaction(self.tconn):
-                cols = ", ".join(["tid", *_key_columns(self.tconn, TOUCHED)])
+                cols = ", ".join(["tid", *(q(k) for k in _key_columns(self.tconn, TOUCHED))])
                 where = f"seq <= ? AND seq < (SELECT max(seq) FROM {capture.CHANGES})"
                 if cols != "tid":  # the keys stay known until the stage is proven again
                     self.tconn.execute(

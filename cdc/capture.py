@@ -21,8 +21,9 @@ import uuid
 
 import apsw
 
+from cdc import bigrows
 from cdc.errors import SourceError
-from cdc.events import Op, RowEvent
+from cdc.events import Op, RowBatch, RowEvent
 from cdc.inventory import TableInfo
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
@@ -169,11 +170,19 @@ def installed_tables(conn: apsw.Connection) -> dict[str, int]:
     return {name: tid for tid, name in conn.execute(f"SELECT tid, name FROM {TABLES}")}
 
 
+class CaptureMoved(Exception):  # noqa: N818 - a signal to look again, never an error shown
+    """A captured table lost its triggers between our look and our install: the caller
+    must look again, since that table needs a reset its install would have hidden."""
+
+
 def install(
     conn: apsw.Connection,
     tables: list[TableInfo],
     path: str = "",
     probe_unique: set[str] | None = None,
+    prune: bool = True,
+    expect_lacking: set[str] | None = None,
+    release: list[str] = (),
 ) -> str:
     """Create capture tables and (re)create triggers for `tables`; return the install id.
 
@@ -182,7 +191,13 @@ def install(
 
     Idempotent: tables already captured keep their id; triggers are recreated so a key
     change in the table definition is picked up. Tables captured before but no longer in
-    `tables` lose their triggers (their rows stay in the capture table until harvested).
+    `tables` lose their triggers (their rows stay in the capture table until harvested),
+    unless `prune` is off; the tables in `release` lose theirs in any case.
+
+    `expect_lacking` (the daemon's restart): the tables the caller saw without triggers and
+    has already reset in the log. A captured table found lacking triggers here that is not
+    in it was dropped and created again since: raise `CaptureMoved` (nothing is changed)
+    rather than quietly give it triggers and lose its reset.
     """
     try:
         with write_transaction(conn):  # the bots see all of it or none
@@ -205,8 +220,17 @@ def install(
                     conn.execute(f"ALTER TABLE {CHANGES} ADD COLUMN k{i}")
             existing = installed_tables(conn)
             wanted = {t.name for t in tables}
+            if expect_lacking is not None:
+                have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+                moved = [
+                    n
+                    for n, tid in existing.items()
+                    if n in wanted and n not in expect_lacking and trigger_names(tid)[0] not in have
+                ]
+                if moved:
+                    raise CaptureMoved(f"{path}: {', '.join(moved)} lost capture triggers just now")
             for name, tid in existing.items():
-                if name not in wanted:
+                if (prune and name not in wanted) or name in release:
                     _drop_triggers(conn, tid)
                     conn.execute(f"DELETE FROM {TABLES} WHERE tid=?", (tid,))
             for info in tables:
@@ -234,8 +258,36 @@ def read_changes(
 ) -> list[RowEvent]:
     """The changes of one table with capture sequence in (lo, hi], inside the caller's read
     transaction: one event per key (its newest sequence), carrying the row's image now or a
-    delete when the key is gone. Used for legacy files and, during the rollback window, for
-    the targets (`cdc.backflow`)."""
+    delete when the key is gone. Values are read whole: used during the rollback window,
+    for the targets (`cdc.backflow`); the harvester uses `change_batches`."""
+    return _changes(conn, info, tid, lo, hi)[0]
+
+
+def change_batches(
+    conn: apsw.Connection,
+    source: str,
+    info: TableInfo,
+    tid: int,
+    lo: int,
+    hi: int,
+    observed_at: float,
+    spool_dir: str | None = None,
+) -> list[RowBatch]:
+    """`read_changes` as log frames, with each BLOB too big to carry in a row copied into
+    `spool_dir` for streaming (`cdc.bigrows`; None: read whole)."""
+    spool = None if spool_dir is None else bigrows.spooler(conn, info.name, spool_dir)
+    events, streamed = _changes(conn, info, tid, lo, hi, spool)
+    return bigrows.batches(source, info.name, observed_at, events, streamed, info.column_names)
+
+
+def _changes(
+    conn: apsw.Connection,
+    info: TableInfo,
+    tid: int,
+    lo: int,
+    hi: int,
+    spool=None,  # noqa: ANN001 - a `bigrows.spooler`
+) -> tuple[list[RowEvent], list]:
     width = key_width(info)
     kcols = [f"k{i + 1}" for i in range(width)]
     if info.key:
@@ -246,21 +298,31 @@ def read_changes(
     else:
         join = f"t.{info.rowid_alias()} = c.k1"
         present = f"t.{info.rowid_alias()} IS NOT NULL"
-    cols = ", ".join(f"t.{q(c)}" for c in info.column_names)
-    sql = (
-        f"SELECT c.s, {present}, {', '.join('c.' + k for k in kcols)}, {cols} "
+    tail = (
         f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {CHANGES} "
         f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {', '.join(kcols)}) AS c "
         f"LEFT JOIN {q(info.name)} AS t ON {join} ORDER BY c.s"
     )
+    rows, streamed = bigrows.read_rows(
+        conn,
+        ["c.s", present, *(f"c.{k}" for k in kcols)],
+        [f"t.{q(c)}" for c in info.column_names],
+        tail,
+        (lo, hi, tid),
+        info.name,
+        info.column_names,
+        None if info.without_rowid else f"t.{info.rowid_alias()}",
+        spool,
+    )
     kend = 2 + width
     upsert, delete = Op.UPSERT, Op.DELETE
-    return [
+    events = [
         RowEvent(upsert, r[0], list(r[2:kend]), list(r[kend:]))
         if r[1]
         else RowEvent(delete, r[0], list(r[2:kend]))
-        for r in conn.execute(sql, (lo, hi, tid))
+        for r in rows
     ]
+    return events, streamed
 
 
 def _drop_triggers(conn: apsw.Connection, tid: int) -> None:
@@ -282,7 +344,7 @@ def uninstall(conn: apsw.Connection, keep_fences: bool = False) -> int:
                 "AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
             ).fetchall()
             for (name,) in [] if keep_fences else fences:
-                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+                conn.execute(f"DROP TRIGGER IF EXISTS {q(name)}")  # a name read from the file
             for t in (CHANGES, TABLES, META):
                 conn.execute(f"DROP TABLE IF EXISTS {t}")
     except apsw.BusyError as e:

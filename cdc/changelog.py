@@ -10,6 +10,8 @@ unfinished batch or a torn write and is cut off, so the log always ends on a mar
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import logging
 import os
 import struct
@@ -23,6 +25,7 @@ import msgspec
 
 from cdc.errors import LogCorruptError
 from cdc.events import Frame, SegmentStart, SourceMark, SourcePosition, decode_frame, encode_frame
+from cdc.faults import crash_point
 from cdc.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,17 @@ def _frame_bytes(frame: Frame) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class LogAppendError(OSError):
+    """A batch could not be appended (disk full, I/O error). It was taken back whole, so
+    the log still ends on its last mark; the caller retries the batch later."""
+
+
 class LogWriter:
     """The single appender of a log directory (the daemon holds the state-dir lock)."""
 
@@ -102,6 +116,8 @@ class LogWriter:
         self._base = 0
         self._size = 0
         self.truncated_bytes = 0
+        self._dirty = False  # a failed append may have left bytes after the last mark
+        self._rollover_failed = False  # said once, until a new segment starts
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
         self._open()
 
@@ -165,11 +181,27 @@ class LogWriter:
 
     def _start_segment(self, base: int) -> None:
         path = os.path.join(self.log_dir, segment_name(base))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         data = _frame_bytes(SegmentStart(base, dict(self._positions), time.time()))
-        os.write(fd, data)
-        os.fsync(fd)
-        fsync_dir(self.log_dir)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            fsync_dir(self.log_dir)
+        except OSError as e:
+            # Disk full: no segment may stay behind half made. Readers would take it for
+            # the log's continuation, while the writer goes on in the segment it has.
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as gone:
+                raise LogCorruptError(
+                    f"change log {path}: could not start this segment ({e}), nor remove it "
+                    f"({gone})",
+                    hint="remove the file by hand (it holds no batch) and restart the daemon",
+                ) from e
+            raise
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._base, self._size = fd, base, len(data)
@@ -195,22 +227,69 @@ class LogWriter:
         with self._lock:
             start = self.end_offset
             view = memoryview(data)
+            if self._dirty:  # an earlier failed append is not taken back yet
+                try:
+                    self._take_back()
+                except OSError as e:
+                    raise LogAppendError(
+                        e.errno,
+                        f"{e.strerror or e}: a failed append to {self._path()} could not be "
+                        "taken back yet; nothing is appended until it is",
+                    ) from e
+            crash_point("append", lambda: os.write(self._fd, data[: len(data) // 2]))
             try:
                 while view:
                     n = os.write(self._fd, view)
                     view = view[n:]
                 os.fdatasync(self._fd)
-            except OSError:
+            except OSError as e:
                 # Disk full or I/O error: take back the partial batch so the log still
                 # ends on a mark and the next append starts on a clean boundary.
-                os.ftruncate(self._fd, self._size)
-                os.lseek(self._fd, self._size, os.SEEK_SET)
-                raise
+                self._dirty = True
+                with contextlib.suppress(OSError):  # else tried again before the next one
+                    self._take_back()
+                raise LogAppendError(e.errno, self._append_failure(e)) from e
             self._size += len(data)
             self._positions[mark.source] = mark.position
             if self._size >= self.segment_bytes:
-                self._start_segment(self.end_offset)
+                try:
+                    self._start_segment(self.end_offset)
+                except OSError as e:
+                    # The batch is durable: only the next segment could not be started.
+                    # Go on in this one (`segment_bytes` is a size to aim at, not a
+                    # limit) and try again after the next batch.
+                    if not self._rollover_failed:
+                        log.warning(
+                            "change log %s: cannot start a new segment (%s); appending to "
+                            "the current one until it can",
+                            self.log_dir,
+                            e,
+                        )
+                    self._rollover_failed = True
+                else:
+                    self._rollover_failed = False
+            crash_point("appended")
             return start, start + len(data)
+
+    def _take_back(self) -> None:
+        """Cut what a failed append left after the last mark, so that nothing is ever
+        appended after a partial batch (it would sit in the middle of the log)."""
+        os.ftruncate(self._fd, self._size)
+        os.lseek(self._fd, self._size, os.SEEK_SET)
+        self._dirty = False
+
+    def _path(self) -> str:
+        return os.path.join(self.log_dir, segment_name(self._base))
+
+    def _append_failure(self, e: OSError) -> str:
+        """The message an operator reads in `cdc status`: what, where, what happens now."""
+        where = f"appending to {self._path()}"  # no byte count: one failure, one text
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (
+                f"{e.strerror}: the state dir's disk is full ({where}): the batch was taken "
+                "back and is retried until there is room"
+            )
+        return f"{e.strerror or e}: change log write failed ({where}): the batch was taken back"
 
     def delete_segments_before(self, offset: int, archive_dir: str | None = None) -> list[int]:
         with self._lock:
@@ -242,6 +321,7 @@ def delete_segments_before(log_dir: str, offset: int, archive_dir: str | None = 
                 _archive(path, archive_dir)
             os.unlink(path)
             removed.append(base)
+            crash_point("gc")
     if removed:
         fsync_dir(log_dir)
     return removed
@@ -253,11 +333,16 @@ def _archive(path: str, archive_dir: str) -> None:
     if os.path.exists(dest) and os.path.getsize(dest) == os.path.getsize(path):
         return  # archived before a crash, not yet removed from the log
     tmp = dest + ".tmp"
-    with open(path, "rb") as src, open(tmp, "wb") as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # the archive's disk is full: give back what the copy took
+        raise
     os.chmod(tmp, 0o600)
     os.replace(tmp, dest)
     fsync_dir(archive_dir)

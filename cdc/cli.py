@@ -8,6 +8,7 @@ error class's exit code, in one place (`_run`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -51,8 +52,13 @@ def _report(e: CdcError) -> None:
         click.echo(f"hint: {e.hint}", err=True)
 
 
+_loaded: Config | None = None  # this command's config: names the key of a file error
+
+
 def _load(path: str) -> Config:
-    return _run(lambda: load_config(path))
+    global _loaded
+    _loaded = _run(lambda: load_config(path))
+    return _loaded
 
 
 @click.group()
@@ -66,6 +72,10 @@ def _load(path: str) -> Config:
 def cli(verbose: int, log_format: str | None) -> None:
     """sqlite-cdc: replicate live legacy SQLite databases into consolidated ones."""
     from cdc import logfmt
+
+    # Whatever the caller's umask, nothing we create (state dir, change log, targets,
+    # reports, and the apply worker's files) is readable or writable by group or world.
+    os.umask(os.umask(0o077) | 0o077)
 
     logfmt.configure(logging.WARNING - 10 * min(verbose, 2), log_format)
 
@@ -122,21 +132,24 @@ def run(config_path: str, metrics_addr: str | None) -> None:
     import signal
     import threading
 
-    from cdc.daemon import Daemon
+    from cdc.daemon import run_daemon
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cfg = _load(config_path)
-    daemon = _run(lambda: Daemon(cfg, stop_event=stop))
-    if metrics_addr:
-        from cdc import metrics
+    serving = []
 
-        try:
-            metrics.serve(cfg, metrics_addr, daemon.plan)
-        except (OSError, ValueError) as e:
-            _fail(ConfigError(f"--metrics-addr {metrics_addr}: {e}"))
-    code = daemon.run(install_signals=False)
+    def started(daemon) -> None:  # noqa: ANN001 - a cdc.daemon.Daemon
+        if metrics_addr and not serving:
+            from cdc import metrics
+
+            try:  # the plan is resolved at each scrape: a new table must show there
+                serving.append(metrics.serve(cfg, metrics_addr))
+            except (OSError, ValueError) as e:
+                _fail(ConfigError(f"--metrics-addr {metrics_addr}: {e}"))
+
+    daemon, code = _run(lambda: run_daemon(cfg, stop, started))
     if daemon.fatal is not None:
         _report(daemon.fatal)
     sys.exit(code)
@@ -430,7 +443,12 @@ from cdc import cli_controls, cli_history, cli_planning  # noqa: E402, F401
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except OSError as e:  # the file system said no (read-only, permission, full, ...)
+        from cdc.config import file_error
+
+        _fail(file_error(e, _loaded))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,14 @@ from pathlib import Path
 
 import msgspec
 
-from cdc.errors import ConfigError
+from cdc.errors import CdcError, ConfigError, SourceError, TargetError
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-{}]*$")
+# Source and target names become parts of file names (`control/pause-harvest.<source>`,
+# `cutover/<target>.json`): with the longest prefix and suffix they stay under the usual
+# 255-byte limit of a file name. A `{stem}` source's expanded name is checked by the plan.
+MAX_NAME = 128
+MAX_NAME_BYTES = 200
 
 
 class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -143,15 +148,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: invalid TOML: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+        ) from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     if "config_path" in data:
         raise ConfigError(f"{path}: unknown key `config_path`")
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{path}: {_validation_message(e, data)}") from e
     base = path.resolve().parent
     cfg = _absolutize(cfg, base, str(path.resolve()))
     problems = _check(cfg)
@@ -165,12 +176,96 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike[str]) -> Config:
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"<config>: {e}") from e
+        raise ConfigError(f"<config>: {_validation_message(e, data)}") from e
     cfg = _absolutize(cfg, Path(base_dir).resolve(), "<config>")
     problems = _check(cfg)
     if problems:
         raise ConfigError("<config>: " + "; ".join(problems))
     return cfg
+
+
+_AT = re.compile(r"^(?P<what>.*) - at `\$(?P<where>[^`]*)`$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`$")
+
+
+def _validation_message(e: msgspec.ValidationError, data: object) -> str:
+    """msgspec's `Expected int, got str - at $.daemon.poll_interval` as the operator
+    wrote it: `daemon.poll_interval`: expected int, got str."""
+    text = str(e)
+    m = _AT.match(text)
+    if m is None:
+        return text
+    what, where = m["what"], m["where"].lstrip(".")
+    if "[...]" in where:  # a table's value: msgspec does not say which key
+        where = _name_dict_key(where, data)
+    for pattern, say in ((_UNKNOWN, "unknown key"), (_MISSING, "required key missing")):
+        k = pattern.match(what)
+        if k:
+            key = f"{where}.{k['key']}" if where else k["key"]
+            return f"`{key}`: {say}"
+    what = what[:1].lower() + what[1:]
+    return f"`{where}`: {what}" if where else what
+
+
+def _name_dict_key(where: str, data: object) -> str:
+    """`targets[...]` -> `targets.core`: the first key whose value is not a string."""
+    head = where.split("[...]", 1)[0]
+    table = data.get(head) if isinstance(data, dict) else None
+    if isinstance(table, dict):
+        for k, v in table.items():
+            if not isinstance(v, str):
+                return f"{head}.{k}"
+    return where
+
+
+def key_of_path(cfg: Config, path: str) -> str | None:
+    """Which key of the config a file belongs to (`state_dir`, `targets.core`,
+    `sources[0]`, `log.archive_dir`), for a message about a file the engine could not
+    read or write. The most specific (longest) declared path that contains it wins."""
+    path = os.path.abspath(path)
+    found: list[tuple[int, str]] = []
+
+    def under(root: str, key: str, is_file: bool) -> None:
+        inside = path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+        if is_file:  # a database and its -journal/-wal/-shm, or the folder holding it
+            inside = path.startswith(root) or path == os.path.dirname(root)
+        if inside:
+            found.append((len(root), key))
+
+    under(cfg.state_dir, "state_dir", False)
+    if cfg.log.archive_dir:
+        under(cfg.log.archive_dir, "log.archive_dir", False)
+    for name, p in cfg.targets.items():
+        under(p, f"targets.{name}", True)
+    for i, s in enumerate(cfg.sources):
+        if not _is_glob(s.path):
+            under(s.path, f"sources[{i}].path", True)
+        elif fnmatch.fnmatchcase(path, s.path) or fnmatch.fnmatchcase(path, s.path + "-*"):
+            found.append((len(s.path), f"sources[{i}].path"))
+    return max(found)[1] if found else None
+
+
+def file_error(e: OSError, cfg: Config | None) -> CdcError:
+    """An OSError that reached the CLI (a read-only file system, a missing permission, a
+    full disk, a file where a folder must be) as one line naming the file and, when the
+    file belongs to one, the config key: a source's, a target's, or the state dir's."""
+    name = e.filename if e.filename is not None else ""
+    what = e.strerror or str(e)
+    key = key_of_path(cfg, os.fsdecode(name)) if cfg is not None and name else None
+    where = f" (`{key}` in {cfg.config_path})" if key and cfg is not None else ""
+    msg = f"{os.fsdecode(name)}: {what}{where}" if name else what
+    if key is None or key in ("state_dir", "log.archive_dir"):
+        hint = (
+            f"`{key}` must be a folder the daemon's user can create and write (it holds "
+            "the lock, the change log, status files and controls)"
+            if key
+            else None
+        )
+        return CdcError(msg, hint=hint)
+    if key.startswith("targets."):
+        return TargetError(msg, hint="the target's folder must be writable by the daemon's user")
+    return SourceError(msg, hint="run as the bots' user, with the legacy files writable")
 
 
 def _abs(base: Path, p: str) -> str:
@@ -197,6 +292,8 @@ def _check(cfg: Config) -> list[str]:
     for name in cfg.targets:
         if not _NAME.match(name) or "{" in name:
             problems.append(f"`targets.{name}`: target names use letters, digits, _ . -")
+        elif len(name) > MAX_NAME:
+            problems.append(f"`targets.{name[:20]}...`: at most {MAX_NAME} characters")
     paths = list(cfg.targets.values())
     if len(set(paths)) != len(paths):
         problems.append("`targets`: two targets share one file")
@@ -205,6 +302,8 @@ def _check(cfg: Config) -> list[str]:
         key = f"`sources[{i}]`"
         if not _NAME.match(s.name):
             problems.append(f"{key}.name {s.name!r}: use letters, digits, _ . - (and {{stem}})")
+        elif len(s.name.replace("{stem}", "")) > MAX_NAME:
+            problems.append(f"{key}.name {s.name[:20]!r}...: at most {MAX_NAME} characters")
         if _is_glob(s.path) and "{stem}" not in s.name:
             problems.append(f"{key}.name {s.name!r}: a glob path needs `{{stem}}` in the name")
         if s.name in seen:

@@ -30,6 +30,7 @@ import msgspec
 
 from cdc.config import Config
 from cdc.errors import CdcError, ConfigError, PanicStop
+from cdc.fsutil import makedirs_private, safe_component
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def panic_error(controls: Controls) -> PanicStop:
 
 def _checked(name: str) -> str:
     """A name becomes part of a file name: refuse what would leave the folder."""
-    if not name or "/" in name or "\0" in name or name.startswith("."):
+    if not safe_component(name):
         raise ConfigError(f"{name!r} cannot name a source or target")
     return name
 
@@ -287,8 +288,7 @@ def _write(state_dir: str, name: str, body: msgspec.Struct | None, keep: bool) -
 
 
 def _ensure_dir(state_dir: str) -> str:
-    folder = control_dir(state_dir)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    folder = makedirs_private(control_dir(state_dir))  # and the state dir, if it is new
     os.chmod(folder, 0o700)  # whoever can write here can stop the migration
     return folder
 

@@ -10,7 +10,9 @@ import os
 
 import msgspec
 
+from cdc.errors import ConfigError
 from cdc.fence import FenceMark
+from cdc.fsutil import makedirs_private, safe_component, write_private
 
 CUTOVER_DIR = "cutover"
 
@@ -87,6 +89,10 @@ MANIFEST = msgspec.json.Decoder(ArchiveManifest)  # built at import: see cdc.fen
 
 
 def record_path(state_dir: str, target: str) -> str:
+    if not safe_component(target):  # config names are checked; this is the last line
+        raise ConfigError(
+            f"{target!r} cannot name a target (its record would leave {CUTOVER_DIR}/)"
+        )
     return os.path.join(state_dir, CUTOVER_DIR, f"{target}.json")
 
 
@@ -121,20 +127,9 @@ def cut_over_tables(state_dir: str) -> dict[tuple[str, str], CutoverRecord]:
 
 def save_record(state_dir: str, rec: CutoverRecord) -> None:
     """Durable before the next step starts: write, fsync, rename, fsync the folder."""
-    d = os.path.join(state_dir, CUTOVER_DIR)
-    os.makedirs(d, mode=0o700, exist_ok=True)
     path = record_path(state_dir, rec.target)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(msgspec.json.format(msgspec.json.encode(rec), indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    makedirs_private(os.path.dirname(path))
+    write_private(path, msgspec.json.format(msgspec.json.encode(rec), indent=2))
 
 
 def finalized_sources(state_dir: str) -> set[str]:

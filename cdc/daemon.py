@@ -8,6 +8,11 @@ daemon costs nothing and a busy one reacts within milliseconds. A source that fa
 or a target that refuses writes stops the daemon, because continuing could lose data.
 Operators steer it live through control files (`cdc.controls`, docs/controls.md), which the
 main thread polls: paused sources are not touched, throttled ones are paced, a panic stops it.
+
+Schema drift is followed live (docs/architecture.md, "Schema drift"): a changed table shape
+goes into the log before rows of that shape; a table that appears and a rule maps makes the
+daemon start over in-process with a new plan (`run_daemon`), which installs capture on it
+and snapshots it; one no rule maps is named and left alone while the rest runs.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import apsw
+import msgspec
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -28,10 +35,11 @@ from cdc.changelog import LogWriter
 from cdc.config import Config
 from cdc.controls import ControlWatcher, describe, panic_error
 from cdc.cutover_state import finalized_sources, read_records
-from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, TargetError
+from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, SourceError, TargetError
+from cdc.fsutil import makedirs_private
 from cdc.harvester import Harvester
 from cdc.pacing import Pacer, TimedWriter
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import LOCKED_START_WAIT, Plan, daemon_plan, excluded_by_rule, resolve_plan
 from cdc.status_file import (
     BackflowRuntime,
     DaemonStatus,
@@ -62,7 +70,7 @@ class _Wake(FileSystemEventHandler):
 
 def lock_state_dir(state_dir: str) -> int:
     """Hold an exclusive lock for the daemon's lifetime: one writer per log, ever."""
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    makedirs_private(state_dir)  # every folder it creates on the way is 0700 too
     fd = os.open(os.path.join(state_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,12 +98,25 @@ class Daemon:
         if self.controls.panic:
             raise panic_error(self.controls)
         # Given by the CLI, which installs its signal handlers before the (slow) start, so
-        # a SIGTERM that arrives while sources open still ends in a clean stop.
-        self.stop_event = stop_event or threading.Event()
+        # a SIGTERM that arrives while sources open still ends in a clean stop. The threads
+        # wait on our own event: stopping to start over with a new plan is not a SIGTERM.
+        self.requested_stop = stop_event or threading.Event()
+        self.stop_event = threading.Event()
+        self.replan = False  # stopped to start over: a new table is mapped (`run_daemon`)
+        self._appeared: set[tuple[str, str]] = set()  # (source, table) created since
+        self._look_again_at = 0.0
         self.apply_wake = threading.Event()
         self.fatal: CdcError | None = None
         self._lock_fd = lock_state_dir(cfg.state_dir)
-        self.plan = plan or resolve_plan(cfg)
+        self.plan = plan or daemon_plan(cfg, self.requested_stop)
+        for source, table in self.plan.unmapped:
+            log.warning(
+                "table %s of source %s is matched by no rule: it is not captured "
+                "(map it to a target or exclude it; `cdc status` lists it)",
+                table,
+                source,
+                extra={"source": source, "table": table},
+            )
         self.writer = LogWriter(cfg.log_dir, self.settings.segment_bytes)
         self.harvesters: list[Harvester] = []
         self.runtime: dict[str, SourceRuntime] = {}
@@ -104,7 +125,7 @@ class Daemon:
             if not sp.tables or sp.name in released:
                 continue
             h = Harvester(sp, self.writer, self.settings)
-            h.open()
+            self._open_patiently(h)
             self.harvesters.append(h)
             self.runtime[sp.name] = SourceRuntime(
                 path=sp.path,
@@ -131,6 +152,25 @@ class Daemon:
         self._released: set[str] = set()  # harvest threads done for good (finalized source)
         self.backflow: dict[str, BackflowRuntime] = {}
 
+    def _open_patiently(self, h: Harvester) -> None:
+        """Open a source, waiting out a bot's long write transaction (see `daemon_plan`)."""
+        deadline = time.monotonic() + LOCKED_START_WAIT
+        said = False
+        while True:
+            try:
+                return h.open()
+            except apsw.BusyError as e:
+                h.close()
+                if time.monotonic() > deadline or self.requested_stop.is_set():
+                    raise SourceError(
+                        f"{h.plan.path}: stayed locked while the daemon started: {e}",
+                        hint="a bot holds a write transaction that long; start again once it ends",
+                    ) from e
+                if not said:
+                    log.warning("source %s is locked by another process: waiting", h.plan.name)
+                    said = True
+                self.requested_stop.wait(0.5)
+
     # -- threads ---------------------------------------------------------------------------
     def _harvest_loop(self, h: Harvester) -> None:
         """One thread per source: a bot holding one file's lock delays only that file.
@@ -143,6 +183,7 @@ class Daemon:
         pacer = Pacer(self.settings)
         h.writer = timed = TimedWriter(self.writer)
         next_repair_look = 0.0
+        failing = False  # the last pass failed (said once in the log)
         while not self.stop_event.is_set():
             wake.clear()
             pause = self.settings.poll_interval
@@ -160,7 +201,10 @@ class Daemon:
                     next_repair_look = time.monotonic() + REPAIR_POLL
                     self._serve_repairs(h)
                 busy = self._harvest_step(h, rt, pacer, timed)
-                rt.last_error = None
+                if failing:
+                    log.info("source %s: harvesting again", name)
+                    failing = False
+                rt.last_error = h.trim_error  # a full legacy disk stops only the trim
                 if busy:
                     continue
             except apsw.BusyError:
@@ -174,10 +218,15 @@ class Daemon:
                     self._released.add(threading.current_thread().name)
                     h.close()  # let go of the file: it is the archive's original now
                     return
-                rt.last_error = f"{type(e).__name__}: {e}"
+                msg = f"{type(e).__name__}: {e}"
+                if msg != rt.last_error:  # once per failure, not at every retry
+                    log.error("source %s: %s", name, e)
+                rt.last_error, failing = msg, True
                 rt.errors += 1
-                log.error("source %s: %s", name, e)
-                pause = 1.0
+                # Back off for real: file events (the bots' writes, or the journal of our
+                # own failed write) must not turn the retry into a busy loop.
+                self.stop_event.wait(1.0)
+                continue
             wake.wait(pause)
 
     def _harvest_step(
@@ -200,6 +249,12 @@ class Daemon:
         rt.harvested += res.events
         rt.through_seq = res.through_seq
         rt.hook_rows, rt.foreign_rows = h.hook_rows, h.foreign_rows
+        if h.lost or rt.lost_tables:
+            rt.lost_tables = {
+                t: why
+                for t, why in h.lost.items()
+                if not excluded_by_rule(self.cfg, h.plan.name, t)
+            }
         busy = res.full
         if h.snapshot_pending:
             busy = True
@@ -312,6 +367,52 @@ class Daemon:
         if ctl.panic:
             self._die(panic_error(ctl))
 
+    def _consider_new_tables(self) -> None:
+        """Tables a bot created since we last looked: start over with a plan that captures
+        them when a rule maps them and the plan stays sound; otherwise name them."""
+        self._appeared |= {(h.plan.name, t) for h in self.harvesters for t in h.take_appeared()}
+        if not self._appeared or time.monotonic() < self._look_again_at:
+            return
+        found = self._appeared
+        # This thread also polls the controls: a locked file must not hold it for the full
+        # busy timeout. A source a bot keeps locked is looked at again a little later.
+        quick = msgspec.structs.replace(
+            self.cfg, daemon=msgspec.structs.replace(self.cfg.daemon, busy_timeout_ms=200)
+        )
+        try:
+            plan = resolve_plan(quick, strict=False)
+        except (CdcError, apsw.Error, OSError) as e:
+            log.error("new tables %s: cannot resolve the plan again: %s", sorted(found), e)
+            self._look_again_at = time.monotonic() + 5.0
+            return
+        if plan.busy:
+            self._look_again_at = time.monotonic() + 2.0
+            return
+        self._appeared = set()
+        for source, table in sorted(found & set(plan.unmapped)):
+            log.warning(
+                "table %s appeared in source %s and no rule matches it: it is not captured "
+                "(map it to a target or exclude it; `cdc status` lists it)",
+                table,
+                source,
+                extra={"source": source, "table": table},
+            )
+        new = sorted(_mapped(plan) - _mapped(self.plan))
+        if not new:
+            return
+        names = ", ".join(f"{s}.{t}" for s, t in new)
+        if not plan.unmapped_only():
+            log.error(
+                "new table(s) %s are mapped by the rules, but the plan now has problems; "
+                "they are not captured until these are fixed: %s",
+                names,
+                "; ".join(p for p in plan.problems),
+            )
+            return
+        log.warning("new table(s) %s mapped by the rules: starting over to capture them", names)
+        self.replan = True
+        self.stop_event.set()
+
     def _die(self, e: Exception) -> None:
         log.critical("stopping: %s", e)
         self.fatal = e if isinstance(e, CdcError) else DaemonError(f"{type(e).__name__}: {e}")
@@ -415,7 +516,13 @@ class Daemon:
             "in a worker process" if self.worker else "in a thread",
         )
         while not self.stop_event.wait(0.2):
+            if self.requested_stop.is_set():
+                self.stop_event.set()
+                break
             self._poll_controls()
+            self._consider_new_tables()
+            if self.stop_event.is_set():
+                break  # stopping (a thread's fatal error): threads end, none "died"
             if not all(t.is_alive() or t.name in self._released for t in threads[:-1]):
                 self._die(DaemonError("a worker thread died unexpectedly"))
         for ev in self.wakes.values():
@@ -442,3 +549,27 @@ class Daemon:
         self.write_status("failed" if failed else "stopped")
         self.writer.close()
         os.close(self._lock_fd)
+
+
+def _mapped(plan: Plan) -> set[tuple[str, str]]:
+    return {(m.source, m.table) for sp in plan.sources for m in [*sp.tables, *sp.fts]}
+
+
+def run_daemon(
+    cfg: Config,
+    stop_event: threading.Event,
+    on_start: Callable[[Daemon], object] | None = None,
+) -> tuple[Daemon, int]:
+    """Run daemons until one stops for good; returns the last one and its exit code.
+
+    A daemon that found a newly mapped table stops all its threads (its harvests, the
+    apply worker) cleanly and a new one starts with the plan resolved again: its harvester
+    installs capture on the new table in one short transaction and snapshots it, so every
+    row the bot wrote before that is copied, and every later one captured."""
+    while True:
+        daemon = Daemon(cfg, stop_event=stop_event)
+        if on_start is not None:
+            on_start(daemon)
+        code = daemon.run(install_signals=False)
+        if not daemon.replan or daemon.fatal is not None or stop_event.is_set():
+            return daemon, code

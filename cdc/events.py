@@ -88,6 +88,24 @@ class RowBatch(msgspec.Struct, frozen=True, tag="rows", array_like=True):
     events: list[RowEvent]
 
 
+class StreamedValue(msgspec.Struct, frozen=True, array_like=True):
+    """A BLOB too big to carry inside its row (`cdc.bigrows`): `events[event].row[column]`
+    holds nil, and `ValueChunk` frames after the batch carry its `size` bytes."""
+
+    event: int
+    column: int
+    size: int
+
+
+class StreamedRowBatch(RowBatch, frozen=True, tag="streamed"):
+    """A `RowBatch` some of whose values are sent apart, in `ValueChunk` frames
+    (`streamed`). A kind of its own, so that an ordinary batch stays byte for byte what it
+    always was; a subclass, so that whoever reads keys and rows from `RowBatch` frames
+    (cutover, history, status) sees these rows too, with nil for each streamed value."""
+
+    streamed: list[StreamedValue]
+
+
 class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
     """How far the initial copy of one table has got.
 
@@ -132,7 +150,32 @@ class SegmentStart(msgspec.Struct, frozen=True, tag="segment", array_like=True):
     created_at: float = 0.0
 
 
-Frame = Union[TableSchema, RowBatch, SourceMark, SegmentStart]  # noqa: UP007
+class TableReset(msgspec.Struct, frozen=True, tag="reset", array_like=True):
+    """A captured table was dropped and created again under its name (a bot's DROP +
+    CREATE rewrite), which fires no trigger: the target forgets every row it holds from
+    this source's table, and a fresh snapshot of it follows in the log."""
+
+    source: str
+    table: str
+    reason: str = ""
+
+
+class ValueChunk(msgspec.Struct, frozen=True, tag="chunk", array_like=True):
+    """`data` is the piece at byte `offset` of a streamed value (`RowBatch.streamed`): the
+    BLOB in `column` of the row whose key is `key`. Chunks follow their `StreamedRowBatch`
+    in the log, in offset order, before the mark that closes the harvest."""
+
+    source: str
+    table: str
+    key: list[Value]
+    column: str
+    offset: int
+    data: bytes
+
+
+Frame = Union[  # noqa: UP007
+    TableSchema, RowBatch, SourceMark, SegmentStart, TableReset, StreamedRowBatch, ValueChunk
+]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

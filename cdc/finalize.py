@@ -39,7 +39,7 @@ from cdc.cutover_state import (
     save_record,
 )
 from cdc.errors import CdcError
-from cdc.fsutil import fsync_dir
+from cdc.fsutil import fsync_dir, makedirs_private, write_private
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy, open_target
 
@@ -58,10 +58,11 @@ def _sha256(path: str) -> str:
 
 def archive_copy(src_path: str, dest: str, busy_timeout_ms: int) -> tuple[int, str, str]:
     """A consistent, verified copy of a live SQLite file: (size, sha256, integrity)."""
-    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    makedirs_private(os.path.dirname(dest))  # the archive root too: 0700, whatever the umask
     tmp = dest + ".partial"
     if os.path.exists(tmp):
         os.unlink(tmp)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # SQLite keeps it
     src = open_legacy(src_path, busy_timeout_ms, readonly=True)
     out = apsw.Connection(tmp)
     try:
@@ -155,12 +156,8 @@ def finalize(
         echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
         guards.append((sp.path, source))
         step_done("archived")  # test hook: a kill after the first file
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    makedirs_private(root)
+    write_private(path, msgspec.json.format(msgspec.json.encode(manifest), indent=2))
     rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
     save_record(cfg.state_dir, rec)
     step_done("finalized")

@@ -13,6 +13,7 @@ still do are named, since they are the stale bots.
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 import apsw
@@ -83,7 +84,14 @@ def guard(path: str, message: str, wait: float = 5.0) -> str:
     if not os.path.exists(moved):
         os.link(path, moved)
     tmp = path + ".cdc-guard.tmp"
-    with open(tmp, "wb") as f:
+    # The guard gets the original's owner and mode (without group/world write): a stale
+    # bot must be able to open it and read "moved", not fail on a permission instead.
+    st = os.stat(moved)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
+        if os.geteuid() == 0:
+            os.fchown(fd, st.st_uid, st.st_gid)
         f.write(MAGIC + b"\n" + message.encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())

@@ -16,12 +16,13 @@ never older-after-newer for any key.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc import bigrows, capture
 from cdc.changelog import LogWriter
 from cdc.config import DaemonSettings
 from cdc.errors import SourceError
@@ -33,9 +34,11 @@ from cdc.events import (
     SnapshotCursor,
     SourceMark,
     SourcePosition,
+    TableReset,
 )
+from cdc.faults import crash_point
 from cdc.hooks import HOOK_OP
-from cdc.inventory import TableInfo, schema_version, table_info
+from cdc.inventory import TableInfo, is_internal, schema_version, table_info
 from cdc.plan import SourcePlan
 from cdc.sqlconn import open_legacy, read_transaction, set_busy_timeout, write_transaction
 from cdc.sqlident import q
@@ -43,6 +46,7 @@ from cdc.sqlident import q
 log = logging.getLogger(__name__)
 
 TRIM_OVERDUE = 30.0  # seconds a trim may be deferred before it waits its turn
+TRIM_FULL_RETRY = 5.0  # seconds between trims tried while the legacy file's disk is full
 
 
 class HarvestResult:
@@ -66,6 +70,11 @@ class Harvester:
         self.position: SourcePosition | None = None
         self._schema_version = -1
         self._pending_schemas: list[Frame] = []
+        self._names: set[str] | None = None  # every table's name, lower case
+        self.appeared: set[str] = set()  # tables created since; see `take_appeared`
+        self._appeared_lock = threading.Lock()
+        self.lost: dict[str, str] = {}  # captured tables gone: name -> what happened
+        self._recapture: set[str] = set()  # captured tables whose triggers a DROP took
         self._last_count = 0
         # hook capture (cdc.hooks): capture rows the pool wrote, and rows the triggers wrote
         # for writers outside the pool (counted since the daemon started)
@@ -74,6 +83,8 @@ class Harvester:
         self._last_trim = 0.0
         self._trimmed_through = 0
         self.last_error: str | None = None
+        self.trim_error: str | None = None  # why harvested capture rows cannot be trimmed
+        self._trim_retry_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -86,19 +97,6 @@ class Harvester:
                 f"{self.plan.path}: capture is not installed for source {self.plan.name!r}",
                 hint="run `cdc install`",
             )
-        tables = capture.installed_tables(self.conn)
-        wanted = [m.table for m in self.plan.tables]
-        missing = [t for t in wanted if t not in tables]
-        infos = [table_info(self.conn, t) for t in wanted]
-        if missing or capture.lacks_probes(self.conn, infos, tables):
-            # The rules already map them (a bot created them, or the rules grew), or an
-            # older installation lacks REPLACE probes: (re)install, same installation id,
-            # and snapshot new tables below.
-            capture.install(self.conn, infos, self.plan.path, self.plan.needs_unique_probes())
-            tables = capture.installed_tables(self.conn)
-            if missing:
-                log.info("source %s: started capturing %s", self.plan.name, ", ".join(missing))
-        self.tids = {tid: name for name, tid in tables.items() if name in wanted}
         pos = self.writer.positions.get(self.plan.name)
         if pos is None:
             pos = SourcePosition(install_id=iid)
@@ -119,15 +117,90 @@ class Harvester:
                 "backup, or a power loss without synchronous=FULL)",
                 hint="re-initialize this source's targets from a fresh snapshot",
             )
+        wanted = [m.table for m in self.plan.tables]
         cursors = {c.table: c for c in pos.snapshots}
+        present = {t.name.lower() for t in self.plan.infos}
+        for c in pos.snapshots:  # captured once, gone now: its target keeps its last rows
+            if c.table.lower() not in present:
+                self.lost[c.table] = "dropped or renamed since it was captured"
+        self.position = SourcePosition(
+            pos.install_id, pos.through_seq, [cursors[t] for t in sorted(cursors)], pos.events
+        )
+        tables = self._install(wanted, cursors)
+        self.tids = {tid: name for name, tid in tables.items() if name in wanted}
         for t in wanted:
             cursors.setdefault(t, SnapshotCursor(t))
+        pos = self.position
         self.position = SourcePosition(
             pos.install_id, pos.through_seq, [cursors[t] for t in sorted(cursors)], pos.events
         )
         self._trimmed_through = 0
         self._last_trim = time.monotonic()
         self._refresh_schemas(force=True)
+
+    def _install(self, wanted: list[str], cursors: dict[str, SnapshotCursor]) -> dict[str, int]:
+        """Capture on every mapped table, as the daemon starts; returns name -> tid.
+
+        The rules may map tables not captured yet (a bot created them, or the rules grew),
+        a captured table may have lost its triggers (dropped and created again while we
+        were away), or an older installation may lack REPLACE probes: (re)install, same
+        installation id, and snapshot what needs it. A table that loses its triggers
+        between our look and the install is looked at again (`CaptureMoved`)."""
+        for _ in range(5):
+            tables = capture.installed_tables(self.conn)
+            lacking = [t for t in wanted if not capture.is_capturing(self.conn, [t])]
+            infos = [table_info(self.conn, t) for t in wanted]
+            if not lacking and not capture.lacks_probes(self.conn, infos, tables):
+                return tables
+            self._restart_snapshots(lacking, cursors)
+            try:
+                capture.install(
+                    self.conn,
+                    infos,
+                    self.plan.path,
+                    self.plan.needs_unique_probes(),
+                    expect_lacking=set(lacking),
+                )
+            except capture.CaptureMoved:
+                continue
+            crash_point("install")
+            if lacking:
+                log.info("source %s: started capturing %s", self.plan.name, ", ".join(lacking))
+            return capture.installed_tables(self.conn)
+        raise SourceError(
+            f"{self.plan.path}: captured tables keep being dropped and created again",
+            hint="the daemon retries; find the writer that recreates them in a loop",
+        )
+
+    def _restart_snapshots(self, tables: list[str], cursors: dict[str, SnapshotCursor]) -> None:
+        """Before capture of `tables` is (re)installed: a table this log captured before
+        gets a `TableReset` and a fresh snapshot cursor, made durable first. Its old rows
+        went with a DROP that fired no trigger, and rows written since were not captured;
+        the reset and the snapshot (read once the triggers are back) make the target
+        exact again. Durable first, so a crash before the triggers are back is found again
+        at the next start, not forgotten."""
+        again = [t for t in tables if t in cursors]
+        for t in tables:
+            cursors[t] = SnapshotCursor(t)
+        if not again:
+            return
+        pos = self.position
+        resets = [TableReset(self.plan.name, t, "dropped and created again") for t in again]
+        for t in again:
+            log.warning(
+                "source %s: table %s was dropped and created again: its target rows are "
+                "reset and it is copied afresh",
+                self.plan.name,
+                t,
+                extra={"source": self.plan.name, "table": t},
+            )
+        self._log(
+            resets,
+            SourcePosition(
+                pos.install_id, pos.through_seq, [cursors[t] for t in sorted(cursors)], pos.events
+            ),
+        )
+        crash_point("install")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -136,17 +209,43 @@ class Harvester:
 
     # -- schema --------------------------------------------------------------------------
     def _refresh_schemas(self, force: bool = False) -> None:
-        """Called inside a read transaction: queue a schema frame for every changed table."""
+        """Called inside a read transaction: queue a schema frame for every changed table,
+        and notice tables that appeared, vanished, or lost their triggers (a bot's DROP +
+        CREATE rewrite); `repair_capture` acts on the last, outside this read."""
         version = schema_version(self.conn)
         if version == self._schema_version and not force:
             return
-        for name in self.tids.values():
+        names = {
+            n.lower(): n
+            for (n,) in self.conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")
+        }
+        triggers = dict(
+            self.conn.execute("SELECT name, tbl_name FROM sqlite_schema WHERE type='trigger'")
+        )
+        if self._names is not None:
+            with self._appeared_lock:
+                self.appeared |= {
+                    n for low, n in names.items() if low not in self._names and not is_internal(n)
+                }
+        self._names = set(names)
+        for tid, name in self.tids.items():
+            on = triggers.get(capture.trigger_names(tid)[0])
+            if name.lower() not in names:
+                if name not in self.lost:
+                    self.lost[name] = f"renamed to {on!r}" if on else "dropped"
+                    log.error(
+                        "source %s: captured table %s was %s: capture of it stopped, its "
+                        "target table keeps the rows it had (cdc status names it)",
+                        self.plan.name,
+                        name,
+                        self.lost[name],
+                        extra={"source": self.plan.name, "table": name},
+                    )
+                continue
+            if on is None or on.lower() != name.lower():
+                self._recapture.add(name)  # its triggers went with a DROP
+            self.lost.pop(name, None)
             info = table_info(self.conn, name)
-            if not info.columns:
-                raise SourceError(
-                    f"{self.plan.path}: captured table {name!r} was dropped or renamed",
-                    hint="map the new name (or exclude it) in cdc.toml and restart the daemon",
-                )
             if force or self.infos.get(name) != info:
                 if name in self.infos:
                     log.info(
@@ -157,8 +256,45 @@ class Harvester:
                     )
                 self.infos[name] = info
                 self._pending_schemas.append(info.to_schema(self.plan.name))
-        self._schema_version = version  # only once every table was found: a dropped or
-        # renamed table keeps failing this source (shown in status) instead of going quiet
+        self._schema_version = version
+
+    def take_appeared(self) -> set[str]:
+        """Tables created since the last call (the daemon's thread asks; ours adds)."""
+        with self._appeared_lock:
+            got, self.appeared = self.appeared, set()
+        return got
+
+    def repair_capture(self) -> None:
+        """Put capture back on tables whose triggers a DROP took, after a reset (see
+        `_restart_snapshots`), and take it off a renamed table (our triggers follow a
+        rename; the new name is a table of its own, for the rules to decide). One short
+        write transaction on the bots' file."""
+        renamed = [n for n, why in self.lost.items() if why.startswith("renamed")]
+        renamed = [n for n in renamed if n in self.infos]
+        if not self._recapture and not renamed:
+            return
+        cursors = {c.table: c for c in self.position.snapshots}
+        again = sorted(self._recapture)
+        self._restart_snapshots(again, cursors)
+        # Only these tables: another one dropped and created again since our look must
+        # not get its triggers back here without its reset (the next look finds it).
+        infos = [table_info(self.conn, t) for t in again]
+        capture.install(
+            self.conn,
+            infos,
+            self.plan.path,
+            self.plan.needs_unique_probes(),
+            prune=False,
+            release=renamed,
+        )
+        mapped = {m.table for m in self.plan.tables}
+        self.tids = {
+            tid: n for n, tid in capture.installed_tables(self.conn).items() if n in mapped
+        }
+        for n in renamed:
+            self.infos.pop(n, None)
+        self._recapture.clear()
+        self._schema_version = -1  # read the shapes again, from the new tables
 
     # -- stream --------------------------------------------------------------------------
     def harvest(self) -> HarvestResult:
@@ -179,14 +315,15 @@ class Harvester:
                 frames = self._read_changes(pos.through_seq, hi, now)
                 if self.plan.capture == "hooks":
                     self._count_origins(pos.through_seq, hi)
-        if hi is None and not self._pending_schemas:
-            self._maybe_trim()
-            return HarvestResult(through_seq=pos.through_seq)
         through = hi if hi is not None else pos.through_seq
         nevents = sum(len(b.events) for b in frames)
-        self._log(
-            frames, SourcePosition(pos.install_id, through, pos.snapshots, pos.events + nevents)
-        )
+        if hi is not None or self._pending_schemas:
+            crash_point("harvest")
+            self._log(
+                frames,
+                SourcePosition(pos.install_id, through, pos.snapshots, pos.events + nevents),
+            )
+        self.repair_capture()
         self._maybe_trim()
         full = self._last_count >= self.settings.harvest_batch
         return HarvestResult(nevents, through, full=full)
@@ -204,9 +341,15 @@ class Harvester:
         """Append `frames` after any pending schema frames, with the mark of `new_pos`.
         The harvester's position moves only once the batch is durable."""
         schemas, self._pending_schemas = self._pending_schemas, []
+        if schemas:
+            crash_point("schema")
         try:
-            self.writer.append_batch(
-                schemas + frames, SourceMark(self.plan.name, new_pos, time.time())
+            bigrows.append_batch(  # `writer.append_batch`, streaming values too big for a row
+                self.writer,
+                self.plan.path,
+                schemas + frames,
+                SourceMark(self.plan.name, new_pos, time.time()),
+                self.position,
             )
         except BaseException:
             self._pending_schemas = schemas + self._pending_schemas
@@ -223,15 +366,16 @@ class Harvester:
         out = []
         for tid in tids:
             name = self.tids.get(tid)
-            if name is None:
-                continue  # a table no longer mapped: its changes are dropped with the trim
-            out.append(self._read_table(self.infos[name], tid, lo, hi, now))
+            if name is None or name in self.lost:
+                continue  # not mapped, or gone: its changes are dropped with the trim
+            out.extend(self._read_table(self.infos[name], tid, lo, hi, now))
         return out
 
-    def _read_table(self, info: TableInfo, tid: int, lo: int, hi: int, now: float) -> RowBatch:
-        return RowBatch(
-            self.plan.name, info.name, now, capture.read_changes(self.conn, info, tid, lo, hi)
-        )
+    def _read_table(
+        self, info: TableInfo, tid: int, lo: int, hi: int, now: float
+    ) -> list[RowBatch]:
+        spool = self.writer.log_dir  # BLOBs too big for a row wait there (cdc.bigrows)
+        return capture.change_batches(self.conn, self.plan.name, info, tid, lo, hi, now, spool)
 
     def _maybe_trim(self) -> None:
         """Delete harvested capture rows, without queueing behind busy bots.
@@ -245,7 +389,7 @@ class Harvester:
         if through <= self._trimmed_through:
             return
         now = time.monotonic()
-        if now - self._last_trim < self.settings.trim_interval:
+        if now - self._last_trim < self.settings.trim_interval or now < self._trim_retry_at:
             return
         overdue = now - self._last_trim > TRIM_OVERDUE
         self.busy.timeout_ms = self.settings.busy_timeout_ms if overdue else 20
@@ -257,28 +401,55 @@ class Harvester:
                     f"(SELECT max(seq) FROM {capture.CHANGES})",
                     (through,),
                 )
+                crash_point("trim")
         except apsw.BusyError:
             log.debug("source %s: trim deferred, database busy", self.plan.name)
             return
+        except apsw.FullError as e:
+            # The bots' disk is full: a DELETE needs journal (or WAL) space. Harvesting
+            # goes on (it only reads); the rows wait until there is room. Said once, and
+            # tried again every TRIM_FULL_RETRY s, not at every wake-up.
+            if self.trim_error is None:
+                log.warning(
+                    "source %s: cannot trim %s, the legacy file's disk is full (%s); "
+                    "harvesting goes on, the trim is retried",
+                    self.plan.name,
+                    capture.CHANGES,
+                    e,
+                )
+            self.trim_error = (
+                f"legacy disk full: cannot trim {capture.CHANGES} ({e}); harvesting goes on, "
+                f"the trim is retried every {TRIM_FULL_RETRY:.0f} s"
+            )
+            self._trim_retry_at = time.monotonic() + TRIM_FULL_RETRY
+            return
         finally:
             self.busy.timeout_ms = self.settings.busy_timeout_ms
+        if self.trim_error is not None:
+            log.info("source %s: capture rows trimmed again", self.plan.name)
+            self.trim_error = None
         self._trimmed_through = through
         self._last_trim = time.monotonic()
 
     # -- snapshot ------------------------------------------------------------------------
+    def _copying(self, c: SnapshotCursor) -> bool:
+        """A cursor still to copy, of a table that is here (a dropped one waits: should it
+        be created again, it gets a fresh cursor after a reset)."""
+        return not c.done and c.table in self.infos and c.table not in self.lost
+
     @property
     def snapshot_pending(self) -> bool:
-        return any(not c.done for c in self.position.snapshots)
+        return any(self._copying(c) for c in self.position.snapshots)
 
     def snapshot_state(self) -> str:
-        snaps = self.position.snapshots
+        snaps = [c for c in self.position.snapshots if c.table in self.infos]
         done = sum(c.done for c in snaps)
         return "done" if done == len(snaps) else f"{done}/{len(snaps)} tables"
 
     def snapshot_chunk(self) -> int:
         """Copy the next chunk of the first unfinished table; returns rows copied."""
         pos = self.position
-        idx = next((i for i, c in enumerate(pos.snapshots) if not c.done), None)
+        idx = next((i for i, c in enumerate(pos.snapshots) if self._copying(c)), None)
         if idx is None:
             return 0
         cur = pos.snapshots[idx]
@@ -286,6 +457,8 @@ class Harvester:
         now = time.time()
         with read_transaction(self.conn):
             self._refresh_schemas()  # the chunk must be read with the shape it has now
+            if not self._copying(cur):
+                return 0  # dropped just now
             info = self.infos[cur.table]
             kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
             width = len(kexpr)
@@ -297,30 +470,29 @@ class Harvester:
                     f"SELECT {keys} FROM {q(info.name)} ORDER BY {', '.join(k + ' DESC' for k in kexpr)} LIMIT 1"
                 ).fetchone()
                 until = list(top) if top else None
-            rows = []
+            rows, streamed = [], []
             if until is not None:
                 conds, args = [f"({keys}) <= ({marks})"], list(until)
                 if cur.after is not None:
                     conds.append(f"({keys}) > ({marks})")
                     args += list(cur.after)
-                cols = ", ".join(q(c) for c in info.column_names)
-                rows = self.conn.execute(
-                    f"SELECT {keys}, {cols} FROM {q(info.name)} WHERE {' AND '.join(conds)} "
+                rows, streamed = bigrows.table_rows(  # any width; big BLOBs left to stream
+                    self.conn,
+                    info,
+                    kexpr,
+                    f"FROM {q(info.name)} WHERE {' AND '.join(conds)} "
                     f"ORDER BY {keys} LIMIT {int(limit)}",
                     args,
-                ).fetchall()
+                    self.writer.log_dir,
+                )
         src = self.plan.name
-        batch = RowBatch(
-            src,
-            cur.table,
-            now,
-            [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows],
-        )
-        frames = [batch] if rows else []
+        events = [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows]
+        frames = bigrows.batches(src, cur.table, now, events, streamed, info.column_names)
         after = list(rows[-1][:width]) if rows else cur.after
         snaps = list(pos.snapshots)
         done = until is None or len(rows) < limit or after == until
         snaps[idx] = SnapshotCursor(cur.table, done, after, until)
+        crash_point("snapshot")
         self._log(
             frames, SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))
         )

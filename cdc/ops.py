@@ -10,6 +10,7 @@ import msgspec
 from cdc import backflow, capture
 from cdc.config import Config
 from cdc.cutover_state import finalized_sources
+from cdc.guard import is_guard
 from cdc.inventory import list_tables
 from cdc.plan import Plan, resolve_plan
 from cdc.sqlconn import open_legacy, open_target
@@ -64,10 +65,11 @@ def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
 
     out = []
     for name, path, _required in expand_sources(cfg):
-        try:
-            conn = open_legacy(path, cfg.daemon.busy_timeout_ms)
-        except Exception:  # noqa: BLE001 - a missing source has nothing to uninstall
-            continue
+        if not os.path.exists(path) or is_guard(path):
+            continue  # nothing to uninstall: a missing file, or a finalized source's guard
+        # anything else that cannot be opened (read-only, corrupt, not a database) is said,
+        # not skipped: its triggers would stay behind unnoticed
+        conn = open_legacy(path, cfg.daemon.busy_timeout_ms)
         try:
             n = capture.uninstall(conn)
         finally:

@@ -10,17 +10,26 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import logging
 import os
+import threading
+import time
 from pathlib import Path
 
+import apsw
 import msgspec
 
-from cdc import ddl
-from cdc.config import Config, RuleConfig
-from cdc.errors import ConfigError, PlanError
+from cdc import bigrows, ddl
+from cdc.config import MAX_NAME_BYTES, Config, RuleConfig
+from cdc.errors import ConfigError, PlanError, SourceError
+from cdc.fsutil import safe_component
 from cdc.guard import is_guard
 from cdc.inventory import TableInfo, affinity, list_tables
 from cdc.sqlconn import open_legacy
+
+log = logging.getLogger(__name__)
+
+LOCKED_START_WAIT = 600.0  # seconds a starting daemon waits for a source a bot keeps locked
 
 
 class TableMapping(msgspec.Struct, frozen=True):
@@ -68,6 +77,13 @@ class Plan(msgspec.Struct, frozen=True, dict=True):
     targets: dict[str, str]
     sources: list[SourcePlan]
     problems: list[str] = []  # only in a lenient plan (status must work on a drifting system)
+    unmapped: list[tuple[str, str]] = []  # (source, table) matched by no rule, lenient plan
+    busy: list[str] = []  # sources locked past the busy timeout: their tables are unknown
+
+    def unmapped_only(self) -> bool:
+        """Every problem is a table no rule matches: what a bot's `CREATE TABLE` causes on
+        a live system, and what must not stop replicating the rest (`daemon_plan`)."""
+        return len(self.problems) == len(self.unmapped)
 
     def mapping(self, source: str, table: str) -> TableMapping | None:
         return self._index.get((source, table))
@@ -113,11 +129,24 @@ def resolve_plan(
     which must keep working when a bot creates an unmapped table on a live system).
     """
     problems: list[str] = []
+    unmapped: list[tuple[str, str]] = []
+    busy: list[str] = []
     sources: list[tuple[str, str, list[TableInfo]]] = []
     seen: dict[str, str] = {}
     for name, path, required in expand_sources(cfg):
-        if "{stem}" in name or any(c in path for c in "*?["):
-            problems.append(f"source glob {path!r} matches no file")
+        if ("{stem}" in name or any(c in path for c in "*?[")) and not os.path.lexists(path):
+            # (a file the glob matched may itself be called `bot[1].db`: it exists)
+            problems.append(f"{_source_key(cfg, path)} glob {path!r} matches no file")
+            continue
+        # A name becomes part of file names in the state dir: never `..` or hidden (cannot
+        # happen while names start with a letter, config.py), never too long for one.
+        if not safe_component(name) or len(name.encode()) > MAX_NAME_BYTES:
+            why = "is too long" if safe_component(name) else "cannot name a source"
+            problems.append(
+                f"{_source_key(cfg, path)}: file {path} gives the source name {name!r}, "
+                f"which {why} (it becomes part of file names in the state dir, at most "
+                f"{MAX_NAME_BYTES} bytes): rename the file"
+            )
             continue
         if name in seen:
             problems.append(f"source name {name!r} given to both {seen[name]} and {path}")
@@ -133,15 +162,20 @@ def resolve_plan(
                 continue
             try:
                 conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
+                try:
+                    tables = list_tables(conn)
+                    if cfg.capture_of(name) == "hooks":
+                        problems.extend(_check_hooks(conn, name))
+                finally:
+                    conn.close()
+            except apsw.BusyError as e:  # a bot's long write transaction: not a mapping fault
+                busy.append(name)
+                problems.append(f"source {name!r} ({path}): locked by another process: {e}")
+                sources.append((name, path, []))
+                continue
             except Exception as e:  # noqa: BLE001 - reported with the others
                 problems.append(f"source {name!r}: {e}")
                 continue
-            try:
-                tables = list_tables(conn)
-                if cfg.capture_of(name) == "hooks":
-                    problems.extend(_check_hooks(conn, name))
-            finally:
-                conn.close()
         sources.append((name, path, tables))
 
     plans = []
@@ -160,6 +194,7 @@ def resolve_plan(
                 virtuals.append((t, rule))  # decided once the content tables are mapped
                 continue
             if rule is None:
+                unmapped.append((name, t.name))
                 problems.append(
                     f"table {t.name!r} of source {name!r} ({path}) is matched by no rule: "
                     "map it to a target or exclude it"
@@ -208,13 +243,69 @@ def resolve_plan(
         problems.extend(_check_foreign_keys(sp))
     plan = Plan(targets=dict(cfg.targets), sources=plans)
     problems.extend(ddl.check_names(plan))
+    problems.extend(bigrows.width_problems(plan))  # tables a target cannot hold
     if problems and not strict:
-        return Plan(targets=dict(cfg.targets), sources=plans, problems=problems)
+        return Plan(
+            targets=dict(cfg.targets),
+            sources=plans,
+            problems=problems,
+            unmapped=unmapped,
+            busy=busy,
+        )
     if problems:
+        # One problem is one line (the CLI's `error:` line); several are listed under it.
+        sep = " " if len(problems) == 1 else "\n  - "
         raise PlanError(
-            f"{cfg.config_path or 'config'}: {len(problems)} problem(s) in the table mapping:\n  - "
+            f"{cfg.config_path or 'config'}: {len(problems)} problem(s) in the table mapping:"
+            + sep
             + "\n  - ".join(problems)
         )
+    return plan
+
+
+def _source_key(cfg: Config, path: str) -> str:
+    """`sources[i].path` of the declaration a (glob-expanded) path comes from."""
+    for i, s in enumerate(cfg.sources):
+        if s.path == path or fnmatch.fnmatchcase(path, s.path):
+            return f"`sources[{i}].path`"
+    return "source"
+
+
+def excluded_by_rule(cfg: Config, source: str, table: str) -> bool:
+    rule, _ = _match(cfg.rules, source, table)
+    return rule is not None and rule.exclude
+
+
+def daemon_plan(cfg: Config, stop: threading.Event | None = None) -> Plan:
+    """The plan a (re)starting daemon runs: strict, except for tables no rule matches, and
+    patient with a source a bot keeps locked.
+
+    `cdc install` and `cdc check` refuse an unmapped table, so one found later appeared
+    after installation (a bot's start-up `CREATE TABLE IF NOT EXISTS`). Refusing to start
+    would stop every other table of every source over it, and a supervisor would turn that
+    into a restart loop; instead it is left uncaptured and named, loudly and repeatedly, by
+    the daemon's log, `cdc status` and the metrics (invariant 3: never silently).
+
+    A source locked past the busy timeout (a bot holding a long write transaction) is
+    waited for, up to `LOCKED_START_WAIT` s: a mapping error (exit 3, which a supervisor
+    does not restart) would leave replication down over a bot's slow transaction."""
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + LOCKED_START_WAIT
+    plan = resolve_plan(cfg, strict=False)
+    said: set[str] = set()
+    while plan.busy and time.monotonic() < deadline and not stop.is_set():
+        for name in sorted(set(plan.busy) - said):
+            log.warning("source %s is locked by another process: waiting for it", name)
+        said |= set(plan.busy)
+        stop.wait(0.5)
+        plan = resolve_plan(cfg, strict=False)
+    if plan.busy:
+        raise SourceError(
+            f"source(s) {', '.join(plan.busy)} stayed locked while the daemon started",
+            hint="a bot holds a write transaction that long; the daemon can start once it ends",
+        )
+    if plan.problems and not plan.unmapped_only():
+        return resolve_plan(cfg)  # raises PlanError listing every problem
     return plan
 
 

@@ -18,6 +18,8 @@ import time
 
 import msgspec
 
+from cdc.fsutil import makedirs_private
+
 log = logging.getLogger(__name__)
 
 POOLS_DIR = "pools"
@@ -92,10 +94,11 @@ def write_pool_metrics(state_dir: str, pools: list[PoolMetrics]) -> None:
     value = PoolMetricsFile(pid, time.time(), pools, process_start(pid))
     data = _encoder.encode(value)
     with _write_lock:  # threads of one process share the temporary file's name
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        makedirs_private(folder)  # a bot may start first: the state dir is made 0700 too
         tmp = os.path.join(folder, f".{pid}.json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # a leftover temporary file may have other bits
             os.write(fd, data)
         finally:
             os.close(fd)

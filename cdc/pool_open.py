@@ -10,6 +10,7 @@ import apsw
 
 from cdc.config import PoolSettings
 from cdc.errors import ConfigError, SourceError, TargetError
+from cdc.sqlconn import create_private
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -60,9 +61,10 @@ def open_pooled(path: str, settings: PoolSettings, is_target: bool) -> apsw.Conn
     chose, with `settings.legacy_synchronous`.
     """
     if is_target:
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
+        try:
+            create_private(path)  # 0600 in 0700 folders, like the daemon's (cdc.sqlconn)
+        except OSError as e:
+            raise TargetError(f"{path}: cannot create target database: {e.strerror or e}") from e
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     else:
         if not os.path.exists(path):

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from cdc.errors import DaemonError
+from cdc.fsutil import makedirs_private, write_private
 
 REQUESTS_DIR = "requests"
 
@@ -49,16 +50,11 @@ def _dir(state_dir: str) -> str:
 
 
 def _write(path: str, value: msgspec.Struct) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(msgspec.msgpack.encode(value))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(path, msgspec.msgpack.encode(value))  # 0600: keys of the bots' rows
 
 
 def submit(state_dir: str, source: str, table: str, keys: list[list]) -> RepairRequest:
-    os.makedirs(_dir(state_dir), mode=0o700, exist_ok=True)
+    makedirs_private(_dir(state_dir))
     req = RepairRequest(uuid.uuid4().hex, source, table, keys, time.time())
     _write(os.path.join(_dir(state_dir), f"{req.id}.req"), req)
     return req

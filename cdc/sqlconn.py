@@ -13,6 +13,7 @@ import time
 import apsw
 
 from cdc.errors import SourceError, TargetError
+from cdc.fsutil import PRIVATE_FILE, makedirs_private
 
 PASS_NAME = "cdc_fence_pass"  # see cdc.fence
 # True in a trigger fired by anyone but sqlite-cdc's own connections (`allow_writes`).
@@ -39,6 +40,10 @@ def open_legacy(path: str, busy_timeout_ms: int = 5000, readonly: bool = False) 
     """Open an existing legacy DB. A missing file is an error, never a new empty database."""
     if not os.path.exists(path):
         raise SourceError(f"{path}: legacy database not found", hint="check `sources` in cdc.toml")
+    if os.path.isdir(path):
+        raise SourceError(
+            f"{path}: is a folder, not a database file", hint="check `sources` in cdc.toml"
+        )
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
     try:
         conn = apsw.Connection(path, flags=flags)
@@ -64,7 +69,55 @@ def open_legacy(path: str, busy_timeout_ms: int = 5000, readonly: bool = False) 
         raise SourceError(f"{path}: cannot open: {e}") from e
     except apsw.PermissionsError as e:
         raise SourceError(f"{path}: permission denied: {e}") from e
+    except apsw.IOError as e:
+        raise SourceError(f"{path}: cannot read: {e}") from e
+    if not readonly:
+        try:
+            _check_writable(conn, path)
+        except BaseException:
+            conn.close()
+            raise
     return conn
+
+
+def _check_writable(conn: apsw.Connection, path: str) -> None:
+    """A read-write open silently falls back to read-only on a write-protected file, and a
+    rollback-journal database needs its folder writable too (SQLite creates `-journal`
+    next to the file for every write). Both would fail later, half-way through a write
+    (install, trim); say so at once, naming the file."""
+    hint = "the daemon and `cdc install` write to the legacy files: run them as the bots' user, on a writable mount"
+    if conn.readonly("main"):
+        raise SourceError(
+            f"{path}: read-only (file or file system): capture cannot be installed or harvested",
+            hint=hint,
+        )
+    wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    folder = os.path.dirname(path) or "."
+    if not wal and not os.access(folder, os.W_OK):
+        raise SourceError(
+            f"{path}: its folder {folder} is not writable: SQLite cannot create the "
+            "rollback journal a write needs there",
+            hint=hint,
+        )
+
+
+def create_private(path: str) -> None:
+    """Create a missing target (and its missing folders) for its owner only: 0600 file,
+    0700 folders, whatever the umask. SQLite gives `-wal` and `-shm` the database's mode.
+    An existing file or folder keeps its mode (the operator's choice)."""
+    if os.path.exists(path):
+        return
+    parent = os.path.dirname(path)
+    if parent:
+        makedirs_private(parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
 
 
 def open_target(path: str, busy_timeout_ms: int = 5000) -> apsw.Connection:
@@ -75,9 +128,10 @@ def open_target(path: str, busy_timeout_ms: int = 5000) -> apsw.Connection:
     from the log. The one thing that must never happen is a checkpoint that rolls back
     behind a log segment we deleted: `make_durable` is called before any deletion.
     """
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    try:
+        create_private(path)
+    except OSError as e:
+        raise TargetError(f"{path}: cannot create target database: {e.strerror or e}") from e
     try:
         conn = apsw.Connection(path)
         set_busy_timeout(conn, busy_timeout_ms)
@@ -178,6 +232,14 @@ class read_transaction:  # noqa: N801 - used like a function: `with read_transac
         try:
             self.conn.execute("COMMIT")
         except apsw.Error:
-            self.conn.execute("ROLLBACK")
+            # A corrupt page read inside the transaction fails the COMMIT too, and SQLite
+            # may have ended the transaction already: a ROLLBACK then fails with "no
+            # transaction is active", which must not hide the read's own error.
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except apsw.Error:
+                    if exc_type is None:
+                        raise
             if exc_type is None:
                 raise

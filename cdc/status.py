@@ -23,7 +23,7 @@ from cdc.events import RowBatch, SourcePosition
 from cdc.plan import Plan, resolve_plan
 from cdc.pool_metrics import PoolMetrics, read_pool_metrics
 from cdc.sqlconn import open_legacy
-from cdc.status_file import BackflowRuntime, read_status
+from cdc.status_file import BackflowRuntime, full_disk_note, read_status
 from checkpoints.store import SOURCES, TABLE
 from verifier.continuous import VerifierStatus, read_verifier_status
 
@@ -177,7 +177,12 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
 
     targets, applied_seq, oldest = [], {}, {}
     for name, path in sorted(plan.targets.items()):
-        off, events, at, seqs = target_state(path)
+        unreadable = None
+        try:
+            off, events, at, seqs = target_state(path)
+        except apsw.Error as e:  # a full disk: no room for the WAL index a reader needs
+            off, events, at, seqs = 0, 0, None, {}
+            unreadable = f"{path}: cannot read its checkpoint: {e}{full_disk_note(path)}"
         rt = ds.targets.get(name) if ds else None
         for src, seq in seqs.items():
             applied_seq.setdefault(src, []).append((name, seq))
@@ -195,7 +200,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
                 max(0, end - off),
                 rt.last_lag if rt else None,
                 at,
-                rt.last_error if rt and daemon.state == "running" else None,
+                (rt.last_error if rt and daemon.state == "running" else None) or unreadable,
             )
         )
 
@@ -205,6 +210,11 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         st = SourceStatus(sp.name, sp.path, len(sp.tables), False, capture=sp.capture)
         if sp.name in released:  # archived and released by `cdc finalize`
             st.snapshot = "finalized"
+            sources.append(st)
+            continue
+        if sp.name in plan.busy:  # a bot holds it locked: nothing about it can be read now
+            st.snapshot, st.backlog_events = "unknown", -1
+            st.last_error = f"{sp.path}: locked by another process; status could not read it"
             sources.append(st)
             continue
         if not sp.tables:
@@ -221,15 +231,24 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             st.heartbeat_at = rt.heartbeat_at
         st.lag_seconds = _lag(st, cfg, oldest.get(sp.name), now)
         if rt and daemon.state == "running":
-            st.last_error = rt.last_error
+            st.last_error = rt.last_error or st.last_error
             st.hook_changes, st.foreign_changes = rt.hook_rows, rt.foreign_rows
         sources.append(st)
+    problems = list(plan.problems)
+    if ds is not None and daemon.state == "running":
+        problems += [
+            f"captured table {table!r} of source {name!r}: {why}; capture of it stopped and "
+            "its target table keeps the rows it had (exclude it in cdc.toml, or create it "
+            "again)"
+            for name, rt in sorted(ds.sources.items())
+            for table, why in sorted(rt.lost_tables.items())
+        ]
     return Status(
         daemon,
         logst,
         sources,
         targets,
-        list(plan.problems),
+        problems,
         read_verifier_status(cfg.state_dir),
         read_records(cfg.state_dir),
         dict(ds.backflow) if ds and daemon.state == "running" else {},
@@ -252,6 +271,8 @@ def _fill_source(st, sp, cfg, logged, applied_seq, oldest, now) -> None:
             ).fetchone()[0]
     except apsw.BusyError:
         st.last_error = "legacy database busy; capture count unavailable"
+    except apsw.Error as e:  # a WAL file on a full disk: no room for the WAL index
+        st.last_error = f"cannot read the capture count: {e}{full_disk_note(sp.path)}"
     finally:
         conn.close()
     if logged is not None:

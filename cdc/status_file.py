@@ -6,8 +6,12 @@ the targets, so status works (and says so) when the daemon is down.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import threading
+import time
 from typing import TypeVar
 
 import msgspec
@@ -28,6 +32,7 @@ class SourceRuntime(msgspec.Struct):
     hook_rows: int = 0  # hook capture: changes written by pool connections
     foreign_rows: int = 0  # hook capture: changes by writers outside the pool (triggers)
     heartbeat_at: float = 0.0  # start of the last harvest that read this file to its end
+    lost_tables: dict[str, str] = {}  # captured tables gone (dropped/renamed): what happened
 
 
 class TargetRuntime(msgspec.Struct):
@@ -66,12 +71,77 @@ STATUS_FILE = "daemon-status.json"
 
 
 def write_json_atomic(path: str, value: msgspec.Struct) -> None:
-    """Readers (`cdc status`, the daemon) see the old file or the new one, never half."""
+    """Readers (`cdc status`, the daemon) see the old file or the new one, never half.
+
+    On a full disk (the state dir's, shared with the change log) no new file can be made,
+    and a status frozen at the moment the disk filled would hide the very error an
+    operator looks for. So every file is written with room to grow (trailing spaces, valid
+    JSON: `_with_room`), and on a full disk it is rewritten in place, inside the space it
+    holds (`_overwrite_in_place`); `read_json` reads again if it meets it half written.
+    """
+    data = msgspec.json.encode(value)
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(value))
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover temporary file may have other bits
+        with os.fdopen(fd, "wb") as f:
+            f.write(_with_room(data))
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a half-written tmp holds space the change log needs
+        if not _overwrite_in_place(path, data):
+            raise
+
+
+ROOM = 4096  # bytes a status file may grow by while the disk is full (the error texts)
+
+
+def _with_room(data: bytes) -> bytes:
+    """`data` padded with spaces to whole 4 KiB blocks, at least `ROOM` (or half its own
+    size) more than it needs: what the source and target errors of a full disk add to the
+    status must fit in place (a few hundred bytes each)."""
+    size = len(data) + max(ROOM, len(data) // 2)
+    return data + b" " * (-(-size // 4096) * 4096 - len(data))
+
+
+def _overwrite_in_place(path: str, data: bytes) -> bool:
+    """Write `data` over the existing file at `path` without allocating: only when it fits
+    in the blocks the file already holds. A shorter text is padded with spaces (still
+    valid JSON), so the file keeps its room for the next write. False: it cannot be done."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if len(data) > max(st.st_size, st.st_blocks * 512):
+            return False
+        if len(data) < st.st_size:
+            data += b" " * (st.st_size - len(data))
+        try:
+            os.pwrite(fd, data, 0)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+FULL_BELOW = 64 * 1024  # free bytes under which a disk is full to SQLite (a WAL index: 32 KiB)
+
+
+def full_disk_note(path: str) -> str:
+    """A note for errors whose own text does not say that the disk is full (SQLite's
+    "disk I/O error" when there is no room for a WAL index): "(its disk is full: N bytes
+    free)" when the disk holding the file `path` is, else an empty string."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return ""
+    return f" (its disk is full: {free} bytes free)" if free < FULL_BELOW else ""
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}
@@ -90,11 +160,19 @@ def _decoder(type_: type[T]) -> msgspec.json.Decoder:
 
 
 def read_json(path: str, type_: type[T]) -> T | None:
-    try:
-        with open(path, "rb") as f:
-            return _decoder(type_).decode(f.read())
-    except (FileNotFoundError, msgspec.DecodeError):
-        return None
+    """The file decoded, or None when it is missing or undecodable. A file rewritten in
+    place (full disk, see `write_json_atomic`) may be met half written: read it again."""
+    for attempt in range(3):
+        try:
+            with open(path, "rb") as f:
+                return _decoder(type_).decode(f.read())
+        except FileNotFoundError:
+            return None
+        except msgspec.DecodeError:
+            if attempt == 2:
+                return None
+            time.sleep(0.01)
+    return None
 
 
 def write_status(state_dir: str, status: DaemonStatus) -> None:

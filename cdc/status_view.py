@@ -107,7 +107,9 @@ def _render(st: Status, rates: dict[str, float]) -> str:
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("")
-    if st.in_sync:
+    if st.in_sync and st.problems:  # what is replicated is in sync; the rest is not
+        lines.append(f"in sync, except {len(st.problems)} problem(s) above")
+    elif st.in_sync:
         lines.append("in sync")
     else:
         behind = sum(t.backlog_bytes for t in st.targets)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import apsw
 import msgspec
@@ -17,7 +18,18 @@ import msgspec
 from cdc import capture, ddl
 from cdc.changelog import LogEntry
 from cdc.errors import TargetBusyError, TargetError
-from cdc.events import Op, RowBatch, SourceMark, SourcePosition, TableSchema
+from cdc.events import (
+    Op,
+    RowBatch,
+    RowEvent,
+    SourceMark,
+    SourcePosition,
+    StreamedRowBatch,
+    TableReset,
+    TableSchema,
+    ValueChunk,
+)
+from cdc.faults import crash_point
 from cdc.plan import Plan
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
@@ -32,9 +44,19 @@ class ApplyResult(msgspec.Struct):
 
 
 def apply_batch(
-    target: TargetDB, plan: Plan, entries: list[LogEntry], old: Checkpoint
+    target: TargetDB,
+    plan: Plan,
+    entries: list[LogEntry],
+    old: Checkpoint,
+    more: Callable[[int], list[LogEntry]] | None = None,
 ) -> ApplyResult:
-    """Apply `entries` (which start at `old.offset`) and move the checkpoint past them."""
+    """Apply `entries` (which start at `old.offset`) and move the checkpoint past them.
+
+    `more(offset)` reads the log on from `offset`: when `entries` end inside a streamed
+    value, the transaction reads on to the value's last chunk, so that one incremental-I/O
+    handle writes the whole value (a handle per transaction would walk the value's
+    overflow pages from its start every time: quadratic). Only a value's chunks are read
+    on; they are applied as they are read, so memory stays at one read's worth."""
     if not entries:
         return ApplyResult(0, old)
     if entries[0].offset != old.offset:
@@ -50,20 +72,13 @@ def apply_batch(
             runs: dict[tuple[str, str], list[RowBatch]] = defaultdict(list)
             marks: dict[str, SourcePosition] = {}
             rebuilds: list[tuple[str, str]] = []
-            for e in entries:
-                f = e.frame
-                if isinstance(f, RowBatch):
-                    m = plan.mapping(f.source, f.table)
-                    if m is not None and m.target == target.name:
-                        runs[(f.source, f.table)].append(f)
-                elif isinstance(f, TableSchema):
-                    m = plan.mapping(f.source, f.table)
-                    if m is not None and m.target == target.name:
-                        # Rows queued so far were shaped by the previous schema.
-                        applied += _flush(conn, target, runs.pop((f.source, f.table), []))
-                        target.apply_schema(f, m, plan)
-                elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
-                    marks[f.source] = f.position  # only the newest per source matters
+            end = old.offset
+            try:
+                for e in _read_on(entries, more, target):
+                    end = e.next_offset
+                    applied += _apply_frame(e.frame, conn, target, plan, runs, marks)
+            finally:
+                target.close_value()  # before COMMIT or ROLLBACK
             now = time.time()
             for source, p in marks.items():
                 target.checkpoints.record_source(
@@ -84,7 +99,10 @@ def apply_batch(
                 # A cut-over (or rolled-back) stage's target tables are captured for the way
                 # back (`cdc.backflow`): what we wrote is not the bots' and must not go back.
                 capture.drop_own_changes(conn, own_from)
-            cp = target.checkpoints.advance(old, entries[-1].next_offset, applied)
+            crash_point("apply")
+            cp = target.checkpoints.advance(old, end, applied)
+            crash_point("checkpoint")
+        crash_point("committed")
     except apsw.FullError as e:
         raise TargetBusyError(
             f"{target.path}: disk full while applying: {e}",
@@ -100,11 +118,74 @@ def apply_batch(
     return ApplyResult(applied, cp, newest)
 
 
+def _apply_frame(
+    f: object,
+    conn: apsw.Connection,
+    target: TargetDB,
+    plan: Plan,
+    runs: dict[tuple[str, str], list[RowBatch]],
+    marks: dict[str, SourcePosition],
+) -> int:
+    """One frame of `apply_batch`: rows are queued per table (`runs`), written when
+    something must follow them (a schema change, a reset, a streamed value's chunk) or at
+    the end. Returns the events written now."""
+    applied = 0
+    if isinstance(f, RowBatch):
+        m = plan.mapping(f.source, f.table)
+        if m is not None and m.target == target.name:
+            runs[(f.source, f.table)].append(f)
+    elif isinstance(f, TableSchema):
+        m = plan.mapping(f.source, f.table)
+        if m is not None and m.target == target.name:
+            # Rows queued so far were shaped by the previous schema.
+            applied += _flush(conn, target, runs.pop((f.source, f.table), []))
+            target.close_value()
+            target.apply_schema(f, m, plan)
+    elif isinstance(f, TableReset):
+        m = plan.mapping(f.source, f.table)
+        if m is not None and m.target == target.name:
+            applied += _flush(conn, target, runs.pop((f.source, f.table), []))
+            target.close_value()
+            _reset(conn, target, f)
+    elif isinstance(f, ValueChunk):
+        m = plan.mapping(f.source, f.table)
+        if m is not None and m.target == target.name:
+            # Its row (a zeroblob so far) may still be queued: write it first.
+            applied += _flush(conn, target, runs.pop((f.source, f.table), []))
+            target.write_chunk(f)
+    elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
+        marks[f.source] = f.position  # only the newest per source matters
+    return applied
+
+
+def _read_on(
+    entries: list[LogEntry], more: Callable[[int], list[LogEntry]] | None, target: TargetDB
+) -> Iterator[LogEntry]:
+    """`entries`, then, while a streamed value is half written, the log after them."""
+    while entries:
+        yield from entries
+        if more is None or not target.value_open():
+            return
+        entries = more(entries[-1].next_offset)
+
+
 def _feeds(plan: Plan, source: str, target: str) -> bool:
     try:
         return any(m.target == target for m in plan.source(source).tables)
     except KeyError:
         return False
+
+
+def _reset(conn: apsw.Connection, target: TargetDB, f: TableReset) -> None:
+    """Forget this source table's rows (only this source's, in a merged table)."""
+    shape = target.shapes.get((f.source, f.table))
+    if shape is None:
+        return  # nothing of it was ever applied here
+    table = q(shape.target_table)
+    if shape.tag_column is None:
+        conn.execute(f"DELETE FROM {table}")
+    else:
+        conn.execute(f"DELETE FROM {table} WHERE {q(shape.tag_column)} IS ?", (shape.tag,))
 
 
 def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> int:
@@ -119,15 +200,29 @@ def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> 
     if stmts is None:
         stmts = target.statements[key] = statements(shape)
     upsert_sql, delete_sql = stmts
+    target.close_value()  # these rows may include the one being streamed into
     n = 0
     for b in batches:
-        ups, dels = _split(shape, b.events)
+        ups, dels = _split(shape, _zeroblobs(b) if isinstance(b, StreamedRowBatch) else b.events)
         if dels:
             conn.executemany(delete_sql, dels)
         if ups:
             conn.executemany(upsert_sql, ups)
         n += len(b.events)
     return n
+
+
+def _zeroblobs(b: StreamedRowBatch) -> list[RowEvent]:
+    """The events of `b` with a zeroblob of the right size bound for each streamed value:
+    SQLite reserves the space without anyone holding the bytes, and the `ValueChunk`
+    frames that follow fill it in (`TargetDB.write_chunk`)."""
+    events = list(b.events)
+    for sv in b.streamed:
+        e = events[sv.event]
+        row = list(e.row)
+        row[sv.column] = apsw.zeroblob(sv.size)
+        events[sv.event] = RowEvent(e.op, e.seq, e.key, row)
+    return events
 
 
 def statements(shape: AppliedShape) -> tuple[str, str]:

@@ -10,6 +10,7 @@ segments it still needs are kept), and a panic stop ends the loop with `PanicSto
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,10 @@ from cdc.plan import Plan
 from cdc.status_file import TargetRuntime
 from replicator.replicator import Replicator
 
+log = logging.getLogger(__name__)
+
 GC_INTERVAL = 5.0
+RETRY_AFTER = 1.0  # seconds a locked or full target rests before it is tried again
 
 
 class ApplyLoop:
@@ -47,6 +51,7 @@ class ApplyLoop:
         first = self.replicator.reader.first_offset() if log_first is None else log_first
         self.replicator.check_against_log(first, durable_end())
         self.runtime = {n: TargetRuntime(path=p) for n, p in plan.targets.items()}
+        self.retry_at: dict[str, float] = {}  # locked or full targets: next try (monotonic)
         for name, cp in self.replicator.checkpoints.items():
             self.runtime[name].applied, self.runtime[name].offset = cp.events, cp.offset
 
@@ -75,8 +80,13 @@ class ApplyLoop:
             if ctl.panic:
                 raise panic_error(ctl)
             paused = frozenset(ctl.paused_apply)
+            now = time.monotonic()
+            resting = frozenset(t for t, at in self.retry_at.items() if at > now)
             end = self.durable_end()
-            n = self._step(end, paused)
+            n = self._step(end, paused | resting)
+            for name in self.replicator.errors.keys() - paused - resting:
+                # Failed now: it rests, however often new log data wakes us meanwhile.
+                self.retry_at[name] = time.monotonic() + RETRY_AFTER
             now = time.time()
             for name, rt in self.runtime.items():
                 err = self.replicator.errors.get(name)
@@ -88,13 +98,20 @@ class ApplyLoop:
                     rt.last_lag = now - res.newest_observed_at
             self.replicator.last_results.clear()
             if now - last_gc > GC_INTERVAL:
-                delete_segments_before(
-                    self.log_dir, self.replicator.durable_min_offset(), self.archive_dir
-                )
+                try:
+                    delete_segments_before(
+                        self.log_dir, self.replicator.durable_min_offset(), self.archive_dir
+                    )
+                except OSError as e:
+                    # The archive's disk is full (retention = "archive"): the applied
+                    # segments stay in the log, and are moved once there is room.
+                    log.warning("change log: cannot retire applied segments now: %s", e)
                 last_gc = now
+            if n:
+                continue  # more may be waiting; a resting target does not slow the others
             if self.replicator.errors:
-                self.wake.wait(1.0)  # a target is locked or full: retry, don't spin
-            elif n == 0 and self.caught_up(end, paused):
+                self.wake.wait(RETRY_AFTER)  # a target is locked or full: retry, don't spin
+            elif self.caught_up(end, paused):
                 self.wake.wait(self.settings.poll_interval)
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+import apsw
+
 from cdc.changelog import LogReader
 from cdc.config import DaemonSettings
 from cdc.errors import TargetBusyError, TargetError
@@ -34,6 +36,7 @@ class Replicator:
         self.checkpoints = {n: t.checkpoints.load() for n, t in self.targets.items()}
         self.last_results: dict[str, ApplyResult] = {}
         self.errors: dict[str, Exception] = {}
+        self.durable: dict[str, int] = {}  # per target: the last checkpoint known durable
 
     def close(self) -> None:
         for t in self.targets.values():
@@ -44,6 +47,10 @@ class Replicator:
         """Apply at most one batch per target, never past `limit_offset`; return events applied."""
         total = 0
         cache: dict[int, list] = {}
+
+        def more(offset: int) -> list:  # the rest of a streamed value (apply_batch)
+            return self.reader.read(offset, limit_offset, max_frames=self.settings.apply_batch)
+
         for name, target in self.targets.items():
             cp = self.checkpoints[name]
             if limit_offset is not None and cp.offset >= limit_offset:
@@ -57,13 +64,19 @@ class Replicator:
             if not entries:
                 continue
             try:
-                res = apply_batch(target, self.plan, entries, cp)
+                res = apply_batch(target, self.plan, entries, cp, more)
             except TargetBusyError as e:
                 # Nothing was committed; the other targets go on, this one retries later.
+                if str(self.errors.get(name)) != str(e):  # said once, not at every retry
+                    log.warning(
+                        "target %s: %s", name, e, extra={"target": name, "offset": cp.offset}
+                    )
                 self.errors[name] = e
-                log.warning("target %s: %s", name, e, extra={"target": name, "offset": cp.offset})
+                if isinstance(e.__cause__, apsw.FullError):
+                    _give_back_wal(target)
                 continue
-            self.errors.pop(name, None)
+            if self.errors.pop(name, None) is not None:
+                log.info("target %s: applying again", name, extra={"target": name})
             self.checkpoints[name] = res.checkpoint
             self.last_results[name] = res
             total += res.events
@@ -89,9 +102,32 @@ class Replicator:
         """The lowest checkpoint, after making every target's commits durable.
 
         Targets commit with synchronous=NORMAL; a segment may only be deleted once the
-        checkpoints past it can no longer be rolled back by a power loss.
+        checkpoints past it can no longer be rolled back by a power loss. A target that
+        cannot take the fsyncing commit now (its disk is full, or it is locked) counts
+        with the last checkpoint proven durable (0 before the first): its segments stay.
         """
-        low = min((c.offset for c in self.checkpoints.values()), default=0)
-        for t in self.targets.values():
-            t.checkpoints.make_durable()
-        return low
+        for name, t in self.targets.items():
+            offset = self.checkpoints[name].offset
+            try:
+                t.checkpoints.make_durable()
+            except (apsw.FullError, apsw.BusyError) as e:
+                log.warning(
+                    "target %s: cannot make its checkpoint durable now (%s); the log "
+                    "segments it may need are kept",
+                    name,
+                    e,
+                    extra={"target": name},
+                )
+                continue
+            self.durable[name] = offset
+        return min((self.durable.get(n, 0) for n in self.checkpoints), default=0)
+
+
+def _give_back_wal(target) -> None:  # noqa: ANN001 - replicator.target.TargetDB
+    """A full disk: the target's WAL keeps the size of its largest run of commits between
+    checkpoints. Checkpoint it whole and truncate it, so the retry has that room (it cannot
+    while a reader still needs old pages: then the next retry tries again)."""
+    try:
+        target.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except apsw.Error as e:
+        log.debug("target %s: WAL checkpoint on a full disk: %s", target.name, e)

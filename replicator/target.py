@@ -16,6 +16,7 @@ Which positional row image means which columns is state of this database too
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import apsw
@@ -23,10 +24,11 @@ import msgspec
 
 from cdc import ddl
 from cdc.errors import TargetError
-from cdc.events import ColumnDef, TableSchema
+from cdc.events import ColumnDef, TableSchema, ValueChunk
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_target, write_transaction
 from cdc.sqlident import q
+from cdc.status_file import full_disk_note
 from checkpoints import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,15 @@ class TargetDB:
     ) -> None:
         self.name = name
         self.path = path
-        self.conn = open_target(path, busy_timeout_ms)
+        try:
+            self.conn = open_target(path, busy_timeout_ms)
+        except TargetError as e:
+            note = full_disk_note(path)  # SQLite says "disk I/O error": no room for -shm
+            if not note:
+                raise
+            raise TargetError(
+                f"{e.message}{note}", hint="free space on its disk, then start the daemon again"
+            ) from e
         # A REPLACE that deletes a row through a UNIQUE conflict then fires the DELETE
         # triggers of the FTS tables we re-create (cdc.ddl), as an explicit delete would.
         self.conn.execute("PRAGMA recursive_triggers = ON")
@@ -71,15 +81,84 @@ class TargetDB:
                 )
                 self.checkpoints = CheckpointStore(self.conn, consumer, path)
         except apsw.Error as e:
-            raise TargetError(f"{path}: cannot prepare target: {e}") from e
+            raise TargetError(f"{path}: cannot prepare target: {e}{full_disk_note(path)}") from e
         self.statements: dict[tuple[str, str], tuple[str, str]] = {}  # see apply.statements
+        self._value: tuple | None = None  # (ident, blob, next offset, size): `write_chunk`
         self.shapes: dict[tuple[str, str], AppliedShape] = {
             (s, t): _shape_decoder.decode(b)
             for s, t, b in self.conn.execute(f"SELECT source, tbl, shape FROM {SCHEMAS}")
         }
 
     def close(self) -> None:
+        self.close_value()
         self.conn.close()
+
+    def write_chunk(self, c: ValueChunk) -> None:
+        """Write one piece of a streamed BLOB into the row its batch created (with a
+        zeroblob of the value's size, `replicator.apply`); inside the apply transaction.
+
+        The handle stays open for the value's next piece (`value_open`): a new handle
+        walks the value's overflow pages from its start, so a handle per piece makes
+        writing a big value quadratic. `close_value` must come before anything else
+        writes that row, and before the transaction ends."""
+        ident = (c.source, c.table, msgspec.msgpack.encode(c.key), c.column)
+        if self._value is None or self._value[0] != ident or self._value[2] != c.offset:
+            self.close_value()
+            self._value = (ident, *self._open_value(c))
+        _, blob, _, size = self._value
+        end = c.offset + len(c.data)
+        if end > size:
+            self.close_value()
+            raise TargetError(
+                f"{self._what(c)}: bytes {c.offset}..{end} do not fit its {size} bytes",
+                hint="the log and this target disagree; rebuild the target from a fresh snapshot",
+            )
+        blob.seek(c.offset)
+        blob.write(c.data)
+        if end == size:
+            self.close_value()
+        else:
+            self._value = (ident, blob, end, size)
+
+    def value_open(self) -> bool:
+        """Whether a streamed value is written only in part (its handle is open)."""
+        return self._value is not None
+
+    def close_value(self) -> None:
+        if self._value is not None:
+            blob, self._value = self._value[1], None
+            # its row changed, or the transaction ended: nothing to keep either way
+            with contextlib.suppress(apsw.Error):
+                blob.close()
+
+    def _what(self, c: ValueChunk) -> str:
+        return (
+            f"{self.path}: streamed value of {c.source}.{c.table} column {c.column!r}, "
+            f"key {c.key!r}"
+        )
+
+    def _open_value(self, c: ValueChunk) -> tuple[apsw.Blob, int, int]:
+        shape = self.shapes.get((c.source, c.table))
+        if shape is None:
+            raise TargetError(f"{self._what(c)}: arrived before the table's schema")
+        conds, args = [], []
+        if shape.tag_column is not None:
+            conds.append(f"{q(shape.tag_column)} IS ?")
+            args.append(shape.tag)
+        conds += [f"{q(k)} IS ?" for k in shape.key] if shape.key else [f"{shape.rowid_alias} = ?"]
+        args += list(c.key)
+        row = self.conn.execute(
+            f"SELECT {shape.rowid_alias}, length({q(c.column)}) FROM {q(shape.target_table)} "
+            f"WHERE {' AND '.join(conds)}",
+            args,
+        ).fetchone()
+        if row is None or row[1] is None:
+            raise TargetError(
+                f"{self._what(c)}: the target row {'is missing' if row is None else 'holds NULL'}",
+                hint="the log and this target disagree; rebuild the target from a fresh snapshot",
+            )
+        blob = self.conn.blob_open("main", shape.target_table, c.column, row[0], True)
+        return blob, c.offset, row[1]
 
     def table_columns(self, table: str) -> list[str]:
         return [r[1] for r in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
@@ -155,5 +234,9 @@ class TargetDB:
 
 
 def _decl(c: ColumnDef) -> str:
-    # Only the type: a column added later by a bot's ALTER keeps its affinity here.
-    return c.decl_type.replace('"', "") if c.decl_type else ""
+    """Only the type: a column added later by a bot's ALTER keeps its affinity here.
+
+    PRAGMA table_info gives the declared type unquoted (`x "INT; DROP TABLE t"` has type
+    `INT; DROP TABLE t`), so it is quoted back as one identifier: SQLite keeps that text
+    as the column's type, and its affinity comes from the same text."""
+    return q(c.decl_type) if c.decl_type else ""

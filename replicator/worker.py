@@ -30,7 +30,7 @@ import time
 
 import msgspec
 
-from cdc import logfmt
+from cdc import faults, logfmt
 from cdc.config import Config
 from cdc.controls import ControlWatcher
 from cdc.errors import CdcError, DaemonError, PanicStop
@@ -181,6 +181,7 @@ def _archive_dir(cfg: Config) -> str | None:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    faults.kill_parent = True  # a crash point here is a crash of the whole daemon
     logfmt.configure(logging.INFO)  # text or JSON, as the daemon was told (CDC_LOG_FORMAT)
     stdin = sys.stdin.buffer
     raw = stdin.read(LENGTH.size)

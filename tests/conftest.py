@@ -122,6 +122,16 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+@pytest.fixture(autouse=True)
+def _keep_umask():
+    """`cdc` narrows its umask to 077 (cdc/cli.py); a command run in-process (click's
+    CliRunner) must not leave the next test creating files only root can read."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def daemons():
     started: list[DaemonProcess] = []
@@ -133,8 +143,7 @@ def daemons():
 
     yield start
     for d in started:
-        if d.proc.poll() is None:
-            d.kill()
+        d.kill()  # a running one is killed; every one's log is closed
 
 
 @pytest.fixture

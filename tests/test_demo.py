@@ -173,8 +173,9 @@ def test_a_difference_is_reported_with_the_column_that_differs(demo_run, tmp_pat
     shutil.copytree(demo_run[0], copy)
     with closing(sqlite3.connect(copy / "consolidated" / "core.db")) as c, c:
         c.execute(
-            "UPDATE telegram_users SET first_name = 'tampered' WHERE rowid = "
-            "(SELECT min(rowid) FROM telegram_users)"
+            "UPDATE telegram_users SET first_name = 'tampered' WHERE rowid = "  # the demo's
+            "(SELECT min(rowid) FROM telegram_users WHERE typeof(first_name) = 'text')"  # bots
+            # may have set the first one's name to NULL, which renders without quotes
         )
         c.execute(
             "UPDATE trades SET price_usd = -1 WHERE rowid IN "

@@ -197,7 +197,9 @@ def test_unreadable_files_and_folders_are_reported() -> None:
         make_db(root / "fine.db", "CREATE TABLE t(x);")
         locked = make_db(root / "locked.db", "CREATE TABLE t(x);")
         hidden = make_db(root / "secret" / "b.db", "CREATE TABLE t(x);").parent
-        Path(tmp).chmod(0o755)
+        Path(tmp).chmod(0o755)  # explicit: an in-process `cdc` command set umask 077
+        root.chmod(0o755)
+        (root / "fine.db").chmod(0o644)
         locked.chmod(0)
         hidden.chmod(0)
         try:

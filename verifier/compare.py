@@ -11,9 +11,10 @@ from __future__ import annotations
 import apsw
 import msgspec
 
+from cdc.bigrows import read_digested
 from cdc.inventory import table_info
 from cdc.plan import Plan, TableMapping
-from cdc.sqlconn import open_legacy
+from cdc.sqlconn import open_legacy, read_transaction
 from cdc.sqlident import q
 
 
@@ -26,6 +27,8 @@ def canonical(v: object) -> tuple:
         return ("real", v.hex())
     if isinstance(v, str):
         return ("text", v)
+    if isinstance(v, msgspec.msgpack.Ext):  # a big BLOB's size and digest (cdc.bigrows)
+        return ("blob digest", bytes(v.data))
     return ("blob", bytes(v))
 
 
@@ -45,9 +48,31 @@ class TableDiff(msgspec.Struct):
         return not (self.missing or self.extra or self.different)
 
 
-def _rows(conn: apsw.Connection, sql: str, args, width: int) -> dict[tuple, tuple]:
+def _rows(
+    conn: apsw.Connection,
+    table: str,
+    rowid: str | None,
+    kexpr: list[str],
+    names: list[str],
+    where: str,
+    args,  # noqa: ANN001
+) -> dict[tuple, tuple]:
+    """Every row by key, read in one transaction (any width; a big BLOB as its digest)."""
     out = {}
-    for r in conn.execute(sql, args):
+    cols = [q(c) for c in names]
+    with read_transaction(conn):
+        rows = read_digested(
+            conn,
+            table,
+            rowid,
+            kexpr,
+            cols,
+            names,
+            f"FROM {q(table)} {where} ORDER BY {', '.join(kexpr)}",
+            args,
+        )
+    width = len(kexpr)
+    for r in rows:
         out[tuple(canonical(v) for v in r[:width])] = tuple(canonical(v) for v in r[width:])
     return out
 
@@ -58,18 +83,14 @@ def compare_table(
     """Compare every row; columns are those of the source (the target may have more)."""
     info = table_info(src, m.table)
     kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
-    cols = ", ".join(q(c) for c in info.column_names)
-    s = _rows(src, f"SELECT {', '.join(kexpr)}, {cols} FROM {q(m.table)}", (), len(kexpr))
+    names = info.column_names
+    rowid = None if info.without_rowid else info.rowid_alias()
+    s = _rows(src, m.table, rowid, kexpr, names, "", ())
     where, args = "", ()
     if m.tag_column:
         where, args = f"WHERE {q(m.tag_column)} IS ?", (m.tag,)
     try:
-        t = _rows(
-            tgt,
-            f"SELECT {', '.join(kexpr)}, {cols} FROM {q(m.target_table)} {where}",
-            args,
-            len(kexpr),
-        )
+        t = _rows(tgt, m.target_table, rowid, kexpr, names, where, args)
     except apsw.SQLError:
         t = {}
     missing = [list(k) for k in s.keys() - t.keys()]

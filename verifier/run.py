@@ -99,9 +99,11 @@ def verify_tables(
                 continue
             try:
                 src = open_legacy(path, busy, readonly=True)
-            except SourceError as e:
+            except (SourceError, apsw.BusyError) as e:
                 for m in group:
                     r = _skipped(m, str(e))
+                    if isinstance(e, apsw.BusyError):  # a bot's long transaction: next pass
+                        r.state, r.reason = "unsettled", f"a database stayed locked: {e}"
                     results.append(r)
                     if on_table:
                         on_table(r)

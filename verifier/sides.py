@@ -16,7 +16,7 @@ from __future__ import annotations
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc import bigrows, capture
 from cdc.inventory import TableInfo, table_info
 from cdc.plan import TableMapping
 from cdc.sqlident import q
@@ -89,9 +89,11 @@ class TableSides:
         colls = colls or [""] * self.width
         self.skeys = [k + c for k, c in zip(skeys, colls, strict=True)]
         self.tkeys = [k + c for k, c in zip(tkeys, colls, strict=True)]
-        cols = ", ".join(q(c) for c in shape.columns)
-        self._src_select = f"SELECT {', '.join(skeys)}, {cols} FROM {q(info.name)}"
-        self._tgt_select = f"SELECT {', '.join(tkeys)}, {cols} FROM {q(shape.target_table)}"
+        # Rows are read by `bigrows.read_digested`: any width, a big BLOB as its digest.
+        self._cols = [q(c) for c in shape.columns]
+        self._src_keys, self._tgt_keys = skeys, tkeys
+        self._src_rowid = None if info.without_rowid else info.rowid_alias()
+        self._tgt_rowid = None if info.without_rowid else shape.rowid_alias
         self._tag = (f"{q(shape.tag_column)} IS ?", [shape.tag]) if shape.tag_column else (None, [])
         self._src_point = " AND ".join(f"{k} IS ?" for k in skeys)
         self._tgt_point = " AND ".join(f"{k} IS ?" for k in tkeys)
@@ -136,9 +138,31 @@ class TableSides:
     def source_rows(self, conn: apsw.Connection, lo, hi) -> list[tuple]:  # noqa: ANN001
         conds, args = self._range(False, lo, hi)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        return conn.execute(
-            f"{self._src_select}{where} ORDER BY {', '.join(self.skeys)}", args
-        ).fetchall()
+        return self._source(conn, f"{where} ORDER BY {', '.join(self.skeys)}", args)
+
+    def _source(self, conn: apsw.Connection, tail: str, args) -> list[tuple]:  # noqa: ANN001
+        return bigrows.read_digested(
+            conn,
+            self.info.name,
+            self._src_rowid,
+            self._src_keys,
+            self._cols,
+            self.shape.columns,
+            f"FROM {q(self.info.name)}{tail}",
+            args,
+        )
+
+    def _target(self, conn: apsw.Connection, tail: str, args) -> list[tuple]:  # noqa: ANN001
+        return bigrows.read_digested(
+            conn,
+            self.shape.target_table,
+            self._tgt_rowid,
+            self._tgt_keys,
+            self._cols,
+            self.shape.columns,
+            f"FROM {q(self.shape.target_table)}{tail}",
+            args,
+        )
 
     def source_count(self, conn: apsw.Connection) -> int:
         return conn.execute(f"SELECT count(*) FROM {q(self.info.name)}").fetchone()[0]
@@ -150,10 +174,12 @@ class TableSides:
         return conn.execute(sql, tag_args).fetchone()[0]
 
     def source_null_rows(self, conn: apsw.Connection) -> list[tuple]:
-        return conn.execute(f"{self._src_select} WHERE {self._src_null}").fetchall()
+        # ordered, so that a wide table's slices line up (`bigrows.select_wide`)
+        return self._source(conn, f" WHERE {self._src_null} ORDER BY {self._src_rowid}", ())
 
     def source_point(self, conn: apsw.Connection, key: list) -> tuple | None:
-        return conn.execute(f"{self._src_select} WHERE {self._src_point}", key).fetchone()
+        rows = self._source(conn, f" WHERE {self._src_point}", key)
+        return rows[0] if rows else None
 
     def live_columns(self, conn: apsw.Connection) -> list[str]:
         return table_info(conn, self.info.name).column_names
@@ -179,19 +205,20 @@ class TableSides:
             conds.insert(0, tag_cond)
             args = tag_args + args
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        return conn.execute(
-            f"{self._tgt_select}{where} ORDER BY {', '.join(self.tkeys)} LIMIT {int(cap)}", args
-        ).fetchall()
+        return self._target(
+            conn, f"{where} ORDER BY {', '.join(self.tkeys)} LIMIT {int(cap)}", args
+        )
 
     def target_null_rows(self, conn: apsw.Connection) -> list[tuple]:
         tag_cond, tag_args = self._tag
         where = f"{tag_cond} AND ({self._tgt_null})" if tag_cond else self._tgt_null
-        return conn.execute(f"{self._tgt_select} WHERE {where}", tag_args).fetchall()
+        return self._target(conn, f" WHERE {where} ORDER BY {self.shape.rowid_alias}", tag_args)
 
     def target_point(self, conn: apsw.Connection, key: list) -> tuple | None:
         tag_cond, tag_args = self._tag
         where = f"{tag_cond} AND {self._tgt_point}" if tag_cond else self._tgt_point
-        return conn.execute(f"{self._tgt_select} WHERE {where}", tag_args + list(key)).fetchone()
+        rows = self._target(conn, f" WHERE {where}", tag_args + list(key))
+        return rows[0] if rows else None
 
 
 def encode_key(key) -> bytes:  # noqa: ANN001

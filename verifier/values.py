@@ -7,8 +7,12 @@ when their encodings are, which is the meaning of equality a migration needs: Py
 `==` would call 1, 1.0 and True equal. SQLite never stores NaN (binding one stores NULL),
 so NaN needs no rule.
 
+A BLOB longer than `cdc.bigrows.STREAM_ABOVE` is never read whole: both sides read it as a
+msgpack Ext holding its size and BLAKE2b digest (`bigrows.read_digested`), so it compares
+equal exactly when size and digest agree.
+
 For people, values are rendered as SQL literals, which show the storage class too:
-`1`, `1.0`, `'1'`, `X'31'`, `NULL`.
+`1`, `1.0`, `'1'`, `X'31'`, `NULL`, and a big BLOB as `<BLOB of n bytes, blake2b ...>`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import hashlib
 
 import msgspec
+
+from cdc.bigrows import render_digest
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -43,6 +49,8 @@ def render(v: object) -> str:
         return r if any(c in r for c in ".en") else r + ".0"  # inf/-inf keep their name
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, msgspec.msgpack.Ext):  # a BLOB too big to read whole (cdc.bigrows)
+        return render_digest(v)
     return "X'" + bytes(v).hex().upper() + "'"
 
 
