@@ -35,7 +35,7 @@ POINTS = (
 )
 
 _armed: dict[str, int] = {}
-kill_parent = False  # set in the apply worker: a crash there takes the daemon with it
+kill_parent = 0  # the apply worker sets its daemon's pid: a crash there takes the daemon too
 
 
 def arm(spec: str) -> None:
@@ -64,8 +64,8 @@ def crash_point(name: str, before: Callable[[], object] | None = None) -> None:
     os.write(2, f"cdc: crash point {name!r} reached: SIGKILL\n".encode())
     if before is not None:
         before()
-    if kill_parent:
-        os.kill(os.getppid(), signal.SIGKILL)
+    if kill_parent and os.getppid() == kill_parent:  # never whoever adopted an orphan
+        os.kill(kill_parent, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
