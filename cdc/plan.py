@@ -157,10 +157,12 @@ def resolve_plan(
         else:
             if not os.path.exists(path) and not required:
                 continue
-            if is_guard(path):  # finalized: the data moved (cdc.guard), nothing to map
-                sources.append((name, path, []))
-                continue
             try:
+                # SQLite first: reading the file with a plain open() and close() would drop
+                # every POSIX lock this process holds on it (the running daemon's harvest
+                # and verifier connections: a bot could then write under our read, or
+                # think it is the last user of a WAL file). Only a file SQLite refuses can
+                # be a guard, and no SQLite connection holds locks on that.
                 conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
                 try:
                     tables = list_tables(conn)
@@ -174,6 +176,9 @@ def resolve_plan(
                 sources.append((name, path, []))
                 continue
             except Exception as e:  # noqa: BLE001 - reported with the others
+                if is_guard(path):  # finalized: the data moved (cdc.guard), nothing to map
+                    sources.append((name, path, []))
+                    continue
                 problems.append(f"source {name!r}: {e}")
                 continue
         sources.append((name, path, tables))
