@@ -31,7 +31,7 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture, fence
+from cdc import capture, exact_text, fence
 from cdc.config import Config
 from cdc.cutover_state import CutoverRecord
 from cdc.errors import CdcError
@@ -151,13 +151,13 @@ def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[lis
     }
     names = {tid: name for name, tid in tids.items()}
     out: dict[str, dict[bytes, list]] = {}
-    cols = ", ".join(q(k) for k in kcols)
+    cols = ["tid", *(q(k) for k in kcols)]
     for table in (TOUCHED, capture.CHANGES):
-        for row in conn.execute(f"SELECT DISTINCT tid, {cols} FROM {table}"):
+        for row in exact_text.select(conn, cols, f"FROM {table}", distinct=True):
             tid = row[0]
             if tid in widths:
                 key = list(row[1 : 1 + widths[tid]])
-                out.setdefault(names[tid], {})[msgspec.msgpack.encode(key)] = key
+                out.setdefault(names[tid], {})[exact_text.pack(key)] = key
     return {name: list(keys.values()) for name, keys in out.items()}
 
 
@@ -362,17 +362,23 @@ class Backflow:
         info = self._legacy_info(conn, source, m.table)
         width = capture.key_width(info)
         skip = 1 if m.tag_column else 0
-        deleted = {msgspec.msgpack.encode(list(e.key[skip:])) for e in evs if e.op is Op.DELETE}
-        kcols = ", ".join(f"k{i + 1}" for i in range(width))
+        deleted = {exact_text.pack(list(e.key[skip:])) for e in evs if e.op is Op.DELETE}
+        kcols = [f"k{i + 1}" for i in range(width)]
         kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
-        present = f"SELECT 1 FROM {q(m.table)} WHERE " + " AND ".join(f"{k} IS ?" for k in kexpr)
-        for key in conn.execute(
-            f"SELECT DISTINCT {kcols} FROM {capture.CHANGES} WHERE seq > ? AND tid = ?",
+        for key in exact_text.select(
+            conn,
+            kcols,
+            f"FROM {capture.CHANGES} WHERE seq > ? AND tid = ?",
             (before, tid),
-        ).fetchall():
-            if msgspec.msgpack.encode(list(key)) in deleted:
+            distinct=True,
+        ):
+            if exact_text.pack(list(key)) in deleted:
                 continue
-            if conn.execute(present, key).fetchone() is None:
+            where = " AND ".join(
+                f"{k} IS {exact_text.mark(v)}" for k, v in zip(kexpr, key, strict=True)
+            )
+            present = f"SELECT 1 FROM {q(m.table)} WHERE {where}"
+            if conn.execute(present, exact_text.binds(key)).fetchone() is None:
                 raise BackflowError(
                     f"{self.paths[source]}: writing {self.target}'s changes back into "
                     f"{m.table} would delete its row {list(key)} through a UNIQUE constraint "
@@ -426,7 +432,7 @@ class Backflow:
             key=list(linfo.key),
             target_table=m.table,
             rowid_alias=linfo.rowid_alias(),
-            other_unique=bool(linfo.unique_sets),
+            other_unique=bool(linfo.unique_sets or linfo.unique_exprs),
         )
         upsert_sql, delete_sql = statements(shape)
         dels = [e.key[skip:] for e in evs if e.op is Op.DELETE]
@@ -434,10 +440,10 @@ class Backflow:
             ups = [[e.row[i] for i in pick] for e in evs if e.op is not Op.DELETE]
         else:  # identity is the rowid, which the target kept
             ups = [[*e.key, *(e.row[i] for i in pick)] for e in evs if e.op is not Op.DELETE]
-        if dels:
-            conn.executemany(delete_sql, dels)
+        if dels:  # a TEXT that is not UTF-8 is written as TEXT (cdc.exact_text)
+            exact_text.executemany(conn, delete_sql, dels)
         if ups:
-            conn.executemany(upsert_sql, ups)
+            exact_text.executemany(conn, upsert_sql, ups)
         return len(evs)
 
     def _trim(self) -> None:

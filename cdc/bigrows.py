@@ -35,11 +35,11 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from itertools import chain
 
 import apsw
 import msgspec
 
+from cdc import exact_text
 from cdc.changelog import MAX_FRAME
 from cdc.errors import LogCorruptError, SourceError
 from cdc.events import (
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 STREAM_ABOVE = 8 << 20  # a BLOB longer than this many bytes is streamed, not carried
 CHUNK = 8 << 20  # bytes per ValueChunk frame
 DIGEST_EXT = 1  # msgpack ext code of a digested big BLOB (verifier): size (8 bytes LE) + blake2b
+# (exact_text.TEXT_EXT, 2, is a TEXT that is not valid UTF-8)
 
 
 # -- wide tables ---------------------------------------------------------------------------
@@ -73,15 +74,9 @@ def select_wide(
     """`SELECT exprs tail`, fetched. A select list longer than SQLite's column limit is
     read in slices, one query each, and zipped: `tail` must order the rows totally (by a
     unique key) and the caller must hold a read transaction, so every slice reads the
-    same rows in the same order."""
-    lim = column_limit(conn)
-    if len(exprs) <= lim:
-        return conn.execute(f"SELECT {', '.join(exprs)} {tail}", args).fetchall()
-    parts = [
-        conn.execute(f"SELECT {', '.join(exprs[i : i + lim])} {tail}", args).fetchall()
-        for i in range(0, len(exprs), lim)
-    ]
-    return [tuple(chain.from_iterable(r)) for r in zip(*parts, strict=True)]
+    same rows in the same order. A TEXT that is not valid UTF-8 reads as a `RawText`
+    (`cdc.exact_text`)."""
+    return exact_text.select(conn, exprs, tail, args)
 
 
 def width_problems(plan) -> list[str]:  # noqa: ANN001 - cdc.plan.Plan (imports us)
@@ -263,7 +258,7 @@ def batches(
     waiting = _SPOOLED.setdefault(source, {})
     for i, col, size, spool in streamed:
         values.append(StreamedValue(which.setdefault(i, len(which)), col, size))
-        waiting[(table, msgspec.msgpack.encode(events[i].key), col)] = (names[col], spool)
+        waiting[(table, exact_text.pack(events[i].key), col)] = (names[col], spool)
     plain = [e for i, e in enumerate(events) if i not in which]
     out: list[RowBatch] = [RowBatch(source, table, observed_at, plain)] if plain else []
     out.append(StreamedRowBatch(source, table, observed_at, [events[i] for i in which], values))
@@ -290,7 +285,7 @@ def append_batch(
         for b in streamed:
             for sv in b.streamed:
                 key = b.events[sv.event].key
-                got = waiting.get((b.table, msgspec.msgpack.encode(key), sv.column))
+                got = waiting.get((b.table, exact_text.pack(key), sv.column))
                 if got is None:  # cannot happen; if it did, harvest it again
                     raise SourceError(f"{path}: {b.table} key {key!r}: its spooled value is gone")
                 todo.append((b, key, sv.size, *got))
@@ -363,7 +358,7 @@ def _cut(f: Frame, path: str) -> list[Frame]:
 
 
 def _fits(e: RowEvent, path: str, f: RowBatch) -> int:
-    n = len(msgspec.msgpack.encode(e))
+    n = len(exact_text.pack(e))
     if n > MAX_FRAME - 4096:
         raise LogCorruptError(
             f"{path}: table {f.table!r}, key {e.key!r}: a row of {n} bytes exceeds the "

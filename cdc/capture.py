@@ -25,6 +25,7 @@ from cdc import bigrows
 from cdc.errors import SourceError
 from cdc.events import Op, RowBatch, RowEvent
 from cdc.inventory import TableInfo
+from cdc.own_objects import is_fence_trigger
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 
@@ -35,6 +36,12 @@ TABLES = "_cdc_tables"
 META = "_cdc_meta"
 FORMAT_VERSION = 1
 OP_INSERT, OP_UPDATE, OP_OLD_KEY, OP_REPLACED = 1, 2, 3, 4
+# VACUUM gives new rowids to the rows of every table that has no index (keyless tables
+# among them, whose identity is the rowid) and fires no trigger. This table has no index
+# and one row at rowid MARK_ROWID: after a VACUUM it sits at 1, which tells the harvester
+# to copy the keyless tables again (cdc/harvester.py).
+VACUUM_MARK = "_cdc_vacuum_mark"
+MARK_ROWID = 1000
 
 
 def key_exprs(info: TableInfo, row: str) -> list[str]:
@@ -42,6 +49,21 @@ def key_exprs(info: TableInfo, row: str) -> list[str]:
     if info.key:
         return [f"{row}.{q(k)}" for k in info.key]
     return [f"{row}.{info.rowid_alias()}"]
+
+
+def differs(a: str, b: str) -> str:
+    """SQL true when `a` and `b` are not the same value: not merely unequal under a
+    column's collation ('Alpha' = 'ALPHA' under NOCASE) or numerically (1 = 1.0), but
+    different in storage class or bytes. A key that changes only that way is a new key
+    for every copy that does not share the collation (a merged target) and a new
+    spelling for every other one."""
+    return f"(typeof({a}) IS NOT typeof({b}) OR {a} IS NOT {b} COLLATE BINARY)"
+
+
+def same(a: str, b: str) -> str:
+    """SQL true when `a` and `b` are the same value (see `differs`). The plain `IS` comes
+    first so that an index on `a`, whatever its collation, can still find the row."""
+    return f"({a} IS {b} AND {a} IS {b} COLLATE BINARY AND typeof({a}) IS typeof({b}))"
 
 
 def key_width(info: TableInfo) -> int:
@@ -53,12 +75,11 @@ def trigger_names(tid: int) -> list[str]:
 
 
 def trigger_sql(tid: int, info: TableInfo, probe_unique: bool = True) -> list[str]:
-    kcols = ", ".join(f"k{i + 1}" for i in range(key_width(info)))
+    kcols = _kcols(info)
     new_k = ", ".join(key_exprs(info, "NEW"))
     old_k = ", ".join(key_exprs(info, "OLD"))
     changed = " OR ".join(
-        f"{o} IS NOT {n}"
-        for o, n in zip(key_exprs(info, "OLD"), key_exprs(info, "NEW"), strict=True)
+        differs(o, n) for o, n in zip(key_exprs(info, "OLD"), key_exprs(info, "NEW"), strict=True)
     )
     t = q(info.name)
     ins, upd, updkey, dele = trigger_names(tid)[:4]
@@ -73,7 +94,7 @@ def trigger_sql(tid: int, info: TableInfo, probe_unique: bool = True) -> list[st
         f"BEGIN {body(OP_OLD_KEY, old_k)} END",
         f"CREATE TRIGGER {dele} AFTER DELETE ON {t} BEGIN {body(OP_OLD_KEY, old_k)} END",
     ]
-    if probe_unique and info.unique_sets:
+    if probe_unique and (info.unique_sets or info.unique_exprs):
         sqls += _replace_probe_triggers(tid, info, kcols)
     return sqls
 
@@ -89,30 +110,64 @@ def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
     """
     t = q(info.name)
     found = ", ".join(f"{t}.{e.split('.', 1)[1]}" for e in key_exprs(info, "X"))
+    colls = info.unique_collations or [["BINARY"] * len(c) for c in info.unique_sets]
     probe = " OR ".join(
-        "(" + " AND ".join(f"{t}.{q(c)} = NEW.{q(c)}" for c in cols) + ")"
-        for cols in info.unique_sets
+        "("
+        + " AND ".join(
+            f"{t}.{q(c)} = NEW.{q(c)} COLLATE {q(coll)}" for c, coll in zip(cols, cs, strict=True)
+        )
+        + ")"
+        for cols, cs in zip(info.unique_sets, colls, strict=True)
     )
+    if info.unique_exprs:
+        # The index's own terms, evaluated twice: on the table's rows, and inside a
+        # subquery whose only columns are NEW's values under the table's column names
+        # (the innermost scope wins, so the same text reads NEW there).
+        new = ", ".join(f"NEW.{q(c)} AS {q(c)}" for c in info.column_names)
+        probe = " OR ".join(
+            ([probe] if probe else [])
+            + [
+                f"(({', '.join(terms)}) = (SELECT {', '.join(terms)} FROM (SELECT {new})))"
+                for terms in info.unique_exprs
+            ]
+        )
     body = (
         f"INSERT INTO {CHANGES}(tid, op, {kcols}) SELECT {tid}, {OP_REPLACED}, {found} "
         f"FROM {t} WHERE {probe};"
     )
     ucols = ", ".join(q(c) for c in sorted({c for cols in info.unique_sets for c in cols}))
+    of = "" if info.unique_exprs else f"OF {ucols} "  # an expression may read any column
     _, _, _, _, uniq, uniqupd = trigger_names(tid)
     return [
         f"CREATE TRIGGER {uniq} BEFORE INSERT ON {t} BEGIN {body} END",
-        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE OF {ucols} ON {t} BEGIN {body} END",
+        f"CREATE TRIGGER {uniqupd} BEFORE UPDATE {of}ON {t} BEGIN {body} END",
     ]
 
 
 def lacks_probes(conn: apsw.Connection, tables: list[TableInfo], tids: dict[str, int]) -> bool:
-    """Whether a table with a non-key UNIQUE is captured without its REPLACE probes (an
-    installation made before copied tables got them)."""
-    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
-    return any(
-        t.unique_sets and t.name in tids and trigger_names(tids[t.name])[4] not in names
-        for t in tables
-    )
+    """Whether a captured table's REPLACE probes are not the ones its unique indexes need
+    now: missing (an installation made before copied tables got them) or probing other
+    columns or collations (a unique index created or dropped since)."""
+    return bool(stale_probes(conn, tables, tids))
+
+
+def stale_probes(conn: apsw.Connection, tables: list[TableInfo], tids: dict[str, int]) -> list[str]:
+    """The tables of `lacks_probes`."""
+    have = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'"))
+    out = []
+    for t in tables:
+        if t.name not in tids:
+            continue
+        tid = tids[t.name]
+        want = _replace_probe_triggers(tid, t, _kcols(t)) if t.unique_sets or t.unique_exprs else []
+        got = [have.get(n) for n in trigger_names(tid)[4:] if have.get(n) is not None]
+        if got != want:
+            out.append(t.name)
+    return out
+
+
+def _kcols(info: TableInfo) -> str:
+    return ", ".join(f"k{i + 1}" for i in range(key_width(info)))
 
 
 def top_seq(conn: apsw.Connection) -> int | None:
@@ -137,6 +192,30 @@ def drop_own_changes(conn: apsw.Connection, before: int, tids: list[int] | None 
             f"DELETE FROM {CHANGES} WHERE seq > ? AND tid IN ({', '.join('?' * len(tids))})",
             (before, *tids),
         )
+
+
+def has_vacuum_mark(conn: apsw.Connection) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (VACUUM_MARK,)
+        ).fetchone()
+    )
+
+
+def vacuumed(conn: apsw.Connection) -> bool:
+    """Whether the file was vacuumed since the mark was last set (False without a mark:
+    an installation older than it, which the daemon gives one when it starts)."""
+    if not has_vacuum_mark(conn):
+        return False
+    row = conn.execute(f"SELECT max(rowid), count(*) FROM {VACUUM_MARK}").fetchone()
+    return row != (MARK_ROWID, 1)
+
+
+def set_vacuum_mark(conn: apsw.Connection) -> None:
+    """Inside the caller's write transaction: put the mark back at its rowid."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {VACUUM_MARK}(mark)")
+    conn.execute(f"DELETE FROM {VACUUM_MARK}")
+    conn.execute(f"INSERT INTO {VACUUM_MARK}(rowid, mark) VALUES ({MARK_ROWID}, 1)")
 
 
 def is_installed(conn: apsw.Connection) -> bool:
@@ -183,6 +262,7 @@ def install(
     prune: bool = True,
     expect_lacking: set[str] | None = None,
     release: list[str] = (),
+    mark_vacuum: bool = False,
 ) -> str:
     """Create capture tables and (re)create triggers for `tables`; return the install id.
 
@@ -198,6 +278,9 @@ def install(
     has already reset in the log. A captured table found lacking triggers here that is not
     in it was dropped and created again since: raise `CaptureMoved` (nothing is changed)
     rather than quietly give it triggers and lose its reset.
+
+    `mark_vacuum` (the daemon, once it has logged the resets a VACUUM needs) puts the
+    VACUUM mark back in the same transaction.
     """
     try:
         with write_transaction(conn):  # the bots see all of it or none
@@ -213,6 +296,8 @@ def install(
                 f"INSERT OR IGNORE INTO {META}(k, v) VALUES ('install_id', ?), ('format', ?)",
                 (uuid.uuid4().hex, FORMAT_VERSION),
             )
+            if mark_vacuum or not has_vacuum_mark(conn):
+                set_vacuum_mark(conn)
             width = max([key_width(t) for t in tables] + [1])
             have = [r[1] for r in conn.execute(f"SELECT * FROM pragma_table_info('{CHANGES}')")]
             for i in range(2, width + 1):
@@ -291,7 +376,11 @@ def _changes(
     width = key_width(info)
     kcols = [f"k{i + 1}" for i in range(width)]
     if info.key:
-        join = " AND ".join(f"t.{q(k)} IS c.{kc}" for k, kc in zip(info.key, kcols, strict=True))
+        # Exact, not merely equal under the key's collation: the captured old key 'Alpha'
+        # must not find the row now spelled 'ALPHA' (that row has its own capture row).
+        join = " AND ".join(
+            same(f"t.{q(k)}", f"c.{kc}") for k, kc in zip(info.key, kcols, strict=True)
+        )
         # WITHOUT ROWID keys are NOT NULL, so a key column tells presence.
         anchor = q(info.key[0]) if info.without_rowid else info.rowid_alias()
         present = f"t.{anchor} IS NOT NULL"
@@ -300,7 +389,8 @@ def _changes(
         present = f"t.{info.rowid_alias()} IS NOT NULL"
     tail = (
         f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {CHANGES} "
-        f"WHERE seq > ? AND seq <= ? AND tid = ? GROUP BY {', '.join(kcols)}) AS c "
+        f"WHERE seq > ? AND seq <= ? AND tid = ? "
+        f"GROUP BY {', '.join(f'typeof({k}), {k}' for k in kcols)}) AS c "
         f"LEFT JOIN {q(info.name)} AS t ON {join} ORDER BY c.s"
     )
     rows, streamed = bigrows.read_rows(
@@ -339,13 +429,14 @@ def uninstall(conn: apsw.Connection, keep_fences: bool = False) -> int:
             tids = list(installed_tables(conn).values())
             for tid in tids:
                 _drop_triggers(conn, tid)
-            fences = conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='trigger' "
-                "AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
-            ).fetchall()
+            fences = [
+                r
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+                if is_fence_trigger(r[0])  # by exact name: a bot's `_cdc_fence_log` stays
+            ]
             for (name,) in [] if keep_fences else fences:
                 conn.execute(f"DROP TRIGGER IF EXISTS {q(name)}")  # a name read from the file
-            for t in (CHANGES, TABLES, META):
+            for t in (CHANGES, TABLES, META, VACUUM_MARK):
                 conn.execute(f"DROP TABLE IF EXISTS {t}")
     except apsw.BusyError as e:
         raise SourceError(

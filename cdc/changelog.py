@@ -4,7 +4,9 @@ Offsets are global byte positions: a segment named `<base>.seg` holds offsets
 [base, base + size). A harvest batch is written whole, closed by a `SourceMark`, and
 fsynced before anyone may act on it (the harvester trims the legacy capture rows, the
 replicator applies). On open, anything after the last mark of the last segment is an
-unfinished batch or a torn write and is cut off, so the log always ends on a mark.
+unfinished batch or a torn write and is cut off, so the log always ends on a mark; but a
+bad frame with valid frames after it is damage, not a torn tail, and is never cut: the
+frames after it may be durable batches whose capture rows are already trimmed.
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ class LogEntry:
     frame: Frame
 
 
-def _frames_in(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes | None]]:
-    """Walk frames in a buffer: (pos, end, payload) or payload None where the data goes bad."""
+def _frames_in(buf: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes | None]]:
+    """Walk frames in a buffer: (pos, end, payload) or payload None where the data goes bad.
+    No frame is empty (a payload is a msgpack array), so a zero length is bad data: the
+    zeros a power loss can leave at a file's end checksum as an empty frame."""
     pos, n = start, len(buf)
     while pos < n:
         if pos + HEADER.size > n:
@@ -70,10 +74,10 @@ def _frames_in(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, i
             return
         length, crc = HEADER.unpack_from(buf, pos)
         end = pos + HEADER.size + length
-        if length > MAX_FRAME or end > n:
+        if length == 0 or length > MAX_FRAME or end > n:
             yield pos, n, None
             return
-        payload = bytes(buf[pos + HEADER.size : end])
+        payload = buf[pos + HEADER.size : end]
         if zlib.crc32(payload) != crc:
             yield pos, end, None
             return
@@ -131,21 +135,9 @@ class LogWriter:
         path = os.path.join(self.log_dir, segment_name(base))
         with open(path, "rb") as f:
             data = f.read()
-        keep = 0
-        positions: dict[str, SourcePosition] = {}
-        for _pos, end, payload in _frames_in(data):
-            if payload is None:
-                break
-            try:
-                frame = decode_frame(payload)
-            except msgspec.DecodeError:
-                break
-            if isinstance(frame, SegmentStart):
-                positions = dict(frame.positions)
-                keep = end
-            elif isinstance(frame, SourceMark):
-                positions[frame.source] = frame.position
-                keep = end
+        from cdc.logcheck import recover_newest  # it judges bad data by frame
+
+        keep, positions = recover_newest(data, path, base)
         if keep == 0:
             # Not even a segment header survived: the segment was being created.
             prev = self._positions_before(bases[:-1])
@@ -172,7 +164,7 @@ class LogWriter:
             return {}
         reader = LogReader(self.log_dir)
         positions: dict[str, SourcePosition] = {}
-        for entry in reader.iter_from(bases[-1], stop_at_bad=True):
+        for entry in reader.iter_from(bases[-1]):  # a complete segment: damage is damage
             if isinstance(entry.frame, SegmentStart):
                 positions = dict(entry.frame.positions)
             elif isinstance(entry.frame, SourceMark):
@@ -453,12 +445,15 @@ class LogReader:
                 payload = b""
                 if not bad:
                     length, crc = HEADER.unpack(hdr)
-                    bad = length > MAX_FRAME
+                    bad = length == 0 or length > MAX_FRAME
                     if not bad:
                         payload = f.read(length)
                         bad = len(payload) < length or zlib.crc32(payload) != crc
                 if bad:
                     if newest and limit is None:
+                        from cdc.logcheck import torn_or_damaged
+
+                        torn_or_damaged(f, path, base, pos)
                         break  # a batch being written right now by the daemon
                     raise LogCorruptError(
                         f"change log {path}: corrupt frame at offset {pos}",

@@ -413,6 +413,8 @@ def log_check(config_path: str, as_json: bool) -> None:
     else:
         for s in report.segments:
             state = "ok" if s.error is None else f"DAMAGED: {s.error}"
+            if s.torn_tail:
+                state += f", torn tail of {s.torn_tail} bytes (cut when the daemon starts)"
             click.echo(
                 f"{s.segment}: {s.frames} frames ({s.rows} rows, {s.marks} marks), "
                 f"{s.bytes} bytes, {state}"

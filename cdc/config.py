@@ -69,6 +69,7 @@ class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     apply_batch: int = 20000
     segment_bytes: int = 64 * 1024 * 1024
     trim_interval: float = 1.0
+    trim_slice: int = 20000  # capture rows deleted per trim transaction (a bot waits one)
     busy_timeout_ms: int = 5000
     watch: bool = True
     apply_worker: bool = True  # apply in a child process (both cores); False: a thread
@@ -327,7 +328,7 @@ def _check(cfg: Config) -> list[str]:
         if not r.table:
             problems.append(f"{key}.table: empty pattern")
     d = cfg.daemon
-    for field in ("harvest_batch", "snapshot_chunk", "apply_batch", "segment_bytes"):
+    for field in ("harvest_batch", "snapshot_chunk", "apply_batch", "segment_bytes", "trim_slice"):
         if getattr(d, field) <= 0:
             problems.append(f"`daemon.{field}` must be positive")
     if d.poll_interval <= 0:

@@ -271,6 +271,7 @@ def _changed_keys(cfg: Config, offset: int, tables: list[TableMapping]) -> dict 
     """Keys of the stage's tables in the log from `offset` on (None: the log no longer
     reaches back there). `offset` was the target's checkpoint before the pass started, so
     every change the pass might have missed is in it."""
+    from cdc import exact_text
     from cdc.changelog import LogReader
     from cdc.errors import LogCorruptError
     from cdc.events import RowBatch, TableSchema
@@ -287,7 +288,7 @@ def _changed_keys(cfg: Config, offset: int, tables: list[TableMapping]) -> dict 
             if isinstance(f, RowBatch) and (f.source, f.table) in wanted:
                 d = keys.setdefault((f.source, f.table), {})
                 for ev in f.events:
-                    d.setdefault(msgspec.msgpack.encode(ev.key), ev.key)
+                    d.setdefault(exact_text.pack(ev.key), ev.key)  # keys may hold a RawText
             elif isinstance(f, TableSchema) and (f.source, f.table) in wanted:
                 reshaped.add((f.source, f.table))
     except (LogCorruptError, OSError):

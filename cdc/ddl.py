@@ -130,18 +130,39 @@ def table_statements(
     for an index the plan did not know about (a bot created it after the plan)."""
     if m.tag_column is not None:
         return [merged_table_statement(plan, m, schema)]
-    sp = plan.source(m.source)
-    sql = rewrite_foreign_keys(schema.create_sql, _parent_name(sp, m))
-    out = [rename_create_table(sql, m.target_table)]
+    return [create_table_statement(plan, m, schema)] + [
+        sql for _, _, sql in index_statements(plan, m, schema, taken)
+    ]
+
+
+def create_table_statement(plan: Plan, m: TableMapping, schema: TableSchema) -> str:
+    """A copied table's own CREATE statement, renamed, its foreign keys re-pointed."""
+    sql = rewrite_foreign_keys(schema.create_sql, _parent_name(plan.source(m.source), m))
+    return rename_create_table(sql, m.target_table)
+
+
+def index_statements(
+    plan: Plan,
+    m: TableMapping,
+    schema: TableSchema,
+    taken: set[str] = frozenset(),
+    named: dict[str, str] | None = None,
+) -> list[tuple[str, str, str]]:
+    """(legacy name, target name, CREATE INDEX) for each index of a copied table.
+
+    `named`: lowercased legacy name -> the name the target already gave that index (an
+    index created earlier keeps its name, even where the rule would pick another now that
+    the name is taken: by itself)."""
     n = names(plan, m.target)
+    out = []
     for isql in schema.index_sql:
         legacy = created_name(isql)
-        new = n.indexes.get((m.source, m.table, legacy))
+        new = (named or {}).get(legacy.lower()) or n.indexes.get((m.source, m.table, legacy))
         if new is None:
             low = legacy.lower()
             free = low not in taken and low not in n.tables and not _claimed(n, low)
             new = legacy if free else f"{m.target_table}__{legacy}"
-        out.append(rename_create_index(isql, new, m.target_table))
+        out.append((legacy, new, rename_create_index(isql, new, m.target_table)))
     return out
 
 

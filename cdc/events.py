@@ -8,7 +8,8 @@ version (`tests/test_changelog.py`, GOLDEN) to hold us to this.
 
 Values keep their SQLite storage class through msgpack: int <-> INTEGER, float (always
 encoded as float64, so bit-exact including -0.0) <-> REAL, str <-> TEXT, bytes (msgpack
-bin) <-> BLOB, None <-> NULL.
+bin) <-> BLOB, None <-> NULL, and a TEXT whose bytes are not valid UTF-8 <-> msgpack Ext
+`cdc.exact_text.TEXT_EXT` holding those bytes (`RawText`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from typing import Any, Union
 
 import msgspec
 
-# int | float | str | bytes | None; msgspec cannot decode a union holding both str and bytes,
-# so values are typed Any (msgpack bin still decodes to bytes, str to str).
+from cdc import exact_text
+
+# int | float | str | bytes | RawText | None; msgspec cannot decode a union holding both
+# str and bytes, so values are typed Any (msgpack bin still decodes to bytes, str to str,
+# ext 2 to RawText through the decoder's ext_hook).
 Value = Any
 
 
@@ -119,6 +123,9 @@ class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
     done: bool = False
     after: list[Value] | None = None
     until: list[Value] | None = None
+    # the shape of the table's newest schema frame (`cdc.shapes.mark`): a restarted
+    # harvester compares it with the table as it is, to see a change made while it was away
+    shape: str = ""
 
 
 class SourcePosition(msgspec.Struct, frozen=True):
@@ -177,8 +184,8 @@ Frame = Union[  # noqa: UP007
     TableSchema, RowBatch, SourceMark, SegmentStart, TableReset, StreamedRowBatch, ValueChunk
 ]
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Frame)
+_encoder = exact_text.ENCODER
+_decoder = exact_text.decoder(Frame)
 
 
 def encode_frame(frame: Frame) -> bytes:

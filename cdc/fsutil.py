@@ -1,7 +1,8 @@
 """Files on disk: durable renames, and private (0700/0600) files for the state dir.
 
 Everything sqlite-cdc keeps under `state_dir` (the change log, status files, locks,
-controls, repair requests, cutover records, pool metrics) is the operator's business only:
+controls, repair requests, cutover records, pool metrics), and the validation reports that
+list rows' values wherever they go, are the operator's business only:
 folders are created 0700 and files 0600 whatever the umask (docs/config.md, "Bad input and
 security"). A name that comes from the config or from a legacy file (a source, a target)
 becomes at most one path component, never a way out of its folder (`safe_component`).
@@ -48,10 +49,11 @@ def makedirs_private(path: str) -> str:
     return path
 
 
-def write_private(path: str, data: bytes, durable: bool = True) -> None:
+def write_private(path: str, data: bytes, durable: bool = True, tmp: str | None = None) -> None:
     """Replace `path` atomically with a 0600 file holding `data` (temporary file, fsync,
-    rename, fsync of the folder). Readers see the old content or the new, never half."""
-    tmp = path + ".tmp"
+    rename, fsync of the folder). Readers see the old content or the new, never half.
+    `tmp` names the temporary file when two processes may write the same path at once."""
+    tmp = tmp or path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
     try:
         os.fchmod(fd, PRIVATE_FILE)  # a leftover temporary file may have other bits

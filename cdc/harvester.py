@@ -21,8 +21,9 @@ import time
 
 import apsw
 import msgspec
+import msgspec.structs
 
-from cdc import bigrows, capture
+from cdc import bigrows, capture, exact_text, shapes
 from cdc.changelog import LogWriter
 from cdc.config import DaemonSettings
 from cdc.errors import SourceError
@@ -47,6 +48,12 @@ log = logging.getLogger(__name__)
 
 TRIM_OVERDUE = 30.0  # seconds a trim may be deferred before it waits its turn
 TRIM_FULL_RETRY = 5.0  # seconds between trims tried while the legacy file's disk is full
+# The capture table's ends for a trim slice: one min() or max() per SELECT is an index
+# seek; both in one SELECT make SQLite scan the whole table.
+TRIM_BOUNDS = (
+    f"SELECT (SELECT coalesce(min(seq), 0) FROM {capture.CHANGES}), "
+    f"(SELECT coalesce(max(seq), 0) FROM {capture.CHANGES})"
+)
 
 
 class HarvestResult:
@@ -75,6 +82,10 @@ class Harvester:
         self._appeared_lock = threading.Lock()
         self.lost: dict[str, str] = {}  # captured tables gone: name -> what happened
         self._recapture: set[str] = set()  # captured tables whose triggers a DROP took
+        # tables reset whose new copy (and stream) waits for `repair_capture`: their REPLACE
+        # probes are stale, or a VACUUM renumbered them and the mark is not back yet
+        self._hold: set[str] = set()
+        self._vacuum_hold = False
         self._last_count = 0
         # hook capture (cdc.hooks): capture rows the pool wrote, and rows the triggers wrote
         # for writers outside the pool (counted since the daemon started)
@@ -150,9 +161,16 @@ class Harvester:
             tables = capture.installed_tables(self.conn)
             lacking = [t for t in wanted if not capture.is_capturing(self.conn, [t])]
             infos = [table_info(self.conn, t) for t in wanted]
-            if not lacking and not capture.lacks_probes(self.conn, infos, tables):
+            moved = self._moved_while_away(infos, cursors)
+            if (
+                not lacking
+                and not moved
+                and capture.has_vacuum_mark(self.conn)
+                and not capture.lacks_probes(self.conn, infos, tables)
+            ):
                 return tables
             self._restart_snapshots(lacking, cursors)
+            self._restart_snapshots(list(moved), cursors, moved)
             try:
                 capture.install(
                     self.conn,
@@ -160,6 +178,7 @@ class Harvester:
                     self.plan.path,
                     self.plan.needs_unique_probes(),
                     expect_lacking=set(lacking),
+                    mark_vacuum=True,
                 )
             except capture.CaptureMoved:
                 continue
@@ -172,7 +191,31 @@ class Harvester:
             hint="the daemon retries; find the writer that recreates them in a loop",
         )
 
-    def _restart_snapshots(self, tables: list[str], cursors: dict[str, SnapshotCursor]) -> None:
+    def _moved_while_away(
+        self, infos: list[TableInfo], cursors: dict[str, SnapshotCursor]
+    ) -> dict[str, str]:
+        """Tables whose copy must be made again because of what happened while no
+        harvester looked (`cdc.shapes`; a VACUUM, for tables identified by rowid, also
+        when the installation had no VACUUM mark yet): name -> why."""
+        vacuumed = capture.vacuumed(self.conn) or not capture.has_vacuum_mark(self.conn)
+        out = {}
+        for info in infos:
+            c = cursors.get(info.name)
+            if c is None:
+                continue
+            why = shapes.recopy_reason(c.shape, info)
+            if why is None and vacuumed and not info.key and (c.done or c.after is not None):
+                why = "a VACUUM may have given its rows new rowids"
+            if why is not None:
+                out[info.name] = why
+        return out
+
+    def _restart_snapshots(
+        self,
+        tables: list[str],
+        cursors: dict[str, SnapshotCursor],
+        reasons: dict[str, str] | None = None,
+    ) -> None:
         """Before capture of `tables` is (re)installed: a table this log captured before
         gets a `TableReset` and a fresh snapshot cursor, made durable first. Its old rows
         went with a DROP that fired no trigger, and rows written since were not captured;
@@ -185,15 +228,12 @@ class Harvester:
         if not again:
             return
         pos = self.position
-        resets = [TableReset(self.plan.name, t, "dropped and created again") for t in again]
-        for t in again:
-            log.warning(
-                "source %s: table %s was dropped and created again: its target rows are "
-                "reset and it is copied afresh",
-                self.plan.name,
-                t,
-                extra={"source": self.plan.name, "table": t},
-            )
+        why = reasons or {}
+        resets = [
+            TableReset(self.plan.name, t, why.get(t, "dropped and created again")) for t in again
+        ]
+        for r in resets:
+            self._say_reset(r)
         self._log(
             resets,
             SourcePosition(
@@ -201,6 +241,15 @@ class Harvester:
             ),
         )
         crash_point("install")
+
+    def _say_reset(self, r: TableReset) -> None:
+        log.warning(
+            "source %s: table %s: %s: its target rows are reset and it is copied afresh",
+            self.plan.name,
+            r.table,
+            r.reason,
+            extra={"source": self.plan.name, "table": r.table},
+        )
 
     def close(self) -> None:
         if self.conn is not None:
@@ -215,6 +264,8 @@ class Harvester:
         version = schema_version(self.conn)
         if version == self._schema_version and not force:
             return
+        # a VACUUM changes the schema version too; seen once, until the mark is back
+        vacuumed = not self._vacuum_hold and capture.vacuumed(self.conn)
         names = {
             n.lower(): n
             for (n,) in self.conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")
@@ -246,8 +297,18 @@ class Harvester:
                 self._recapture.add(name)  # its triggers went with a DROP
             self.lost.pop(name, None)
             info = table_info(self.conn, name)
-            if force or self.infos.get(name) != info:
-                if name in self.infos:
+            old = self.infos.get(name)
+            if name in self._recapture:  # `repair_capture` resets it again, durably first
+                why = "dropped and created again"
+            else:
+                why = self._recopy_reason(old, info, vacuumed)
+            if why is not None:  # before the new schema: the target forgets, then reshapes
+                self._pending_schemas.append(TableReset(self.plan.name, name, why))
+                self._say_reset(self._pending_schemas[-1])
+                if shapes.probes_changed(why) or not info.key or name in self._recapture:
+                    self._hold.add(name)
+            if force or old != info or why is not None:
+                if old is not None:
                     log.info(
                         "source %s: table %s changed shape",
                         self.plan.name,
@@ -256,7 +317,17 @@ class Harvester:
                     )
                 self.infos[name] = info
                 self._pending_schemas.append(info.to_schema(self.plan.name))
+        self._vacuum_hold |= vacuumed
         self._schema_version = version
+
+    def _recopy_reason(self, old: TableInfo | None, info: TableInfo, vacuumed: bool) -> str | None:
+        """Why a table must be copied again now (`cdc.shapes`), or None. A VACUUM renumbers
+        the rowids of a table without a key; a table whose copy has not begun yet needs no
+        reset for it (its copy reads the new numbers)."""
+        why = None if old is None else shapes.recopy_reason(old, info)
+        if why is None and vacuumed and not info.key:
+            why = "a VACUUM gave its rows new rowids"
+        return why
 
     def take_appeared(self) -> set[str]:
         """Tables created since the last call (the daemon's thread asks; ours adds)."""
@@ -271,14 +342,19 @@ class Harvester:
         write transaction on the bots' file."""
         renamed = [n for n, why in self.lost.items() if why.startswith("renamed")]
         renamed = [n for n in renamed if n in self.infos]
-        if not self._recapture and not renamed:
+        if not self._recapture and not renamed and not self._hold and not self._vacuum_hold:
             return
+        if any(isinstance(f, TableReset) for f in self._pending_schemas):
+            self._log([], self.position)  # held tables' resets are durable before their copy
         cursors = {c.table: c for c in self.position.snapshots}
         again = sorted(self._recapture)
         self._restart_snapshots(again, cursors)
         # Only these tables: another one dropped and created again since our look must
         # not get its triggers back here without its reset (the next look finds it).
-        infos = [table_info(self.conn, t) for t in again]
+        # Held tables get probes that match their unique indexes now, and the VACUUM mark
+        # goes back in the same transaction: from its commit on, any new VACUUM shows.
+        held = [t for t in sorted(self._hold) if t not in self._recapture and t not in self.lost]
+        infos = [table_info(self.conn, t) for t in again + held]
         capture.install(
             self.conn,
             infos,
@@ -286,7 +362,10 @@ class Harvester:
             self.plan.needs_unique_probes(),
             prune=False,
             release=renamed,
+            mark_vacuum=self._vacuum_hold,
         )
+        self._hold.clear()
+        self._vacuum_hold = False
         mapped = {m.table for m in self.plan.tables}
         self.tids = {
             tid: n for n, tid in capture.installed_tables(self.conn).items() if n in mapped
@@ -343,6 +422,7 @@ class Harvester:
         schemas, self._pending_schemas = self._pending_schemas, []
         if schemas:
             crash_point("schema")
+        new_pos = self._with_shapes(new_pos, schemas + frames)
         try:
             bigrows.append_batch(  # `writer.append_batch`, streaming values too big for a row
                 self.writer,
@@ -356,6 +436,21 @@ class Harvester:
             raise
         self.position = new_pos
 
+    def _with_shapes(self, pos: SourcePosition, frames: list[Frame]) -> SourcePosition:
+        """`pos` with a fresh cursor for each table reset in `frames` (its copy starts
+        over in the same durable batch as its reset) and each cursor's `shape` set to the
+        table's newest schema frame, for a restarted harvester to compare."""
+        reset = {f.table for f in frames if isinstance(f, TableReset)}
+        snaps = []
+        for c in pos.snapshots:
+            if c.table in reset:
+                c = SnapshotCursor(c.table)
+            info = self.infos.get(c.table)
+            if info is not None:
+                c = msgspec.structs.replace(c, shape=shapes.mark(info))
+            snaps.append(c)
+        return msgspec.structs.replace(pos, snapshots=snaps)
+
     def _read_changes(self, lo: int, hi: int, now: float) -> list[RowBatch]:
         tids = [
             r[0]
@@ -368,6 +463,8 @@ class Harvester:
             name = self.tids.get(tid)
             if name is None or name in self.lost:
                 continue  # not mapped, or gone: its changes are dropped with the trim
+            if name in self._hold:
+                continue  # reset: its new copy, read once the hold is released, has them
             out.extend(self._read_table(self.infos[name], tid, lo, hi, now))
         return out
 
@@ -380,10 +477,12 @@ class Harvester:
     def _maybe_trim(self) -> None:
         """Delete harvested capture rows, without queueing behind busy bots.
 
-        The trim is a write transaction on the bots' file: in rollback-journal mode it
-        blocks them while it runs. It is tried with a short lock budget and deferred when
-        bots are busy; only when it has been deferred for `TRIM_OVERDUE` seconds does it wait
-        the full busy timeout, so the capture table cannot grow without bound.
+        A write transaction on the bots' file blocks their writes while it runs. It is tried
+        with a short lock budget and deferred when bots are busy; only when it has been
+        deferred for `TRIM_OVERDUE` seconds does it wait the full busy timeout, so the capture
+        table cannot grow without bound. Each one deletes at most `trim_slice` rows, then the
+        lock is let go for as long as it was held: one DELETE of a million rows held the bots'
+        writes for about 0.5 s (bench/README.md, "Trim").
         """
         through = self.position.through_seq
         if through <= self._trimmed_through:
@@ -394,14 +493,18 @@ class Harvester:
         overdue = now - self._last_trim > TRIM_OVERDUE
         self.busy.timeout_ms = self.settings.busy_timeout_ms if overdue else 20
         try:
-            with write_transaction(self.conn):
-                # Keep the newest row so the INTEGER PRIMARY KEY never restarts numbering.
-                self.conn.execute(
-                    f"DELETE FROM {capture.CHANGES} WHERE seq <= ? AND seq < "
-                    f"(SELECT max(seq) FROM {capture.CHANGES})",
-                    (through,),
-                )
-                crash_point("trim")
+            while True:
+                began = time.monotonic()
+                with write_transaction(self.conn):
+                    lo, top = self.conn.execute(TRIM_BOUNDS).fetchone()
+                    # Keep the newest row so the INTEGER PRIMARY KEY never restarts numbering.
+                    last = min(through, top - 1)
+                    upto = min(last, lo + self.settings.trim_slice - 1)
+                    self.conn.execute(f"DELETE FROM {capture.CHANGES} WHERE seq <= ?", (upto,))
+                    crash_point("trim")
+                if upto >= last:
+                    break
+                time.sleep(time.monotonic() - began)  # the bots' turn, as long as ours was
         except apsw.BusyError:
             log.debug("source %s: trim deferred, database busy", self.plan.name)
             return
@@ -435,11 +538,16 @@ class Harvester:
     def _copying(self, c: SnapshotCursor) -> bool:
         """A cursor still to copy, of a table that is here (a dropped one waits: should it
         be created again, it gets a fresh cursor after a reset)."""
-        return not c.done and c.table in self.infos and c.table not in self.lost
+        return (
+            not c.done
+            and c.table in self.infos
+            and c.table not in self.lost
+            and c.table not in self._hold
+        )
 
     @property
     def snapshot_pending(self) -> bool:
-        return any(self._copying(c) for c in self.position.snapshots)
+        return bool(self._hold) or any(self._copying(c) for c in self.position.snapshots)
 
     def snapshot_state(self) -> str:
         snaps = [c for c in self.position.snapshots if c.table in self.infos]
@@ -448,6 +556,8 @@ class Harvester:
 
     def snapshot_chunk(self) -> int:
         """Copy the next chunk of the first unfinished table; returns rows copied."""
+        if self._hold:
+            self.repair_capture()
         pos = self.position
         idx = next((i for i, c in enumerate(pos.snapshots) if self._copying(c)), None)
         if idx is None:
@@ -463,19 +573,21 @@ class Harvester:
             kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
             width = len(kexpr)
             keys = ", ".join(kexpr)
-            marks = ", ".join("?" * width)
             until = cur.until
             if until is None:
-                top = self.conn.execute(
-                    f"SELECT {keys} FROM {q(info.name)} ORDER BY {', '.join(k + ' DESC' for k in kexpr)} LIMIT 1"
-                ).fetchone()
+                top = exact_text.fetchone(  # a key may be TEXT that is not UTF-8
+                    self.conn,
+                    kexpr,
+                    f"FROM {q(info.name)} ORDER BY {', '.join(k + ' DESC' for k in kexpr)} LIMIT 1",
+                )
                 until = list(top) if top else None
             rows, streamed = [], []
             if until is not None:
-                conds, args = [f"({keys}) <= ({marks})"], list(until)
+                marks = exact_text.marks
+                conds, args = [f"({keys}) <= ({marks(until)})"], exact_text.binds(until)
                 if cur.after is not None:
-                    conds.append(f"({keys}) > ({marks})")
-                    args += list(cur.after)
+                    conds.append(f"({keys}) > ({marks(cur.after)})")
+                    args += exact_text.binds(cur.after)
                 rows, streamed = bigrows.table_rows(  # any width; big BLOBs left to stream
                     self.conn,
                     info,
@@ -521,17 +633,20 @@ class Harvester:
             self._refresh_schemas()
             info = self.infos[table]
             kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
-            cols = ", ".join(q(c) for c in info.column_names)
-            sql = f"SELECT {cols} FROM {q(info.name)} WHERE " + " AND ".join(
-                f"{k} IS ?" for k in kexpr
-            )
+            cols = [q(c) for c in info.column_names]
             events, seen = [], set()
             for key in keys:
-                mark = msgspec.msgpack.encode(key)
+                mark = exact_text.pack(key)
                 if len(key) != len(kexpr) or mark in seen:
                     continue
                 seen.add(mark)
-                row = self.conn.execute(sql, key).fetchone()
+                where = " AND ".join(  # exactly this key: 'Alpha' never finds 'ALPHA'
+                    capture.same(k, exact_text.mark(v).replace("?", f"?{i}"))
+                    for i, (k, v) in enumerate(zip(kexpr, key, strict=True), 1)
+                )
+                row = exact_text.fetchone(  # TEXT that is not UTF-8 read and bound exactly
+                    self.conn, cols, f"FROM {q(info.name)} WHERE {where}", exact_text.binds(key)
+                )
                 events.append(
                     RowEvent(Op.UPSERT, 0, list(key), list(row))
                     if row is not None

@@ -17,6 +17,7 @@ when it reopens the log. Rebuilding is in `cdc.history_rebuild`.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 import apsw
 import msgspec
 
+from cdc import exact_text
 from cdc.changelog import LogEntry
 from cdc.config import Config
 from cdc.errors import ConfigError
@@ -340,24 +342,33 @@ def parse_key(plan: Plan, target: str, table: str, texts: list[str]) -> list[Val
         raise ConfigError(
             f"{target}.{table}: the key has {len(types)} value(s), {len(texts)} given"
         )
+    # Bytes that are not UTF-8 arrive as surrogate escapes: such a TEXT no affinity changes.
+    values = [exact_text.from_arg(t) for t in texts]
     conn = apsw.Connection(":memory:")
     try:
         conn.execute("CREATE TABLE k(" + ", ".join(f"c{i} {t}" for i, t in enumerate(types)) + ")")
-        conn.execute(f"INSERT INTO k VALUES ({', '.join('?' * len(texts))})", texts)
-        return list(conn.execute("SELECT * FROM k").fetchone())
+        conn.execute(f"INSERT INTO k VALUES ({exact_text.marks(values)})", exact_text.binds(values))
+        return list(exact_text.fetchone(conn, [f"c{i}" for i in range(len(types))], "FROM k"))
     finally:
         conn.close()
 
 
 def key_from_json(text: str) -> list[Value]:
-    """A key given as a JSON array, its values taken as they are (JSON has no blobs)."""
+    """A key given as a JSON array, its values taken as they are (JSON has no blobs). A
+    string's bytes that are not UTF-8 arrive as surrogate escapes, which only the standard
+    library's parser passes through: they make a TEXT of those bytes."""
     try:
         key = msgspec.json.decode(text)
     except msgspec.DecodeError as e:
         raise ConfigError(f"--key-json {text!r}: {e}") from None
+    except UnicodeEncodeError:
+        try:
+            key = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"--key-json {text!r}: {e}") from None
     if not isinstance(key, list) or not key or any(isinstance(v, list | dict | bool) for v in key):
         raise ConfigError(f"--key-json {text!r}: give an array of numbers, strings or null")
-    return key
+    return [exact_text.from_arg(v) if isinstance(v, str) else v for v in key]
 
 
 def _key_types(plan: Plan, m: TableMapping) -> list[str]:
@@ -470,7 +481,7 @@ def format_event(e: LoggedEvent) -> str:
 
 def _jsonable(s: msgspec.Struct) -> dict:
     """Builtins for JSON, with values as SQL literals (JSON has no blobs, and 1.0 == 1)."""
-    d = msgspec.to_builtins(s, builtin_types=(bytes,))
+    d = exact_text.builtins(s)  # key and row, which may hold a RawText, are replaced
     for field in ("key", "row"):
         if d.get(field) is not None:
             d[field] = render_row(getattr(s, field))

@@ -5,8 +5,8 @@ replicator itself (`TargetDB` + `apply_batch`, batch by batch from checkpoint 0,
 `replicator.Replicator` drives them) with the retained log up to the offset. So the tables
 are created, widened and filled as the target's were, and the result holds the rows and
 storage classes the target had once its checkpoint reached that offset. The replicator's
-own bookkeeping (`_cdc_*` tables) is dropped at the end, so the file looks like the target
-did to a bot.
+own bookkeeping (`_cdc_checkpoint`... tables, by exact name: cdc.own_objects) is dropped at
+the end, so the file looks like the target did to a bot.
 
 It needs the log from offset 0: a fresh checkpoint starts there, and a rebuild from the
 middle would lack every row written before. With `[log] retention = "delete"` that is
@@ -28,6 +28,7 @@ from cdc.errors import ConfigError, TargetError
 from cdc.events import RowBatch, SegmentStart, SourceMark
 from cdc.fsutil import fsync_dir
 from cdc.history import RETENTION_HINT, HistoryIncomplete, RetainedLog, incomplete_note
+from cdc.own_objects import is_own_table
 from cdc.plan import Plan
 from cdc.sqlident import q
 from replicator import TargetDB, apply_batch
@@ -193,15 +194,14 @@ def _replay(
 
 
 def _clean(path: str) -> tuple[list[str], list[RebuiltTable]]:
-    """Drop the `_cdc_*` tables, compact, count rows; leaves one self-contained file."""
+    """Drop our bookkeeping tables (by exact name: a bot's `_cdc_lookalike` is data), compact,
+    count rows; leaves one self-contained file."""
     conn = apsw.Connection(path)
     try:
         dropped = [
             r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_schema WHERE type='table' "
-                "AND name LIKE '\\_cdc\\_%' ESCAPE '\\' ORDER BY name"
-            )
+            for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name")
+            if is_own_table(r[0])
         ]
         with conn:
             for name in dropped:

@@ -181,7 +181,8 @@ class HookCapture:
         if len(pending) == 1:  # the common case: a single-row write
             for r in _rows(pending[0]):
                 raw.execute(_insert_sql(len(r) - 2), r)
-            self.changes += 1 + (pending[0][2] == _UPDATE and pending[0][3] != pending[0][4])
+            p = pending[0]
+            self.changes += 1 + (p[2] == _UPDATE and not _same(p[3], p[4]))
             return
         by_width: dict[int, list[tuple]] = {}
         for p in pending:
@@ -250,13 +251,20 @@ def _insert_sql(width: int) -> str:
     )
 
 
+def _same(a: tuple, b: tuple) -> bool:
+    """The same key, as the triggers' `capture.differs` tells: 1 and 1.0 are not."""
+    return len(a) == len(b) and all(
+        type(x) is type(y) and x == y for x, y in zip(a, b, strict=True)
+    )
+
+
 def _rows(p: tuple) -> list[tuple]:
     """Capture rows of one change, as the triggers write them: an UPDATE that changes the
     key records the old key first."""
     tid, _w, op, old, new = p
     o, n = _OPS[op]
     if op == _UPDATE:
-        return [(tid, n, *new)] if old == new else [(tid, o, *old), (tid, n, *new)]
+        return [(tid, n, *new)] if _same(old, new) else [(tid, o, *old), (tid, n, *new)]
     return [(tid, n, *new)] if op == _INSERT else [(tid, o, *old)]
 
 

@@ -11,9 +11,9 @@ import apsw
 import msgspec
 
 from cdc.events import ColumnDef, TableSchema
-from cdc.sqlident import fts_options, names_object, tokens, unquote, virtual_module
+from cdc.own_objects import is_own_table
+from cdc.sqlident import fts_options, index_terms, names_object, tokens, unquote, virtual_module
 
-OWN_PREFIX = "_cdc_"
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
 
 
@@ -41,6 +41,11 @@ class TableInfo(msgspec.Struct, frozen=True):
     ] = []  # non-key UNIQUE column sets (REPLACE can delete through them)
     foreign_keys: list[ForeignKey] = []
     autoincrement: bool = False
+    # per unique set, the collation its index compares each column with (an index may
+    # declare its own: `ON t(email COLLATE NOCASE)`); the REPLACE probes compare the same way
+    unique_collations: list[list[str]] = []
+    # unique indexes on expressions: their terms as written (`sqlident.index_terms`)
+    unique_exprs: list[list[str]] = []
     module: str = ""  # virtual tables: fts5, rtree, ...
     content_table: str | None = None  # FTS with external content: the table it indexes
     sync_triggers: list[str] = []  # FTS: the content table's triggers that keep it current
@@ -57,6 +62,13 @@ class TableInfo(msgspec.Struct, frozen=True):
                 return n
         raise ValueError(f"table {self.name!r} shadows every rowid alias")
 
+    def rowid_unreachable(self) -> bool:
+        """A rowid table whose columns take all of `rowid`, `oid` and `_rowid_`: SQLite has
+        no other name for its rowid, which identifies a keyless table's rows and tells a
+        keyed one's rows present in every read (the plan refuses such a table)."""
+        names = {c.name.lower() for c in self.columns}
+        return self.kind == "table" and not self.without_rowid and names >= set(ROWID_NAMES)
+
     def to_schema(self, source: str) -> TableSchema:
         return TableSchema(
             source=source,
@@ -67,6 +79,18 @@ class TableInfo(msgspec.Struct, frozen=True):
             create_sql=self.create_sql,
             index_sql=list(self.index_sql),
         )
+
+
+def rowid_note(info: TableInfo) -> str | None:
+    """Why a table cannot be captured for want of a rowid name, in words the plan and the
+    inventory both show; None when its rowid is reachable (or it has none)."""
+    if not info.rowid_unreachable():
+        return None
+    return (
+        "its columns are called rowid, oid and _rowid_, so SQLite leaves no name that "
+        "reaches its rowid (which sqlite-cdc reads to identify its rows): exclude it, "
+        "rename one of those columns, or make it a WITHOUT ROWID table with a primary key"
+    )
 
 
 def affinity(decl_type: str) -> str:
@@ -84,9 +108,10 @@ def affinity(decl_type: str) -> str:
 
 
 def is_internal(name: str) -> bool:
-    """SQLite's own tables and ours are never user data."""
-    low = name.lower()
-    return low.startswith("sqlite_") or low.startswith(OWN_PREFIX)
+    """SQLite's own tables and ours are never user data. Ours by exact name only
+    (cdc.own_objects): a bot's `_cdc_lookalike` is a user table like any other, and so is
+    one called like our triggers (triggers have names of their own in SQLite)."""
+    return name.lower().startswith("sqlite_") or is_own_table(name)
 
 
 def list_tables(conn: apsw.Connection) -> list[TableInfo]:
@@ -124,6 +149,7 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
     sql_row = conn.execute(
         "SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)
     ).fetchone()
+    uniques = unique_indexes(conn, name)
     index_sql = [
         r[0]
         for r in conn.execute(
@@ -140,7 +166,9 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
         without_rowid=without_rowid,
         create_sql=sql_row[0] if sql_row else "",
         index_sql=index_sql,
-        unique_sets=unique_sets(conn, name),
+        unique_sets=[cols for cols, _ in uniques],
+        unique_collations=[colls for _, colls in uniques],
+        unique_exprs=unique_expressions(conn, name),
         foreign_keys=foreign_keys(conn, name),
         autoincrement=bool(
             conn.execute(
@@ -206,22 +234,44 @@ def virtual_info(conn: apsw.Connection, name: str) -> TableInfo:
 
 
 def unique_sets(conn: apsw.Connection, name: str) -> list[list[str]]:
-    """Column sets of the table's UNIQUE constraints and unique indexes, key excluded.
+    """Column sets of the table's UNIQUE constraints and unique indexes, key excluded."""
+    return [cols for cols, _ in unique_indexes(conn, name)]
 
-    Indexes on expressions are left out (no column list to probe); see docs/architecture.md.
-    """
-    out = []
+
+def unique_indexes(conn: apsw.Connection, name: str) -> list[tuple[list[str], list[str]]]:
+    """(columns, collations) of each UNIQUE constraint and unique index, key excluded.
+
+    The collation is the index's own, which may differ from the column's: a REPLACE
+    deletes whatever that index calls equal. Indexes on expressions are left out (no
+    column list to probe); see docs/architecture.md."""
+    out: list[tuple[list[str], list[str]]] = []
     for idx, origin in conn.execute(
         'SELECT name, origin FROM pragma_index_list(?) WHERE "unique" ORDER BY name', (name,)
     ).fetchall():
         if origin == "pk":
             continue
-        cols = [
-            r[0]
-            for r in conn.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (idx,))
-        ]
-        if cols and all(c is not None for c in cols) and cols not in out:
-            out.append(cols)
+        rows = conn.execute(
+            "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key ORDER BY seqno", (idx,)
+        ).fetchall()
+        cols, colls = [r[0] for r in rows], [r[1] or "BINARY" for r in rows]
+        if cols and all(c is not None for c in cols) and (cols, colls) not in out:
+            out.append((cols, colls))
+    return out
+
+
+def unique_expressions(conn: apsw.Connection, name: str) -> list[list[str]]:
+    """The terms of each unique index that has an expression among them."""
+    out = []
+    for idx, sql in conn.execute(
+        "SELECT l.name, m.sql FROM pragma_index_list(?) AS l JOIN sqlite_master AS m "
+        "ON m.type = 'index' AND m.name = l.name WHERE l.\"unique\" ORDER BY l.name",
+        (name,),
+    ).fetchall():
+        has_expr = conn.execute(
+            "SELECT 1 FROM pragma_index_xinfo(?) WHERE key AND cid = -2", (idx,)
+        ).fetchone()
+        if has_expr and sql:
+            out.append(index_terms(sql))
     return out
 
 

@@ -420,6 +420,11 @@ def _md_database(db: DatabaseReport) -> list[str]:
     else:
         out += ["No tables.", ""]
     extra = [f"Not checked: {problem}" for problem in db.problems if ": rows not" not in problem]
+    if db.reserved:
+        extra.append(
+            "Named like sqlite-cdc's own objects (rename them before `cdc install`): "
+            + ", ".join(md_name(r) for r in db.reserved)
+        )
     named = [i for i in db.indexes if i.sql]
     if named:
         extra.append(

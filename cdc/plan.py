@@ -19,12 +19,12 @@ from pathlib import Path
 import apsw
 import msgspec
 
-from cdc import bigrows, ddl
+from cdc import bigrows, ddl, own_objects
 from cdc.config import MAX_NAME_BYTES, Config, RuleConfig
 from cdc.errors import ConfigError, PlanError, SourceError
 from cdc.fsutil import safe_component
 from cdc.guard import is_guard
-from cdc.inventory import TableInfo, affinity, list_tables
+from cdc.inventory import TableInfo, affinity, list_tables, rowid_note
 from cdc.sqlconn import open_legacy
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def resolve_plan(
     busy: list[str] = []
     sources: list[tuple[str, str, list[TableInfo]]] = []
     seen: dict[str, str] = {}
+    claims: dict[str, list[str]] = {}  # objects bearing our names: refused where we install
     for name, path, required in expand_sources(cfg):
         if ("{stem}" in name or any(c in path for c in "*?[")) and not os.path.lexists(path):
             # (a file the glob matched may itself be called `bot[1].db`: it exists)
@@ -166,6 +167,7 @@ def resolve_plan(
                 conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
                 try:
                     tables = list_tables(conn)
+                    claims[name] = own_objects.claim_problems(conn, name, path)
                     if cfg.capture_of(name) == "hooks":
                         problems.extend(_check_hooks(conn, name))
                 finally:
@@ -209,6 +211,8 @@ def resolve_plan(
                 excluded.append(t.name)
                 continue
             m = _mapping(rule, name, t.name)
+            if rowid_note(t):
+                problems.append(f"table {t.name!r} of source {name!r} ({path}): {rowid_note(t)}")
             if rule.merge and not t.key:
                 problems.append(
                     f"table {t.name!r} of source {name!r}: a merge needs a declared primary "
@@ -232,6 +236,8 @@ def resolve_plan(
                 continue
             landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule or _FOLLOW))
             fts.append(m)
+        if mapped or fts:  # nothing is installed in a file with nothing to capture
+            problems.extend(claims.get(name, []))
         visible = [t for t in tables if t.kind != "shadow"]
         plans.append(
             SourcePlan(
@@ -246,6 +252,7 @@ def resolve_plan(
         problems.extend(_check_merge(target, ttable, entries, infos))
     for sp in plans:
         problems.extend(_check_foreign_keys(sp))
+        problems.extend(own_objects.target_problems([*sp.tables, *sp.fts]))
     plan = Plan(targets=dict(cfg.targets), sources=plans)
     problems.extend(ddl.check_names(plan))
     problems.extend(bigrows.width_problems(plan))  # tables a target cannot hold
@@ -319,10 +326,8 @@ def _check_hooks(conn, source: str) -> list[str]:  # noqa: ANN001 - apsw.Connect
     triggers of its own would see them silently skipped for every pool write."""
     own = [
         r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='trigger' "
-            "AND name NOT LIKE '\\_cdc\\_%' ESCAPE '\\' ORDER BY name"
-        )
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger' ORDER BY name")
+        if not own_objects.is_own_trigger(r[0])
     ]
     if not own:
         return []

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from cdc import exact_text
 from cdc.config import Config, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.inventory import list_tables
@@ -185,10 +186,10 @@ def _tagless_merge(target: str, table: str, members: list[tuple[MappingRow, str]
             continue
         try:
             info = next((t for t in list_tables(conn) if t.name == r.table), None)
-            if info is None:
-                continue
-            cols = ", ".join(q(k) for k in info.key) or info.rowid_alias()
-            for k in conn.execute(f"SELECT {cols} FROM {q(r.table)}"):
+            if info is None or info.rowid_unreachable():
+                continue  # the plan names it (no key to compare by)
+            cols = [q(k) for k in info.key] or [info.rowid_alias()]
+            for k in exact_text.select(conn, cols, f"FROM {q(r.table)}"):  # any TEXT bytes
                 keys.setdefault(tuple(k), []).append(r.database)
         finally:
             conn.close()

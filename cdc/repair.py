@@ -5,7 +5,8 @@ Only the daemon writes the change log, and a repaired row must travel the normal
 never be overwritten by an older image. The request is a file in `<state_dir>/requests/`
 (msgpack keeps each key's storage class); the harvester of that source reads the current
 legacy image of each key (or notes it is gone) in one read transaction, appends it to the
-log like a snapshot chunk and answers with the log offset the targets must reach.
+log like a snapshot chunk and answers with the log offset the targets must reach. A key
+that is a TEXT of invalid UTF-8 travels as the log carries it (`cdc.exact_text`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from cdc import exact_text
 from cdc.errors import DaemonError
 from cdc.fsutil import makedirs_private, write_private
 
@@ -41,8 +43,8 @@ class RepairDone(msgspec.Struct):
 
 
 # Built at import: several harvest threads decode requests (see cdc.fence on why).
-_REQUEST = msgspec.msgpack.Decoder(RepairRequest)
-_DONE = msgspec.msgpack.Decoder(RepairDone)
+_REQUEST = exact_text.decoder(RepairRequest)
+_DONE = exact_text.decoder(RepairDone)
 
 
 def _dir(state_dir: str) -> str:
@@ -50,7 +52,7 @@ def _dir(state_dir: str) -> str:
 
 
 def _write(path: str, value: msgspec.Struct) -> None:
-    write_private(path, msgspec.msgpack.encode(value))  # 0600: keys of the bots' rows
+    write_private(path, exact_text.pack(value))  # 0600: keys of the bots' rows
 
 
 def submit(state_dir: str, source: str, table: str, keys: list[list]) -> RepairRequest:

@@ -307,3 +307,36 @@ def created_name(sql: str) -> str:
     if j + 2 < len(toks) and toks[j + 1][0] == ".":
         j += 2
     return unquote(toks[j][0])
+
+
+def index_terms(sql: str) -> list[str]:
+    """The terms of a `CREATE INDEX ... ON t(term, ...)`, each as written (a column or
+    an expression, with its COLLATE; ASC/DESC dropped): the REPLACE probe of a unique
+    index on expressions evaluates the same text (cdc/capture.py)."""
+    toks = _spans(sql)
+    j = next((n for n, t in enumerate(toks) if t[0].upper() == "ON"), None)
+    if j is None:
+        return []
+    j = next((n for n in range(j, len(toks)) if toks[n][0] == "("), None)
+    if j is None:
+        return []
+    terms, depth, start, last = [], 0, toks[j][2], None
+    for tok, _s, e in toks[j + 1 :]:
+        if tok == "(":
+            depth += 1
+        elif tok == ")" and depth:
+            depth -= 1
+        elif depth == 0 and tok in (",", ")"):
+            terms.append(sql[start:last].strip())
+            if tok == ")":
+                break
+            start = e
+            continue
+        last = e
+    out = []
+    for t in terms:
+        words = _spans(t)
+        if words and words[-1][0].upper() in ("ASC", "DESC"):
+            t = t[: words[-1][1]].strip()
+        out.append(t)
+    return out

@@ -27,7 +27,8 @@ import apsw
 import msgspec
 
 from cdc.discover import Skipped, Unreadable, discover, relpath
-from cdc.inventory import OWN_PREFIX, ForeignKey, TableInfo, is_internal, list_tables
+from cdc.inventory import ForeignKey, TableInfo, is_internal, list_tables, rowid_note
+from cdc.own_objects import CAPTURE_TABLES, foreign_claims, is_own_trigger
 from cdc.sqlconn import read_transaction, set_busy_timeout
 from cdc.sqlident import q, tokens, unquote
 
@@ -63,6 +64,7 @@ class TableReport(msgspec.Struct, frozen=True):
     shadow_of: str | None = None  # shadow tables: their virtual table
     sql: str = ""
     problem: str | None = None
+    refused: bool = False  # the plan refuses to capture it as it is (`problem` says why)
 
 
 class IndexReport(msgspec.Struct, frozen=True):
@@ -101,12 +103,15 @@ class DatabaseReport(msgspec.Struct, frozen=True):
     encoding: str
     user_version: int
     application_id: int = 0
-    sqlite_cdc_installed: bool = False  # `_cdc_*` objects exist (see `cdc install`)
+    sqlite_cdc_installed: bool = False  # our capture tables exist (see `cdc install`)
     tables: list[TableReport] = []
     indexes: list[IndexReport] = []
     triggers: list[TriggerReport] = []
     views: list[ViewReport] = []
     problems: list[str] = []  # what this SQLite could not check or count here
+    # "<type> <name>" of the bot's objects named like sqlite-cdc's own (cdc.own_objects):
+    # the plan refuses the file until they are renamed
+    reserved: list[str] = []
 
     def mappable(self) -> list[TableReport]:
         """The tables an operator maps: shadow tables travel with their virtual table."""
@@ -296,7 +301,8 @@ def _pragma(conn: apsw.Connection, name: str) -> object:
 
 def _read_database(conn: apsw.Connection, path: str, rel: str, header: bytes) -> DatabaseReport:
     wal = path + "-wal"
-    names = conn.execute("SELECT name FROM sqlite_master").fetchall()
+    claims = foreign_claims(conn)
+    names = {n.lower() for (n,) in conn.execute("SELECT name FROM sqlite_master")}
     infos = list_tables(conn)
     tables = _tables(conn, infos)
     known = {t.name.lower() for t in tables}
@@ -314,12 +320,14 @@ def _read_database(conn: apsw.Connection, path: str, rel: str, header: bytes) ->
         encoding=str(_pragma(conn, "encoding")),
         user_version=int(_pragma(conn, "user_version")),
         application_id=int(_pragma(conn, "application_id")),
-        sqlite_cdc_installed=any(n.lower().startswith(OWN_PREFIX) for (n,) in names),
+        sqlite_cdc_installed=all(t in names for t in CAPTURE_TABLES)
+        and not any(n.lower() in CAPTURE_TABLES for _, n in claims),
         tables=tables,
         indexes=_indexes(conn, [t.name for t in tables]),
         triggers=_triggers(conn),
         views=views,
-        problems=[f"{t.name}: {t.problem}" for t in tables if t.problem],
+        problems=[f"{t.name}: {t.problem}" for t in tables if t.problem and not t.refused],
+        reserved=[f"{kind} {name}" for kind, name in claims],
     )
 
 
@@ -330,6 +338,7 @@ def _tables(conn: apsw.Connection, infos: list[TableInfo]) -> list[TableReport]:
     for info in infos:
         columns, unknown = _columns(conn, info.name)
         rows, uncounted = _count(conn, info.name)
+        refused = rowid_note(info)
         out.append(
             TableReport(
                 name=info.name,
@@ -346,7 +355,8 @@ def _tables(conn: apsw.Connection, infos: list[TableInfo]) -> list[TableReport]:
                 shadow_tables=sorted(s for s, o in owner.items() if o == info.name),
                 shadow_of=owner.get(info.name),
                 sql=info.create_sql or _create_sql(conn, info.name),
-                problem=unknown or uncounted,
+                problem=unknown or uncounted or refused,
+                refused=refused is not None and not (unknown or uncounted),
             )
         )
     return out
@@ -432,7 +442,7 @@ def _triggers(conn: apsw.Connection) -> list[TriggerReport]:
     return [
         TriggerReport(name=name, table=table, sql=sql or "", writes=trigger_writes(sql or ""))
         for name, table, sql in rows
-        if not name.lower().startswith(OWN_PREFIX) and not is_internal(table)
+        if not is_own_trigger(name) and not is_internal(table)
     ]
 
 

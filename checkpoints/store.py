@@ -133,6 +133,14 @@ class CheckpointStore:
                 fresh.append(t)
         return fresh
 
+    def forget_snapshot(self, source: str, table: str) -> None:
+        """The table is copied again (a reset): its copy is not done until a mark says so;
+        call inside the apply transaction."""
+        self.conn.execute(
+            f"DELETE FROM {SNAPSHOTS} WHERE consumer=? AND source=? AND tbl=?",
+            (self.consumer, source, table),
+        )
+
     def sources(self) -> dict[str, SourceApplied]:
         return {
             r[0]: SourceApplied(*r)

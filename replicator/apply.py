@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import apsw
 import msgspec
 
-from cdc import capture, ddl
+from cdc import capture, ddl, exact_text
 from cdc.changelog import LogEntry
 from cdc.errors import TargetBusyError, TargetError
 from cdc.events import (
@@ -177,7 +177,10 @@ def _feeds(plan: Plan, source: str, target: str) -> bool:
 
 
 def _reset(conn: apsw.Connection, target: TargetDB, f: TableReset) -> None:
-    """Forget this source table's rows (only this source's, in a merged table)."""
+    """Forget this source table's rows (only this source's, in a merged table), and that
+    its initial copy was complete: a fresh copy follows, and until its mark says done the
+    verifier must see a table being copied, not one missing rows."""
+    target.checkpoints.forget_snapshot(f.source, f.table)
     shape = target.shapes.get((f.source, f.table))
     if shape is None:
         return  # nothing of it was ever applied here
@@ -204,10 +207,11 @@ def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> 
     n = 0
     for b in batches:
         ups, dels = _split(shape, _zeroblobs(b) if isinstance(b, StreamedRowBatch) else b.events)
+        # a row holding a TEXT that is not valid UTF-8 is bound with CAST (cdc.exact_text)
         if dels:
-            conn.executemany(delete_sql, dels)
+            exact_text.executemany(conn, delete_sql, dels)
         if ups:
-            conn.executemany(upsert_sql, ups)
+            exact_text.executemany(conn, upsert_sql, ups)
         n += len(b.events)
     return n
 
@@ -230,12 +234,15 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
     cols = [q(c) for c in shape.columns]
     conds = []
     if shape.tag_column is not None:
-        conds.append(f"{q(shape.tag_column)} IS ?")
+        conds.append(f"{q(shape.tag_column)} IS ?1")
     if shape.key:
-        conds += [f"{q(k)} IS ?" for k in shape.key]
+        # Exactly this key, not one equal to it under the column's collation: the delete
+        # of the old spelling 'Alpha' may be applied after the image of 'ALPHA'.
+        first = len(conds) + 1
+        conds += [capture.same(q(k), f"?{i}") for i, k in enumerate(shape.key, first)]
     else:
         cols = [shape.rowid_alias, *cols]  # identity is the rowid: keep it
-        conds.append(f"{shape.rowid_alias} = ?")
+        conds.append(f"{shape.rowid_alias} = ?{len(conds) + 1}")
     if shape.tag_column is not None:
         cols = [q(shape.tag_column), *cols]
     table = q(shape.target_table)
@@ -244,7 +251,10 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
         # Only the key can conflict: an upsert updates in place, about 1.7x faster than
         # REPLACE's delete + insert (bench/README.md).
         keys = [q(k) for k in ([shape.tag_column] if shape.tag_column else []) + shape.key]
-        rest = [c for c in cols if c not in keys]
+        # An equal key may be spelled differently now ('Alpha' -> 'ALPHA', 1 -> 1.0):
+        # write it too, unless it is the rowid alias (integers: equal means identical).
+        fixed = keys if shape.rowid_key else keys[:1] if shape.tag_column else []
+        rest = [c for c in cols if c not in fixed]
         action = ", ".join(f"{c} = excluded.{c}" for c in rest) if rest else None
         upsert = f"INSERT INTO {table} {values} ON CONFLICT ({', '.join(keys)}) " + (
             f"DO UPDATE SET {action}" if action else "DO NOTHING"

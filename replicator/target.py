@@ -22,14 +22,16 @@ import logging
 import apsw
 import msgspec
 
-from cdc import ddl
+from cdc import ddl, exact_text
 from cdc.errors import TargetError
 from cdc.events import ColumnDef, TableSchema, ValueChunk
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_target, write_transaction
-from cdc.sqlident import q
+from cdc.sqlident import q, tokens
 from cdc.status_file import full_disk_note
 from checkpoints import CheckpointStore
+from replicator import reshape
+from replicator.reshape import AppliedIndex
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,31 @@ class AppliedShape(msgspec.Struct, frozen=True):
     tag: str | None = None
     rowid_alias: str = "rowid"
     other_unique: bool = True  # a UNIQUE besides the key: upserts must REPLACE through it
+    create_sql: str = ""  # the source's definition this shape came with
+    indexes: list[AppliedIndex] | None = None  # created for it here; None: not recorded
+    # the key is the rowid alias: equal keys are identical, so an upsert need not rewrite it
+    rowid_key: bool = False
 
     def key_columns(self) -> list[str]:
         return list(self.key) if self.key else [self.rowid_alias]
 
 
 _shape_decoder = msgspec.msgpack.Decoder(AppliedShape)
+
+
+def is_rowid_key(schema: TableSchema) -> bool:
+    """Whether the source's key is its rowid alias (a lone `INTEGER PRIMARY KEY`): its
+    values are integers, so two equal keys are the same key. Any other key may be equal
+    but not identical ('Alpha' and 'ALPHA' under NOCASE, 1 and 1.0 untyped), and the
+    upsert must write the key too. `DESC` (which makes the column no alias) or a COLLATE
+    anywhere makes the answer no: the slower upsert is exact either way."""
+    if schema.without_rowid or len(schema.key) != 1:
+        return False
+    col = next((c for c in schema.columns if c.name == schema.key[0]), None)
+    words = {w.upper() for w in tokens(schema.create_sql)}
+    return (
+        col is not None and col.decl_type.upper() == "INTEGER" and not words & {"DESC", "COLLATE"}
+    )
 
 
 class TargetDB:
@@ -101,7 +122,7 @@ class TargetDB:
         walks the value's overflow pages from its start, so a handle per piece makes
         writing a big value quadratic. `close_value` must come before anything else
         writes that row, and before the transaction ends."""
-        ident = (c.source, c.table, msgspec.msgpack.encode(c.key), c.column)
+        ident = (c.source, c.table, exact_text.pack(c.key), c.column)
         if self._value is None or self._value[0] != ident or self._value[2] != c.offset:
             self.close_value()
             self._value = (ident, *self._open_value(c))
@@ -145,8 +166,13 @@ class TargetDB:
         if shape.tag_column is not None:
             conds.append(f"{q(shape.tag_column)} IS ?")
             args.append(shape.tag)
-        conds += [f"{q(k)} IS ?" for k in shape.key] if shape.key else [f"{shape.rowid_alias} = ?"]
-        args += list(c.key)
+        marks = [exact_text.mark(v) for v in c.key]  # a TEXT key that is not UTF-8: CAST
+        conds += (
+            [f"{q(k)} IS {m}" for k, m in zip(shape.key, marks, strict=True)]
+            if shape.key
+            else [f"{shape.rowid_alias} = ?"]
+        )
+        args += exact_text.binds(c.key)
         row = self.conn.execute(
             f"SELECT {shape.rowid_alias}, length({q(c.column)}) FROM {q(shape.target_table)} "
             f"WHERE {' AND '.join(conds)}",
@@ -164,12 +190,21 @@ class TargetDB:
         return [r[1] for r in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))]
 
     def apply_schema(self, schema: TableSchema, m: TableMapping, plan: Plan) -> None:
-        """Create or widen the target table for `schema`; call inside the apply transaction."""
+        """Create the target table for `schema`, or make it follow (`replicator.reshape`);
+        call inside the apply transaction."""
+        old = self.shapes.get((m.source, m.table))
+        indexes = old.indexes if old else None
         have = self.table_columns(m.target_table)
         if not have:
-            self._create(schema, m, plan)
+            indexes = self._create(schema, m, plan)
+        elif m.tag_column is not None:
+            reshape.check_merged(self.conn, self.path, schema, m, old.columns if old else None)
+            self._widen(schema, m, have)
+        elif reshape.needs_rebuild(self.conn, self.path, schema, m, old.create_sql if old else ""):
+            indexes = reshape.rebuild(self.conn, self.path, schema, m, plan, indexes)
         else:
             self._widen(schema, m, have)
+            indexes = reshape.sync_indexes(self.conn, self.path, schema, m, plan, indexes)
         for fm in ddl.fts_of(plan, m.source, m.table):
             if fm.target == self.name and not self.table_columns(fm.target_table):
                 for sql in ddl.fts_statements(plan, fm):
@@ -192,6 +227,9 @@ class TargetDB:
             tag=m.tag,
             rowid_alias=alias,
             other_unique=other_unique,
+            rowid_key=is_rowid_key(schema),
+            create_sql=schema.create_sql,
+            indexes=indexes if m.tag_column is None else None,
         )
         self.conn.execute(
             f"INSERT OR REPLACE INTO {SCHEMAS} VALUES (?, ?, ?)",
@@ -200,12 +238,18 @@ class TargetDB:
         self.shapes[(m.source, m.table)] = shape
         self.statements.pop((m.source, m.table), None)
 
-    def _create(self, schema: TableSchema, m: TableMapping, plan: Plan) -> None:
+    def _create(self, schema: TableSchema, m: TableMapping, plan: Plan) -> list[AppliedIndex]:
         if m.tag_column is None and not schema.create_sql:
             raise TargetError(f"{self.path}: no definition for {m.source}.{m.table}")
         taken = {r[0].lower() for r in self.conn.execute("SELECT name FROM sqlite_schema")}
-        for sql in ddl.table_statements(plan, m, schema, taken):
-            self.conn.execute(sql)
+        if m.tag_column is not None:
+            self.conn.execute(ddl.merged_table_statement(plan, m, schema))
+            indexes = []
+        else:
+            self.conn.execute(ddl.create_table_statement(plan, m, schema))
+            indexes = [AppliedIndex(*ix) for ix in ddl.index_statements(plan, m, schema, taken)]
+            for ix in indexes:
+                self.conn.execute(ix.sql)
         log.info(
             "target %s: created %s from %s.%s",
             self.name,
@@ -214,6 +258,7 @@ class TargetDB:
             m.table,
             extra={"target": self.name, "source": m.source, "table": m.table},
         )
+        return indexes
 
     def _widen(self, schema: TableSchema, m: TableMapping, have: list[str]) -> None:
         present = {h.lower() for h in have}

@@ -55,6 +55,9 @@ class Pipeline:
     def sync(self) -> None:
         self.snapshot()
         self.harvest()
+        if any(h.snapshot_pending for h in self.harvesters):  # a harvest reset a table
+            self.snapshot()
+            self.harvest()
         self.apply()
 
     def diffs(self):

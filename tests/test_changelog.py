@@ -221,3 +221,122 @@ def test_log_check_names_the_damaged_segment(tmp_path):
     assert not rep.ok
     bad = [s for s in rep.segments if s.error]
     assert [s.segment for s in bad] == [segment_name(first)] and "offset" in bad[0].error
+
+
+# -- damage inside the newest segment is not a torn tail -------------------------------
+
+
+def _entries(log_dir) -> list:
+    return list(LogReader(str(log_dir)).iter_from(0))
+
+
+def _flip(path, at: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("where", ["payload", "length", "last rows"])
+def test_damage_inside_the_newest_segment_is_refused_not_cut(tmp_path, where):
+    """Later batches are durable (their capture rows may be trimmed already): cutting them
+    like a torn tail would lose them without a word. The open names the place instead."""
+    w = LogWriter(str(tmp_path))
+    for i in range(6):
+        _batch(w, i)
+    w.close()
+    rows = [e for e in _entries(tmp_path) if isinstance(e.frame, RowBatch)]
+    victim = rows[-1] if where == "last rows" else rows[2]  # "last rows": only a mark after
+    at = victim.offset + (0 if where == "length" else HEADER.size + 5)
+    seg = tmp_path / segment_name(0)
+    damaged = _flip(seg, at + (2 if where == "length" else 0))
+    with pytest.raises(LogCorruptError) as e:
+        LogWriter(str(tmp_path))
+    msg = str(e.value)
+    assert segment_name(0) in msg and f"offset {victim.offset}," in msg, msg
+    assert f"valid frames follow at offset {victim.next_offset}" in msg, msg
+    assert e.value.exit_code == 5 and e.value.hint
+    assert seg.read_bytes() == damaged  # nothing cut, nothing rewritten
+
+
+def test_a_live_reader_raises_on_damage_in_the_newest_segment(tmp_path):
+    """Another process (`cdc log tail`, status) reads without the writer's durable limit;
+    a bad frame with valid ones after it is not a write in progress."""
+    w = LogWriter(str(tmp_path))
+    for i in range(4):
+        _batch(w, i)
+    rows = [e for e in _entries(tmp_path) if isinstance(e.frame, RowBatch)]
+    _flip(tmp_path / segment_name(0), rows[1].offset + HEADER.size + 3)
+    with pytest.raises(LogCorruptError) as e:
+        LogReader(str(tmp_path)).read(0)
+    assert f"offset {rows[1].offset}," in str(e.value)
+    w.close()
+
+
+def test_a_torn_batch_at_the_end_is_still_cut(tmp_path):
+    """A crash leaves a prefix of its batch: whole frames without their mark, then part of
+    a frame, nothing valid after. Cut back to the last mark, as before."""
+    w = LogWriter(str(tmp_path))
+    _batch(w, 0)
+    end = w.end_offset
+    _batch(w, 1)
+    w.close()
+    seg = tmp_path / segment_name(0)
+    rows = [e for e in _entries(tmp_path) if isinstance(e.frame, RowBatch)]
+    with open(seg, "r+b") as f:
+        f.truncate(rows[-1].offset + HEADER.size + 10)  # mid-frame, no garbage
+    w2 = LogWriter(str(tmp_path))
+    assert w2.end_offset == end and w2.truncated_bytes == HEADER.size + 10
+    assert w2.positions["s"].through_seq == 2
+    _batch(w2, 2)
+    assert [r.seq for r in _rows(str(tmp_path))] == [0, 1, 2, 20, 21, 22]
+
+
+def test_a_zeroed_tail_is_a_torn_tail(tmp_path):
+    """A power loss can leave a file longer than what reached the disk, the rest zeros:
+    zeros checksum as empty frames, which no writer ever writes."""
+    w = LogWriter(str(tmp_path))
+    _batch(w, 0)
+    end = w.end_offset
+    w.close()
+    with open(tmp_path / segment_name(0), "ab") as f:
+        f.write(bytes(4096))
+    assert LogReader(str(tmp_path)).read(0)[-1].next_offset == end  # a live view stops there
+    w2 = LogWriter(str(tmp_path))
+    assert w2.end_offset == end and w2.truncated_bytes == 4096
+
+
+def test_a_frame_that_checksums_but_does_not_decode_is_not_cut(tmp_path):
+    """It was written so (a newer version's frame kind): never a torn write."""
+    w = LogWriter(str(tmp_path))
+    _batch(w, 0)
+    w.close()
+    payload = bytes.fromhex("92a6") + b"future" + b"\x01"
+    seg = tmp_path / segment_name(0)
+    with open(seg, "ab") as f:
+        f.write(HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+    before = seg.read_bytes()
+    with pytest.raises(LogCorruptError) as e:
+        LogWriter(str(tmp_path))
+    assert "undecodable" in str(e.value) and segment_name(0) in str(e.value)
+    assert seg.read_bytes() == before
+
+
+def test_log_check_tells_a_torn_tail_from_damage(tmp_path):
+    from cdc.logcheck import check_log
+
+    w = LogWriter(str(tmp_path))
+    for i in range(4):
+        _batch(w, i)
+    w.close()
+    seg = tmp_path / segment_name(0)
+    with open(seg, "ab") as f:
+        f.write(HEADER.pack(100, 0) + b"partial")
+    rep = check_log(str(tmp_path))
+    assert rep.ok and rep.segments[0].torn_tail == HEADER.size + len(b"partial")
+    rows = [e for e in _entries(tmp_path) if isinstance(e.frame, RowBatch)]
+    _flip(seg, rows[1].offset + HEADER.size + 3)
+    rep = check_log(str(tmp_path))
+    assert not rep.ok
+    err = rep.segments[0].error
+    assert f"offset {rows[1].offset}," in err and segment_name(0) in err

@@ -290,7 +290,9 @@ CREATE TRIGGER parent_log AFTER UPDATE OF code ON parent BEGIN
   INSERT OR IGNORE INTO loose(x, y) VALUES (old.code, new.code);
   UPDATE kv SET v = NULL WHERE k = new.code;
 END;
-CREATE TABLE _cdc_meta(k, v);
+CREATE TABLE _cdc_meta(k TEXT PRIMARY KEY, v);
+CREATE TABLE _cdc_tables(tid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, key_width);
+CREATE TABLE _cdc_changes(seq INTEGER PRIMARY KEY, tid, op, k1);
 INSERT INTO parent(code) VALUES ('p1'), ('p2');
 INSERT INTO child(a, b, parent_id) VALUES (1, 'x', 1), (2, 'y', 1);
 INSERT INTO loose VALUES (1, 'a'), (NULL, 'b'), (3, 'c');

@@ -1,14 +1,17 @@
 """A damaged change log, found by a real daemon: a torn tail is cut and forgotten, damage in
 the middle stops the daemon with the segment and offset named, and `cdc log check` names
-the same place. Nothing is guessed past damage: the frames after it could be anything."""
+the same place. Nothing is guessed past damage: the frames after it could be anything.
+Damage inside the newest segment is damage too, not a torn tail: the frames after it were
+durable batches, and nothing of them is cut."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
 
-from cdc.changelog import list_segments, segment_name
+from cdc.changelog import HEADER, LogReader, list_segments, segment_name
 from cdc.config import load_config
+from cdc.events import RowBatch
 from cdc.plan import resolve_plan
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
@@ -27,11 +30,12 @@ path = "legacy/bot.db"
 table = "*"
 target = "core"
 """
+ONE_SEGMENT = CONFIG.replace("segment_bytes = 4096", "segment_bytes = 1048576")
 
 
-def _setup(tmp_path):
+def _setup(tmp_path, config: str = CONFIG):
     make_db(tmp_path / "legacy" / "bot.db", SCHEMA)
-    cfg = write_config(tmp_path, CONFIG)
+    cfg = write_config(tmp_path, config)
     assert cdc_cmd("install", "-c", str(cfg)).returncode == 0
     return cfg
 
@@ -95,3 +99,68 @@ def test_damage_in_the_middle_stops_the_daemon_and_log_check_names_it(tmp_path, 
     out = d.output()
     assert code == 5, out  # LogCorruptError: the daemon stops, it does not skip
     assert segment_name(segs[1]) in out and "offset" in out, out
+
+
+def _newest(tmp_path):
+    log_dir = tmp_path / "state" / "log"
+    base = list_segments(str(log_dir))[-1]
+    entries = [e for e in LogReader(str(log_dir)).iter_from(base) if e.offset >= base]
+    return log_dir / segment_name(base), entries
+
+
+def _in_rounds(tmp_path, d, rounds: int) -> None:
+    """One harvest batch (at least) per round: the newest segment holds several."""
+    for r in range(rounds):
+        _write(tmp_path, 5, start=r * 100)
+        d.wait_synced()
+
+
+def test_damage_inside_the_newest_segment_stops_the_daemon_and_nothing_is_cut(tmp_path, daemons):
+    cfg = _setup(tmp_path, ONE_SEGMENT)
+    d = daemons(cfg)
+    _in_rounds(tmp_path, d, 4)
+    assert d.stop() == 0, d.output()
+    seg, entries = _newest(tmp_path)
+    rows = [e for e in entries if isinstance(e.frame, RowBatch)]
+    assert len(rows) >= 4
+    victim = rows[1]  # durable batches follow it
+    data = bytearray(seg.read_bytes())
+    data[victim.offset - entries[0].offset + HEADER.size + 4] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    where = re.compile(rf"offset {victim.offset}\b")
+
+    r = cdc_cmd("log", "check", "-c", str(cfg))
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert seg.name in r.stdout and where.search(r.stdout), r.stdout
+
+    d = daemons(cfg)
+    d.proc.wait(timeout=60)
+    code = d.kill()  # already exited: collects the code, closes its log
+    out = d.output()
+    assert code == 5, out  # LogCorruptError, as for damage in an older segment
+    assert seg.name in out and where.search(out) and "nothing was cut" in out, out
+    assert seg.read_bytes() == bytes(data)  # not one byte cut or rewritten
+
+
+def test_a_torn_unfinished_batch_is_cut_and_replication_goes_on(tmp_path, daemons):
+    """What a crash mid-append leaves: whole frames of a batch without its mark, then the
+    first half of a frame. No garbage, nothing valid after it: a torn tail, cut."""
+    cfg = _setup(tmp_path, ONE_SEGMENT)
+    d = daemons(cfg)
+    _in_rounds(tmp_path, d, 2)
+    assert d.stop() == 0, d.output()
+    seg, entries = _newest(tmp_path)
+    size = seg.stat().st_size
+    rows = [e for e in entries if isinstance(e.frame, RowBatch)]
+    data = seg.read_bytes()
+    frame = data[rows[0].offset - entries[0].offset : rows[0].next_offset - entries[0].offset]
+    with open(seg, "ab") as f:
+        f.write(frame + frame[: len(frame) // 2])
+    d = daemons(cfg)
+    _write(tmp_path, 5, start=1000)
+    d.wait_synced()
+    assert d.stop() == 0, d.output()
+    assert re.search(r"cut \d+ bytes", d.output()), d.output()
+    assert seg.read_bytes()[:size] == data  # the valid part stays, appends went on after it
+    assert _unequal(cfg) == []
+    assert cdc_cmd("log", "check", "-c", str(cfg)).returncode == 0

@@ -40,6 +40,8 @@ from cdc.sqlconn import open_target
 from cdc.status_file import DaemonStatus, write_json_atomic
 from tests.conftest import REPO, cdc_cmd, make_db, write_config
 from tests.pipeline import Pipeline
+from verifier.model import KeyDiff, TableResult, VerifyReport
+from verifier.report import write_validation_reports
 
 
 def mode(p: Path) -> int:
@@ -224,6 +226,26 @@ def test_library_writers_are_private_whatever_the_umask(tmp_path: Path) -> None:
         makedirs_private(str(existing / "sub"))
         assert mode(existing) == 0o755, "a folder that existed keeps the operator's mode"
         assert mode(existing / "sub") == 0o700
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_validation_reports_are_private_whatever_the_umask(tmp_path: Path, mask: int) -> None:
+    """A validation report lists the diverged rows' values: it is as private as the state
+    dir, also when written through the library (the demo, a script) rather than the CLI,
+    and over a report left by an earlier run with other bits."""
+    diff = KeyDiff("different", ["7"], ["secret"], ["7", "'legacy value'"], ["7", "'other'"])
+    table = TableResult("a", "t", "core", "t", "diverged", diverged_count=1, diverged=[diff])
+    report = VerifyReport(0.0, 1.0, [table])
+    out = tmp_path / "reports" / "new"
+    with umask(mask):
+        paths = write_validation_reports(report, str(out), {"core": "out/core.db"})
+        assert len(paths) == 2 and "legacy value" in Path(paths[1]).read_text()
+        private_tree(tmp_path / "reports")
+        for p in paths:
+            os.chmod(p, 0o666)  # an older report someone opened up
+        write_validation_reports(report, str(out), {"core": "out/core.db"})
+        private_tree(tmp_path / "reports")
+        assert sorted(os.listdir(out)) == ["validation-core.json", "validation-core.md"]
 
 
 # -- 2. no way out of the declared folders ---------------------------------------------------
@@ -832,6 +854,23 @@ REVIEWED = {
     "cdc/demo/cutover_phase.py: {target_table}": "the demo's own fixed table name",
     "replicator/target.py: {decl}": "q(type), then DEFAULT with the source's own expression "
     "text (SQLite parsed it as one expression: it cannot end the statement)",
+    "cdc/capture.py: {', '.join(terms)}": "a unique index's own terms as SQLite parsed them "
+    "(sqlident.index_terms splits them at top-level commas): each one expression",
+    "cdc/capture.py: {join}": "capture.same() over q()-quoted columns and k<n> constants",
+    "cdc/capture.py: {probe}": "q()-quoted columns and collations, or an index's own terms",
+    "cdc/capture.py: {body}": "built from {probe} and {found} above",
+    "cdc/harvester.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "
+    "(exact_text.marks: '?' or 'CAST(? AS TEXT)')",
+    "cdc/harvester.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
+    "cdc/history.py: {exact_text.marks(values)}": "placeholders only",
+    "replicator/apply.py: {' AND '.join(conds)}": "capture.same() over q()-quoted keys and "
+    "numbered placeholders",
+    "replicator/target.py: {' AND '.join(conds)}": "q()-quoted keys IS placeholders",
+    "verifier/sides.py: {' AND '.join(conds)}": "q()-quoted keys against placeholders, and "
+    "the NULL-key tests built from q()-quoted keys",
+    "verifier/sides.py: {tail}": "FROM/WHERE built from q()-quoted names and placeholders",
+    "verifier/sides.py: {where}": "built from the conds above",
+    "cdc/backflow.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
 }
 KNOWN_RAW: set[str] = set()  # raw and wrong: none left
 

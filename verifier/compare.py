@@ -12,10 +12,12 @@ import apsw
 import msgspec
 
 from cdc.bigrows import read_digested
+from cdc.exact_text import RawText
 from cdc.inventory import table_info
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, read_transaction
 from cdc.sqlident import q
+from verifier.shape import shape_differences
 
 
 def canonical(v: object) -> tuple:
@@ -27,6 +29,8 @@ def canonical(v: object) -> tuple:
         return ("real", v.hex())
     if isinstance(v, str):
         return ("text", v)
+    if isinstance(v, RawText):  # TEXT that is not valid UTF-8: its bytes, never a str's
+        return ("text", v.data)
     if isinstance(v, msgspec.msgpack.Ext):  # a big BLOB's size and digest (cdc.bigrows)
         return ("blob digest", bytes(v.data))
     return ("blob", bytes(v))
@@ -42,10 +46,11 @@ class TableDiff(msgspec.Struct):
     missing: list[list] = []  # keys in source, not in target
     extra: list[list] = []  # keys in target, not in source
     different: list[list] = []  # keys whose values differ
+    shape: list[str] = []  # how the target table's columns differ (`verifier.shape`)
 
     @property
     def equal(self) -> bool:
-        return not (self.missing or self.extra or self.different)
+        return not (self.missing or self.extra or self.different or self.shape)
 
 
 def _rows(
@@ -80,7 +85,7 @@ def _rows(
 def compare_table(
     src: apsw.Connection, tgt: apsw.Connection, m: TableMapping, sample: int = 20
 ) -> TableDiff:
-    """Compare every row; columns are those of the source (the target may have more)."""
+    """Compare every row over the source's columns, and the two tables' shapes."""
     info = table_info(src, m.table)
     kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
     names = info.column_names
@@ -106,6 +111,7 @@ def compare_table(
         missing[:sample],
         extra[:sample],
         diff[:sample],
+        shape_differences(info, tgt, m),
     )
 
 

@@ -122,6 +122,15 @@ class ContinuousVerifier:
         st.rechecked_total += r.rechecked_rows
         if r.state == "equal":
             st.last_verified_at = r.finished_at
+        elif r.state == "diverged" and r.shape:
+            log.error(
+                "verifier: %s.%s -> %s.%s: %s",
+                r.source,
+                r.table,
+                r.target,
+                r.target_table,
+                r.reason,
+            )
         elif r.state == "diverged":
             log.error(
                 "verifier: %s.%s differs from %s.%s in %d rows (first: %s)",

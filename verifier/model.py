@@ -19,7 +19,8 @@ class KeyDiff(msgspec.Struct):
 class TableResult(msgspec.Struct):
     """One verification pass over one mapped table.
 
-    `state`: "equal" (every row compared equal), "diverged" (`diverged` names the keys),
+    `state`: "equal" (every row compared equal), "diverged" (`diverged` names the keys,
+    or `shape` how the target table's columns differ: its rows are not compared then),
     "unsettled" (some rows kept changing faster than we could catch them at one position;
     nothing was found wrong, but they are not proven either), "skipped" (`reason`) or
     "cut over" (its stage is cut over: the target is the live copy, the legacy table
@@ -44,6 +45,7 @@ class TableResult(msgspec.Struct):
     diverged_count: int = 0
     diverged: list[KeyDiff] = []
     unsettled_keys: list[list[str]] = []
+    shape: list[str] = []  # how the target table's columns differ (then: diverged)
     started_at: float = 0.0
     finished_at: float = 0.0
 

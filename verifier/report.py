@@ -3,7 +3,8 @@
 A migration stage is signed off per consolidated file, so each target gets its own pair:
 `validation-<target>.json`, the record (every `TableResult` exactly as the verifier made it,
 for tools and audits), and `validation-<target>.md`, the same facts for the person signing.
-Both are written atomically, so a reader never attaches half a report. `render_summary`
+Both are written atomically, so a reader never attaches half a report, and 0600 in 0700
+folders like the state dir, since the differences carry the rows' values. `render_summary`
 is the few lines `cdc verify` prints: only what needs attention, then the totals.
 """
 
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from cdc.fsutil import makedirs_private, write_private
 from verifier.model import KeyDiff, TableResult, VerifyReport
 
 CHECKSUM_CHARS = 16  # enough to compare by eye; the JSON has the whole digest
@@ -71,12 +73,9 @@ def _iso(ts: float) -> str:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: the CLI and the daemon may both write
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """0600 whatever the umask: a report lists the values of the rows that differ."""
+    # per process: the CLI and the daemon may both write
+    write_private(path, data, tmp=f"{path}.{os.getpid()}.tmp")
 
 
 def write_validation_reports(
@@ -91,7 +90,7 @@ def write_validation_reports(
     by_target: dict[str, list[TableResult]] = {}
     for t in report.tables:
         by_target.setdefault(t.target, []).append(t)
-    os.makedirs(out_dir, exist_ok=True)
+    makedirs_private(out_dir)  # folders it creates are 0700; an existing one is the operator's
     generated = _iso(time.time())
     written = []
     for name in [*targets, *sorted(by_target.keys() - targets.keys())]:
@@ -198,7 +197,10 @@ def render_markdown(v: TargetValidation) -> str:
         out += [f"### {_code(r.name)} → {_code(r.target_table)}: {r.state}", ""]
         if r.reason:
             out += [f"Reason: {_one_line(r.reason)}", ""]
-        if r.state == "diverged":
+        if r.shape:
+            out += ["Shape differences (rows are compared once the shapes agree):", ""]
+            out += [f"- {_one_line(d)}" for d in r.shape] + [""]
+        if r.state == "diverged" and not r.shape:
             out += [
                 f"{r.diverged_count} diverged key(s).",
                 "",
@@ -239,7 +241,9 @@ def render_summary(report: VerifyReport) -> str:
     for r in report.tables:
         if r.state == "equal":
             continue
-        if r.state == "diverged":
+        if r.shape:
+            detail = f"shape differs: {'; '.join(r.shape)}"
+        elif r.state == "diverged":
             detail = f"{r.diverged_count} diverged key(s)"
         elif r.unsettled_keys:
             detail = f"{len(r.unsettled_keys)} key(s) kept changing"

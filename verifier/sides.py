@@ -16,7 +16,7 @@ from __future__ import annotations
 import apsw
 import msgspec
 
-from cdc import bigrows, capture
+from cdc import bigrows, capture, exact_text
 from cdc.inventory import TableInfo, table_info
 from cdc.plan import TableMapping
 from cdc.sqlident import q
@@ -102,8 +102,8 @@ class TableSides:
         self.nullable_key = collations is not None and not info.without_rowid
         self._src_null = " OR ".join(f"{k} IS NULL" for k in skeys)
         self._tgt_null = " OR ".join(f"{k} IS NULL" for k in tkeys)
-        kc = ", ".join(f"k{i + 1}" for i in range(capture.key_width(info)))
-        self._inflight_sql = f"SELECT {kc} FROM {capture.CHANGES} WHERE seq > ? AND tid = ?"
+        self._kcols = [f"k{i + 1}" for i in range(capture.key_width(info))]
+        self._inflight_tail = f"FROM {capture.CHANGES} WHERE seq > ? AND tid = ?"
 
     @property
     def columns(self) -> list[str]:
@@ -111,16 +111,15 @@ class TableSides:
 
     def _range(self, target: bool, lo, hi) -> tuple[list[str], list]:  # noqa: ANN001
         keys = self.tkeys if target else self.skeys
-        marks = ", ".join("?" * self.width)
         conds, args = [], []
         if self.nullable_key:  # read apart (`*_null_rows`), never inside a range
             conds.append(f"NOT ({self._tgt_null if target else self._src_null})")
         if lo is not None:
-            conds.append(f"({', '.join(keys)}) > ({marks})")
-            args += list(lo)
+            conds.append(f"({', '.join(keys)}) > ({exact_text.marks(lo)})")
+            args += exact_text.binds(lo)
         if hi is not None:
-            conds.append(f"({', '.join(keys)}) <= ({marks})")
-            args += list(hi)
+            conds.append(f"({', '.join(keys)}) <= ({exact_text.marks(hi)})")
+            args += exact_text.binds(hi)
         return conds, args
 
     # -- legacy side (call inside a read transaction) ----------------------------------------
@@ -128,11 +127,13 @@ class TableSides:
         """The key `n` rows after `lo`, or None when fewer remain (the chunk runs to the end)."""
         conds, args = self._range(False, lo, None)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        row = conn.execute(
-            f"SELECT {', '.join(self.skeys)} FROM {q(self.info.name)}{where} "
+        row = exact_text.fetchone(
+            conn,
+            self.skeys,
+            f"FROM {q(self.info.name)}{where} "
             f"ORDER BY {', '.join(self.skeys)} LIMIT 1 OFFSET {int(n) - 1}",
             args,
-        ).fetchone()
+        )
         return list(row) if row else None
 
     def source_rows(self, conn: apsw.Connection, lo, hi) -> list[tuple]:  # noqa: ANN001
@@ -178,7 +179,8 @@ class TableSides:
         return self._source(conn, f" WHERE {self._src_null} ORDER BY {self._src_rowid}", ())
 
     def source_point(self, conn: apsw.Connection, key: list) -> tuple | None:
-        rows = self._source(conn, f" WHERE {self._src_point}", key)
+        where = _point(self._src_keys, key) if exact_text.has_raw(key) else self._src_point
+        rows = self._source(conn, f" WHERE {where}", exact_text.binds(key))
         return rows[0] if rows else None
 
     def live_columns(self, conn: apsw.Connection) -> list[str]:
@@ -192,9 +194,8 @@ class TableSides:
         # The table keeps its newest row, and trims only a prefix, so every sequence after
         # `after_seq` is still here exactly when the oldest row left is at most one past it.
         complete = hi <= after_seq or (lo is not None and lo <= after_seq + 1)
-        keys = frozenset(
-            encode_key(r) for r in conn.execute(self._inflight_sql, (after_seq, self.tid))
-        )
+        changed = exact_text.select(conn, self._kcols, self._inflight_tail, (after_seq, self.tid))
+        keys = frozenset(encode_key(r) for r in changed)
         return SourcePosition(iid, hi, complete, keys)
 
     # -- target side (call inside a read transaction) ----------------------------------------
@@ -216,9 +217,15 @@ class TableSides:
 
     def target_point(self, conn: apsw.Connection, key: list) -> tuple | None:
         tag_cond, tag_args = self._tag
-        where = f"{tag_cond} AND {self._tgt_point}" if tag_cond else self._tgt_point
-        rows = self._target(conn, f" WHERE {where}", tag_args + list(key))
+        point = _point(self._tgt_keys, key) if exact_text.has_raw(key) else self._tgt_point
+        where = f"{tag_cond} AND {point}" if tag_cond else point
+        rows = self._target(conn, f" WHERE {where}", tag_args + exact_text.binds(key))
         return rows[0] if rows else None
+
+
+def _point(keys: list[str], key: list) -> str:
+    """`keys` IS `key`, a TEXT that is not UTF-8 bound as TEXT (`cdc.exact_text`)."""
+    return " AND ".join(f"{k} IS {exact_text.mark(v)}" for k, v in zip(keys, key, strict=True))
 
 
 def encode_key(key) -> bytes:  # noqa: ANN001

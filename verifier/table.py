@@ -35,6 +35,7 @@ from cdc.inventory import schema_version, table_info
 from cdc.plan import TableMapping
 from cdc.sqlconn import read_transaction
 from verifier.model import KeyDiff, TableResult
+from verifier.shape import describe, shape_differences
 from verifier.sides import TableSides, TargetPosition, encode_key, key_collations, target_position
 from verifier.values import chunk_digest, digest, encode, render_row
 
@@ -97,6 +98,9 @@ class TableVerifier:
             return "the target was filled from another capture installation"
         if info.column_names != tp.shape.columns:
             raise _Retry("legacy columns changed; waiting for the target to apply the change")
+        differ = shape_differences(info, self.tgt, m)
+        if differ:
+            raise _Shape(differ)
         self.sides = TableSides(m, info, tp.shape, colls, tid)
         return None
 
@@ -128,6 +132,8 @@ class TableVerifier:
             self._run()
         except _Skip as e:
             res.state, res.reason = "skipped", str(e)
+        except _Shape as e:
+            res.state, res.reason, res.shape = "diverged", describe(e.differ), e.differ
         except _Retry as e:
             res.state, res.reason = "unsettled", str(e)
         except apsw.BusyError as e:
@@ -214,6 +220,8 @@ class TableVerifier:
                 )
         except _Skip as e:
             res.state, res.reason = "skipped", str(e)
+        except _Shape as e:
+            res.state, res.reason, res.shape = "diverged", describe(e.differ), e.differ
         except (_Retry, apsw.Error) as e:
             res.state, res.reason = "unsettled", str(e)
         res.finished_at = time.time()
@@ -421,3 +429,11 @@ class TableVerifier:
 
 class _Skip(Exception):
     """The table cannot be verified now; the message says why."""
+
+
+class _Shape(Exception):
+    """The target table's columns are not the legacy table's (`verifier.shape`)."""
+
+    def __init__(self, differ: list[str]) -> None:
+        super().__init__(describe(differ))
+        self.differ = differ

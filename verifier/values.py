@@ -2,7 +2,9 @@
 
 Rows are compared and summed up as msgpack bytes (msgspec, in C): an INTEGER encodes as a
 msgpack int, a REAL always as a float64 with its exact bits (so -0.0 differs from 0.0 and
-1.0 from 1), TEXT as str (UTF-8), BLOB as bin and NULL as nil. Two rows are equal exactly
+1.0 from 1), TEXT as str (UTF-8), BLOB as bin and NULL as nil; a TEXT whose bytes are not
+valid UTF-8 (`cdc.exact_text.RawText`) as a msgpack Ext of its own code holding those
+bytes, so it equals neither a BLOB of the same bytes nor any str. Two rows are equal exactly
 when their encodings are, which is the meaning of equality a migration needs: Python's
 `==` would call 1, 1.0 and True equal. SQLite never stores NaN (binding one stores NULL),
 so NaN needs no rule.
@@ -12,7 +14,8 @@ msgpack Ext holding its size and BLAKE2b digest (`bigrows.read_digested`), so it
 equal exactly when size and digest agree.
 
 For people, values are rendered as SQL literals, which show the storage class too:
-`1`, `1.0`, `'1'`, `X'31'`, `NULL`, and a big BLOB as `<BLOB of n bytes, blake2b ...>`.
+`1`, `1.0`, `'1'`, `X'31'`, `NULL`, a TEXT that is not UTF-8 as `CAST(X'41FF42' AS TEXT)`
+(what the verifier shows can be pasted into SQL), and a big BLOB as `<BLOB of n bytes, blake2b ...>`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import hashlib
 
 import msgspec
 
+from cdc import exact_text
 from cdc.bigrows import render_digest
 
-_encode = msgspec.msgpack.Encoder().encode
+_encode = exact_text.ENCODER.encode
 
 
 def encode(values) -> bytes:  # noqa: ANN001 - a tuple or list of SQLite values
@@ -49,6 +53,8 @@ def render(v: object) -> str:
         return r if any(c in r for c in ".en") else r + ".0"  # inf/-inf keep their name
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, exact_text.RawText):
+        return f"CAST(X'{v.data.hex().upper()}' AS TEXT)"
     if isinstance(v, msgspec.msgpack.Ext):  # a BLOB too big to read whole (cdc.bigrows)
         return render_digest(v)
     return "X'" + bytes(v).hex().upper() + "'"

@@ -1,0 +1,72 @@
+"""The shape half of "the same table": which columns the target table has, beside which
+values they hold.
+
+Rows are compared over the legacy columns only, so without this a target column the legacy
+table no longer has (a renamed or dropped column whose old values stayed), or a column of
+another declared type (another affinity: the next value may be stored differently) would
+pass unseen.
+
+- A copied table must have the legacy table's columns: the same names, in the same order,
+  with the same declared types, and the same key. Generated columns are left out on both
+  sides (the target computes its own).
+- A merged table is the union of its members' untyped columns: every legacy column must be
+  in it; columns other members have are expected.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+from cdc.inventory import TableInfo
+from cdc.plan import TableMapping
+from cdc.sqlident import q
+
+
+def _columns(conn: apsw.Connection, table: str) -> list[tuple[str, str, int]]:
+    return [
+        (r[1], r[2], r[5]) for r in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))
+    ]
+
+
+def _type(d: str) -> str:
+    return d or "(no type)"
+
+
+def shape_differences(info: TableInfo, tgt: apsw.Connection, m: TableMapping) -> list[str]:
+    """What keeps the target table of `m` from having the legacy table's shape (`info`),
+    one phrase per difference; empty when the shapes agree."""
+    cols = _columns(tgt, m.target_table)
+    if not cols:
+        return [f"the target table {q(m.target_table)} does not exist"]
+    if m.tag_column is not None:
+        union = {n.lower() for n, _, _ in cols}
+        return [
+            f"column {q(c.name)}: legacy only (the merged table lacks it)"
+            for c in info.columns
+            if c.name.lower() not in union
+        ]
+    want = [(c.name, c.decl_type) for c in info.columns]
+    have = [(n, d) for n, d, _ in cols]
+    out = []
+    if have != want:
+        theirs, ours = dict(want), dict(have)
+        out += [f"column {q(n)}: legacy only" for n, _ in want if n not in ours]
+        out += [f"column {q(n)}: target only" for n, _ in have if n not in theirs]
+        out += [
+            f"column {q(n)}: declared {_type(d)} in legacy, {_type(ours[n])} in target"
+            for n, d in want
+            if n in ours and ours[n] != d
+        ]
+        if not out:
+            out.append(
+                f"column order differs: legacy ({', '.join(n for n, _ in want)}), "
+                f"target ({', '.join(n for n, _ in have)})"
+            )
+    key = [n for n, _, pk in sorted((c for c in cols if c[2]), key=lambda c: c[2])]
+    if key != list(info.key):
+        out.append(f"key differs: legacy ({', '.join(info.key)}), target ({', '.join(key)})")
+    return out
+
+
+def describe(diffs: list[str]) -> str:
+    return "the target table's shape differs from the legacy table's: " + "; ".join(diffs)
