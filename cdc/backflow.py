@@ -47,7 +47,7 @@ from cdc.sqlconn import (
     write_transaction,
 )
 from cdc.sqlident import q
-from replicator.apply import statements
+from replicator.apply import statements, write_null_key_rows
 from replicator.target import AppliedShape
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,9 @@ def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[lis
     if not kcols:
         return None
     tids = capture.installed_tables(conn)
-    widths = {
-        tid: capture.key_width(table_info(conn, name))
-        for name, tid in tids.items()
-        if name in tables
-    }
+    infos = {tid: table_info(conn, name) for name, tid in tids.items() if name in tables}
+    widths = {tid: capture.key_width(info) for tid, info in infos.items()}
+    nullable = {tid: info.null_key for tid, info in infos.items()}
     names = {tid: name for name, tid in tids.items()}
     out: dict[str, dict[bytes, list]] = {}
     cols = ["tid", *(q(k) for k in kcols)]
@@ -157,6 +155,8 @@ def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[lis
             tid = row[0]
             if tid in widths:
                 key = list(row[1 : 1 + widths[tid]])
+                if len(key) > 1 and key[-1] is None and nullable[tid]:
+                    key.pop()  # the rowid comes only with a key that holds NULL
                 out.setdefault(names[tid], {})[exact_text.pack(key)] = key
     return {name: list(keys.values()) for name, keys in out.items()}
 
@@ -372,13 +372,20 @@ class Backflow:
             (before, tid),
             distinct=True,
         ):
-            if exact_text.pack(list(key)) in deleted:
+            key = list(key)
+            if info.null_key and key[-1] is None:
+                key.pop()  # the rowid comes only with a key that holds NULL
+            if exact_text.pack(key) in deleted:
                 continue
-            where = " AND ".join(
-                f"{k} IS {exact_text.mark(v)}" for k, v in zip(kexpr, key, strict=True)
-            )
+            if len(key) > len(kexpr):  # a NULL key: its rowid names the row
+                where, binds = f"{info.rowid_alias()} = ?", [key[-1]]
+            else:
+                where = " AND ".join(
+                    f"{k} IS {exact_text.mark(v)}" for k, v in zip(kexpr, key, strict=True)
+                )
+                binds = exact_text.binds(key)
             present = f"SELECT 1 FROM {q(m.table)} WHERE {where}"
-            if conn.execute(present, exact_text.binds(key)).fetchone() is None:
+            if conn.execute(present, binds).fetchone() is None:
                 raise BackflowError(
                     f"{self.paths[source]}: writing {self.target}'s changes back into "
                     f"{m.table} would delete its row {list(key)} through a UNIQUE constraint "
@@ -435,6 +442,15 @@ class Backflow:
             other_unique=bool(linfo.unique_sets or linfo.unique_exprs),
         )
         upsert_sql, delete_sql = statements(shape)
+        width = skip + len(linfo.key)
+        nulls = [e for e in evs if linfo.key and len(e.key) > width]
+        if nulls and skip:
+            raise BackflowError(
+                f"{self.path}: merged table {tinfo.name} has a row whose key holds NULL: "
+                "its legacy table cannot be told which row it is"
+            )
+        if nulls:  # at the rowid the legacy row has (the target kept it)
+            evs = [e for e in evs if len(e.key) == width]
         dels = [e.key[skip:] for e in evs if e.op is Op.DELETE]
         if linfo.key:
             ups = [[e.row[i] for i in pick] for e in evs if e.op is not Op.DELETE]
@@ -442,9 +458,20 @@ class Backflow:
             ups = [[*e.key, *(e.row[i] for i in pick)] for e in evs if e.op is not Op.DELETE]
         if dels:  # a TEXT that is not UTF-8 is written as TEXT (cdc.exact_text)
             exact_text.executemany(conn, delete_sql, dels)
+        if nulls:
+            write_null_key_rows(
+                conn,
+                shape,
+                [
+                    e
+                    if e.op is Op.DELETE
+                    else RowEvent(e.op, e.seq, e.key, [e.row[i] for i in pick])
+                    for e in nulls
+                ],
+            )
         if ups:
             exact_text.executemany(conn, upsert_sql, ups)
-        return len(evs)
+        return len(evs) + len(nulls)
 
     def _trim(self) -> None:
         """Delete target capture rows every legacy file has, without queueing behind bots."""

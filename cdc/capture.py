@@ -45,10 +45,19 @@ MARK_ROWID = 1000
 
 
 def key_exprs(info: TableInfo, row: str) -> list[str]:
-    """How a trigger reaches the identity of NEW/OLD row."""
-    if info.key:
-        return [f"{row}.{q(k)}" for k in info.key]
-    return [f"{row}.{info.rowid_alias()}"]
+    """How a trigger reaches the identity of NEW/OLD row (or of `row`, a table).
+
+    A key that may hold NULL (`TableInfo.null_key`) gets one more value: the rowid, only
+    when a key column is NULL. NULL never equals NULL, so several rows may have a NULL
+    key; their rowid tells them apart (stable: such a table's key has an index, and
+    VACUUM keeps the rowids of tables with an index)."""
+    if not info.key:
+        return [f"{row}.{info.rowid_alias()}"]
+    keys = [f"{row}.{q(k)}" for k in info.key]
+    if info.null_key:
+        nulls = " OR ".join(f"{k} IS NULL" for k in keys)
+        keys.append(f"CASE WHEN {nulls} THEN {row}.{info.rowid_alias()} END")
+    return keys
 
 
 def differs(a: str, b: str) -> str:
@@ -67,7 +76,7 @@ def same(a: str, b: str) -> str:
 
 
 def key_width(info: TableInfo) -> int:
-    return max(1, len(info.key))
+    return max(1, len(info.key) + info.null_key)
 
 
 def trigger_names(tid: int) -> list[str]:
@@ -109,7 +118,7 @@ def _replace_probe_triggers(tid: int, info: TableInfo, kcols: str) -> list[str]:
     over-approximate; it must never miss.
     """
     t = q(info.name)
-    found = ", ".join(f"{t}.{e.split('.', 1)[1]}" for e in key_exprs(info, "X"))
+    found = ", ".join(key_exprs(info, t))
     colls = info.unique_collations or [["BINARY"] * len(c) for c in info.unique_sets]
     probe = " OR ".join(
         "("
@@ -159,11 +168,19 @@ def stale_probes(conn: apsw.Connection, tables: list[TableInfo], tids: dict[str,
         if t.name not in tids:
             continue
         tid = tids[t.name]
-        want = _replace_probe_triggers(tid, t, _kcols(t)) if t.unique_sets or t.unique_exprs else []
-        got = [have.get(n) for n in trigger_names(tid)[4:] if have.get(n) is not None]
+        # every trigger as this version writes it: probes, and the key tests too
+        want = trigger_sql(tid, t)
+        got = [have.get(n) for n in trigger_names(tid) if have.get(n) is not None]
         if got != want:
             out.append(t.name)
     return out
+
+
+def widths(conn: apsw.Connection) -> dict[str, int]:
+    """Table name -> the key width its capture rows were written with."""
+    if not is_installed(conn):
+        return {}
+    return dict(conn.execute(f"SELECT name, key_width FROM {TABLES}"))
 
 
 def _kcols(info: TableInfo) -> str:
@@ -326,6 +343,10 @@ def install(
                         (info.name, key_width(info)),
                     )
                     tid = conn.last_insert_rowid()
+                else:  # the width may have changed with the key (or with `null_key`)
+                    conn.execute(
+                        f"UPDATE {TABLES} SET key_width = ? WHERE tid = ?", (key_width(info), tid)
+                    )
                 _drop_triggers(conn, tid)
                 probe = probe_unique is None or info.name in probe_unique
                 for sql in trigger_sql(tid, info, probe):
@@ -379,8 +400,11 @@ def _changes(
         # Exact, not merely equal under the key's collation: the captured old key 'Alpha'
         # must not find the row now spelled 'ALPHA' (that row has its own capture row).
         join = " AND ".join(
-            same(f"t.{q(k)}", f"c.{kc}") for k, kc in zip(info.key, kcols, strict=True)
+            same(f"t.{q(k)}", f"c.{kc}")
+            for k, kc in zip(info.key, kcols[: len(info.key)], strict=True)
         )
+        if info.null_key:  # a NULL key is one row of many: its rowid says which
+            join += f" AND (c.{kcols[-1]} IS NULL OR t.{info.rowid_alias()} = c.{kcols[-1]})"
         # WITHOUT ROWID keys are NOT NULL, so a key column tells presence.
         anchor = q(info.key[0]) if info.without_rowid else info.rowid_alias()
         present = f"t.{anchor} IS NOT NULL"
@@ -406,11 +430,13 @@ def _changes(
     )
     kend = 2 + width
     upsert, delete = Op.UPSERT, Op.DELETE
+    if info.null_key:  # the rowid stays in the key only where the key holds a NULL
+        keys = [list(r[2:kend]) if r[kend - 1] is not None else list(r[2 : kend - 1]) for r in rows]
+    else:
+        keys = [list(r[2:kend]) for r in rows]
     events = [
-        RowEvent(upsert, r[0], list(r[2:kend]), list(r[kend:]))
-        if r[1]
-        else RowEvent(delete, r[0], list(r[2:kend]))
-        for r in rows
+        RowEvent(upsert, r[0], k, list(r[kend:])) if r[1] else RowEvent(delete, r[0], k)
+        for r, k in zip(rows, keys, strict=True)
     ]
     return events, streamed
 

@@ -126,6 +126,9 @@ class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
     # the shape of the table's newest schema frame (`cdc.shapes.mark`): a restarted
     # harvester compares it with the table as it is, to see a change made while it was away
     shape: str = ""
+    # the rows whose key holds a NULL, copied last and by rowid (`after`/`until` are
+    # rowids then): no key range reaches them, since NULL compares with nothing
+    nulls: bool = False
 
 
 class SourcePosition(msgspec.Struct, frozen=True):

@@ -56,6 +56,23 @@ TRIM_BOUNDS = (
 )
 
 
+def _snapshot_keys(info: TableInfo, nulls: bool) -> tuple[list[str], list[str], str]:
+    """What a snapshot chunk selects before the columns (the event's key), what it orders
+    and bounds by, and the WHERE that picks its rows (empty: all). The rows whose key
+    holds a NULL come last, by rowid, with the rowid as the key's last value, as the
+    harvest writes them (`capture.key_exprs`)."""
+    if not info.key:
+        return [info.rowid_alias()], [info.rowid_alias()], ""
+    kexpr = [q(k) for k in info.key]
+    if not info.null_key:
+        return kexpr, kexpr, ""
+    has_null = "(" + " OR ".join(f"{k} IS NULL" for k in kexpr) + ")"
+    if not nulls:  # a bound holding NULL would compare with nothing: leave them out here
+        return kexpr, kexpr, f"WHERE NOT {has_null}"
+    rowid = info.rowid_alias()
+    return [*kexpr, rowid], [rowid], f"WHERE {has_null}"
+
+
 class HarvestResult:
     """What one harvest moved. `full` means the batch limit was hit: harvest again at once
     (events alone cannot tell, since several changes to one key collapse into one event)."""
@@ -198,6 +215,7 @@ class Harvester:
         harvester looked (`cdc.shapes`; a VACUUM, for tables identified by rowid, also
         when the installation had no VACUUM mark yet): name -> why."""
         vacuumed = capture.vacuumed(self.conn) or not capture.has_vacuum_mark(self.conn)
+        widths, width = capture.widths(self.conn), capture.key_width
         out = {}
         for info in infos:
             c = cursors.get(info.name)
@@ -206,6 +224,8 @@ class Harvester:
             why = shapes.recopy_reason(c.shape, info)
             if why is None and vacuumed and not info.key and (c.done or c.after is not None):
                 why = "a VACUUM may have given its rows new rowids"
+            if why is None and widths.get(info.name, width(info)) != width(info):
+                why = "its capture rows now tell rows with a NULL key apart"
             if why is not None:
                 out[info.name] = why
         return out
@@ -570,20 +590,20 @@ class Harvester:
             if not self._copying(cur):
                 return 0  # dropped just now
             info = self.infos[cur.table]
-            kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
+            kexpr, order, nulls = _snapshot_keys(info, cur.nulls)
             width = len(kexpr)
-            keys = ", ".join(kexpr)
             until = cur.until
             if until is None:
                 top = exact_text.fetchone(  # a key may be TEXT that is not UTF-8
                     self.conn,
-                    kexpr,
-                    f"FROM {q(info.name)} ORDER BY {', '.join(k + ' DESC' for k in kexpr)} LIMIT 1",
+                    order,
+                    f"FROM {q(info.name)} {nulls} "
+                    f"ORDER BY {', '.join(k + ' DESC' for k in order)} LIMIT 1",
                 )
-                until = list(top) if top else None
+                until = list(top) if top and top[0] is not None else None
             rows, streamed = [], []
             if until is not None:
-                marks = exact_text.marks
+                marks, keys = exact_text.marks, ", ".join(order)
                 conds, args = [f"({keys}) <= ({marks(until)})"], exact_text.binds(until)
                 if cur.after is not None:
                     conds.append(f"({keys}) > ({marks(cur.after)})")
@@ -592,7 +612,7 @@ class Harvester:
                     self.conn,
                     info,
                     kexpr,
-                    f"FROM {q(info.name)} WHERE {' AND '.join(conds)} "
+                    f"FROM {q(info.name)} {nulls or 'WHERE 1'} AND {' AND '.join(conds)} "
                     f"ORDER BY {keys} LIMIT {int(limit)}",
                     args,
                     self.writer.log_dir,
@@ -600,10 +620,13 @@ class Harvester:
         src = self.plan.name
         events = [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows]
         frames = bigrows.batches(src, cur.table, now, events, streamed, info.column_names)
-        after = list(rows[-1][:width]) if rows else cur.after
+        after = list(rows[-1][width - len(order) : width]) if rows else cur.after
         snaps = list(pos.snapshots)
         done = until is None or len(rows) < limit or after == until
-        snaps[idx] = SnapshotCursor(cur.table, done, after, until)
+        if done and info.null_key and not cur.nulls:  # the rows a key range cannot reach
+            snaps[idx] = SnapshotCursor(cur.table, shape=cur.shape, nulls=True)
+        else:
+            snaps[idx] = SnapshotCursor(cur.table, done, after, until, cur.shape, cur.nulls)
         crash_point("snapshot")
         self._log(
             frames, SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))

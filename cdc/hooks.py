@@ -43,12 +43,15 @@ _DDL = ("CREATE", "ALTER", "DROP")
 
 
 class _Table:
-    __slots__ = ("tid", "positions", "width")
+    __slots__ = ("tid", "positions", "width", "null_key")
 
-    def __init__(self, tid: int, positions: list[int] | None, width: int) -> None:
+    def __init__(
+        self, tid: int, positions: list[int] | None, width: int, null_key: bool = False
+    ) -> None:
         self.tid = tid
         self.positions = positions  # key column positions; None: the key is the rowid
         self.width = width
+        self.null_key = null_key  # `TableInfo.null_key`
 
 
 _INSERT, _DELETE, _UPDATE = apsw.SQLITE_INSERT, apsw.SQLITE_DELETE, apsw.SQLITE_UPDATE
@@ -108,6 +111,12 @@ class HookCapture:
             pos = t.positions
             old = tuple(pu.old[i] for i in pos) if op != _INSERT else None
             new = tuple(pu.new[i] for i in pos) if op != _DELETE else None
+            if t.null_key:  # as `capture.key_exprs`: the rowid, when the key holds NULL
+                if old is not None:
+                    old = (*old, pu.rowid if None in old else None)
+                if new is not None:
+                    rowid = pu.rowid_new if op == _UPDATE else pu.rowid
+                    new = (*new, rowid if None in new else None)
         self.pending.append((t.tid, t.width, op, old, new))
 
     def _on_commit(self) -> bool:
@@ -225,7 +234,7 @@ class HookCapture:
             positions = [cols[k] for k in info.key] if info.key else None
             if positions and not info.without_rowid and _rowid_alias(raw, name):
                 positions = None  # INTEGER PRIMARY KEY: the key is the rowid itself
-            entry = _Table(tid, positions, capture.key_width(info))
+            entry = _Table(tid, positions, capture.key_width(info), info.null_key)
             self.tables[name] = entry
             self.tables.setdefault(name.lower(), entry)
         self._stale = False

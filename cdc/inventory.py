@@ -34,6 +34,9 @@ class TableInfo(msgspec.Struct, frozen=True):
     columns: list[ColumnDef] = []
     key: list[str] = []  # empty: identified by rowid
     without_rowid: bool = False
+    # a rowid table whose declared key is not the rowid alias and may hold NULL (SQLite
+    # allows it): rows with a NULL in the key are identified by their rowid as well
+    null_key: bool = False
     create_sql: str = ""
     index_sql: list[str] = []
     unique_sets: list[
@@ -136,7 +139,8 @@ def list_tables(conn: apsw.Connection) -> list[TableInfo]:
 
 def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = None) -> TableInfo:
     cols = conn.execute(
-        "SELECT name, type, pk, hidden, dflt_value FROM pragma_table_xinfo(?) ORDER BY cid",
+        'SELECT name, type, pk, hidden, dflt_value, "notnull" FROM pragma_table_xinfo(?) '
+        "ORDER BY cid",
         (name,),
     ).fetchall()
     if without_rowid is None:
@@ -150,6 +154,8 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
         "SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)
     ).fetchone()
     uniques = unique_indexes(conn, name)
+    nullable = {c[0] for c in cols if c[2] > 0 and not c[5]}
+    null_key = bool(nullable) and not without_rowid and not _rowid_alias_key(conn, name)
     index_sql = [
         r[0]
         for r in conn.execute(
@@ -164,6 +170,7 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
         columns=columns,
         key=pk,
         without_rowid=without_rowid,
+        null_key=null_key,
         create_sql=sql_row[0] if sql_row else "",
         index_sql=index_sql,
         unique_sets=[cols for cols, _ in uniques],
@@ -177,6 +184,15 @@ def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = No
         )
         and _has_autoincrement(sql_row[0] if sql_row else ""),
     )
+
+
+def _rowid_alias_key(conn: apsw.Connection, name: str) -> bool:
+    """Whether the declared key of a rowid table is the rowid itself (a lone `INTEGER
+    PRIMARY KEY`, never NULL): every other key, `INTEGER PRIMARY KEY DESC` included (a
+    SQLite quirk), has an index of its own."""
+    return not conn.execute(
+        "SELECT 1 FROM pragma_index_list(?) WHERE origin = 'pk'", (name,)
+    ).fetchone()
 
 
 def _has_autoincrement(create_sql: str) -> bool:

@@ -205,15 +205,54 @@ def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> 
     upsert_sql, delete_sql = stmts
     target.close_value()  # these rows may include the one being streamed into
     n = 0
+    width = len(shape.key)
     for b in batches:
-        ups, dels = _split(shape, _zeroblobs(b) if isinstance(b, StreamedRowBatch) else b.events)
+        events = _zeroblobs(b) if isinstance(b, StreamedRowBatch) else b.events
+        nulls = [e for e in events if len(e.key) > width] if width else []
+        if nulls:  # rows whose key holds a NULL carry their rowid (`capture.key_exprs`)
+            events = [e for e in events if len(e.key) == width]
+        ups, dels = _split(shape, events)
         # a row holding a TEXT that is not valid UTF-8 is bound with CAST (cdc.exact_text)
         if dels:
             exact_text.executemany(conn, delete_sql, dels)
+        if nulls and shape.tag_column is not None:
+            raise TargetError(
+                f"{target.path}: {b.source}.{b.table} has a row whose key holds NULL "
+                f"(rowid {nulls[0].key[-1]}): rows of a merged table are told apart by "
+                "their key",
+                hint="give the legacy key NOT NULL and fix those rows, or copy the table "
+                "instead of merging it",
+            )
+        if nulls:
+            write_null_key_rows(conn, shape, nulls)
         if ups:
             exact_text.executemany(conn, upsert_sql, ups)
         n += len(b.events)
     return n
+
+
+def write_null_key_rows(conn: apsw.Connection, shape: AppliedShape, events) -> None:  # noqa: ANN001
+    """Write the rows whose key holds a NULL (their key ends with their rowid) at that
+    rowid, which tells them apart (NULL equals nothing, so a key cannot); the other side
+    keeps them at the same rowids. A row with a key that happens to sit at that rowid is
+    moved out of the way first: its key identifies it, not its rowid. Not for a merged
+    table (its rows of several sources share one rowid space)."""
+    t, rowid = q(shape.target_table), shape.rowid_alias
+    has_null = " OR ".join(f"{q(k)} IS NULL" for k in shape.key)
+    dels = [[e.key[-1]] for e in events if e.op is Op.DELETE]
+    ups = [e for e in events if e.op is not Op.DELETE]
+    if dels:
+        conn.executemany(f"DELETE FROM {t} WHERE {rowid} = ?1 AND ({has_null})", dels)
+    if not ups:
+        return
+    conn.executemany(
+        f"UPDATE {t} SET {rowid} = (SELECT max({rowid}) FROM {t}) + 1 "
+        f"WHERE {rowid} = ?1 AND NOT ({has_null})",
+        [[e.key[-1]] for e in ups],
+    )
+    cols = [rowid, *(q(c) for c in shape.columns)]
+    sql = f"INSERT OR REPLACE INTO {t} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    exact_text.executemany(conn, sql, [[e.key[-1], *e.row] for e in ups])
 
 
 def _zeroblobs(b: StreamedRowBatch) -> list[RowEvent]:

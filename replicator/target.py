@@ -167,12 +167,16 @@ class TargetDB:
             conds.append(f"{q(shape.tag_column)} IS ?")
             args.append(shape.tag)
         marks = [exact_text.mark(v) for v in c.key]  # a TEXT key that is not UTF-8: CAST
-        conds += (
-            [f"{q(k)} IS {m}" for k, m in zip(shape.key, marks, strict=True)]
-            if shape.key
-            else [f"{shape.rowid_alias} = ?"]
-        )
-        args += exact_text.binds(c.key)
+        if shape.key and len(c.key) > len(shape.key):  # a NULL key: its rowid names the row
+            conds.append(f"{shape.rowid_alias} = ?")
+            args.append(c.key[-1])
+        else:
+            conds += (
+                [f"{q(k)} IS {m}" for k, m in zip(shape.key, marks, strict=True)]
+                if shape.key
+                else [f"{shape.rowid_alias} = ?"]
+            )
+            args += exact_text.binds(c.key)
         row = self.conn.execute(
             f"SELECT {shape.rowid_alias}, length({q(c.column)}) FROM {q(shape.target_table)} "
             f"WHERE {' AND '.join(conds)}",

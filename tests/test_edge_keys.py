@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_db, write_config
+from cdc.errors import TargetError
+from tests.conftest import cdc_cmd, make_db, write_config
+from tests.test_cutover import cdc_step
 
 COPIED = """
 state_dir = "state"
@@ -188,10 +190,6 @@ def test_unique_index_created_and_used_before_we_look(tmp_path, pipeline_for):
 # -- 6. NULL keys ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NULL keys in rowid tables are not identified by rowid yet (docs/architecture.md, Limits)",
-)
 def test_null_in_text_primary_key(tmp_path, pipeline_for):
     db, p, target = copied(tmp_path, "CREATE TABLE t(k TEXT PRIMARY KEY, v);", pipeline_for)
     b = bot(db)
@@ -207,10 +205,6 @@ def test_null_in_text_primary_key(tmp_path, pipeline_for):
     check_equal(p, db, target, "t")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NULL keys in rowid tables are not identified by rowid yet (docs/architecture.md, Limits)",
-)
 def test_integer_primary_key_desc(tmp_path, pipeline_for):
     """`INTEGER PRIMARY KEY DESC` is not a rowid alias: an insert without the key stores
     NULL there, and every such row has a NULL key."""
@@ -309,3 +303,97 @@ def test_changes_while_no_harvester_looked(tmp_path, pipeline_for):
     assert sorted(tgt.execute("SELECT rowid, a FROM k")) == sorted(
         src.execute("SELECT rowid, a FROM k")
     )
+
+
+def test_verifier_tells_spellings_and_storage_classes_apart(tmp_path, pipeline_for):
+    """A target that kept 'Alpha' for the source's 'ALPHA', or 1 for 1.0, is not equal."""
+    db, p, target = copied(
+        tmp_path,
+        "CREATE TABLE t(k TEXT PRIMARY KEY COLLATE NOCASE, v); CREATE TABLE u(k PRIMARY KEY, v);",
+        pipeline_for,
+    )
+    b = bot(db)
+    b.execute("INSERT INTO t VALUES ('ALPHA', 1)")
+    b.execute("INSERT INTO u VALUES (1.0, 'one')")
+    check_equal(p, db, target, "t")
+    tgt = sqlite3.connect(target, isolation_level=None)
+    tgt.execute("UPDATE t SET k = 'Alpha'")
+    tgt.execute("UPDATE u SET k = 1")
+    tgt.close()
+    assert {d.table for d in p.diffs()} == {"t", "u"}
+
+
+def test_null_key_rows_through_a_daemon_restart(tmp_path, pipeline_for):
+    """NULL-key rows written while no harvester ran, a key set and cleared again, and
+    a target row with a key sitting at a rowid a NULL-key row needs."""
+    db, p, target = copied(tmp_path, "CREATE TABLE t(k TEXT PRIMARY KEY, v);", pipeline_for)
+    b = bot(db)
+    b.execute("INSERT INTO t(rowid, k, v) VALUES (5, 'five', 5)")
+    check_equal(p, db, target, "t")
+    p.close()
+    b.execute("INSERT INTO t(rowid, k, v) VALUES (1, NULL, 'n1')")
+    b.execute("INSERT INTO t(k, v) VALUES ('a', 'a')")
+    p = pipeline_for(write_config(tmp_path, COPIED))
+    check_equal(p, db, target, "t")
+    b.execute("DELETE FROM t WHERE k = 'five'")
+    b.execute("INSERT INTO t(rowid, k, v) VALUES (5, NULL, 'n5')")
+    b.execute("UPDATE t SET k = NULL WHERE k = 'a'")
+    b.execute("UPDATE t SET k = 'one' WHERE rowid = 1")
+    check_equal(p, db, target, "t")
+    assert sorted(sqlite3.connect(target).execute("SELECT rowid, v FROM t WHERE k IS NULL")) == (
+        sorted(sqlite3.connect(db).execute("SELECT rowid, v FROM t WHERE k IS NULL"))
+    )
+
+
+def test_null_key_in_a_merged_table_is_refused_by_name(tmp_path, pipeline_for):
+    schema = "CREATE TABLE t(k TEXT PRIMARY KEY, v);"
+    a = make_db(tmp_path / "legacy" / "a.db", schema)
+    make_db(tmp_path / "legacy" / "b.db", schema)
+    p = pipeline_for(write_config(tmp_path, MERGED))
+    bot(a).execute("INSERT INTO t VALUES (NULL, 'x')")
+    with pytest.raises(TargetError, match=r"a\.t has a row whose key holds NULL"):
+        p.sync()
+
+
+def test_null_key_rows_cutover_and_back(tmp_path, daemons):
+    """A real daemon copies NULL-key rows, the cutover proves them, bots write more in the
+    target, and the way back puts each at its rowid in the legacy file."""
+    db = make_db(
+        tmp_path / "legacy" / "bot.db",
+        "CREATE TABLE t(k TEXT PRIMARY KEY, v);"
+        "INSERT INTO t VALUES (NULL, 'n1'), ('a', 'a'), (NULL, 'n2');",
+        wal=True,
+    )
+    cfg = write_config(tmp_path, COPIED)
+    assert cdc_cmd("install", "-c", str(cfg)).returncode == 0
+    d = daemons(cfg)
+    b = bot(db)
+    b.execute("INSERT INTO t VALUES (NULL, 'n3')")
+    b.execute("UPDATE t SET v = 'n2!' WHERE v = 'n2'")
+    d.wait_synced()
+    r = cdc_step("cutover", cfg, "core")
+    assert r.returncode == 0, r.stdout + r.stderr
+    target = tmp_path / "out" / "core.db"
+    c = sqlite3.connect(target, isolation_level=None, timeout=10)
+    c.execute("INSERT INTO t VALUES (NULL, 'in target')")
+    c.execute("UPDATE t SET v = 'n1!' WHERE v = 'n1'")
+    c.execute("DELETE FROM t WHERE v = 'n3'")
+    c.execute("UPDATE t SET k = NULL WHERE k = 'a'")
+    c.close()
+    r = cdc_step("rollback", cfg, "core")
+    assert r.returncode == 0, r.stdout + r.stderr + d.output()
+    assert d.proc.poll() is None, d.output()
+    src = sqlite3.connect(db)
+    rows = sorted(src.execute("SELECT rowid, k, v FROM t"))
+    assert sorted(v for _, _, v in rows) == ["a", "in target", "n1!", "n2!"]
+    assert rows == sorted(sqlite3.connect(target).execute("SELECT rowid, k, v FROM t"))
+
+
+def test_null_key_rows_with_streamed_blobs(tmp_path, pipeline_for):
+    """A BLOB too big to travel in its row is written into the row its rowid names."""
+    db, p, target = copied(tmp_path, "CREATE TABLE t(k TEXT PRIMARY KEY, b BLOB);", pipeline_for)
+    b = bot(db)
+    b.execute("INSERT INTO t VALUES (NULL, randomblob(9 << 20)), (NULL, randomblob(9 << 20))")
+    check_equal(p, db, target, "t")
+    b.execute("UPDATE t SET b = randomblob(9 << 20) WHERE rowid = 2")
+    check_equal(p, db, target, "t")

@@ -341,8 +341,7 @@ def test_verifier_agrees_with_the_full_comparison(tmp_path_factory, rows, damage
 def test_rows_with_a_null_key_are_verified_too(tmp_path: Path, pipeline_for) -> None:
     """SQLite lets a TEXT PRIMARY KEY hold NULL, repeatedly. Such rows sit outside every
     key range; the verifier compares them as a group per key and names a difference.
-    (The snapshot reads key ranges too and misses them: the verifier is what shows it;
-    see docs/verifier.md, limits.)"""
+    (The replication carries them at their rowid: docs/architecture.md, section 1b.)"""
     db = make_db(tmp_path / "a.db", "CREATE TABLE kv(k TEXT PRIMARY KEY, v);")
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
         c.executemany("INSERT INTO kv VALUES (?, ?)", [("a", 1), (None, 2), ("b", 3)])
@@ -354,6 +353,9 @@ def test_rows_with_a_null_key_are_verified_too(tmp_path: Path, pipeline_for) -> 
     p = pipeline_for(conf)
     p.sync()
     cfg = load_config(conf)
+    t = _verify(cfg).report.tables[0]
+    assert (t.state, t.source_rows, t.target_rows, t.compared_rows) == ("equal", 3, 3, 3)
+    _target(tmp_path, "DELETE FROM kv WHERE k IS NULL")
     t = _verify(cfg).report.tables[0]
     assert (t.source_rows, t.target_rows, t.compared_rows) == (3, 2, 2)
     assert [(d.kind, d.key, d.source, d.counts) for d in t.diverged] == [

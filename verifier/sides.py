@@ -102,7 +102,8 @@ class TableSides:
         self.nullable_key = collations is not None and not info.without_rowid
         self._src_null = " OR ".join(f"{k} IS NULL" for k in skeys)
         self._tgt_null = " OR ".join(f"{k} IS NULL" for k in tkeys)
-        self._kcols = [f"k{i + 1}" for i in range(capture.key_width(info))]
+        # the declared key only: a NULL key's rowid (`capture.key_exprs`) is not compared
+        self._kcols = [f"k{i + 1}" for i in range(self.width)]
         self._inflight_tail = f"FROM {capture.CHANGES} WHERE seq > ? AND tid = ?"
 
     @property
