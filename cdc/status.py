@@ -280,6 +280,10 @@ def _fill_source(st, sp, cfg, logged, applied_seq, oldest, now) -> None:
     fed = {m.target for m in sp.tables}
     seqs = [seq for tgt, seq in applied_seq.get(sp.name, []) if tgt in fed]
     st.applied = min(seqs) if len(seqs) == len(fed) else 0
+    # The daemon's status file is rewritten every 0.5 s; the targets' checkpoints are read
+    # now. What was applied was logged first, so a stale file must not make an applied
+    # change look unharvested (and the lag non-zero) for that half second.
+    st.logged = max(st.logged, st.applied)
     st.backlog_events = max(0, st.captured - st.applied)
     if st.snapshot != "done":
         st.backlog_events = max(st.backlog_events, 1)

@@ -38,7 +38,7 @@ from cdc.fsutil import makedirs_private, write_private
 from cdc.plan import resolve_plan
 from cdc.sqlconn import open_target
 from cdc.status_file import DaemonStatus, write_json_atomic
-from tests.conftest import REPO, cdc_cmd, make_db, write_config
+from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from tests.pipeline import Pipeline
 from verifier.model import KeyDiff, TableResult, VerifyReport
 from verifier.report import write_validation_reports
@@ -133,6 +133,8 @@ def test_everything_under_the_state_dir_is_private(tmp_path: Path, daemons, mask
             with contextlib.closing(sqlite3.connect(tmp_path / "legacy" / f"{n}.db")) as c, c:
                 c.executemany("INSERT INTO t(v) VALUES (?)", [("x" * 200,)] * 100)
         d.wait_synced()
+        # The apply loop archives the segments every target is past every few seconds.
+        wait_until(lambda: (state / "log-archive").is_dir(), 30, 0.2, "a log segment archived")
         _ok(cdc_cmd("status", cwd=tmp_path))
         _ok(cdc_cmd("pause", cwd=tmp_path))
         _ok(cdc_cmd("pause", "--apply", "other", cwd=tmp_path))
