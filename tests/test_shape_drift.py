@@ -205,6 +205,9 @@ def test_a_stale_column_beside_a_renamed_one_is_a_shape_difference(copied) -> No
             "ALTER TABLE kv2 RENAME TO kv",
             "order",
         ),
+        # a unique constraint the legacy table lacks refuses rows the legacy file holds
+        ("CREATE UNIQUE INDEX kv_note_u ON kv(note)", "UNIQUE (note): target only"),
+        ("CREATE UNIQUE INDEX kv_v ON kv(v COLLATE NOCASE)", "UNIQUE (v COLLATE NOCASE)"),
     ],
 )
 def test_a_copied_table_of_another_shape_is_never_equal(copied, target_sql, expect) -> None:

@@ -9,6 +9,9 @@ pass unseen.
 - A copied table must have the legacy table's columns: the same names, in the same order,
   with the same declared types, and the same key. Generated columns are left out on both
   sides (the target computes its own).
+- A copied table must have the legacy table's unique constraints (columns and each
+  index's collations, the key excluded): one more in the target refuses a row the legacy
+  file holds, one fewer lets through rows the legacy file refuses.
 - A merged table is the union of its members' untyped columns: every legacy column must be
   in it; columns other members have are expected.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import apsw
 
-from cdc.inventory import TableInfo
+from cdc.inventory import TableInfo, unique_indexes
 from cdc.plan import TableMapping
 from cdc.sqlident import q
 
@@ -65,7 +68,32 @@ def shape_differences(info: TableInfo, tgt: apsw.Connection, m: TableMapping) ->
     key = [n for n, _, pk in sorted((c for c in cols if c[2]), key=lambda c: c[2])]
     if key != list(info.key):
         out.append(f"key differs: legacy ({', '.join(info.key)}), target ({', '.join(key)})")
-    return out
+    return out + _unique_differences(info, tgt, m)
+
+
+def _unique_differences(info: TableInfo, tgt: apsw.Connection, m: TableMapping) -> list[str]:
+    legacy = {
+        (tuple(cols), tuple(k.upper() for k in colls or ["BINARY"] * len(cols)))
+        for cols, colls in zip(
+            info.unique_sets,
+            info.unique_collations or [[]] * len(info.unique_sets),
+            strict=False,
+        )
+    }
+    target = {
+        (tuple(c), tuple(x.upper() for x in k)) for c, k in unique_indexes(tgt, m.target_table)
+    }
+
+    def say(u) -> str:  # noqa: ANN001
+        cols, colls = u
+        terms = [
+            c if k == "BINARY" else f"{c} COLLATE {k}" for c, k in zip(cols, colls, strict=True)
+        ]
+        return f"UNIQUE ({', '.join(terms)})"
+
+    return [f"{say(u)}: legacy only" for u in sorted(legacy - target)] + [
+        f"{say(u)}: target only" for u in sorted(target - legacy)
+    ]
 
 
 def describe(diffs: list[str]) -> str:
