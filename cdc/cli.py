@@ -237,17 +237,16 @@ def repair(config_path, tables, as_json, report_dir, chunk_rows, rate) -> None: 
 
 
 def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_repair) -> None:  # noqa: ANN001
-    from cdc.errors import ConfigError
+    from cdc.finalized import with_finalized
     from cdc.plan import resolve_plan
-    from verifier import estimate_rows, select_tables, verify_tables
+    from verifier import estimate_rows, verify_tables
     from verifier.repair import repair_diverged
     from verifier.report import render_summary, write_validation_reports
+    from verifier.run import chosen_tables
 
     cfg = _load(config_path)
-    plan = _run(lambda: resolve_plan(cfg))
-    chosen = select_tables(plan, list(tables))
-    if not chosen:
-        _fail(ConfigError(f"no mapped table matches {' '.join(tables)}"))
+    plan = _run(lambda: with_finalized(cfg, resolve_plan(cfg)))  # finalized: named as such
+    chosen = _run(lambda: chosen_tables(plan, list(tables)))
     settings = msgspec.structs.replace(
         cfg.verify,
         rows_per_second=cfg.verify.rows_per_second if rate is None else rate,

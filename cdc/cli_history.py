@@ -70,10 +70,11 @@ def history_cmd(config_path, table_ref, key, key_json, as_json) -> None:  # noqa
     """
     from cdc import history as h
     from cdc.errors import ConfigError
+    from cdc.finalized import with_finalized
     from cdc.plan import resolve_plan
 
     cfg = _load(config_path)
-    plan = _run(lambda: resolve_plan(cfg, strict=False))
+    plan = _run(lambda: with_finalized(cfg, resolve_plan(cfg, strict=False)))
     target, table = _run(lambda: h.split_table_ref(plan, table_ref))
     if (key_json is None) == (not key):
         _fail(ConfigError("give the key as KEY... or as --key-json, once"))

@@ -333,7 +333,9 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> N
 
     def one(item: tuple[str, dict[str, str]]) -> fence.FenceMark:
         source, moved = item
-        return fence.fence(conns.legacy[source], source, plan.source(source).path, moved)
+        return fence.fence(
+            conns.legacy[source], source, plan.source(source).path, moved, stage=rec.target
+        )
 
     # All files at once: the bots' pause starts at the first fence, so fencing the files
     # one after the other would add their commit times up.

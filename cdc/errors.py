@@ -6,6 +6,8 @@ where there is one, a hint saying what to do. Only the CLI prints them.
 
 from __future__ import annotations
 
+import apsw
+
 
 class CdcError(Exception):
     """Root of every error sqlite-cdc raises on purpose."""
@@ -74,3 +76,16 @@ class PanicStop(CdcError):
     until `cdc resume --panic` removes the file (docs/controls.md)."""
 
     exit_code = 9
+
+
+class FencedWrite(CdcError, apsw.ConstraintError):
+    """A write through `cdc.pool` met a fence (`cdc.fence`): the table moved at a cutover
+    (or back at a rollback) and this copy is read-only. The fence's trigger reaches every
+    other bot as SQLITE_CONSTRAINT, the class of a UNIQUE conflict, which bots often catch
+    to skip a duplicate; this subclass of `apsw.ConstraintError` keeps such a bot working
+    as before, yet lets a careful one tell the refusal apart (and never swallow it)."""
+
+    exit_code = 12
+    result = apsw.SQLITE_CONSTRAINT
+    extendedresult = apsw.SQLITE_CONSTRAINT_TRIGGER
+    error_offset = -1

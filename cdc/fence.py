@@ -24,7 +24,9 @@ cutover knows exactly how far the targets must get (`FenceMark`).
 
 from __future__ import annotations
 
+import re
 import time
+from typing import NamedTuple
 
 import apsw
 import msgspec
@@ -57,6 +59,43 @@ def trigger_names(tid: int) -> list[str]:
     return [f"_cdc_fence{tid}_{s}" for s in ("ins", "upd", "del")]
 
 
+LEGACY_NOTE = "this legacy copy is read-only now"
+PREFIX = "sqlite-cdc:"  # what every fence message starts with (a bot matches on it)
+_NAME = re.compile(r"_cdc_fence(\d+)_(?:ins|upd|del)")
+_RAISE = re.compile(r"RAISE\(ROLLBACK, '((?:[^']|'')*)'\)")
+
+
+class Fence(NamedTuple):
+    tid: int
+    table: str
+    message: str
+
+
+def fences_in(conn: apsw.Connection, schema: str = "main") -> list[Fence]:
+    """The fences of one schema, read from their triggers: a connection with triggers off
+    (hook capture, `cdc.hooks`) checks its writes against them itself. The triggers, not
+    the fence mark: they are what refuses every other writer, and they carry the message."""
+    rows = conn.execute(
+        f"SELECT name, tbl_name, sql FROM {q(schema)}.sqlite_master "
+        "WHERE type = 'trigger' AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
+    )
+    out: dict[int, Fence] = {}
+    for name, table, sql in rows:
+        m, r = _NAME.fullmatch(name), _RAISE.search(sql or "")
+        if m and r:
+            out[int(m.group(1))] = Fence(int(m.group(1)), table, r.group(1).replace("''", "'"))
+    return list(out.values())
+
+
+def fence_message(
+    table: str, path: str, where: str, note: str = LEGACY_NOTE, stage: str | None = None
+) -> str:
+    """Starts with `sqlite-cdc:` so a bot can tell it from a constraint of its own: every
+    RAISE reaches the bot as SQLITE_CONSTRAINT (IntegrityError in Python's sqlite3)."""
+    by = f" by the cutover of stage {stage}" if stage else ""
+    return f"{PREFIX} table {table} of {path} moved to {where}{by}; {note}"
+
+
 def fence_sql(tid: int, table: str, message: str) -> list[str]:
     when = NOT_OURS
     body = f"BEGIN SELECT RAISE(ROLLBACK, {lit(message)}); END"
@@ -70,14 +109,13 @@ __all__ = [
     "FenceMark",
     "allow_writes",
     "fence",
+    "fence_message",
     "fence_sql",
+    "fences_in",
     "fenced_tables",
     "trigger_names",
     "unfence",
 ]
-
-
-LEGACY_NOTE = "this legacy copy is read-only now"
 
 
 def fence(
@@ -86,10 +124,13 @@ def fence(
     path: str,
     moved: dict[str, str],
     note: str = LEGACY_NOTE,
+    *,
+    stage: str | None = None,
 ) -> FenceMark:
     """Fence `moved` (table -> where it lives now) in one transaction. Idempotent: a second
     call (a resumed cutover) keeps the first call's sequence and time. A rollback fences a
-    target's tables the same way (`note` then says why)."""
+    target's tables the same way (`note` then says why). The message names the stage whose
+    cutover moved the table, so a stale bot's log says what to switch it to."""
     key = "fence"
     try:
         with write_transaction(conn):
@@ -101,7 +142,7 @@ def fence(
                     hint="run `cdc install` first",
                 )
             for table, where in sorted(moved.items()):
-                message = f"sqlite-cdc: table {table} of {path} moved to {where}; {note}"
+                message = fence_message(table, path, where, note, stage)
                 for sql in fence_sql(tids[table], table, message):
                     conn.execute(sql)
             row = conn.execute(f"SELECT v FROM {capture.META} WHERE k=?", (key,)).fetchone()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from datetime import UTC, datetime
 
 import apsw
 import msgspec
@@ -40,7 +41,7 @@ from cdc.cutover_state import (
 )
 from cdc.errors import CdcError
 from cdc.fsutil import fsync_dir, makedirs_private, write_private
-from cdc.plan import Plan
+from cdc.plan import Plan, SourcePlan
 from cdc.sqlconn import open_legacy, open_target
 
 
@@ -122,12 +123,12 @@ def finalize(
     except FileNotFoundError:
         pass
     released = finalized_sources(cfg.state_dir)
-    guards: list[tuple[str, str]] = []
+    guards: list[SourcePlan] = []
     for source in sorted({t.source for t in rec.tables}):
         sp = plan.source(source)
         if source in released:
             echo(f"{source}: archived already (by an earlier finalize)")
-            _guard(sp.path, rec, echo)
+            _guard(cfg, plan, sp, echo)
             continue
         pending = sorted({m.target for m in sp.tables if (m.source, m.table) not in ended})
         if pending:
@@ -154,15 +155,15 @@ def finalize(
         finally:
             conn.close()
         echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
-        guards.append((sp.path, source))
+        guards.append(sp)
         step_done("archived")  # test hook: a kill after the first file
     makedirs_private(root)
     write_private(path, msgspec.json.format(msgspec.json.encode(manifest), indent=2))
     rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
     save_record(cfg.state_dir, rec)
     step_done("finalized")
-    for legacy, _source in guards:  # after the record: a refusal here is resumed by a rerun
-        _guard(legacy, rec, echo)
+    for sp in guards:  # after the record: a refusal here is resumed by a rerun
+        _guard(cfg, plan, sp, echo)
     _end_rollback_window(cfg, rec, echo)
     return manifest
 
@@ -179,15 +180,41 @@ def _end_rollback_window(cfg: Config, rec: CutoverRecord, echo) -> None:  # noqa
         conn.close()
 
 
-def _guard(legacy: str, rec: CutoverRecord, echo) -> None:  # noqa: ANN001
-    msg = (
-        f"Its tables now live in {rec.path} (cut over {time.ctime(rec.done_at or 0)}); "
-        f"the original file is {legacy}{guard.MOVED_SUFFIX}; archive manifest {rec.archive}."
-    )
-    if guard.is_guard(legacy):
+def _guard(cfg: Config, plan: Plan, sp: SourcePlan, echo) -> None:  # noqa: ANN001
+    if guard.is_guard(sp.path):
         return
-    moved = guard.guard(legacy, msg)
-    echo(f"{legacy}: guarded (a stale bot's open now fails); original kept as {moved}")
+    moved = guard.guard(sp.path, guard_messages(cfg, plan, sp))
+    echo(
+        f"{sp.path}: guarded (a stale bot's use of a table names its new home); original kept as {moved}"
+    )
+
+
+def guard_messages(cfg: Config, plan: Plan, sp: SourcePlan) -> dict[str, str]:
+    """What a stale bot reads on each table of the guarded file: the same words as the
+    fence it met before (where the table lives now), with when and where the original is."""
+    done = {r.target: r.done_at for r in read_records(cfg.state_dir)}
+    tail = (
+        f"the original file is {sp.path}{guard.MOVED_SUFFIX}; "
+        "see the runbook: a stale bot after finalize"
+    )
+    out = {}
+    for m in [*sp.tables, *sp.fts]:
+        where = f"{plan.targets.get(m.target, m.target)} (table {m.target_table}"
+        where += f", {m.tag_column} = '{m.tag}')" if m.tag_column else ")"
+        when = _iso(done.get(m.target) or time.time())
+        out[m.table] = (
+            f"sqlite-cdc: table {m.table} of {sp.path} moved to {where} at {when}; {tail}"
+        )
+    for name in [*sp.excluded, *sp.uncapturable]:
+        out[name] = (
+            f"sqlite-cdc: table {name} of {sp.path} was not replicated (excluded) and the file "
+            f"was finalized at {_iso(time.time())}; {tail}"
+        )
+    return out
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 __all__ = ["ArchiveManifest", "ArchivedFile", "CutoverRecord", "FinalizeError", "finalize"]

@@ -31,6 +31,7 @@ from cdc.changelog import LogEntry
 from cdc.config import Config
 from cdc.errors import ConfigError
 from cdc.events import Op, RowBatch, SegmentStart, SourceMark, TableSchema, Value
+from cdc.finalized import with_finalized
 from cdc.inventory import affinity
 from cdc.plan import Plan, TableMapping
 from cdc.retained_log import (  # noqa: F401 - re-exported: the history API's names
@@ -390,7 +391,8 @@ def row_history(cfg: Config, plan: Plan, target: str, table: str, key: list[Valu
     """Every change of the row `key` of `target`.`table`, read from the retained log.
 
     For a merged table the key may start with the member's tag; without it, every member
-    is searched (each may hold that key)."""
+    is searched (each may hold that key). Finalized stages' tables are searched too."""
+    plan = with_finalized(cfg, plan)
     members = members_of(plan, target, table)
     info = plan.source(members[0].source).info(members[0].table)
     width = (len(info.key) or 1) if info is not None else len(key)

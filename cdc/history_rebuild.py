@@ -26,6 +26,7 @@ import msgspec
 from cdc.config import Config
 from cdc.errors import ConfigError, TargetError
 from cdc.events import RowBatch, SegmentStart, SourceMark
+from cdc.finalized import NothingCovered, covered, with_finalized
 from cdc.fsutil import fsync_dir
 from cdc.history import RETENTION_HINT, HistoryIncomplete, RetainedLog, incomplete_note
 from cdc.own_objects import is_own_table
@@ -88,8 +89,10 @@ def rebuild(cfg: Config, plan: Plan, target: str, as_of: AsOf, out: str) -> Rebu
     offset 0. The file appears under its name only when complete (written under a
     temporary name, then linked)."""
     t0 = time.monotonic()
+    plan = with_finalized(cfg, plan)  # a finalized stage's tables are rebuilt too
     if target not in plan.targets:
         raise ConfigError(f"no target {target!r} (known: {', '.join(sorted(plan.targets))})")
+    covered(plan, target)
     out = os.path.abspath(out)
     if os.path.lexists(out):
         raise ConfigError(f"{out} exists: rebuild writes a new file only", hint="remove it first")
@@ -107,6 +110,11 @@ def rebuild(cfg: Config, plan: Plan, target: str, as_of: AsOf, out: str) -> Rebu
     try:
         offset, frames, events, newest = _replay(cfg, plan, target, log, tmp, stop)
         dropped, tables = _clean(tmp)
+        if not tables:
+            raise NothingCovered(
+                f"{target} as of offset {offset} holds no table yet (the log creates its "
+                "tables later); nothing written"
+            )
         _publish(tmp, out)
     finally:
         for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):

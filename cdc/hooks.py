@@ -20,6 +20,15 @@ trigger ops + `HOOK_OP`).
 The capture rows are the triggers' own: an UPDATE that changes the key records the old
 key first, then the new one, as the triggers do. A row a REPLACE deletes through a UNIQUE
 is seen directly (the hook fires for it), where the triggers need probes.
+
+Triggers off means fences off too (`cdc.fence`), and a fence must hold for every writer:
+before a change's capture rows are written, its table is checked against the fences of
+the file (read from their triggers, again whenever the schema changed), and a fenced
+write is refused as the trigger would refuse it: the whole transaction rolls back, with
+the fence's own message (`FencedWrite`). The hook cannot refuse by itself (an exception
+raised in it does not stop the statement), so the check runs right after the statement,
+always before anything commits. Writes to another schema (an attached file) fire none of
+that file's triggers either: refused when the table has any.
 """
 
 from __future__ import annotations
@@ -31,14 +40,20 @@ from typing import Any
 
 import apsw
 
-from cdc import capture
+from cdc import capture, fence
+from cdc.errors import CdcError, FencedWrite
 from cdc.inventory import table_info
+from cdc.sqlident import q
 
 log = logging.getLogger(__name__)
 
 HOOK_OP = 10  # hook rows: OP_INSERT + 10 ... (the harvester counts trigger rows apart)
 # Run as they are: transaction control, what SQLite refuses inside a transaction, reads.
-_DIRECT = ("BEGIN", "ROLLBACK", "SAVEPOINT", "PRAGMA", "VACUUM", "SELECT", "VALUES", "EXPLAIN")
+_DIRECT = (
+    *("BEGIN", "ROLLBACK", "SAVEPOINT", "PRAGMA", "VACUUM", "SELECT", "VALUES", "EXPLAIN"),
+    *("ATTACH", "DETACH"),  # refused inside a transaction (the savepoint)
+)
+FENCED_HINT = "the table moved at a cutover: switch this bot to its new home (docs/pool.md)"
 _DDL = ("CREATE", "ALTER", "DROP")
 
 
@@ -76,9 +91,12 @@ class HookCapture:
         self.pending: list[tuple] = []  # (tid, width, old op, old key, new op, new key) | raw
         self.unknown: list[tuple] = []  # (table, opcode, old, new, rowid, rowid_new)
         self.tables: dict[str, _Table] = {}
+        self.elsewhere: set[tuple[str, str]] = set()  # (schema, table) written outside main
+        self.fences: dict[int, str] = {}  # tid -> the fence's message
         self.changes = 0  # capture rows written, for the pool's metrics
         self._stale = True
         self._version = -1
+        self._fence_version = -1
         raw.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
         raw.preupdate_hook(self._on_change, id="sqlite-cdc")
         raw.set_commit_hook(self._on_commit)
@@ -88,8 +106,11 @@ class HookCapture:
     # -- inside SQLite: only buffer -----------------------------------------------------------
     def _on_change(self, pu: apsw.PreUpdate) -> None:
         name = pu.table_name
-        if name == capture.CHANGES or pu.database_name != "main":
-            return  # our own capture rows, or an attached database
+        if pu.database_name != "main":
+            self.elsewhere.add((pu.database_name, name))  # checked by `flush`
+            return
+        if name == capture.CHANGES:
+            return  # our own capture rows
         op = pu.opcode
         t = self.tables.get(name)
         if t is None:
@@ -122,12 +143,12 @@ class HookCapture:
     def _on_commit(self) -> bool:
         """Refuse (roll back) a commit that would leave changes uncaptured: they were made
         through the apsw connection itself (`conn.raw`), around the pool's statements."""
-        if self.pending or self.unknown:
+        if self.pending or self.unknown or self.elsewhere:
             log.error(
                 "%s: a write bypassed the pool's capture (%d changes); the transaction is "
                 "rolled back. Write through the PooledConnection's execute/executemany.",
                 self.source,
-                len(self.pending) + len(self.unknown),
+                len(self.pending) + len(self.unknown) + len(self.elsewhere),
             )
             self.discard()
             return True
@@ -138,34 +159,68 @@ class HookCapture:
 
     # -- around each statement --------------------------------------------------------------
     def execute(self, raw: apsw.Connection, sql: str, bindings: Any = None) -> Iterator[Any]:
-        return self._call(raw, sql, raw.execute, bindings)
+        return self._call(raw, sql, bindings, many=False)
 
     def executemany(self, raw: apsw.Connection, sql: str, seq: Iterable[Any]) -> Iterator[Any]:
-        return self._call(raw, sql, raw.executemany, seq)
+        return self._call(raw, sql, seq, many=True)
 
-    def _call(self, raw: apsw.Connection, sql: str, method: Callable, arg: Any) -> Iterator[Any]:
-        """Run one call to its end and write its capture rows in its transaction. A call
-        that is not a single statement inside a transaction runs in its own savepoint: if
-        it fails, all of it is undone, so no change stays without its capture row (and an
-        autocommit statement gets one transaction for its rows and their capture)."""
+    def _call(self, raw: apsw.Connection, sql: str, arg: Any, many: bool) -> Iterator[Any]:
         kind = _kinds.get(sql)
         if kind is None:
             if len(_kinds) > 4096:  # SQL with values formatted in: do not grow forever
                 _kinds.clear()
             kind = _kinds[sql] = _kind(sql)
+        method: Callable = raw.executemany if many else raw.execute
         if kind is _DIRECT_KIND:
             return iter(list(method(sql, arg)))
         if kind is _ENDS:
             self.flush(raw)
             return iter(list(method(sql, arg)))
-        if kind is _SINGLE and raw.in_transaction:
-            try:  # SQLite undoes a failed statement by itself: its buffered keys just go
-                rows = list(method(sql, arg))
+        if kind is _SINGLE:
+            return iter(self._statement(raw, sql, arg, many))
+        return iter(self._whole(raw, sql, method, arg, kind))
+
+    def _statement(self, raw: apsw.Connection, sql: str, arg: Any, many: bool) -> list:
+        """One statement (one per row for executemany), leaving what SQLite leaves: when a
+        row fails, the rows before it stay (executemany, OR FAIL), and a bot that catches
+        the error and commits commits them, so their capture rows stay with them. Outside
+        a transaction a savepoint gives the rows and their capture one transaction."""
+        outer = not raw.in_transaction
+        if outer:
+            raw.execute("SAVEPOINT _cdc_stmt")
+        try:
+            rows = self._run(raw, sql, arg, many)
+        except BaseException:
+            self._settle(raw, outer)
+            raise
+        self._settle(raw, outer)
+        return rows
+
+    def _run(self, raw: apsw.Connection, sql: str, arg: Any, many: bool) -> list:
+        rows: list = []
+        for bindings in arg if many else (arg,):
+            mark = len(self.pending), len(self.unknown)
+            try:
+                rows.extend(raw.execute(sql, bindings))
             except BaseException:
-                self.discard()
+                # SQLite kept this statement's rows (OR FAIL) exactly when it counted them;
+                # otherwise it undid them, and their buffered keys go too.
+                if raw.in_transaction and raw.changes() == 0:
+                    del self.pending[mark[0] :], self.unknown[mark[1] :]
                 raise
-            self.flush(raw)
-            return iter(rows)
+        return rows
+
+    def _settle(self, raw: apsw.Connection, outer: bool) -> None:
+        if not raw.in_transaction:  # SQLite rolled the whole transaction back
+            self.discard()
+            return
+        self.flush(raw)  # on failure it has rolled the whole transaction back
+        if outer:
+            raw.execute("RELEASE _cdc_stmt")  # commits
+
+    def _whole(self, raw: apsw.Connection, sql: str, method: Callable, arg: Any, kind: str) -> list:
+        """Several statements (or DDL) in one call: in a savepoint of their own, undone
+        together if one fails, so no statement's changes stay without their capture."""
         raw.execute("SAVEPOINT _cdc_stmt")
         try:
             rows = list(method(sql, arg))
@@ -174,16 +229,70 @@ class HookCapture:
             self.flush(raw)
         except BaseException:
             self.discard()
-            raw.execute("ROLLBACK TO _cdc_stmt")
-            raw.execute("RELEASE _cdc_stmt")
+            if raw.in_transaction:  # not after a refusal, which rolled back everything
+                raw.execute("ROLLBACK TO _cdc_stmt")
+                raw.execute("RELEASE _cdc_stmt")
             raise
         raw.execute("RELEASE _cdc_stmt")  # commits, when the call began outside a transaction
-        return iter(rows)
+        return rows
 
     def flush(self, raw: apsw.Connection) -> None:
-        """Write the buffered keys into the capture table (inside the open transaction)."""
-        if self.unknown or self._stale:
-            self._resolve(raw)
+        """Refuse what a trigger would have refused, then write the buffered keys into the
+        capture table (inside the open transaction). If anything fails, the whole
+        transaction rolls back, as a fence's RAISE(ROLLBACK) does: no change may stay
+        without its capture row, and none may pass a fence."""
+        if not (self.pending or self.unknown or self.elsewhere or self._stale):
+            return
+        try:
+            if self.elsewhere:
+                self._check_elsewhere(raw)
+            version = _schema_version(raw)
+            if self.unknown or self._stale:
+                self._resolve(raw, version)
+            if version != self._fence_version:
+                self.fences = {f.tid: f.message for f in fence.fences_in(raw)}
+                self._fence_version = version
+            if self.fences:
+                for p in self.pending:
+                    if p[0] in self.fences:
+                        raise FencedWrite(self.fences[p[0]], hint=FENCED_HINT)
+            self._write(raw)
+        except BaseException:
+            self.discard()
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+
+    def _check_elsewhere(self, raw: apsw.Connection) -> None:
+        """A write to another schema (an attached file, temp) fired none of that table's
+        triggers: refused when it has any (capture, a fence, the file's own); a table
+        without triggers loses nothing."""
+        written, self.elsewhere = self.elsewhere, set()
+        for schema, table in sorted(written):
+            for f in fence.fences_in(raw, schema):
+                if f.table.lower() == table.lower():
+                    raise FencedWrite(f.message, hint=FENCED_HINT)
+            names = [
+                n
+                for (n,) in raw.execute(
+                    f"SELECT name FROM {q(schema)}.sqlite_master WHERE type = 'trigger' "
+                    "AND tbl_name = ? COLLATE NOCASE ORDER BY name",
+                    (table,),
+                )
+            ]
+            if names:
+                (path,) = raw.execute(
+                    "SELECT file FROM pragma_database_list WHERE name = ?", (schema,)
+                ).fetchone()
+                raise CdcError(
+                    f"{path or schema}: table {table} (schema {schema}) has triggers "
+                    f"({', '.join(names)}) that a pool connection with hook capture does not "
+                    f"fire; the write was refused",
+                    hint="write that file through a connection of its own "
+                    "(pool.connection with its source name)",
+                )
+
+    def _write(self, raw: apsw.Connection) -> None:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
@@ -201,12 +310,12 @@ class HookCapture:
             raw.executemany(_insert_sql(width), batch)
             self.changes += len(batch)
 
-    def _resolve(self, raw: apsw.Connection) -> None:
+    def _resolve(self, raw: apsw.Connection, version: int) -> None:
         """Changes to tables the hook did not know: after DDL through the pool, or a table
         captured by a `cdc install` since this connection opened. Ones still not captured
         are dropped, as the triggers would not record them either."""
         unknown, self.unknown = self.unknown, []
-        if self._stale or (unknown and self._version != _schema_version(raw)):
+        if self._stale or (unknown and self._version != version):
             self._load(raw)
         for name, op, old, new, rowid, rowid_new in unknown:
             t = self.tables.get(name)
@@ -219,6 +328,7 @@ class HookCapture:
     def discard(self) -> None:
         self.pending.clear()
         self.unknown.clear()
+        self.elsewhere.clear()
 
     def _load(self, raw: apsw.Connection) -> None:
         """Which tables are captured and where their keys are: read again when a table

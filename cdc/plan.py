@@ -23,7 +23,7 @@ from cdc import bigrows, ddl, own_objects
 from cdc.config import MAX_NAME_BYTES, Config, RuleConfig
 from cdc.errors import ConfigError, PlanError, SourceError
 from cdc.fsutil import safe_component
-from cdc.guard import is_guard
+from cdc.guard import is_guard, is_guard_conn
 from cdc.inventory import TableInfo, affinity, list_tables, rowid_note
 from cdc.sqlconn import open_legacy
 
@@ -166,6 +166,9 @@ def resolve_plan(
                 # be a guard, and no SQLite connection holds locks on that.
                 conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
                 try:
+                    if is_guard_conn(conn):  # finalized: the data moved (cdc.guard)
+                        sources.append((name, path, []))
+                        continue
                     tables = list_tables(conn)
                     claims[name] = own_objects.claim_problems(conn, name, path)
                     if cfg.capture_of(name) == "hooks":

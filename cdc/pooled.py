@@ -1,17 +1,24 @@
 """The connection a pool hands out: an apsw connection, plus in-process capture when its
 database is captured by hooks (`capture = "hooks"`, `cdc.hooks`).
 
-Without capture every call goes straight to apsw. With it, each statement is run to its
-end and the keys it changed are written to the capture table in the same transaction, so
-they commit, roll back (savepoints included) and survive a crash exactly with the rows.
+Without capture every call goes to apsw, and only a fence's refusal is told apart: it
+becomes `FencedWrite`, still an `apsw.ConstraintError` for a bot that catches those, but
+one a careful bot can tell from a UNIQUE conflict it means to skip. With capture, each
+statement is run to its end and the keys it changed are written to the capture table in
+the same transaction, so they commit, roll back (savepoints included) and survive a crash
+exactly with the rows; the capture refuses a fenced write itself (`cdc.hooks`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apsw
+
+from cdc.errors import FencedWrite
+from cdc.fence import PREFIX
+from cdc.hooks import FENCED_HINT
 
 
 class PooledConnection:
@@ -21,9 +28,9 @@ class PooledConnection:
     def __init__(self, raw: apsw.Connection, capture: Any = None) -> None:
         self.raw = raw
         self.capture = capture
-        if capture is None:  # nothing to add: apsw's own methods, no extra call
-            self.execute = raw.execute  # type: ignore[method-assign]
-            self.executemany = raw.executemany  # type: ignore[method-assign]
+        if capture is None:  # apsw's own methods, only a fence's refusal told apart
+            self.execute = _telling_fences(raw.execute)  # type: ignore[method-assign]
+            self.executemany = _telling_fences(raw.executemany)  # type: ignore[method-assign]
             self.cursor = raw.cursor  # type: ignore[method-assign]
 
     def execute(self, statements: str, bindings: Any = None) -> Iterator[Any]:
@@ -45,8 +52,23 @@ class PooledConnection:
 
     def __exit__(self, *exc: Any) -> Any:
         if self.capture is not None and exc[0] is None:
-            self.capture.flush(self.raw)  # before the savepoint is released (maybe committed)
-        return self.raw.__exit__(*exc)
+            try:  # before the savepoint is released (maybe committed)
+                self.capture.flush(self.raw)
+            except BaseException as e:
+                self._exit_raw(type(e), e, e.__traceback__)
+                raise
+        return self._exit_raw(*exc)
+
+    def _exit_raw(self, *exc: Any) -> Any:
+        """apsw's end of the savepoint. After a fence's refusal the transaction is gone
+        (RAISE(ROLLBACK)), and apsw's ROLLBACK TO then fails with "no transaction is
+        active": the borrower must see the refusal, not that."""
+        try:
+            return self.raw.__exit__(*exc)
+        except apsw.SQLError:
+            if exc[1] is None or self.raw.in_transaction:
+                raise
+            return False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -74,3 +96,15 @@ class _CapturingCursor:
 
     def executemany(self, statements: str, sequenceofbindings: Iterable[Any]) -> Iterator[Any]:
         return self._conn.executemany(statements, sequenceofbindings)
+
+
+def _telling_fences(method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(statements: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(statements, *args, **kwargs)
+        except apsw.ConstraintError as e:
+            if isinstance(e, FencedWrite) or not str(e).startswith(PREFIX):
+                raise
+            raise FencedWrite(str(e), hint=FENCED_HINT) from e
+
+    return call

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from cdc import guard
 from cdc.plan import resolve_plan
 from tests.corpus import (
     REPO,
@@ -136,5 +137,5 @@ def test_stages_cut_over_with_bots_writing_and_no_write_lost(
     archived = {f["original"] for m in manifests for f in m["files"]}
     assert len(archived) == 26  # every captured legacy file, archived once
     for original in archived:  # and guarded: a stale bot's open fails, nothing empty appears
-        assert Path(original).read_bytes().startswith(b"sqlite-cdc: this database has moved")
+        assert guard.is_guard(original)
         assert Path(original + ".cdc-moved").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import capture, fence
+from cdc import capture, fence, guard
 from cdc.config import load_config
 from cdc.cutover_state import read_record
 from cdc.inventory import list_tables
@@ -203,14 +203,17 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     for f in manifest["files"]:
         assert f["integrity"] == "ok"
         assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
-        # the guard: a stale bot reopening the legacy path fails loudly, and no empty
-        # database appears there
-        with (
-            pytest.raises(sqlite3.DatabaseError, match="file is not a database"),
-            contextlib.closing(sqlite3.connect(f["original"])) as c,
-        ):
-            c.execute("CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v)")
-        assert Path(f["original"]).read_bytes().startswith(b"sqlite-cdc: this database has moved")
+        # the guard: a stale bot reopening the legacy path fails loudly, told where its
+        # table went, and nothing it writes stays there
+        with contextlib.closing(sqlite3.connect(f["original"])) as c:
+            c.execute("CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v)")  # kv "exists"
+            with pytest.raises(
+                sqlite3.OperationalError, match="sqlite-cdc: table kv of .* moved to"
+            ):
+                c.execute("INSERT INTO kv VALUES ('stale', 1)")
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                c.execute("CREATE TABLE brand_new(x)")
+        assert guard.is_guard(f["original"])
         moved = f["original"] + ".cdc-moved"  # the original, never removed
         with contextlib.closing(sqlite3.connect(moved, timeout=10)) as c:
             assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -344,7 +347,7 @@ def test_a_finalize_killed_mid_way_completes_when_run_again(tmp_path: Path, daem
     )
     for f in manifest["files"]:
         assert hashlib.sha256(Path(f["archive"]).read_bytes()).hexdigest() == f["sha256"]
-        assert Path(f["original"]).read_bytes().startswith(b"sqlite-cdc: this database has moved")
+        assert guard.is_guard(f["original"])
     with contextlib.closing(sqlite3.connect(tmp_path / "out/core.db", timeout=10)) as c:
         assert c.execute(
             "SELECT count(*) FROM sqlite_master WHERE name = '_cdc_changes'"

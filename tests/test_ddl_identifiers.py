@@ -56,6 +56,8 @@ def test_renamed_tables_and_foreign_keys_point_where_sqlite_says(
         return
     if col.lower() in ("id", "rowid", "oid", "_rowid_"):
         return
+    if "dropped" in (new_parent.lower(), new_child.lower()):
+        return  # the name the test itself creates last
     p, c, k = (_quote(x, style) for x in (parent, child, col))
     create_parent = f"CREATE TABLE {p}(id INTEGER PRIMARY KEY)"
     create_child = (

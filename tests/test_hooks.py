@@ -386,3 +386,45 @@ def test_pool_writers_and_a_foreign_writer_under_a_daemon_killed_midway(tmp_path
     assert [x for x in compare_plan(resolve_plan(cfg)) if not x.equal] == []
     tgt = apsw.Connection(cfg.targets["core"])
     assert tgt.execute("SELECT count(*) FROM kv").fetchone() == (700,)
+
+
+PART_WAY = [
+    [("INSERT INTO kv VALUES (?, ?)", [("a", 0)])],
+    [  # fails at its 3rd row inside a transaction; the bot skips the error and commits
+        ("BEGIN", None),
+        ("INSERT INTO kv VALUES (?, ?)", [("m1", 1), ("m2", 2), ("a", 3), ("m4", 4)]),
+        ("COMMIT", None),
+    ],
+    [("INSERT INTO kv VALUES (?, ?)", [("n1", 1), ("n2", 2), ("a", 3)])],  # autocommit
+    [  # OR FAIL keeps the rows its statement wrote before the failing one
+        ("BEGIN", None),
+        ("INSERT OR FAIL INTO kv VALUES ('f1', 1), ('f2', 2), ('a', 3)", None),
+        ("COMMIT", None),
+    ],
+    [("INSERT OR FAIL INTO kv VALUES ('g1', 1), ('a', 3)", None)],  # autocommit
+]
+
+
+def test_rows_written_before_a_failing_row_keep_their_capture(tmp_path, pipeline_for):
+    """executemany runs one statement per row and OR FAIL keeps a statement's earlier
+    rows: a bot that catches the error and commits commits those rows, so their keys must
+    be captured exactly as the triggers capture them."""
+    sides = {}
+    for capture in ("triggers", "hooks"):
+        root = tmp_path / capture
+        make_db(root / "bot.db", SCHEMA + "INSERT INTO acct(handle) VALUES ('h1'), ('h2');")
+        cfg = load_config(_config(root, capture))
+        p = pipeline_for(cfg)
+        raw = apsw.Connection(str(root / "bot.db"))
+        conn = PooledConnection(raw, HookCapture(raw, "bot")) if capture == "hooks" else raw
+        p.sync()  # the initial copy first: every later row comes through capture
+        for _ in _run(conn, PART_WAY):
+            pass
+        assert not raw.in_transaction
+        p.sync()
+        assert p.diffs() == [], capture
+        sides[capture] = cfg
+    trig, hook = (_events(sides[c]) for c in ("triggers", "hooks"))
+    kept = {k[0][1] for t, _, k, _ in trig if t == "kv"}
+    assert {"m1", "m2", "n1", "n2", "f1", "f2", "g1"} <= kept
+    assert hook == trig

@@ -64,7 +64,8 @@ def _totals(tables: list[TableResult]) -> Totals:
         t.source_rows += r.source_rows
         t.target_rows += r.target_rows
         field = f"tables_{r.state}"
-        setattr(t, field, getattr(t, field) + 1)
+        if hasattr(t, field):  # "cut over", "finalized": not verified, not counted
+            setattr(t, field, getattr(t, field) + 1)
     return t
 
 

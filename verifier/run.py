@@ -11,6 +11,7 @@ from collections.abc import Callable
 import apsw
 
 from cdc.config import Config, VerifySettings
+from cdc.cutover_state import CutoverRecord
 from cdc.errors import SourceError
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, set_busy_timeout
@@ -29,6 +30,18 @@ def select_tables(plan: Plan, patterns: list[str] | None = None) -> list[TableMa
             if not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names):
                 out.append(m)
     return out
+
+
+def chosen_tables(plan: Plan, patterns: list[str] | None = None) -> list[TableMapping]:
+    """`select_tables`, refusing a selection of no table: a verification of nothing must
+    not read as "equal" (one line, exit 2)."""
+    from cdc.finalized import NothingCovered
+
+    chosen = select_tables(plan, patterns)
+    if not chosen:
+        what = f"matches {' '.join(patterns)}" if patterns else "is mapped"
+        raise NothingCovered(f"no mapped table {what} (finalized ones included): nothing to verify")
+    return chosen
 
 
 def open_target_readonly(path: str, busy_timeout_ms: int) -> apsw.Connection | None:
@@ -92,7 +105,7 @@ def verify_tables(
         for path, group in _by_source(plan, tables):
             if all((m.source, m.table) in cut for m in group):
                 for m in group:  # frozen legacy tables: no need to even open the file
-                    r = _cut_over(m)
+                    r = _cut_over(m, cut[(m.source, m.table)], cfg.state_dir)
                     results.append(r)
                     if on_table:
                         on_table(r)
@@ -114,7 +127,7 @@ def verify_tables(
                         targets[m.target] = open_target_readonly(plan.targets[m.target], busy)
                     tgt = targets[m.target]
                     if (m.source, m.table) in cut:
-                        r = _cut_over(m)
+                        r = _cut_over(m, cut[(m.source, m.table)], cfg.state_dir)
                     elif tgt is None:
                         r = _skipped(m, f"target file {plan.targets[m.target]} does not exist")
                     else:
@@ -220,7 +233,15 @@ def unchanged(m: TableMapping, reason: str) -> TableResult:
     return r
 
 
-def _cut_over(m: TableMapping) -> TableResult:
+def _cut_over(m: TableMapping, rec: CutoverRecord, state_dir: str) -> TableResult:
+    """A finalized table says where its legacy side went: the guard left at the legacy
+    path holds nothing to compare, and the target has been the live copy since."""
+    if rec.state == "finalized":
+        from cdc.finalized import finalized_note
+
+        r = _skipped(m, finalized_note(state_dir, m.source))
+        r.state = "finalized"
+        return r
     r = _skipped(m, "cut over: the target is the live copy now")
     r.state = "cut over"
     return r
