@@ -32,6 +32,7 @@ import apsw
 import msgspec
 
 from cdc import capture, exact_text, fence
+from cdc.backflow_kept import TargetKeepOut
 from cdc.config import Config
 from cdc.cutover_state import CutoverRecord
 from cdc.errors import CdcError
@@ -211,6 +212,7 @@ class Backflow:
                 "rollback window existed?)",
                 hint=f"run `cdc cutover {rec.target}` again to install it",
             )
+        self.keep_out = TargetKeepOut(cfg.state_dir, rec)
         self.lconns: dict[str, apsw.Connection] = {}
         self.applied = {
             s: read_checkpoint(self._legacy(s), self.target, self.install_id)
@@ -249,9 +251,11 @@ class Backflow:
         return max(0, self.captured_seq - min(self.applied.values(), default=self.captured_seq))
 
     # -- one step ----------------------------------------------------------------------------
-    def step(self, eager: bool = False) -> int:
+    def step(self, eager: bool = False, fenced: bool = False) -> int:
         """Move one batch; returns events written. `eager` (a rollback waits) also brings
-        the checkpoints of files with nothing to apply up to date at once."""
+        the checkpoints of files with nothing to apply up to date at once. `fenced`: the
+        target is fenced by a rollback, and a table changed under the fence is passed
+        over (`cdc.backflow_kept`)."""
         t = self.tconn
         with read_transaction(t):
             tids = capture.installed_tables(t)
@@ -262,9 +266,10 @@ class Backflow:
             ).fetchone()
             self.captured_seq = top
             changed: list[tuple[TableInfo, list[RowEvent]]] = []
+            refused = self.keep_out.refused(t, self.routes, fenced)  # cdc.backflow_kept
             if hi is not None:
                 self._refresh_target_infos()
-                for name in self.routes:
+                for name in [n for n in self.routes if n not in refused]:
                     tid = tids.get(name)
                     if tid is None:
                         raise BackflowError(f"{self.path}: table {name!r} is not captured")

@@ -15,8 +15,9 @@ for the tests):
 3. drain: wait until the target has applied every source up to its fence sequence;
 4. sequences: AUTOINCREMENT counters of copied tables are carried into the target, so the
    first row a bot inserts there does not reuse a legacy id;
-5. verify: under the fence, only the keys the change log touched since `pre_offset` (and
-   the row counts); tables the pass could not prove are verified in full;
+5. verify: under the fence, every table the pass proved is counted and digested on both
+   sides (`cdc.fence_proof`: the log is not trusted to have seen every change); tables the
+   pass could not prove, whose shape changed, or whose digests differ are verified in full;
 6. go: any target fence a rollback left is lifted (the target's tables are captured
    since before the fence, for the way back: `cdc.backflow`);
 7. `done`: the record holds the time, the positions, the checksums and the pause the bots
@@ -36,22 +37,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import apsw
-import msgspec
 
 from cdc import backflow, fence, lag
 from cdc.config import Config
 from cdc.controls import read_controls
 from cdc.cutover_state import CutoverRecord, CutoverTable, read_record, save_record
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
+from cdc.fence_proof import final_verification, verify_parallel
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
 from cdc.status import daemon_running, read_checkpoint
 from checkpoints.store import SOURCES
 from checkpoints.store import TABLE as CHECKPOINT
-from verifier import verify_tables
-from verifier.model import TableResult, VerifyReport
-from verifier.run import unchanged, verify_keys
+from verifier.model import TableResult
 
 NEAR_ZERO = 1000  # changes a source may be behind when the fence goes up
 
@@ -222,80 +221,6 @@ class Connections:
             c.close()
 
 
-def _final_verification(cfg, plan, rec: CutoverRecord, tables, conns: Connections):  # noqa: ANN001, ANN202
-    """Under the fence, legacy side quiet and drained: tables the pass before the fence
-    proved equal need only the keys the log changed since (and equal row counts); the
-    others, and any table whose shape changed, are verified in full."""
-    changed = _changed_keys(cfg, rec.pre_offset, tables)
-    quick = (
-        []
-        if changed is None
-        else [
-            m
-            for m in tables
-            if f"{m.source}.{m.table}" in rec.pre_verified
-            and (m.source, m.table) not in changed["reshaped"]
-        ]
-    )
-    full = [m for m in tables if m not in quick]
-    results = []
-    if full:
-        results += verify_parallel(cfg, plan, full).tables
-    keys = changed.get("keys", {}) if changed else {}
-    # A table the log did not touch since the pass is as the pass proved it: no read needed.
-    touched = [m for m in quick if keys.get((m.source, m.table))]
-    results += [
-        unchanged(m, "unchanged since the verification before the fence")
-        for m in quick
-        if m not in touched
-    ]
-    by_source: dict[str, list[TableMapping]] = {}
-    for m in touched:
-        by_source.setdefault(m.source, []).append(m)
-
-    def check(ms: list[TableMapping]) -> list[TableResult]:  # one thread per legacy file
-        src, tgt = conns.legacy[ms[0].source], conns.target[ms[0].source]
-        return [
-            verify_keys(cfg, plan, m, keys[(m.source, m.table)], source=src, target=tgt) for m in ms
-        ]
-
-    if by_source:
-        with ThreadPoolExecutor(max_workers=min(8, len(by_source))) as pool:
-            results += [r for rs in pool.map(check, by_source.values()) for r in rs]
-    rec.verified_in_full = len(full)
-    rec.keys_checked = sum(len(keys.get((m.source, m.table), [])) for m in quick)
-    return VerifyReport(time.time(), time.time(), results)
-
-
-def _changed_keys(cfg: Config, offset: int, tables: list[TableMapping]) -> dict | None:
-    """Keys of the stage's tables in the log from `offset` on (None: the log no longer
-    reaches back there). `offset` was the target's checkpoint before the pass started, so
-    every change the pass might have missed is in it."""
-    from cdc import exact_text
-    from cdc.changelog import LogReader
-    from cdc.errors import LogCorruptError
-    from cdc.events import RowBatch, TableSchema
-
-    wanted = {(m.source, m.table) for m in tables}
-    reader = LogReader(cfg.log_dir)
-    if offset < reader.first_offset():
-        return None
-    keys: dict[tuple[str, str], dict[bytes, list]] = {}
-    reshaped: set[tuple[str, str]] = set()
-    try:
-        for e in reader.iter_from(offset, stop_at_bad=True):
-            f = e.frame
-            if isinstance(f, RowBatch) and (f.source, f.table) in wanted:
-                d = keys.setdefault((f.source, f.table), {})
-                for ev in f.events:
-                    d.setdefault(exact_text.pack(ev.key), ev.key)  # keys may hold a RawText
-            elif isinstance(f, TableSchema) and (f.source, f.table) in wanted:
-                reshaped.add((f.source, f.table))
-    except (LogCorruptError, OSError):
-        return None
-    return {"keys": {k: list(v.values()) for k, v in keys.items()}, "reshaped": reshaped}
-
-
 def _checkpoint_target(cfg: Config, path: str) -> None:
     """Fold the target's WAL into the database before the bots arrive: a bot connects with
     SQLite's defaults (checkpoint at 1000 pages) and its first commit would otherwise copy
@@ -305,20 +230,6 @@ def _checkpoint_target(cfg: Config, path: str) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         conn.close()
-
-
-def verify_parallel(cfg: Config, plan: Plan, tables: list[TableMapping]):  # noqa: ANN202
-    """One pass, unpaced, one thread per legacy file (SQLite reads overlap: apsw lets go of
-    the GIL)."""
-    settings = msgspec.structs.replace(cfg.verify, rows_per_second=0.0, chunk_rows=5000)
-    by_source: dict[str, list[TableMapping]] = {}
-    for m in tables:
-        by_source.setdefault(m.source, []).append(m)
-    with ThreadPoolExecutor(max_workers=min(8, len(by_source))) as pool:
-        parts = list(
-            pool.map(lambda ms: verify_tables(cfg, plan, ms, settings).report, by_source.values())
-        )
-    return msgspec.structs.replace(parts[0], tables=[t for p in parts for t in p.tables])
 
 
 def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> None:  # noqa: ANN001
@@ -333,9 +244,8 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> N
 
     def one(item: tuple[str, dict[str, str]]) -> fence.FenceMark:
         source, moved = item
-        return fence.fence(
-            conns.legacy[source], source, plan.source(source).path, moved, stage=rec.target
-        )
+        path = plan.source(source).path
+        return fence.fence(conns.legacy[source], source, path, moved, stage=rec.target)
 
     # All files at once: the bots' pause starts at the first fence, so fencing the files
     # one after the other would add their commit times up.
@@ -352,6 +262,21 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> N
     rec.steps_ms["record"] = round((time.monotonic() - t0) * 1000.0, 2)
 
 
+def _refuse_kept_out(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
+    """A legacy table a stale process changed under the fence (DROP, RENAME, a new shape)
+    is kept out of the target (`cdc.moved`): the target holds its rows as of the fence,
+    but nothing can prove them against it any more, and a dropped table would not even
+    be verified. The operator decides (`--abort` gives the tables back to be copied)."""
+    from cdc.moved_apply import kept_out_now
+
+    kept = [k for k in kept_out_now(cfg.state_dir, plan) if k.target == rec.target]
+    if kept:
+        raise TargetError(
+            "changed under the fence and kept out of the target: "
+            + ", ".join(f"{k.source}.{k.table} ({k.reason}, {k.path})" for k in kept)
+        )
+
+
 def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo, conns) -> None:  # noqa: ANN001
     deadline = time.monotonic() + drain_timeout
     clock = Clock(rec.steps_ms)
@@ -359,7 +284,8 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo, conns) -
     clock.lap("drain")
     _carry_sequences(rec, conns.writer)
     clock.lap("sequences")
-    report = _final_verification(cfg, plan, rec, tables, conns)
+    _refuse_kept_out(cfg, plan, rec)
+    report = final_verification(cfg, plan, rec, tables, conns)
     clock.lap("verify")
     bad = [t for t in report.tables if t.state != "equal"]
     if bad:

@@ -40,7 +40,7 @@ class CutoverRecord(msgspec.Struct):
     pre_offset: int = 0  # the target's log offset when the pass before the fence started
     pre_verified: list[str] = []  # "source.table" proven equal by that pass
     verified_in_full: int = 0  # tables verified in full under the fence
-    keys_checked: int = 0  # keys changed since the pass, checked one by one under the fence
+    keys_checked: int = 0  # keys the log named since the pass (the fence proof digests all)
     log_offset: int = 0  # the target's checkpoint when it was done
     fenced_at: float | None = None
     done_at: float | None = None

@@ -30,7 +30,7 @@ import msgspec
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from cdc import backflow, repair
+from cdc import backflow, backflow_kept, moved, moved_apply, repair
 from cdc.changelog import LogWriter
 from cdc.config import Config
 from cdc.controls import ControlWatcher, describe, panic_error
@@ -108,7 +108,8 @@ class Daemon:
         self.apply_wake = threading.Event()
         self.fatal: CdcError | None = None
         self._lock_fd = lock_state_dir(cfg.state_dir)
-        self.plan = plan or daemon_plan(cfg, self.requested_stop)
+        self._kept_new: set[tuple[str, str]] = set()  # named in the log (`_keep_new_out`)
+        self.plan = self._keep_new_out(plan or daemon_plan(cfg, self.requested_stop))
         for source, table in self.plan.unmapped:
             log.warning(
                 "table %s of source %s is matched by no rule: it is not captured "
@@ -125,6 +126,7 @@ class Daemon:
             if not sp.tables or sp.name in released:
                 continue
             h = Harvester(sp, self.writer, self.settings)
+            h.keep_out = moved.KeepOut(cfg.state_dir, sp.name, sp.path)
             self._open_patiently(h)
             self.harvesters.append(h)
             self.runtime[sp.name] = SourceRuntime(
@@ -139,6 +141,7 @@ class Daemon:
         if self.settings.apply_worker:
             self.worker = WorkerHandle(cfg, self.plan, self.writer.end_offset)
         else:
+            moved_apply.watch(cfg.state_dir)  # the apply's own refusal (cdc.moved_apply)
             self.applier = ApplyLoop(
                 self.plan,
                 cfg.log_dir,
@@ -322,7 +325,10 @@ class Daemon:
                         flow = flows.get(t)
                         if flow is None:
                             flow = flows[t] = backflow.Backflow(self.cfg, self.plan, rec)
-                        moved += flow.step(eager=rec.state == "rolling_back")
+                        moved += flow.step(
+                            eager=rec.state == "rolling_back",
+                            fenced=backflow_kept.target_fenced(rec),
+                        )
                         rt.captured_seq, rt.applied = flow.captured_seq, dict(flow.applied)
                         rt.behind, rt.events, rt.last_error = flow.behind, flow.events, None
                     except apsw.BusyError:
@@ -389,6 +395,7 @@ class Daemon:
             self._look_again_at = time.monotonic() + 2.0
             return
         self._appeared = set()
+        plan = self._keep_new_out(plan)
         for source, table in sorted(found & set(plan.unmapped)):
             log.warning(
                 "table %s appeared in source %s and no rule matches it: it is not captured "
@@ -412,6 +419,22 @@ class Daemon:
         log.warning("new table(s) %s mapped by the rules: starting over to capture them", names)
         self.replan = True
         self.stop_event.set()
+
+    def _keep_new_out(self, plan: Plan) -> Plan:
+        """`plan` less the tables a rule maps into a cut-over target that its cutover did
+        not move (`cdc.moved.not_moved`): a stale process's new table must not land in the
+        live file. Each is named at ERROR once."""
+        kept = moved.not_moved(plan, self.cfg.state_dir)
+        for k in kept:
+            if (k.source, k.table) not in self._kept_new:
+                self._kept_new.add((k.source, k.table))
+                log.error(
+                    "source %s: %s",
+                    k.source,
+                    moved.describe(k),
+                    extra={"source": k.source, "table": k.table},
+                )
+        return moved.without(plan, kept)
 
     def _die(self, e: Exception) -> None:
         log.critical("stopping: %s", e)

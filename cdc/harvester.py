@@ -113,6 +113,7 @@ class Harvester:
         self.last_error: str | None = None
         self.trim_error: str | None = None  # why harvested capture rows cannot be trimmed
         self._trim_retry_at = 0.0
+        self.keep_out = None  # cut-over tables refused, never reset (`cdc.moved`; the daemon's)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -179,6 +180,9 @@ class Harvester:
             lacking = [t for t in wanted if not capture.is_capturing(self.conn, [t])]
             infos = [table_info(self.conn, t) for t in wanted]
             moved = self._moved_while_away(infos, cursors)
+            resets = lacking
+            if self.keep_out is not None:  # a cut-over table is refused (cdc.moved), not reset
+                resets, moved = self.keep_out.at_start(lacking, moved, wanted)
             if (
                 not lacking
                 and not moved
@@ -186,7 +190,7 @@ class Harvester:
                 and not capture.lacks_probes(self.conn, infos, tables)
             ):
                 return tables
-            self._restart_snapshots(lacking, cursors)
+            self._restart_snapshots(resets, cursors)
             self._restart_snapshots(list(moved), cursors, moved)
             try:
                 capture.install(
@@ -312,7 +316,13 @@ class Harvester:
                         self.lost[name],
                         extra={"source": self.plan.name, "table": name},
                     )
+                    if self.keep_out is not None:
+                        self.keep_out.refuse(name, self.lost[name])
                 continue
+            if self.keep_out is not None and self.keep_out.look(
+                self, tid, name, on, triggers, vacuumed
+            ):
+                continue  # cut over: its legacy side must not reach the target (cdc.moved)
             if on is None or on.lower() != name.lower():
                 self._recapture.add(name)  # its triggers went with a DROP
             self.lost.pop(name, None)
@@ -360,6 +370,8 @@ class Harvester:
         `_restart_snapshots`), and take it off a renamed table (our triggers follow a
         rename; the new name is a table of its own, for the rules to decide). One short
         write transaction on the bots' file."""
+        if self.keep_out is not None:
+            self.keep_out.after_harvest(self)
         renamed = [n for n, why in self.lost.items() if why.startswith("renamed")]
         renamed = [n for n in renamed if n in self.infos]
         if not self._recapture and not renamed and not self._hold and not self._vacuum_hold:
@@ -423,6 +435,8 @@ class Harvester:
                 SourcePosition(pos.install_id, through, pos.snapshots, pos.events + nevents),
             )
         self.repair_capture()
+        if self.keep_out is not None:
+            self.keep_out.saved()  # tables given back: their resets are durable now
         self._maybe_trim()
         full = self._last_count >= self.settings.harvest_batch
         return HarvestResult(nevents, through, full=full)
@@ -483,8 +497,8 @@ class Harvester:
             name = self.tids.get(tid)
             if name is None or name in self.lost:
                 continue  # not mapped, or gone: its changes are dropped with the trim
-            if name in self._hold:
-                continue  # reset: its new copy, read once the hold is released, has them
+            if name in self._hold or (self.keep_out and self.keep_out.is_kept(name)):
+                continue  # reset (its new copy has them), or cut over and kept out
             out.extend(self._read_table(self.infos[name], tid, lo, hi, now))
         return out
 
@@ -563,6 +577,7 @@ class Harvester:
             and c.table in self.infos
             and c.table not in self.lost
             and c.table not in self._hold
+            and not (self.keep_out and self.keep_out.is_kept(c.table))
         )
 
     @property

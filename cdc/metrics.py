@@ -118,11 +118,18 @@ def families(st: Status) -> list:
 
     problems = _g("cdc_plan_problems", "mapping problems found now (unmapped tables...)", [])
     problems.add_metric([], float(len(st.problems)))
+    kept = _g(
+        "cdc_cutover_kept_out",
+        "1 per cut-over table whose other side changed (kept out of its live copy)",
+        ["source", "table", "path", "side"],
+    )
+    for k in st.kept_out:
+        kept.add_metric([k.source, k.table, k.path, k.side], 1.0)
     return [
         up, uptime, log_end, segs, captured, logged, applied, backlog, lag, heartbeat,
         errored, hooked, foreign, t_applied, t_offset, t_behind, t_lag, t_err, v_tables,
         v_mismatch, p_checkouts, p_waits, p_wait_max, p_timeouts, p_errors, p_open,
-        p_in_use, p_hold, problems,
+        p_in_use, p_hold, problems, kept,
     ]  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from cdc.config import Config
 from cdc.controls import Controls, read_controls
 from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
 from cdc.events import RowBatch, SourcePosition
+from cdc.moved import KeptOut, describe
+from cdc.moved_apply import kept_out_now
 from cdc.plan import Plan, resolve_plan
 from cdc.pool_metrics import PoolMetrics, read_pool_metrics
 from cdc.sqlconn import open_legacy
@@ -83,6 +85,7 @@ class Status(msgspec.Struct):
     backflow: dict[str, BackflowRuntime] = {}  # open rollback windows (the daemon's way back)
     pools: list[PoolMetrics] = []  # connection pools of live bot processes (cdc.pool)
     controls: Controls = msgspec.field(default_factory=Controls)  # docs/controls.md
+    kept_out: list[KeptOut] = []  # cut-over tables whose other side changed (cdc.moved)
 
     @property
     def backlog_events(self) -> int:
@@ -243,6 +246,8 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             for name, rt in sorted(ds.sources.items())
             for table, why in sorted(rt.lost_tables.items())
         ]
+    kept = kept_out_now(cfg.state_dir, plan)
+    problems += [describe(k) for k in kept]
     return Status(
         daemon,
         logst,
@@ -254,6 +259,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
         dict(ds.backflow) if ds and daemon.state == "running" else {},
         read_pool_metrics(cfg.state_dir),
         read_controls(cfg.state_dir),
+        kept,
     )
 
 

@@ -30,7 +30,7 @@ import time
 
 import msgspec
 
-from cdc import faults, logfmt
+from cdc import faults, logfmt, moved_apply
 from cdc.config import Config
 from cdc.controls import ControlWatcher
 from cdc.errors import CdcError, DaemonError, PanicStop
@@ -195,6 +195,7 @@ def main() -> int:
     st = ApplyStatus(os.getpid(), time.time())
     try:
         _lock(cfg.state_dir)
+        moved_apply.watch(cfg.state_dir)  # refuse a cut-over table's legacy side
         loop = ApplyLoop(
             start.plan,
             cfg.log_dir,

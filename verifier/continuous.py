@@ -5,10 +5,20 @@ writes what it knows to `verify-status.json` in the state dir after every table,
 `cdc status` shows. Its pace is `verify.rows_per_second` legacy rows per second in
 `verify.chunk_rows` chunks (one short read transaction each), then `verify.cycle_pause`
 seconds between passes.
+
+A verdict is as old as the pass that gave it. `cdc repair` verifies the tables it repaired
+again, in another process, and records each table it proved equal in
+`repair-proofs/` (`record_repair_proofs`); `read_verifier_status` lets such a proof stand
+in for an older verdict, so that a cutover right after a successful repair is not refused
+on what the daemon's verifier saw before it (its next pass may be a minute away). Only a
+proof of equality is recorded, and only a verdict whose pass ended before the proof's
+began is superseded: a pass that overlapped the repair may have seen a change the repair's
+pass did not, and it stands.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -18,6 +28,7 @@ import msgspec
 
 from cdc.config import Config
 from cdc.controls import read_controls
+from cdc.fsutil import makedirs_private
 from cdc.plan import Plan, TableMapping
 from cdc.status_file import read_json, write_json_atomic
 from verifier.model import KeyDiff, TableResult
@@ -26,6 +37,7 @@ from verifier.run import select_tables, verify_tables
 log = logging.getLogger(__name__)
 
 VERIFY_STATUS_FILE = "verify-status.json"
+REPAIR_PROOFS_DIR = "repair-proofs"  # one file per table, written by `cdc repair`
 
 
 class TableVerifyState(msgspec.Struct):
@@ -59,8 +71,88 @@ class VerifierStatus(msgspec.Struct):
         return sum(t.mismatches for t in self.tables)
 
 
+class RepairProof(msgspec.Struct):
+    """A whole-table pass by `cdc repair`, after its rows were applied, that found the
+    table equal: `started_at` is when that pass began reading."""
+
+    source: str
+    table: str
+    target: str
+    target_table: str
+    started_at: float
+    finished_at: float
+    rows: int
+    repaired: int  # keys re-sent before the pass
+
+
+def _proof_path(state_dir: str, key: tuple[str, str, str, str]) -> str:
+    name = hashlib.blake2b("\0".join(key).encode(), digest_size=16).hexdigest()
+    return os.path.join(state_dir, REPAIR_PROOFS_DIR, f"{name}.json")
+
+
+def record_repair_proofs(
+    state_dir: str, results: list[TableResult], repaired: dict[tuple[str, str], int]
+) -> list[RepairProof]:
+    """Record the tables of a repair's second pass that it proved equal. Anything else
+    (still diverged, unsettled, skipped) records nothing and supersedes nothing: a wrong
+    "equal" would let a cutover through."""
+    proofs = [
+        RepairProof(
+            r.source,
+            r.table,
+            r.target,
+            r.target_table,
+            r.started_at,
+            r.finished_at,
+            r.source_rows,
+            repaired.get((r.source, r.table), 0),
+        )
+        for r in results
+        if r.state == "equal" and r.started_at > 0 and not r.diverged_count
+    ]
+    if proofs:
+        makedirs_private(os.path.join(state_dir, REPAIR_PROOFS_DIR))
+    for p in proofs:
+        write_json_atomic(_proof_path(state_dir, (p.source, p.table, p.target, p.target_table)), p)
+    return proofs
+
+
+def read_repair_proofs(state_dir: str) -> dict[tuple[str, str, str, str], RepairProof]:
+    folder = os.path.join(state_dir, REPAIR_PROOFS_DIR)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+    except FileNotFoundError:
+        return {}
+    out: dict[tuple[str, str, str, str], RepairProof] = {}
+    for n in names:
+        p = read_json(os.path.join(folder, n), RepairProof)
+        if p is not None:
+            out[(p.source, p.table, p.target, p.target_table)] = p
+    return out
+
+
+def supersede(status: VerifierStatus, proofs: dict) -> VerifierStatus:
+    """Each table's newer word: the verifier's last pass, or a repair's proof whose pass
+    began after that one had ended (an overlapping pass keeps its verdict)."""
+    for t in status.tables:
+        p = proofs.get((t.source, t.table, t.target, t.target_table))
+        if p is None or (t.last_pass_at is not None and p.started_at < t.last_pass_at):
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.finished_at))
+        t.state = "equal"
+        t.reason = (
+            f"proven equal by `cdc repair` at {when} ({p.repaired} keys re-sent), "
+            "after the verifier's last pass"
+        )
+        t.last_pass_at = t.last_verified_at = p.finished_at
+        t.rows, t.mismatches, t.diverged = p.rows, 0, []
+    return status
+
+
 def read_verifier_status(state_dir: str) -> VerifierStatus | None:
-    return read_json(os.path.join(state_dir, VERIFY_STATUS_FILE), VerifierStatus)
+    """The verifier's status, each table's verdict superseded by a newer repair proof."""
+    st = read_json(os.path.join(state_dir, VERIFY_STATUS_FILE), VerifierStatus)
+    return None if st is None else supersede(st, read_repair_proofs(state_dir))
 
 
 class ContinuousVerifier:

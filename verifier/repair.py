@@ -3,7 +3,10 @@
 The fix is never written into the target directly: a direct write could land under a
 newer change still in the log and revert it. The daemon re-sends the legacy image of each
 key through the log (see `cdc.repair`), the replicator applies it in order, and the
-tables are verified again once every target holds it.
+tables are verified again once every target holds it. Each table that second pass proves
+equal is recorded as the repair's proof (`verifier.continuous.record_repair_proofs`): it
+stands in for the daemon's verifier's older verdict, which would otherwise refuse a cutover
+until that verifier's next pass.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from cdc.config import Config, VerifySettings
 from cdc.errors import DaemonError
 from cdc.plan import Plan
 from cdc.status import daemon_running, read_checkpoint
+from verifier.continuous import record_repair_proofs
 from verifier.run import PassResult, verify_tables
 
 
@@ -55,6 +59,9 @@ def repair_diverged(
             time.sleep(0.05)
     tables = [plan.mapping(s, t) for s, t in found.keys]
     again = verify_tables(cfg, plan, tables, settings)
+    record_repair_proofs(
+        cfg.state_dir, again.report.tables, {k: len(v) for k, v in found.keys.items()}
+    )
     # the pass as a whole: repaired tables as verified now, the others as found
     redone = {(t.source, t.table): t for t in again.report.tables}
     report = msgspec.structs.replace(

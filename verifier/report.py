@@ -201,7 +201,7 @@ def render_markdown(v: TargetValidation) -> str:
         if r.shape:
             out += ["Shape differences (rows are compared once the shapes agree):", ""]
             out += [f"- {_one_line(d)}" for d in r.shape] + [""]
-        if r.state == "diverged" and not r.shape:
+        if r.state == "diverged" and not r.shape and (r.diverged_count or not r.reason):
             out += [
                 f"{r.diverged_count} diverged key(s).",
                 "",
@@ -244,7 +244,7 @@ def render_summary(report: VerifyReport) -> str:
             continue
         if r.shape:
             detail = f"shape differs: {'; '.join(r.shape)}"
-        elif r.state == "diverged":
+        elif r.state == "diverged" and (r.diverged_count or not r.reason):
             detail = f"{r.diverged_count} diverged key(s)"
         elif r.unsettled_keys:
             detail = f"{len(r.unsettled_keys)} key(s) kept changing"

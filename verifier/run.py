@@ -13,6 +13,8 @@ import apsw
 from cdc.config import Config, VerifySettings
 from cdc.cutover_state import CutoverRecord
 from cdc.errors import SourceError
+from cdc.moved import KeptOut, describe
+from cdc.moved_apply import kept_out_now
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, set_busy_timeout
 from cdc.sqlident import q
@@ -101,11 +103,12 @@ def verify_tables(
     from cdc.cutover_state import cut_over_tables
 
     cut = cut_over_tables(cfg.state_dir)
+    kept = _kept_out_of(cfg, plan, tables, {r.target for r in cut.values()})
     try:
         for path, group in _by_source(plan, tables):
-            if all((m.source, m.table) in cut for m in group):
+            if all((m.source, m.table) in cut.keys() | kept.keys() for m in group):
                 for m in group:  # frozen legacy tables: no need to even open the file
-                    r = _cut_over(m, cut[(m.source, m.table)], cfg.state_dir)
+                    r = _cut_over(m, cut.get((m.source, m.table)), cfg.state_dir, kept)
                     results.append(r)
                     if on_table:
                         on_table(r)
@@ -126,8 +129,8 @@ def verify_tables(
                     if m.target not in targets:
                         targets[m.target] = open_target_readonly(plan.targets[m.target], busy)
                     tgt = targets[m.target]
-                    if (m.source, m.table) in cut:
-                        r = _cut_over(m, cut[(m.source, m.table)], cfg.state_dir)
+                    if (m.source, m.table) in cut.keys() | kept.keys():
+                        r = _cut_over(m, cut.get((m.source, m.table)), cfg.state_dir, kept)
                     elif tgt is None:
                         r = _skipped(m, f"target file {plan.targets[m.target]} does not exist")
                     else:
@@ -144,6 +147,7 @@ def verify_tables(
         for c in targets.values():
             if c is not None:
                 c.close()
+    results += _gone_kept(plan, kept)
     _foreign_tags(plan, tables, results, busy)
     report = VerifyReport(started, time.time(), results, cfg.config_path)
     return PassResult(report, keys)
@@ -233,10 +237,20 @@ def unchanged(m: TableMapping, reason: str) -> TableResult:
     return r
 
 
-def _cut_over(m: TableMapping, rec: CutoverRecord, state_dir: str) -> TableResult:
+def _cut_over(
+    m: TableMapping,
+    rec: CutoverRecord | None,
+    state_dir: str,
+    kept: dict[tuple[str, str], KeptOut],
+) -> TableResult:
     """A finalized table says where its legacy side went: the guard left at the legacy
-    path holds nothing to compare, and the target has been the live copy since."""
-    if rec.state == "finalized":
+    path holds nothing to compare, and the target has been the live copy since. A table
+    whose other side changed after the cutover (`cdc.moved`) is not compared either, but
+    it is diverged, by name: its two sides can no longer be given back to each other."""
+    k = kept.get((m.source, m.table))
+    if k is not None:
+        return _kept_out(k)
+    if rec is not None and rec.state == "finalized":
         from cdc.finalized import finalized_note
 
         r = _skipped(m, finalized_note(state_dir, m.source))
@@ -245,6 +259,42 @@ def _cut_over(m: TableMapping, rec: CutoverRecord, state_dir: str) -> TableResul
     r = _skipped(m, "cut over: the target is the live copy now")
     r.state = "cut over"
     return r
+
+
+def _kept_out_of(
+    cfg: Config, plan: Plan, tables: list[TableMapping], live: set[str]
+) -> dict[tuple[str, str], KeptOut]:
+    """The kept-out tables (`cdc.moved`) of the stages of `tables`, read only when one of
+    them is cut over (a cutover's proof under the fence pays nothing for it)."""
+    stages = {m.target for m in tables} & live
+    if not stages:
+        return {}
+    return {(k.source, k.table): k for k in kept_out_now(cfg.state_dir, plan) if k.target in stages}
+
+
+def _gone_kept(plan: Plan, kept: dict[tuple[str, str], KeptOut]) -> list[TableResult]:
+    """Kept-out tables the plan no longer maps (a stale process renamed or dropped the
+    legacy table): named all the same, whatever the selection, so that a verification
+    never passes over them."""
+    return [
+        _kept_out(k)
+        for (source, table), k in sorted(kept.items())
+        if plan.mapping(source, table) is None
+    ]
+
+
+def _kept_out(k: KeptOut) -> TableResult:
+    now = time.time()
+    return TableResult(
+        k.source,
+        k.table,
+        k.target,
+        k.target_table,
+        "diverged",
+        describe(k),
+        started_at=now,
+        finished_at=now,
+    )
 
 
 def _skipped(m: TableMapping, reason: str) -> TableResult:

@@ -1,0 +1,254 @@
+"""What the cutover proves under the fence, and which verdict it believes.
+
+The final check under the fence must not take the change log's word that a table is
+unchanged: a change the log never saw (something else writing to the target, a legacy
+file that lost committed transactions) has to fail the cutover, also when it leaves the
+row count as it was. And a repair that proved its tables equal must not be overruled by
+the continuous verifier's older "diverged" until that verifier's next pass.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import apsw
+import pytest
+
+from cdc.config import load_config
+from cdc.cutover_state import read_record
+from cdc.plan import resolve_plan
+from cdc.status_file import write_json_atomic
+from tests import workload
+from tests.conftest import cdc_cmd, wait_until
+from tests.test_cutover import cdc_step
+from tests.test_verifier_live import CONFIG, QUIET
+from verifier import verify_tables
+from verifier.continuous import (
+    VERIFY_STATUS_FILE,
+    TableVerifyState,
+    VerifierStatus,
+    read_verifier_status,
+    record_repair_proofs,
+)
+from verifier.model import TableResult
+
+SEED = QUIET + "".join(
+    f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
+    f"INSERT INTO accounts VALUES ({i}, 'acct {i}', {i * 1.25}, {i % 3});"
+    f"INSERT INTO ticks VALUES ('Z{i % 4}', {i}, {i / 7});"
+    for i in range(200)
+)
+
+
+def _setup(root: Path, cycle_pause: float = 600.0) -> Path:
+    # a long pause between passes: no new pass of the daemon's verifier during the test
+    return workload.setup(
+        root, CONFIG.replace("cycle_pause = 0.2", f"cycle_pause = {cycle_pause}"), SEED
+    )
+
+
+def _synced(cfg: Path, daemons):  # noqa: ANN001, ANN202
+    d = daemons(cfg)
+    d.wait_synced()
+    r = cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return d
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE alpha_accounts SET name = 'acct 7 ' WHERE id = 7",  # one value, same count
+        "UPDATE alpha_accounts SET flags = 1.0 WHERE id = 4",  # only the storage class
+        "DELETE FROM alpha_accounts WHERE id = 9",  # a row lost
+    ],
+)
+def test_a_change_the_log_never_saw_fails_the_cutover_under_the_fence(
+    tmp_path: Path, daemons, damage: str
+) -> None:
+    cfg = _setup(tmp_path)
+    _synced(cfg, daemons)
+    # Stop right after the pass before the fence proved every table equal...
+    r = cdc_step("cutover", cfg, "core", kill_at="fencing")
+    assert r.returncode == -9, r.stdout + r.stderr
+    rec = read_record(str(tmp_path / "state"), "core")
+    assert rec.state == "fencing" and "alpha.accounts" in rec.pre_verified
+    # ...then change a table behind the log's back: no event records it.
+    with sqlite3.connect(tmp_path / "out/core.db", timeout=30, isolation_level=None) as c:
+        c.execute(damage)
+    r = cdc_step("cutover", cfg, "core")
+    assert r.returncode == 12, r.stdout + r.stderr
+    assert "alpha.accounts diverged" in r.stderr, r.stderr
+    rec = read_record(str(tmp_path / "state"), "core")
+    assert rec.state == "fenced" and "alpha.accounts" in (rec.error or "")
+
+
+def test_the_digest_tells_every_storage_class_and_bit(tmp_path: Path, pipeline_for) -> None:
+    """Equal digests exactly when the verifier calls the rows equal: 1 is not 1.0, -0.0
+    is not 0.0, a TEXT is not a BLOB of its bytes, and rows whose key is NULL count as a
+    multiset."""
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    c = sqlite3.connect(legacy / "a.db", isolation_level=None)
+    c.executescript(
+        "CREATE TABLE t(k TEXT PRIMARY KEY, v);"
+        "CREATE TABLE n(k TEXT PRIMARY KEY, v);"
+        "CREATE TABLE r(v);"
+    )
+    values = [1, 1.0, -0.0, 0.0, "x", b"x", None, 0.1 + 0.2, 2**63 - 1, "a\x00b", "ab\u00e9"]
+    c.executemany("INSERT INTO t VALUES (?, ?)", [(f"k{i}", v) for i, v in enumerate(values)])
+    c.executemany("INSERT INTO n VALUES (?, ?)", [(None, 1), (None, 1), (None, 2), ("a", 3)])
+    c.executemany("INSERT INTO r VALUES (?)", [(v,) for v in values])
+    c.execute("INSERT INTO t VALUES ('raw', CAST(X'61FF62' AS TEXT))")  # TEXT, not UTF-8
+    c.execute("CREATE TABLE big(k TEXT COLLATE NOCASE PRIMARY KEY, v)")
+    with c:  # one transaction, not 12001
+        c.execute("BEGIN")
+        c.executemany("INSERT INTO big VALUES (?, ?)", [(f"K{i:06}", i / 2) for i in range(12001)])
+    c.close()
+    cfg = tmp_path / "cdc.toml"
+    cfg.write_text(
+        'state_dir = "state"\n[targets]\nout = "out.db"\n'
+        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "out"\n'
+    )
+    r = cdc_cmd("install", "-c", str(cfg), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pipeline_for(cfg).sync()
+    from verifier.digest import digest_check
+
+    conf = load_config(cfg)
+    plan = resolve_plan(conf)
+
+    def check(table: str) -> str:
+        m = plan.mapping("a", table)
+        src = apsw.Connection(plan.source("a").path, flags=apsw.SQLITE_OPEN_READONLY)
+        tgt = apsw.Connection(plan.targets["out"], flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            res = digest_check(src, tgt, m, conf.verify)
+        finally:
+            src.close()
+            tgt.close()
+        if res.state == "equal":
+            n = {"t": len(values) + 1, "n": 4, "r": len(values), "big": 12001}[table]
+            assert res.source_digest == res.target_digest and res.source_rows == n
+        return res.state
+
+    assert [check(t) for t in ("t", "n", "r", "big")] == ["equal"] * 4
+    out = sqlite3.connect(tmp_path / "out.db", isolation_level=None)
+    for i, (old, new) in enumerate(
+        [
+            (1, 1.0),
+            (-0.0, 0.0),
+            ("x", b"x"),
+            (2**63 - 1, 2**63 - 2),
+            ("a\x00b", "a\x00c"),
+            (0.1 + 0.2, 0.3),  # one bit apart
+            ("ab\u00e9", "abe\u0301"),  # the same text to a reader, other bytes
+        ]
+    ):
+        k = f"k{values.index(old)}"
+        (before,) = out.execute("SELECT v FROM t WHERE k = ?", (k,)).fetchone()
+        out.execute("UPDATE t SET v = ? WHERE k = ?", (new, k))
+        assert check("t") == "diverged", (i, old, new)
+        out.execute("UPDATE t SET v = ? WHERE k = ?", (before, k))
+        assert check("t") == "equal", (i, old)
+    # a TEXT that is not UTF-8: its bytes count, and it is not the BLOB of them
+    for other in ("CAST(X'61FE62' AS TEXT)", "X'61FF62'"):
+        out.execute(f"UPDATE t SET v = {other} WHERE k = 'raw'")
+        assert check("t") == "diverged", other
+    out.execute("UPDATE t SET v = CAST(X'61FF62' AS TEXT) WHERE k = 'raw'")
+    assert check("t") == "equal"
+    # read in chunks: one row swapped for another far away, the count unchanged
+    out.execute("DELETE FROM big WHERE k = 'K005000'")
+    out.execute("INSERT INTO big VALUES ('K999999', 2500.0)")
+    assert check("big") == "diverged"
+    out.execute("DELETE FROM big WHERE k = 'K999999'")
+    out.execute("INSERT INTO big VALUES ('K005000', 2500.0)")
+    assert check("big") == "equal"
+    # NULL keys: the same rows in another rowid order are equal; one changed is not
+    out.execute("UPDATE n SET v = 2 WHERE v = 1 AND rowid = (SELECT min(rowid) FROM n)")
+    assert check("n") == "diverged"
+    out.execute("UPDATE n SET v = 1 WHERE rowid = (SELECT max(rowid) FROM n WHERE v = 2)")
+    assert check("n") == "equal"
+    # a keyless table is compared by rowid too
+    out.execute("UPDATE r SET v = 'x' WHERE rowid = 1")
+    assert check("r") == "diverged"
+    out.close()
+
+
+def test_a_repair_supersedes_the_verifiers_older_verdict(tmp_path: Path, daemons) -> None:
+    cfg = _setup(tmp_path)
+    state = str(tmp_path / "state")
+    d = _synced(cfg, daemons)
+    d.stop()
+    # damage while the daemon is down: its verifier's first pass finds it at once
+    with sqlite3.connect(tmp_path / "out/core.db", timeout=30, isolation_level=None) as c:
+        c.execute("UPDATE alpha_accounts SET balance = -1 WHERE id = 5")
+        c.execute("UPDATE beta_accounts SET name = 'x' WHERE id = 6")
+    d = _synced(cfg, daemons)
+
+    def first_pass_done() -> bool:
+        st = read_verifier_status(state)
+        return st is not None and st.current is None and st.cycle >= 1
+
+    def verdict(source: str) -> TableVerifyState:
+        st = read_verifier_status(state)
+        return next(t for t in st.tables if (t.source, t.table) == (source, "accounts"))
+
+    wait_until(first_pass_done, 60, 0.1, "the verifier's first pass")
+    assert [verdict(s).state for s in ("alpha", "beta")] == ["diverged", "diverged"]
+    r = cdc_cmd("cutover", "core", "-c", str(cfg), timeout=120)
+    assert r.returncode == 12 and "alpha.accounts" in r.stderr, r.stdout + r.stderr
+
+    # A repair's pass that did not prove its table equal records nothing.
+    conf = load_config(cfg)
+    plan = resolve_plan(conf)
+    unproven = verify_tables(conf, plan, [plan.mapping("beta", "accounts")]).report.tables
+    assert unproven[0].state == "diverged"
+    assert record_repair_proofs(state, unproven, {("beta", "accounts"): 1}) == []
+    assert verdict("beta").state == "diverged"
+
+    r = cdc_cmd("repair", "alpha.accounts", "-c", str(cfg), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # what the daemon's verifier said is older than the repair's own proof, for that table
+    acct = verdict("alpha")
+    assert acct.state == "equal" and "repair" in (acct.reason or ""), acct
+    assert acct.mismatches == 0 and not acct.diverged
+    assert verdict("beta").state == "diverged"
+    r = cdc_cmd("cutover", "core", "-c", str(cfg), timeout=120)
+    assert r.returncode == 12, r.stdout + r.stderr
+    assert "beta.accounts" in r.stderr and "alpha.accounts" not in r.stderr, r.stderr
+
+    r = cdc_cmd("repair", "beta.accounts", "-c", str(cfg), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cdc_cmd("cutover", "core", "-c", str(cfg), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_record(state, "core").state == "done"
+
+
+def test_a_verdict_newer_than_the_repair_stands(tmp_path: Path) -> None:
+    """Only a verdict whose pass ended before the repair's pass began is superseded: a
+    pass that ended later (it overlapped the repair, or came after) may have seen a
+    change the repair's pass did not."""
+    state = str(tmp_path)
+    proof = TableResult("a", "t", "out", "t", "equal", started_at=100.0, finished_at=110.0)
+    proof.source_rows = 7
+    assert len(record_repair_proofs(state, [proof], {("a", "t"): 2})) == 1
+
+    def after(last_pass_at: float | None) -> TableVerifyState:
+        st = VerifierStatus(1, 0.0, tables=[TableVerifyState("a", "t", "out", "t")])
+        st.tables[0].state, st.tables[0].last_pass_at = "diverged", last_pass_at
+        write_json_atomic(str(tmp_path / VERIFY_STATUS_FILE), st)
+        return read_verifier_status(state).tables[0]
+
+    older = after(99.0)
+    assert (older.state, older.rows, older.last_verified_at) == ("equal", 7, 110.0)
+    assert "2 keys re-sent" in (older.reason or "")
+    assert after(None).state == "equal"  # never verified by the daemon yet
+    assert after(105.0).state == "diverged"  # overlapped the repair's pass
+    assert after(120.0).state == "diverged"  # a later pass
+    # another table of the same name elsewhere is not covered by the proof
+    st = VerifierStatus(1, 0.0, tables=[TableVerifyState("b", "t", "out", "t", "diverged")])
+    write_json_atomic(str(tmp_path / VERIFY_STATUS_FILE), st)
+    assert read_verifier_status(state).tables[0].state == "diverged"
