@@ -281,7 +281,7 @@ def _duplicates(cfg: Path) -> tuple[int, int]:
 
     from cdc.config import load_config
     from cdc.events import RowBatch
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
     from cdc.retained_log import RetainedLog
     from checkpoints.store import TABLE
 
@@ -314,7 +314,7 @@ def _duplicates(cfg: Path) -> tuple[int, int]:
 
 def _lost(cfg: Path) -> tuple[int, list[str]]:
     from cdc.config import load_config
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
     from verifier import compare_plan
 
     bad = [d for d in compare_plan(resolve_plan(load_config(cfg), strict=False)) if not d.equal]

@@ -24,7 +24,8 @@ from cdc.changelog import LogWriter
 from cdc.config import Config, config_from_dict
 from cdc.harvester import Harvester
 from cdc.inventory import table_info
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import Plan
+from cdc.resolve import resolve_plan
 from replicator import Replicator
 from tests.conftest import wait_until  # noqa: F401 - re-exported for the bench files
 

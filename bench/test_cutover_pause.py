@@ -42,7 +42,7 @@ from pathlib import Path
 from bench.support import REPO, SCALE, percentile, wait_until
 from cdc.config import Config, load_config
 from cdc.cutover_state import read_record, record_path
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.status import collect_status
 from tests.corpus import (
     config_to_toml,

@@ -65,7 +65,7 @@ from cdc import capture
 from cdc.config import load_config
 from cdc.cutover_state import read_record, record_path
 from cdc.inventory import table_info
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.corpus import (
     config_to_toml,
     copy_legacy,

@@ -29,7 +29,7 @@ from bench.support import SCALE, copy_db, create_db, install_capture, make_confi
 from cdc import capture
 from cdc.changelog import LogWriter
 from cdc.harvester import Harvester
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.sqlconn import open_legacy, write_transaction
 
 ROWS = scaled(1_000_000, 1000)

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import logging
 import os
-import struct
 import threading
 import time
 import zlib
@@ -29,29 +28,16 @@ from cdc.errors import LogCorruptError
 from cdc.events import Frame, SegmentStart, SourceMark, SourcePosition, decode_frame, encode_frame
 from cdc.faults import crash_point
 from cdc.fsutil import fsync_dir
+from cdc.log_frames import (
+    HEADER,
+    MAX_FRAME,
+    list_segments,
+    recover_newest,
+    segment_name,
+    torn_or_damaged,
+)
 
 log = logging.getLogger(__name__)
-
-HEADER = struct.Struct("<II")  # payload length, crc32(payload)
-MAX_FRAME = 1 << 30
-SUFFIX = ".seg"
-
-
-def segment_name(base: int) -> str:
-    return f"{base:020d}{SUFFIX}"
-
-
-def list_segments(log_dir: str) -> list[int]:
-    """Base offsets of the segments present, ascending."""
-    try:
-        names = os.listdir(log_dir)
-    except FileNotFoundError:
-        return []
-    bases = []
-    for n in names:
-        if n.endswith(SUFFIX) and n[: -len(SUFFIX)].isdigit():
-            bases.append(int(n[: -len(SUFFIX)]))
-    return sorted(bases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +47,6 @@ class LogEntry:
     offset: int
     next_offset: int
     frame: Frame
-
-
-def _frames_in(buf: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes | None]]:
-    """Walk frames in a buffer: (pos, end, payload) or payload None where the data goes bad.
-    No frame is empty (a payload is a msgpack array), so a zero length is bad data: the
-    zeros a power loss can leave at a file's end checksum as an empty frame."""
-    pos, n = start, len(buf)
-    while pos < n:
-        if pos + HEADER.size > n:
-            yield pos, n, None
-            return
-        length, crc = HEADER.unpack_from(buf, pos)
-        end = pos + HEADER.size + length
-        if length == 0 or length > MAX_FRAME or end > n:
-            yield pos, n, None
-            return
-        payload = buf[pos + HEADER.size : end]
-        if zlib.crc32(payload) != crc:
-            yield pos, end, None
-            return
-        yield pos, end, payload
-        pos = end
 
 
 def _frame_bytes(frame: Frame) -> bytes:
@@ -135,7 +99,6 @@ class LogWriter:
         path = os.path.join(self.log_dir, segment_name(base))
         with open(path, "rb") as f:
             data = f.read()
-        from cdc.logcheck import recover_newest  # it judges bad data by frame
 
         keep, positions = recover_newest(data, path, base)
         if keep == 0:
@@ -451,8 +414,6 @@ class LogReader:
                         bad = len(payload) < length or zlib.crc32(payload) != crc
                 if bad:
                     if newest and limit is None:
-                        from cdc.logcheck import torn_or_damaged
-
                         torn_or_damaged(f, path, base, pos)
                         break  # a batch being written right now by the daemon
                     raise LogCorruptError(

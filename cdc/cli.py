@@ -7,77 +7,15 @@ error class's exit code, in one place (`_run`).
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
-from collections.abc import Callable
-from typing import NoReturn, TypeVar
 
 import click
 import msgspec
 
-from cdc.config import Config, load_config
-from cdc.errors import CdcError, ConfigError, LogCorruptError
-
-T = TypeVar("T")
-
-config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    default="cdc.toml",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Path to cdc.toml.",
-)
-
-
-def _run(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except CdcError as e:
-        _fail(e)
-
-
-def _fail(e: CdcError) -> NoReturn:
-    _report(e)
-    sys.exit(e.exit_code)
-
-
-def _report(e: CdcError) -> None:
-    """The one place an error reaches the operator: one line, then the hint if any."""
-    click.echo(f"error: {e.message}", err=True)
-    if e.hint:
-        click.echo(f"hint: {e.hint}", err=True)
-
-
-_loaded: Config | None = None  # this command's config: names the key of a file error
-
-
-def _load(path: str) -> Config:
-    global _loaded
-    _loaded = _run(lambda: load_config(path))
-    return _loaded
-
-
-@click.group()
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default=None,
-    help="Log lines as text (default) or one JSON object each (source/table/target/offset).",
-)
-def cli(verbose: int, log_format: str | None) -> None:
-    """sqlite-cdc: replicate live legacy SQLite databases into consolidated ones."""
-    from cdc import logfmt
-
-    # Whatever the caller's umask, nothing we create (state dir, change log, targets,
-    # reports, and the apply worker's files) is readable or writable by group or world.
-    os.umask(os.umask(0o077) | 0o077)
-
-    logfmt.configure(logging.WARNING - 10 * min(verbose, 2), log_format)
+from cdc import cli_base
+from cdc.cli_base import EXIT_TIMEOUT, _fail, _load, _report, _run, cli, config_option, log_group
+from cdc.errors import ConfigError, LogCorruptError
 
 
 @cli.command()
@@ -110,7 +48,7 @@ def uninstall(config_path: str) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -238,7 +176,7 @@ def repair(config_path, tables, as_json, report_dir, chunk_rows, rate) -> None: 
 
 def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_repair) -> None:  # noqa: ANN001
     from cdc.finalized import with_finalized
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
     from verifier import estimate_rows, verify_tables
     from verifier.repair import repair_diverged
     from verifier.report import render_summary, write_validation_reports
@@ -289,7 +227,7 @@ def wait(config_path: str, targets: tuple[str, ...], zero_lag: bool, timeout: fl
     """
     from cdc.errors import ConfigError
     from cdc.lag import wait_zero_lag
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -318,7 +256,7 @@ def cutover(
     Re-running it completes an interrupted cutover. Exit code 0 once done.
     """
     from cdc import cutover as co
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -344,7 +282,7 @@ def rollback(config_path: str, target: str, do_abort: bool, drain_timeout: float
     lifts the legacy fences. Re-running it completes an interrupted rollback.
     """
     from cdc import rollback as rb
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -369,15 +307,12 @@ def finalize(config_path: str, target: str, archive_dir: str | None) -> None:
     """End a cut-over stage: archive the legacy files it emptied (verified copies and a
     SHA-256 manifest; originals untouched) and remove capture from them."""
     from cdc.finalize import finalize as run_finalize
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
     m = _run(lambda: run_finalize(cfg, plan, target, archive_dir, echo=click.echo))
     click.echo(f"{target}: finalized; {len(m.files)} files archived, {len(m.waiting)} waiting")
-
-
-EXIT_TIMEOUT = 75
 
 
 class _Null:
@@ -391,11 +326,6 @@ class _Null:
 
     def isatty(self) -> bool:
         return False
-
-
-@cli.group(name="log")
-def log_group() -> None:
-    """Inspect the change log."""
 
 
 @log_group.command(name="check")
@@ -449,7 +379,7 @@ def main() -> None:
     except OSError as e:  # the file system said no (read-only, permission, full, ...)
         from cdc.config import file_error
 
-        _fail(file_error(e, _loaded))
+        _fail(file_error(e, cli_base._loaded))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from cdc.cli import EXIT_TIMEOUT, _load, _run, cli, config_option
+from cdc.cli_base import EXIT_TIMEOUT, _load, _run, cli, config_option
 from cdc.config import Config
 
 
@@ -59,7 +59,7 @@ def _steer(config_path: str, what: str, names: tuple[str, ...], on: bool) -> Non
 
 def _show_controls(cfg: Config, now) -> None:  # noqa: ANN001 - cdc.controls.Controls
     from cdc.controls import describe
-    from cdc.status import daemon_running
+    from cdc.status_file import daemon_running
 
     for line in describe(now) or ["no controls in force"]:
         click.echo(line)
@@ -117,7 +117,7 @@ def panic(config_path: str, timeout: float) -> None:
     with code 9 and refuses to start until `cdc resume --panic`. Exit 0 once it stopped,
     75 if it still runs after --timeout."""
     from cdc import controls
-    from cdc.status import daemon_running
+    from cdc.status_file import daemon_running
 
     cfg = _load(config_path)
     running = daemon_running(cfg)

@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from cdc.cli import _fail, _load, _run, cli, config_option, log_group
+from cdc.cli_base import _fail, _load, _run, cli, config_option, log_group
 
 
 @log_group.command(name="tail")
@@ -71,7 +71,7 @@ def history_cmd(config_path, table_ref, key, key_json, as_json) -> None:  # noqa
     from cdc import history as h
     from cdc.errors import ConfigError
     from cdc.finalized import with_finalized
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: with_finalized(cfg, resolve_plan(cfg, strict=False)))
@@ -101,7 +101,7 @@ def rebuild_cmd(config_path, target, as_of, out, as_json) -> None:  # noqa: ANN0
     """Write TARGET as it was right after a log offset (or time) into a new file, by
     replaying the retained change log through the replicator (docs/history.md)."""
     from cdc.history_rebuild import parse_as_of, rebuild
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
 
     cfg = _load(config_path)
     point = _run(lambda: parse_as_of(as_of))

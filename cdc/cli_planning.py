@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cdc.cli import _load, _run, cli, config_option
+from cdc.cli_base import _load, _run, cli, config_option
 
 
 @cli.command()
@@ -115,7 +115,7 @@ def plan_cmd(inventory_path, mapping_path, out_path, targets, targets_dir, state
 @click.option("--out", "out_dir", default=".", show_default=True, help="Folder to write into.")
 def schema(config_path: str, out_dir: str) -> None:
     """Write each target's DDL (<target>_schema.sql) and schema_comparison.md."""
-    from cdc.plan import resolve_plan
+    from cdc.resolve import resolve_plan
     from cdc.schema_out import write_schema
 
     cfg = _load(config_path)

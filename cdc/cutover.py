@@ -47,8 +47,8 @@ from cdc.fence_proof import final_verification, verify_parallel
 from cdc.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
-from cdc.status import daemon_running, read_checkpoint
-from checkpoints.store import SOURCES
+from cdc.status_file import daemon_running
+from checkpoints.store import SOURCES, read_checkpoint
 from checkpoints.store import TABLE as CHECKPOINT
 from verifier.model import TableResult
 

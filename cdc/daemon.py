@@ -39,7 +39,8 @@ from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, Source
 from cdc.fsutil import makedirs_private
 from cdc.harvester import Harvester
 from cdc.pacing import Pacer, TimedWriter
-from cdc.plan import LOCKED_START_WAIT, Plan, daemon_plan, excluded_by_rule, resolve_plan
+from cdc.plan import Plan
+from cdc.resolve import LOCKED_START_WAIT, daemon_plan, excluded_by_rule, resolve_plan
 from cdc.status_file import (
     BackflowRuntime,
     DaemonStatus,
@@ -347,7 +348,7 @@ class Daemon:
 
     def target_offsets(self) -> dict[str, int]:
         """Each target's checkpoint, read from the target files (for tests and benchmarks)."""
-        from cdc.status import read_checkpoint
+        from checkpoints.store import read_checkpoint
 
         return {n: read_checkpoint(p) for n, p in self.plan.targets.items()}
 

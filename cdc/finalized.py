@@ -23,7 +23,8 @@ from cdc.errors import ConfigError
 from cdc.events import TableSchema
 from cdc.guard import MOVED_SUFFIX
 from cdc.inventory import TableInfo, list_tables
-from cdc.plan import Plan, SourcePlan, TableMapping, _match
+from cdc.plan import Plan, SourcePlan, TableMapping
+from cdc.resolve import _match
 from cdc.retained_log import RetainedLog
 
 _CACHE = "_with_finalized"

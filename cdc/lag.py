@@ -18,8 +18,7 @@ from cdc.config import Config
 from cdc.errors import SourceError
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy
-from cdc.status import target_state
-from checkpoints.store import SNAPSHOTS
+from checkpoints.store import SNAPSHOTS, target_state
 
 
 class SourceLag(msgspec.Struct):

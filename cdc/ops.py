@@ -12,7 +12,8 @@ from cdc.config import Config
 from cdc.cutover_state import finalized_sources
 from cdc.guard import is_guard
 from cdc.inventory import list_tables
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import Plan
+from cdc.resolve import resolve_plan
 from cdc.sqlconn import open_legacy, open_target
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class SourceUninstall(msgspec.Struct):
 
 
 def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
-    from cdc.plan import expand_sources
+    from cdc.resolve import expand_sources
 
     out = []
     for name, path, _required in expand_sources(cfg):

@@ -19,7 +19,8 @@ from cdc.config import Config, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.inventory import list_tables
 from cdc.mapping import EXCLUDE, MappingRow, read_mapping, source_names
-from cdc.plan import Plan, expand_sources, resolve_plan
+from cdc.plan import Plan
+from cdc.resolve import expand_sources, resolve_plan
 from cdc.sqlconn import open_legacy
 from cdc.sqlident import q
 from cdc.toml_out import render_toml

@@ -408,7 +408,7 @@ def _locate(cfg: Config, name: str) -> tuple[str, bool]:
     """(path, is_target) of a target or source name; targets win a name both declare."""
     if name in cfg.targets:
         return cfg.targets[name], True
-    from cdc.plan import expand_sources  # globs are expanded now: a new file may have come
+    from cdc.resolve import expand_sources  # globs are expanded now: a new file may have come
 
     for source, path, _required in expand_sources(cfg):
         if source == name:

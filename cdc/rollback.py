@@ -34,7 +34,7 @@ from cdc.cutover_state import CutoverRecord, RollbackInfo, read_record, save_rec
 from cdc.errors import CdcError, DaemonError
 from cdc.plan import Plan
 from cdc.sqlconn import open_legacy, open_target, write_transaction
-from cdc.status import daemon_running
+from cdc.status_file import daemon_running
 from verifier.model import TableResult
 from verifier.run import unchanged, verify_keys
 

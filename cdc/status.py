@@ -22,11 +22,18 @@ from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
 from cdc.events import RowBatch, SourcePosition
 from cdc.moved import KeptOut, describe
 from cdc.moved_apply import kept_out_now
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import Plan
 from cdc.pool_metrics import PoolMetrics, read_pool_metrics
+from cdc.resolve import resolve_plan
 from cdc.sqlconn import open_legacy
-from cdc.status_file import BackflowRuntime, full_disk_note, read_status
-from checkpoints.store import SOURCES, TABLE
+from cdc.status_file import (
+    BackflowRuntime,
+    DaemonState,
+    daemon_state,
+    full_disk_note,
+    read_status,
+)
+from checkpoints.store import target_state
 from verifier.continuous import VerifierStatus, read_verifier_status
 
 
@@ -60,14 +67,6 @@ class TargetStatus(msgspec.Struct):
     last_error: str | None = None
 
 
-class DaemonState(msgspec.Struct):
-    state: str
-    pid: int | None = None
-    updated_at: float | None = None
-    error: str | None = None
-    started_at: float | None = None
-
-
 class LogStatus(msgspec.Struct):
     segments: int
     first_offset: int
@@ -94,35 +93,6 @@ class Status(msgspec.Struct):
     @property
     def in_sync(self) -> bool:
         return self.backlog_events == 0 and all(t.backlog_bytes == 0 for t in self.targets)
-
-
-def target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
-    if not os.path.exists(path):
-        return 0, 0, None, {}
-    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        conn.set_busy_timeout(2000)
-        has = conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name IN (?,?)", (TABLE, SOURCES)
-        ).fetchone()[0]
-        if has < 2:
-            return 0, 0, None, {}
-        row = conn.execute(
-            f"SELECT log_offset, events, updated_at FROM {TABLE} WHERE consumer='replicator'"
-        ).fetchone()
-        seqs = dict(
-            conn.execute(
-                f"SELECT source, through_seq FROM {SOURCES} WHERE consumer='replicator'"
-            ).fetchall()
-        )
-        return (row[0], row[1], row[2], seqs) if row else (0, 0, None, seqs)
-    finally:
-        conn.close()
-
-
-def read_checkpoint(path: str) -> int:
-    """A target's applied log offset (0 when it has none yet)."""
-    return target_state(path)[0]
 
 
 def _log_positions(log_dir: str) -> dict[str, SourcePosition]:
@@ -166,7 +136,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
     plan = plan or resolve_plan(cfg, strict=False)
     now = time.time()
     ds = read_status(cfg.state_dir)
-    daemon = _daemon_state(cfg, ds, now)
+    daemon = daemon_state(ds, now)
     bases = list_segments(cfg.log_dir)
     end = 0
     if bases:
@@ -329,30 +299,3 @@ def _lag(st: SourceStatus, cfg: Config, oldest_unapplied: float | None, now: flo
     if not fresh:
         return None if age is None else max(lag, age)
     return max(0.0, lag)
-
-
-def _daemon_state(cfg: Config, ds, now: float) -> DaemonState:
-    if ds is None:
-        return DaemonState("not started")
-    state = ds.state
-    if state == "running" and not _pid_alive(ds.pid):
-        state = "dead"
-    elif state == "running" and now - ds.updated_at > 10:
-        state = "stalled"
-    return DaemonState(state, ds.pid, ds.updated_at, ds.error, ds.started_at)
-
-
-def daemon_running(cfg: Config) -> bool:
-    """Whether a live daemon owns this state dir (by its status file and its pid)."""
-    ds = read_status(cfg.state_dir)
-    return ds is not None and _daemon_state(cfg, ds, time.time()).state == "running"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -181,3 +181,39 @@ def write_status(state_dir: str, status: DaemonStatus) -> None:
 
 def read_status(state_dir: str) -> DaemonStatus | None:
     return read_json(os.path.join(state_dir, STATUS_FILE), DaemonStatus)
+
+
+class DaemonState(msgspec.Struct):
+    state: str
+    pid: int | None = None
+    updated_at: float | None = None
+    error: str | None = None
+    started_at: float | None = None
+
+
+def daemon_state(ds: DaemonStatus | None, now: float) -> DaemonState:
+    """What the status file says of the daemon, checked against its pid and its age."""
+    if ds is None:
+        return DaemonState("not started")
+    state = ds.state
+    if state == "running" and not _pid_alive(ds.pid):
+        state = "dead"
+    elif state == "running" and now - ds.updated_at > 10:
+        state = "stalled"
+    return DaemonState(state, ds.pid, ds.updated_at, ds.error, ds.started_at)
+
+
+def daemon_running(cfg) -> bool:  # noqa: ANN001 - a cdc.config.Config
+    """Whether a live daemon owns this state dir (by its status file and its pid)."""
+    ds = read_status(cfg.state_dir)
+    return ds is not None and daemon_state(ds, time.time()).state == "running"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

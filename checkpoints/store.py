@@ -9,6 +9,7 @@ restored backup) fails loudly instead of applying a batch twice.
 
 from __future__ import annotations
 
+import os
 import time
 
 import apsw
@@ -150,3 +151,34 @@ class CheckpointStore:
                 (self.consumer,),
             )
         }
+
+
+def target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
+    """(applied log offset, events, when, through_seq per source) of a target, read
+    without writing (0s when it has none yet): what `cdc status` and a cutover read."""
+    if not os.path.exists(path):
+        return 0, 0, None, {}
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.set_busy_timeout(2000)
+        has = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN (?,?)", (TABLE, SOURCES)
+        ).fetchone()[0]
+        if has < 2:
+            return 0, 0, None, {}
+        row = conn.execute(
+            f"SELECT log_offset, events, updated_at FROM {TABLE} WHERE consumer='replicator'"
+        ).fetchone()
+        seqs = dict(
+            conn.execute(
+                f"SELECT source, through_seq FROM {SOURCES} WHERE consumer='replicator'"
+            ).fetchall()
+        )
+        return (row[0], row[1], row[2], seqs) if row else (0, 0, None, seqs)
+    finally:
+        conn.close()
+
+
+def read_checkpoint(path: str) -> int:
+    """A target's applied log offset (0 when it has none yet)."""
+    return target_state(path)[0]

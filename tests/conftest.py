@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cdc.config import Config, load_config
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.corpus import copy_legacy, corpus_root, read_manifest, read_plan_json
 from tests.pipeline import Pipeline
 

@@ -92,7 +92,9 @@ def finalized(tmp_path: Path, daemons) -> dict:
     d = daemons(cfg)
     d.wait_synced()
     alpha, core = tmp_path / "legacy" / "alpha.db", tmp_path / "out" / "core.db"
-    _sql(alpha, "UPDATE kv SET v = 1.0 WHERE k = 'k1'", "UPDATE quotes SET px = 3 WHERE sym = 'AAA'")
+    _sql(
+        alpha, "UPDATE kv SET v = 1.0 WHERE k = 'k1'", "UPDATE quotes SET px = 3 WHERE sym = 'AAA'"
+    )
     wait_until(lambda: _target(core, "SELECT typeof(v) FROM alpha_kv WHERE k='k1'") == [("real",)])
     d.wait_synced()
     round1 = RetainedLog.of(load_config(cfg)).end()

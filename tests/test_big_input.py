@@ -34,7 +34,7 @@ from cdc.events import (
     decode_frame,
     encode_frame,
 )
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, wait_until, write_config
 from verifier import compare_plan
 

@@ -19,8 +19,8 @@ from cdc.config import DaemonSettings, load_config
 from cdc.cutover import CutoverError
 from cdc.errors import ConfigError, DaemonError, PanicStop
 from cdc.events import RowBatch, SourceMark
-from cdc.plan import resolve_plan
-from cdc.status import read_checkpoint
+from cdc.resolve import resolve_plan
+from checkpoints.store import read_checkpoint
 from replicator.loop import GC_INTERVAL
 from replicator.worker import read_apply_status
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config

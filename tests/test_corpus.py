@@ -16,7 +16,7 @@ import pytest
 from cdc import ops
 from cdc.config import config_from_dict, load_config
 from cdc.errors import PlanError
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.corpus import (
     DAEMON,
     RESOLUTIONS,

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from cdc.errors import PlanError
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import Plan
+from cdc.resolve import resolve_plan
 from cdc.status import collect_status
 from tests.corpus import (
     WAIT,

@@ -24,7 +24,7 @@ import pytest
 from cdc.config import load_config
 from cdc.events import RowBatch
 from cdc.faults import POINTS
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.retained_log import RetainedLog
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status

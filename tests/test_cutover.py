@@ -22,7 +22,7 @@ from cdc import capture, fence, guard
 from cdc.config import load_config
 from cdc.cutover_state import read_record
 from cdc.inventory import list_tables
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests import workload
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until
 from tests.test_verifier_live import _setup as live_setup

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cdc.cli import cli
 from cdc.config import load_config
 from cdc.errors import DaemonError
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan

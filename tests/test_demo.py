@@ -23,7 +23,7 @@ from cdc.config import load_config
 from cdc.demo.report import _verify
 from cdc.demo.runner import MARKER, DemoError, prepare_root, run_demo
 from cdc.errors import CdcError
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from verifier.continuous import read_verifier_status
 
 REPO = Path(__file__).resolve().parents[1]

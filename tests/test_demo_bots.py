@@ -223,7 +223,7 @@ def test_config_maps_every_table(demo):
 def test_config_loads_and_resolves_in_engine(demo):
     """Cross-check with the engine's own reader and resolver (skipped if they are absent)."""
     config = pytest.importorskip("cdc.config")
-    plan_mod = pytest.importorskip("cdc.plan")
+    plan_mod = pytest.importorskip("cdc.resolve")
     root, files = demo
     cfg = config.load_config(write_demo_config(root, files))
     assert set(cfg.targets) == {"core", "analytics", "cache"}

@@ -30,7 +30,7 @@ from cdc.config import load_config
 from cdc.errors import TargetError
 from cdc.events import Op, RowBatch, RowEvent, SourceMark, SourcePosition
 from cdc.logcheck import check_log
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.retained_log import RetainedLog
 from cdc.status_file import DaemonStatus, SourceRuntime, read_status, write_status
 from checkpoints.store import TABLE

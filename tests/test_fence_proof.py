@@ -17,7 +17,7 @@ import pytest
 
 from cdc.config import load_config
 from cdc.cutover_state import read_record
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.status_file import write_json_atomic
 from tests import workload
 from tests.conftest import cdc_cmd, wait_until

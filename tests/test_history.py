@@ -39,7 +39,7 @@ from cdc.history import (
     tail,
 )
 from cdc.history_rebuild import AsOf, parse_as_of, rebuild
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from verifier.values import encode
 

@@ -22,8 +22,8 @@ from cdc.config import load_config
 from cdc.errors import PlanError
 from cdc.events import RowBatch, TableSchema
 from cdc.hooks import HookCapture
-from cdc.plan import resolve_plan
 from cdc.pooled import PooledConnection
+from cdc.resolve import resolve_plan
 from tests.conftest import REPO, cdc_cmd, make_db, write_config
 from verifier import compare_plan
 

@@ -25,9 +25,9 @@ import pytest
 
 from cdc import capture
 from cdc.config import load_config
-from cdc.plan import resolve_plan
-from cdc.status import target_state
+from cdc.resolve import resolve_plan
 from cdc.status_file import read_status
+from checkpoints.store import target_state
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from tests.lock_bot import SCHEMA
 from verifier import compare_plan

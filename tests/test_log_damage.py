@@ -12,7 +12,7 @@ import sqlite3
 from cdc.changelog import HEADER, LogReader, list_segments, segment_name
 from cdc.config import load_config
 from cdc.events import RowBatch
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan

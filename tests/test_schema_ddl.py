@@ -10,7 +10,7 @@ import pytest
 
 from cdc.config import load_config
 from cdc.errors import PlanError
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db, write_config
 from tests.planning_support import schema_objects

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from cdc.config import load_config
 from cdc.events import RowBatch, TableReset, TableSchema
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.retained_log import RetainedLog
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA

@@ -35,7 +35,7 @@ from cdc import controls, cutover_state, pool_metrics, repair
 from cdc.config import config_from_dict, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.fsutil import makedirs_private, write_private
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.sqlconn import open_target
 from cdc.status_file import DaemonStatus, write_json_atomic
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config

@@ -21,7 +21,7 @@ import pytest
 from cdc.config import load_config
 from cdc.errors import TargetError
 from cdc.inventory import table_info
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from replicator.target import SCHEMAS, AppliedShape
 from tests.conftest import cdc_cmd, make_db, write_config
 from verifier import compare_plan, select_tables, verify_tables

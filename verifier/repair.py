@@ -19,7 +19,8 @@ from cdc import repair
 from cdc.config import Config, VerifySettings
 from cdc.errors import DaemonError
 from cdc.plan import Plan
-from cdc.status import daemon_running, read_checkpoint
+from cdc.status_file import daemon_running
+from checkpoints.store import read_checkpoint
 from verifier.continuous import record_repair_proofs
 from verifier.run import PassResult, verify_tables
 

@@ -24,7 +24,7 @@ from cdc.demo.kinds_services import CacheBot, LlmCostBot, MetricsBot, TelegramBo
 from cdc.demo.kinds_trading import BuyTrackerBot, TraderBot
 
 if TYPE_CHECKING:
-    from cdc.demo.generator import LegacyFile
+    from cdc.demo.legacy_file import LegacyFile
 
 KINDS: dict[str, type[Bot]] = {
     k.kind: k for k in (TraderBot, BuyTrackerBot, TelegramBot, MetricsBot, CacheBot, LlmCostBot)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cdc.demo.generator import LegacyFile
+    from cdc.demo.legacy_file import LegacyFile
 
 TARGETS: dict[str, str] = {
     "core": "consolidated/core.db",

@@ -14,24 +14,14 @@ import random
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 from cdc.demo import fill_core, fill_services
 from cdc.demo.config_toml import demo_config_toml, write_demo_config
+from cdc.demo.legacy_file import LegacyFile
 from cdc.demo.schema import FILES, FileSpec
 
 __all__ = ["LegacyFile", "demo_config_toml", "generate_legacy", "write_demo_config"]
-
-
-@dataclass(frozen=True)
-class LegacyFile:
-    """What the demo created: enough for a config writer, a bot launcher or a test."""
-
-    source: str
-    path: Path  # relative to the demo root, e.g. legacy/data/trading.db
-    journal: str  # "wal" or "delete"
-    tables: tuple[str, ...]  # user tables at creation time, in creation order
 
 
 Filler = Callable[[random.Random, sqlite3.Connection], None]

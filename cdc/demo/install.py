@@ -12,7 +12,8 @@ from cdc.demo.folder import DemoError
 from cdc.demo.show import Echo
 from cdc.errors import SourceError
 from cdc.ops import InstallReport, install
-from cdc.plan import Plan, resolve_plan
+from cdc.plan import Plan
+from cdc.resolve import resolve_plan
 
 
 def _install(cfg: Config, plan: Plan, echo: Echo) -> None:

@@ -50,7 +50,7 @@ from cdc.demo.show import (
     _show_next,
     _show_schema,
 )
-from cdc.plan import resolve_plan
+from cdc.resolve import resolve_plan
 from cdc.status import collect_status
 from cdc.status_view import render_status
 

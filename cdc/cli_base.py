@@ -1,0 +1,85 @@
+"""What every `cdc` command shares: the command group, the `-c` option, loading the
+config, and the one place an engine error (`CdcError`) becomes one line on stderr, an
+optional hint and the error class's exit code (`_run`). The command modules (`cdc.cli`,
+`cdc.cli_controls`, `cdc.cli_history`, `cdc.cli_planning`) import this and nothing of
+each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import click
+
+from cdc.config import Config, load_config
+from cdc.errors import CdcError
+
+EXIT_TIMEOUT = 75
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default="cdc.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Path to cdc.toml.",
+)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except CdcError as e:
+        _fail(e)
+
+
+def _fail(e: CdcError) -> NoReturn:
+    _report(e)
+    sys.exit(e.exit_code)
+
+
+def _report(e: CdcError) -> None:
+    """The one place an error reaches the operator: one line, then the hint if any."""
+    click.echo(f"error: {e.message}", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
+
+
+_loaded: Config | None = None  # this command's config: names the key of a file error
+
+
+def _load(path: str) -> Config:
+    global _loaded
+    _loaded = _run(lambda: load_config(path))
+    return _loaded
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text (default) or one JSON object each (source/table/target/offset).",
+)
+def cli(verbose: int, log_format: str | None) -> None:
+    """sqlite-cdc: replicate live legacy SQLite databases into consolidated ones."""
+    from cdc import logfmt
+
+    # Whatever the caller's umask, nothing we create (state dir, change log, targets,
+    # reports, and the apply worker's files) is readable or writable by group or world.
+    os.umask(os.umask(0o077) | 0o077)
+
+    logfmt.configure(logging.WARNING - 10 * min(verbose, 2), log_format)
+
+
+@cli.group(name="log")
+def log_group() -> None:
+    """Inspect the change log."""
