@@ -3,7 +3,7 @@
 PY ?= python3
 SOAK_SCALE ?= 0.2
 
-.PHONY: install demo test soak soak-corpus bench lint
+.PHONY: install demo test soak soak-corpus bench lint fuzz
 
 install:
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -21,6 +21,16 @@ soak: install
 SOAK_MINUTES ?= 10
 soak-corpus: install
 	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
+
+# The fuzzer (docs/fuzzing.md) for FUZZ_MINUTES with every family (FUZZ_SKIP leaves some
+# out), going on after each failure and printing its shrunk SQL reproduction; then
+# FUZZ_DAEMON_CASES cases against a real daemon under SIGKILLs.
+FUZZ_MINUTES ?= 10
+FUZZ_SKIP ?=
+FUZZ_DAEMON_CASES ?= 3
+fuzz: install
+	CDC_FUZZ_MINUTES=$(FUZZ_MINUTES) CDC_FUZZ_FEATURES=all CDC_FUZZ_SKIP=$(FUZZ_SKIP) \
+	CDC_FUZZ_DAEMON_CASES=$(FUZZ_DAEMON_CASES) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 bench: install
 	$(PY) -m pytest bench --benchmark-only -q --benchmark-json=bench-results.json
