@@ -1,0 +1,2 @@
+"""The running daemon (`daemon`) and what it tells: `status`, `status_view`, `metrics`.
+"""

@@ -1,0 +1,1 @@
+"""Capture: triggers, hooks, fences against every writer, keys at the edges."""

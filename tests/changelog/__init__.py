@@ -1,0 +1,1 @@
+"""The change log: frames, damage, trim, values too big for one frame."""

@@ -1,0 +1,1 @@
+"""The command line: JSON output, bad input, the demo."""

@@ -1,0 +1,1 @@
+"""Cutover, the way back, finalize, and every kind of stale writer."""

@@ -1,0 +1,1 @@
+"""The running daemon: crashes, disk full, drift, controls, status, security."""

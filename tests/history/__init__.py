@@ -1,0 +1,1 @@
+"""Reading the past: history and rebuild."""

@@ -1,0 +1,1 @@
+"""Planning: config, inventory, mapping, DDL, the corpus's own plan."""

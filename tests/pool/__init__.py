@@ -1,0 +1,1 @@
+"""The bots' pool and connections."""

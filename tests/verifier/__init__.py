@@ -1,0 +1,1 @@
+"""The verifier: live passes, reports, repair."""
