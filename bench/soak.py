@@ -2,7 +2,7 @@
 again, for as long as you like; then proof that nothing was lost or applied twice.
 
     python bench/soak.py --minutes 10              # by hand (`make soak-corpus`)
-    python bench/soak.py --minutes 0.5 --work DIR  # what tests/test_soak_script.py runs
+    python bench/soak.py --minutes 0.5 --work DIR  # what tests/cli/test_soak_script.py runs
 
 The corpus (29 real-schema SQLite files) is copied from `../shared/corpus/jarvis` beside the
 repo into a work folder, its resolved plan installed, and one bot process per group of
@@ -246,7 +246,7 @@ def _kill_loop(cfg: Path, log: Path, until: float, rnd: random.Random) -> Counte
 
 def _caught_up(cfg: Path, log: Path, timeout: float) -> None:
     from cdc.config import load_config
-    from cdc.status import collect_status
+    from cdc.daemon.status import collect_status
 
     conf = load_config(cfg)
     d = _daemon(cfg, log, None)
@@ -279,10 +279,10 @@ def _duplicates(cfg: Path) -> tuple[int, int]:
     whose checkpoint counts more events than the log holds for it."""
     import apsw
 
+    from cdc.changelog.retained import RetainedLog
     from cdc.config import load_config
     from cdc.events import RowBatch
-    from cdc.resolve import resolve_plan
-    from cdc.retained_log import RetainedLog
+    from cdc.planning.resolve import resolve_plan
     from checkpoints.store import TABLE
 
     conf = load_config(cfg)
@@ -314,7 +314,7 @@ def _duplicates(cfg: Path) -> tuple[int, int]:
 
 def _lost(cfg: Path) -> tuple[int, list[str]]:
     from cdc.config import load_config
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
     from verifier import compare_plan
 
     bad = [d for d in compare_plan(resolve_plan(load_config(cfg), strict=False)) if not d.equal]

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import apsw
 
-from cdc import capture
-from cdc.changelog import LogWriter
+from cdc.capture import triggers as capture
+from cdc.capture.harvester import Harvester
+from cdc.changelog.segments import LogWriter
 from cdc.config import Config, config_from_dict
-from cdc.harvester import Harvester
 from cdc.inventory import table_info
-from cdc.plan import Plan
-from cdc.resolve import resolve_plan
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import resolve_plan
 from replicator import Replicator
 from tests.conftest import wait_until  # noqa: F401 - re-exported for the bench files
 

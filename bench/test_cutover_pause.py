@@ -41,9 +41,9 @@ from pathlib import Path
 
 from bench.support import REPO, SCALE, percentile, wait_until
 from cdc.config import Config, load_config
-from cdc.cutover_state import read_record, record_path
-from cdc.resolve import resolve_plan
-from cdc.status import collect_status
+from cdc.daemon.status import collect_status
+from cdc.planning.resolve import resolve_plan
+from cdc.stages.record import read_record, record_path
 from tests.corpus import (
     config_to_toml,
     copy_legacy,

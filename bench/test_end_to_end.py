@@ -41,7 +41,7 @@ from bench.support import (
     trade_row,
     wait_until,
 )
-from cdc.daemon import Daemon
+from cdc.daemon.daemon import Daemon
 from verifier import compare_plan
 
 CHANGES = scaled(200_000, 2_000)

@@ -21,7 +21,7 @@ import pytest
 
 from bench.support import Baseline, create_db, make_config, scaled
 from bench.test_verifier import DDL, FILL, Files, fetch_both
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.pipeline import Pipeline
 from verifier import select_tables
 from verifier.digest import digest_check

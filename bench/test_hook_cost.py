@@ -34,8 +34,8 @@ from bench.support import (
     scaled,
     trade_rows,
 )
-from cdc.hooks import HookCapture
-from cdc.pooled import PooledConnection
+from cdc.capture.hooks import HookCapture
+from cdc.pool.pooled import PooledConnection
 
 COMMITS = scaled(200, 20)
 ROUNDS = 7

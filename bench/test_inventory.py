@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.support import scaled
-from cdc.inventory_report import run_inventory
+from cdc.planning.inventory_report import run_inventory
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "jarvis" / "legacy"
 FILES = scaled(300, 30)

@@ -36,7 +36,7 @@ import apsw
 import pytest
 
 from bench.support import REPO, SCALE, SYMBOLS, create_db, percentile, wait_until
-from cdc import ops
+from cdc.capture import install as ops
 from cdc.config import load_config
 
 RATE = 200  # commits per second

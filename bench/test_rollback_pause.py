@@ -61,11 +61,11 @@ from bench.test_cutover_pause import (
     stop,
     write_once,
 )
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.config import load_config
-from cdc.cutover_state import read_record, record_path
 from cdc.inventory import table_info
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
+from cdc.stages.record import read_record, record_path
 from tests.corpus import (
     config_to_toml,
     copy_legacy,

@@ -31,8 +31,8 @@ from bench.support import (
     trade_rows,
     wait_until,
 )
-from cdc import ops
-from cdc.daemon import Daemon
+from cdc.capture import install as ops
+from cdc.daemon.daemon import Daemon
 from cdc.sqlconn import open_target
 from verifier import compare_plan
 

@@ -26,10 +26,10 @@ import msgspec
 import pytest
 
 from bench.support import SCALE, copy_db, create_db, install_capture, make_config, scaled
-from cdc import capture
-from cdc.changelog import LogWriter
-from cdc.harvester import Harvester
-from cdc.resolve import resolve_plan
+from cdc.capture import triggers as capture
+from cdc.capture.harvester import Harvester
+from cdc.changelog.segments import LogWriter
+from cdc.planning.resolve import resolve_plan
 from cdc.sqlconn import open_legacy, write_transaction
 
 ROWS = scaled(1_000_000, 1000)

@@ -34,8 +34,8 @@ import pytest
 
 from bench.support import Baseline, create_db, make_config, scaled
 from cdc.config import Config
-from cdc.plan import Plan
-from cdc.resolve import resolve_plan
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import resolve_plan
 from cdc.sqlident import q
 from tests.pipeline import Pipeline
 from verifier import select_tables, verify_tables

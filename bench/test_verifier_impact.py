@@ -43,7 +43,7 @@ import pytest
 
 from bench import test_lag as lag
 from bench.support import REPO, Baseline, create_db, percentile, scaled, wait_until
-from cdc import ops
+from cdc.capture import install as ops
 from cdc.config import load_config
 from verifier.continuous import read_verifier_status
 

@@ -1,3 +1,3 @@
-from cdc.cli import main
+from cdc.cli.main import main
 
 main()

@@ -4,7 +4,7 @@ Evolution rule (msgspec schema evolution): frames are tagged, array-like structs
 msgpack arrays whose first element is the tag). A new field is only ever appended at the
 end and must have a default; a field is never reordered, renamed, retyped or removed; a new
 frame kind gets a new tag. A test decodes frames written by the first format
-version (`tests/test_changelog.py`, GOLDEN) to hold us to this.
+version (`tests/changelog/test_changelog.py`, GOLDEN) to hold us to this.
 
 Values keep their SQLite storage class through msgpack: int <-> INTEGER, float (always
 encoded as float64, so bit-exact including -0.0) <-> REAL, str <-> TEXT, bytes (msgpack

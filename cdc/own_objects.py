@@ -7,7 +7,7 @@ case-insensitively as SQLite compares names. A bot's object that does carry one 
 names cannot live next to ours: the plan refuses its file by name (`claim_problems`), and
 refuses a mapping that would give a target table one of them (`target_problems`).
 
-tests/test_own_names.py checks this list against the modules that create the objects and
+tests/capture/test_own_names.py checks this list against the modules that create the objects and
 against the schema of real installed files and targets.
 """
 

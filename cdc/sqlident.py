@@ -312,7 +312,7 @@ def created_name(sql: str) -> str:
 def index_terms(sql: str) -> list[str]:
     """The terms of a `CREATE INDEX ... ON t(term, ...)`, each as written (a column or
     an expression, with its COLLATE; ASC/DESC dropped): the REPLACE probe of a unique
-    index on expressions evaluates the same text (cdc/capture.py)."""
+    index on expressions evaluates the same text (cdc/capture/triggers.py)."""
     toks = _spans(sql)
     j = next((n for n, t in enumerate(toks) if t[0].upper() == "ON"), None)
     if j is None:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 import apsw
 import msgspec
 
-from cdc import capture, ddl, exact_text, moved_apply
-from cdc.changelog import LogEntry
+from cdc import exact_text
+from cdc.capture import triggers as capture
+from cdc.changelog.segments import LogEntry
 from cdc.errors import TargetBusyError, TargetError
 from cdc.events import (
     Op,
@@ -30,9 +31,11 @@ from cdc.events import (
     ValueChunk,
 )
 from cdc.faults import crash_point
-from cdc.plan import Plan
+from cdc.planning import ddl
+from cdc.planning.plan import Plan
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
+from cdc.stages import kept_out_apply as moved_apply
 from checkpoints import Checkpoint, SourceApplied
 from replicator.target import AppliedShape, TargetDB
 

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from cdc.changelog import delete_segments_before
+from cdc.changelog.segments import delete_segments_before
 from cdc.config import DaemonSettings
-from cdc.controls import Controls, panic_error
-from cdc.plan import Plan
+from cdc.control.controls import Controls, panic_error
+from cdc.planning.plan import Plan
 from cdc.status_file import TargetRuntime
 from replicator.replicator import Replicator
 

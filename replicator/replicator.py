@@ -11,10 +11,10 @@ import logging
 
 import apsw
 
-from cdc.changelog import LogReader
+from cdc.changelog.segments import LogReader
 from cdc.config import DaemonSettings
 from cdc.errors import TargetBusyError, TargetError
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from replicator.apply import ApplyResult, apply_batch
 from replicator.target import TargetDB
 

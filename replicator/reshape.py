@@ -20,11 +20,12 @@ import logging
 import apsw
 import msgspec
 
-from cdc import capture, ddl
+from cdc.capture import triggers as capture
 from cdc.errors import TargetError
 from cdc.events import TableSchema
 from cdc.inventory import table_info
-from cdc.plan import Plan, TableMapping
+from cdc.planning import ddl
+from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlident import created_name, q
 
 log = logging.getLogger(__name__)

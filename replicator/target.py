@@ -22,10 +22,11 @@ import logging
 import apsw
 import msgspec
 
-from cdc import ddl, exact_text
+from cdc import exact_text
 from cdc.errors import TargetError
 from cdc.events import ColumnDef, TableSchema, ValueChunk
-from cdc.plan import Plan, TableMapping
+from cdc.planning import ddl
+from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import open_target, write_transaction
 from cdc.sqlident import q, tokens
 from cdc.status_file import full_disk_note

@@ -30,11 +30,13 @@ import time
 
 import msgspec
 
-from cdc import faults, logfmt, moved_apply
+from cdc import faults
+from cdc import log_output as logfmt
 from cdc.config import Config
-from cdc.controls import ControlWatcher
+from cdc.control.controls import ControlWatcher
 from cdc.errors import CdcError, DaemonError, PanicStop
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
+from cdc.stages import kept_out_apply as moved_apply
 from cdc.status_file import TargetRuntime, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cdc.config import Config, load_config
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.corpus import copy_legacy, corpus_root, read_manifest, read_plan_json
 from tests.pipeline import Pipeline
 
@@ -124,7 +124,7 @@ class DaemonProcess:
 
 @pytest.fixture(autouse=True)
 def _keep_umask():
-    """`cdc` narrows its umask to 077 (cdc/cli.py); a command run in-process (click's
+    """`cdc` narrows its umask to 077 (cdc/cli/main.py); a command run in-process (click's
     CliRunner) must not leave the next test creating files only root can read."""
     old = os.umask(0o022)
     os.umask(old)

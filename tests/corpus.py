@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pytest
+import tomli_w
 
 from cdc.config import Config, config_from_dict, load_config
-from cdc.plan import Plan
-from cdc.toml_out import render_toml
+from cdc.planning.plan import Plan
 
 EXCLUDE = "exclude"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -308,7 +308,7 @@ def plan_to_config(plan_json: dict, legacy_root: Path, out_root: Path, resolve: 
 
 def config_to_toml(cfg: dict) -> str:
     """Render a config dict (as `plan_to_config` makes it, plus optional `daemon`) as TOML."""
-    return render_toml(cfg)
+    return tomli_w.dumps(cfg)
 
 
 # -- shared by the corpus tests (tests/test_corpus*.py) ---------------------------------------

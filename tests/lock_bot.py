@@ -1,4 +1,4 @@
-"""Bot processes for the lock tests (tests/test_locks.py), using Python's stdlib `sqlite3`
+"""Bot processes for the lock tests (tests/capture/test_locks.py), using Python's stdlib `sqlite3`
 the way the legacy bots do, each in its own process.
 
     python -m tests.lock_bot hold DB MODE SECONDS RELEASE_FILE

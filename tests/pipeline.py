@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cdc import ops
-from cdc.changelog import LogWriter
+from cdc.capture import install as ops
+from cdc.capture.harvester import Harvester
+from cdc.changelog.segments import LogWriter
 from cdc.config import Config
-from cdc.harvester import Harvester
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from replicator import Replicator
 from verifier import compare_plan
 

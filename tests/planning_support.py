@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from cdc.mapping import MappingRow, read_mapping
+from cdc.planning.mapping import MappingRow, read_mapping
 from tests.conftest import cdc_cmd
 
 

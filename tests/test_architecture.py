@@ -31,69 +31,38 @@ LAYERS: list[tuple[str, list[str]]] = [
             "cdc.sqlconn",
             "cdc.fsutil",
             "cdc.faults",
-            "cdc.logfmt",
+            "cdc.log_output",
             "cdc.own_objects",
             "cdc.inventory",
             "cdc.shapes",
             "cdc.status_file",
+            "cdc.guard",
             "verifier.model",
         ],
     ),
+    ("change log", ["cdc.changelog*"]),
+    ("planning", ["cdc.planning*"]),
+    ("state files", ["cdc.control", "cdc.control.*", "cdc.pool.stats", "checkpoints*"]),
     (
-        "change log",
-        ["cdc.log_frames", "cdc.changelog", "cdc.logcheck", "cdc.retained_log", "cdc.bigrows"],
-    ),
-    (
-        "planning",
+        "capture",
         [
-            "cdc.plan",
-            "cdc.ddl",
-            "cdc.discover",
-            "cdc.survey",
-            "cdc.mapping",
-            "cdc.inventory_report",
-            "cdc.guard",
-            "cdc.resolve",
-            "cdc.schema_out",
-            "cdc.planner",
-            "cdc.toml_out",
+            "cdc.capture",
+            "cdc.capture.triggers",
+            "cdc.capture.fence",
+            "cdc.capture.hooks",
+            "cdc.capture.harvester",
         ],
     ),
-    (
-        "state files",
-        ["cdc.controls", "cdc.pacing", "cdc.repair", "cdc.pool_metrics", "checkpoints*"],
-    ),
-    ("capture", ["cdc.capture", "cdc.fence", "cdc.hooks", "cdc.harvester"]),
-    (
-        "stage rules",
-        [
-            "cdc.fence",
-            "cdc.cutover_state",
-            "cdc.moved",
-            "cdc.moved_apply",
-            "cdc.finalized",
-            "cdc.backflow_kept",
-        ],
-    ),
-    ("apply and verify", ["replicator*", "verifier*", "cdc.history"]),
+    ("stage rules", ["cdc.stages*"]),
+    ("apply and verify", ["replicator*", "verifier*", "cdc.history", "cdc.history.rows"]),
     (
         "operations",
         [
-            "cdc.backflow",
-            "cdc.fence_proof",
-            "cdc.cutover",
-            "cdc.rollback",
-            "cdc.finalize",
-            "cdc.lag",
-            "cdc.ops",
-            "cdc.history_rebuild",
-            "cdc.status",
-            "cdc.status_view",
-            "cdc.metrics",
-            "cdc.pool",
-            "cdc.pooled",
-            "cdc.pool_open",
-            "cdc.daemon",
+            "cdc.capture.install",
+            "cdc.history.rebuild",
+            "cdc.cutover*",
+            "cdc.daemon*",
+            "cdc.pool*",
         ],
     ),
     ("demo", ["cdc.demo*"]),
@@ -197,7 +166,5 @@ def test_the_engine_never_imports_the_command_line() -> None:
 
 
 def test_status_reads_controls_not_the_reverse() -> None:
-    assert "cdc.controls" in GRAPH["cdc.status"]
-    assert not {d for d in GRAPH["cdc.controls"] if d.startswith("cdc.status")} - {
-        "cdc.status_file"
-    }
+    assert "cdc.control.controls" in GRAPH["cdc.daemon.status"]
+    assert not [d for d in GRAPH["cdc.control.controls"] if d.startswith("cdc.daemon")]

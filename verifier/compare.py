@@ -11,10 +11,10 @@ from __future__ import annotations
 import apsw
 import msgspec
 
-from cdc.bigrows import read_digested
+from cdc.changelog.bigrows import read_digested
 from cdc.exact_text import RawText
 from cdc.inventory import table_info
-from cdc.plan import Plan, TableMapping
+from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, read_transaction
 from cdc.sqlident import q
 from verifier.shape import shape_differences

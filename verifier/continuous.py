@@ -27,9 +27,9 @@ import time
 import msgspec
 
 from cdc.config import Config
-from cdc.controls import read_controls
+from cdc.control.controls import read_controls
 from cdc.fsutil import makedirs_private
-from cdc.plan import Plan, TableMapping
+from cdc.planning.plan import Plan, TableMapping
 from cdc.status_file import read_json, write_json_atomic
 from verifier.model import KeyDiff, TableResult
 from verifier.run import select_tables, verify_tables

@@ -28,7 +28,7 @@ import time
 import apsw
 
 from cdc.config import VerifySettings
-from cdc.plan import TableMapping
+from cdc.planning.plan import TableMapping
 from cdc.sqlconn import read_transaction
 from verifier.model import TableResult
 from verifier.sides import TableSides

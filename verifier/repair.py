@@ -15,10 +15,10 @@ import time
 
 import msgspec
 
-from cdc import repair
 from cdc.config import Config, VerifySettings
+from cdc.control import repair_requests as repair
 from cdc.errors import DaemonError
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from cdc.status_file import daemon_running
 from checkpoints.store import read_checkpoint
 from verifier.continuous import record_repair_proofs

@@ -11,13 +11,13 @@ from collections.abc import Callable
 import apsw
 
 from cdc.config import Config, VerifySettings
-from cdc.cutover_state import CutoverRecord
 from cdc.errors import SourceError
-from cdc.moved import KeptOut, describe
-from cdc.moved_apply import kept_out_now
-from cdc.plan import Plan, TableMapping
+from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, set_busy_timeout
 from cdc.sqlident import q
+from cdc.stages.kept_out import KeptOut, describe
+from cdc.stages.kept_out_apply import kept_out_now
+from cdc.stages.record import CutoverRecord
 from verifier.model import KeyDiff, TableResult, VerifyReport
 from verifier.table import TableVerifier
 from verifier.values import render
@@ -37,7 +37,7 @@ def select_tables(plan: Plan, patterns: list[str] | None = None) -> list[TableMa
 def chosen_tables(plan: Plan, patterns: list[str] | None = None) -> list[TableMapping]:
     """`select_tables`, refusing a selection of no table: a verification of nothing must
     not read as "equal" (one line, exit 2)."""
-    from cdc.finalized import NothingCovered
+    from cdc.stages.finalized import NothingCovered
 
     chosen = select_tables(plan, patterns)
     if not chosen:
@@ -100,7 +100,7 @@ def verify_tables(
     results: list[TableResult] = []
     keys: dict[tuple[str, str], list[list]] = {}
     targets: dict[str, apsw.Connection | None] = {}
-    from cdc.cutover_state import cut_over_tables
+    from cdc.stages.record import cut_over_tables
 
     cut = cut_over_tables(cfg.state_dir)
     kept = _kept_out_of(cfg, plan, tables, {r.target for r in cut.values()})
@@ -251,7 +251,7 @@ def _cut_over(
     if k is not None:
         return _kept_out(k)
     if rec is not None and rec.state == "finalized":
-        from cdc.finalized import finalized_note
+        from cdc.stages.finalized import finalized_note
 
         r = _skipped(m, finalized_note(state_dir, m.source))
         r.state = "finalized"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import apsw
 
 from cdc.inventory import TableInfo, unique_indexes
-from cdc.plan import TableMapping
+from cdc.planning.plan import TableMapping
 from cdc.sqlident import q
 
 

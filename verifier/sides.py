@@ -16,9 +16,11 @@ from __future__ import annotations
 import apsw
 import msgspec
 
-from cdc import bigrows, capture, exact_text
+from cdc import exact_text
+from cdc.capture import triggers as capture
+from cdc.changelog import bigrows
 from cdc.inventory import TableInfo, table_info
-from cdc.plan import TableMapping
+from cdc.planning.plan import TableMapping
 from cdc.sqlident import q
 from checkpoints.store import SNAPSHOTS, SOURCES
 from replicator.target import SCHEMAS, AppliedShape

@@ -29,10 +29,10 @@ from collections.abc import Callable
 
 import apsw
 
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.config import VerifySettings
 from cdc.inventory import schema_version, table_info
-from cdc.plan import TableMapping
+from cdc.planning.plan import TableMapping
 from cdc.sqlconn import read_transaction
 from verifier.model import KeyDiff, TableResult
 from verifier.shape import describe, shape_differences

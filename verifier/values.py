@@ -25,7 +25,7 @@ import hashlib
 import msgspec
 
 from cdc import exact_text
-from cdc.bigrows import render_digest
+from cdc.changelog.bigrows import render_digest
 
 _encode = exact_text.ENCODER.encode
 

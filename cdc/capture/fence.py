@@ -31,7 +31,7 @@ from typing import NamedTuple
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.errors import SourceError
 from cdc.sqlconn import NOT_OURS, allow_writes, write_transaction
 from cdc.sqlident import lit, q

@@ -23,8 +23,11 @@ import apsw
 import msgspec
 import msgspec.structs
 
-from cdc import bigrows, capture, exact_text, shapes
-from cdc.changelog import LogWriter
+from cdc import exact_text, shapes
+from cdc.capture import triggers as capture
+from cdc.capture.hooks import HOOK_OP
+from cdc.changelog import bigrows
+from cdc.changelog.segments import LogWriter
 from cdc.config import DaemonSettings
 from cdc.errors import SourceError
 from cdc.events import (
@@ -38,9 +41,8 @@ from cdc.events import (
     TableReset,
 )
 from cdc.faults import crash_point
-from cdc.hooks import HOOK_OP
 from cdc.inventory import TableInfo, is_internal, schema_version, table_info
-from cdc.plan import SourcePlan
+from cdc.planning.plan import SourcePlan
 from cdc.sqlconn import open_legacy, read_transaction, set_busy_timeout, write_transaction
 from cdc.sqlident import q
 

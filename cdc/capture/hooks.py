@@ -40,7 +40,8 @@ from typing import Any
 
 import apsw
 
-from cdc import capture, fence
+from cdc.capture import fence
+from cdc.capture import triggers as capture
 from cdc.errors import CdcError, FencedWrite
 from cdc.inventory import table_info
 from cdc.sqlident import q

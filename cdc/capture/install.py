@@ -7,14 +7,15 @@ import os
 
 import msgspec
 
-from cdc import backflow, capture
+from cdc.capture import triggers as capture
 from cdc.config import Config
-from cdc.cutover_state import finalized_sources
+from cdc.cutover import backflow
 from cdc.guard import is_guard
 from cdc.inventory import list_tables
-from cdc.plan import Plan
-from cdc.resolve import resolve_plan
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import resolve_plan
 from cdc.sqlconn import open_legacy, open_target
+from cdc.stages.record import finalized_sources
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class SourceUninstall(msgspec.Struct):
 
 
 def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
-    from cdc.resolve import expand_sources
+    from cdc.planning.resolve import expand_sources
 
     out = []
     for name, path, _required in expand_sources(cfg):

@@ -21,7 +21,7 @@ import uuid
 
 import apsw
 
-from cdc import bigrows
+from cdc.changelog import bigrows
 from cdc.errors import SourceError
 from cdc.events import Op, RowBatch, RowEvent
 from cdc.inventory import TableInfo
@@ -39,7 +39,7 @@ OP_INSERT, OP_UPDATE, OP_OLD_KEY, OP_REPLACED = 1, 2, 3, 4
 # VACUUM gives new rowids to the rows of every table that has no index (keyless tables
 # among them, whose identity is the rowid) and fires no trigger. This table has no index
 # and one row at rowid MARK_ROWID: after a VACUUM it sits at 1, which tells the harvester
-# to copy the keyless tables again (cdc/harvester.py).
+# to copy the keyless tables again (cdc/capture/harvester.py).
 VACUUM_MARK = "_cdc_vacuum_mark"
 MARK_ROWID = 1000
 

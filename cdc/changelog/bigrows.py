@@ -40,7 +40,7 @@ import apsw
 import msgspec
 
 from cdc import exact_text
-from cdc.changelog import MAX_FRAME
+from cdc.changelog.segments import MAX_FRAME
 from cdc.errors import LogCorruptError, SourceError
 from cdc.events import (
     Frame,

@@ -12,7 +12,8 @@ import os
 
 import msgspec
 
-from cdc.changelog import LogReader
+from cdc.changelog.frames import list_segments, segment_name
+from cdc.changelog.segments import LogReader
 from cdc.errors import LogCorruptError
 from cdc.events import (
     Frame,
@@ -21,7 +22,6 @@ from cdc.events import (
     SourceMark,
     TableSchema,
 )
-from cdc.log_frames import list_segments, segment_name
 
 
 class SegmentReport(msgspec.Struct):

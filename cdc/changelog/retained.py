@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from cdc.changelog import LogEntry, LogReader, list_segments, segment_name
+from cdc.changelog.segments import LogEntry, LogReader, list_segments, segment_name
 from cdc.config import Config
 from cdc.errors import CdcError, LogCorruptError
 from cdc.events import SegmentStart, SourceMark

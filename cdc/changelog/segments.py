@@ -24,11 +24,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from cdc.errors import LogCorruptError
-from cdc.events import Frame, SegmentStart, SourceMark, SourcePosition, decode_frame, encode_frame
-from cdc.faults import crash_point
-from cdc.fsutil import fsync_dir
-from cdc.log_frames import (
+from cdc.changelog.frames import (
     HEADER,
     MAX_FRAME,
     list_segments,
@@ -36,6 +32,10 @@ from cdc.log_frames import (
     segment_name,
     torn_or_damaged,
 )
+from cdc.errors import LogCorruptError
+from cdc.events import Frame, SegmentStart, SourceMark, SourcePosition, decode_frame, encode_frame
+from cdc.faults import crash_point
+from cdc.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

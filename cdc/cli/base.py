@@ -71,7 +71,7 @@ def _load(path: str) -> Config:
 )
 def cli(verbose: int, log_format: str | None) -> None:
     """sqlite-cdc: replicate live legacy SQLite databases into consolidated ones."""
-    from cdc import logfmt
+    from cdc import log_output as logfmt
 
     # Whatever the caller's umask, nothing we create (state dir, change log, targets,
     # reports, and the apply worker's files) is readable or writable by group or world.

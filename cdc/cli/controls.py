@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from cdc.cli_base import EXIT_TIMEOUT, _load, _run, cli, config_option
+from cdc.cli.base import EXIT_TIMEOUT, _load, _run, cli, config_option
 from cdc.config import Config
 
 
@@ -51,14 +51,14 @@ def resume(config_path: str, names: tuple[str, ...], what: str) -> None:
 
 
 def _steer(config_path: str, what: str, names: tuple[str, ...], on: bool) -> None:
-    from cdc import controls
+    from cdc.control import controls
 
     cfg = _load(config_path)
     _show_controls(cfg, _run(lambda: controls.steer(cfg, what, list(names), on)))
 
 
 def _show_controls(cfg: Config, now) -> None:  # noqa: ANN001 - cdc.controls.Controls
-    from cdc.controls import describe
+    from cdc.control.controls import describe
     from cdc.status_file import daemon_running
 
     for line in describe(now) or ["no controls in force"]:
@@ -94,7 +94,7 @@ def throttle(
 ) -> None:
     """Slow down the harvest of SOURCES (default: all) so their bots feel it less. The
     limits replace any earlier throttle of those sources; kept until `--off`."""
-    from cdc import controls
+    from cdc.control import controls
 
     cfg = _load(config_path)
     now = _run(
@@ -116,7 +116,7 @@ def panic(config_path: str, timeout: float) -> None:
     """Stop the daemon at once (harvest, apply and its worker) and keep it stopped: it exits
     with code 9 and refuses to start until `cdc resume --panic`. Exit 0 once it stopped,
     75 if it still runs after --timeout."""
-    from cdc import controls
+    from cdc.control import controls
     from cdc.status_file import daemon_running
 
     cfg = _load(config_path)

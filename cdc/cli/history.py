@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from cdc.cli_base import _fail, _load, _run, cli, config_option, log_group
+from cdc.cli.base import _fail, _load, _run, cli, config_option, log_group
 
 
 @log_group.command(name="tail")
@@ -26,7 +26,7 @@ def log_tail(config_path, follow, from_offset, last, as_json, source, table) -> 
     import signal
     import threading
 
-    from cdc import history
+    from cdc.history import rows as history
 
     cfg = _load(config_path)
     stop = threading.Event()  # Ctrl-C / SIGTERM end the output between two batches, exit 0
@@ -68,10 +68,10 @@ def history_cmd(config_path, table_ref, key, key_json, as_json) -> None:  # noqa
     INTEGER key); a merged table's key may start with the tag. Says so when older
     segments were deleted and the history is incomplete.
     """
-    from cdc import history as h
     from cdc.errors import ConfigError
-    from cdc.finalized import with_finalized
-    from cdc.resolve import resolve_plan
+    from cdc.history import rows as h
+    from cdc.planning.resolve import resolve_plan
+    from cdc.stages.finalized import with_finalized
 
     cfg = _load(config_path)
     plan = _run(lambda: with_finalized(cfg, resolve_plan(cfg, strict=False)))
@@ -100,8 +100,8 @@ def history_cmd(config_path, table_ref, key, key_json, as_json) -> None:  # noqa
 def rebuild_cmd(config_path, target, as_of, out, as_json) -> None:  # noqa: ANN001
     """Write TARGET as it was right after a log offset (or time) into a new file, by
     replaying the retained change log through the replicator (docs/history.md)."""
-    from cdc.history_rebuild import parse_as_of, rebuild
-    from cdc.resolve import resolve_plan
+    from cdc.history.rebuild import parse_as_of, rebuild
+    from cdc.planning.resolve import resolve_plan
 
     cfg = _load(config_path)
     point = _run(lambda: parse_as_of(as_of))

@@ -13,8 +13,8 @@ import time
 import click
 import msgspec
 
-from cdc import cli_base
-from cdc.cli_base import EXIT_TIMEOUT, _fail, _load, _report, _run, cli, config_option, log_group
+from cdc.cli import base as cli_base
+from cdc.cli.base import EXIT_TIMEOUT, _fail, _load, _report, _run, cli, config_option, log_group
 from cdc.errors import ConfigError, LogCorruptError
 
 
@@ -22,7 +22,7 @@ from cdc.errors import ConfigError, LogCorruptError
 @config_option
 def install(config_path: str) -> None:
     """Check the mapping and install capture triggers in every legacy database."""
-    from cdc import ops
+    from cdc.capture import install as ops
 
     cfg = _load(config_path)
     report = _run(lambda: ops.install(cfg))
@@ -37,7 +37,7 @@ def install(config_path: str) -> None:
 @config_option
 def uninstall(config_path: str) -> None:
     """Remove every trigger and capture table sqlite-cdc added (and nothing else)."""
-    from cdc import ops
+    from cdc.capture import install as ops
 
     cfg = _load(config_path)
     for r in _run(lambda: ops.uninstall(cfg)):
@@ -48,7 +48,7 @@ def uninstall(config_path: str) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -70,7 +70,7 @@ def run(config_path: str, metrics_addr: str | None) -> None:
     import signal
     import threading
 
-    from cdc.daemon import run_daemon
+    from cdc.daemon.daemon import run_daemon
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,7 +80,7 @@ def run(config_path: str, metrics_addr: str | None) -> None:
 
     def started(daemon) -> None:  # noqa: ANN001 - a cdc.daemon.Daemon
         if metrics_addr and not serving:
-            from cdc import metrics
+            from cdc.daemon import metrics
 
             try:  # the plan is resolved at each scrape: a new table must show there
                 serving.append(metrics.serve(cfg, metrics_addr))
@@ -99,8 +99,8 @@ def run(config_path: str, metrics_addr: str | None) -> None:
 @click.option("--watch", "watch", type=float, default=None, help="Refresh every N seconds.")
 def status(config_path: str, as_json: bool, watch: float | None) -> None:
     """Show capture, log and apply positions and the backlog per source and target."""
-    from cdc.status import collect_status
-    from cdc.status_view import render_status
+    from cdc.daemon.status import collect_status
+    from cdc.daemon.status_view import render_status
 
     cfg = _load(config_path)
     prev, prev_t = None, 0.0
@@ -175,8 +175,8 @@ def repair(config_path, tables, as_json, report_dir, chunk_rows, rate) -> None: 
 
 
 def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_repair) -> None:  # noqa: ANN001
-    from cdc.finalized import with_finalized
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
+    from cdc.stages.finalized import with_finalized
     from verifier import estimate_rows, verify_tables
     from verifier.repair import repair_diverged
     from verifier.report import render_summary, write_validation_reports
@@ -225,9 +225,9 @@ def wait(config_path: str, targets: tuple[str, ...], zero_lag: bool, timeout: fl
 
     Exit code 0 when it got there, 75 on timeout (for cutover scripts).
     """
+    from cdc.cutover.lag import wait_zero_lag
     from cdc.errors import ConfigError
-    from cdc.lag import wait_zero_lag
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -255,8 +255,8 @@ def cutover(
 
     Re-running it completes an interrupted cutover. Exit code 0 once done.
     """
-    from cdc import cutover as co
-    from cdc.resolve import resolve_plan
+    from cdc.cutover import cutover as co
+    from cdc.planning.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -281,8 +281,8 @@ def rollback(config_path: str, target: str, do_abort: bool, drain_timeout: float
     Fences TARGET's tables, waits until the daemon wrote their last changes back, verifies,
     lifts the legacy fences. Re-running it completes an interrupted rollback.
     """
-    from cdc import rollback as rb
-    from cdc.resolve import resolve_plan
+    from cdc.cutover import rollback as rb
+    from cdc.planning.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -306,8 +306,8 @@ def rollback(config_path: str, target: str, do_abort: bool, drain_timeout: float
 def finalize(config_path: str, target: str, archive_dir: str | None) -> None:
     """End a cut-over stage: archive the legacy files it emptied (verified copies and a
     SHA-256 manifest; originals untouched) and remove capture from them."""
-    from cdc.finalize import finalize as run_finalize
-    from cdc.resolve import resolve_plan
+    from cdc.cutover.finalize import finalize as run_finalize
+    from cdc.planning.resolve import resolve_plan
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
@@ -333,7 +333,7 @@ class _Null:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def log_check(config_path: str, as_json: bool) -> None:
     """Verify every frame's checksum; name the segment and offset of any damage."""
-    from cdc.logcheck import check_log
+    from cdc.changelog.check import check_log
 
     cfg = _load(config_path)
     report = check_log(cfg.log_dir)
@@ -370,7 +370,7 @@ def demo(root: str, seconds: float) -> None:
 
 
 # Command groups kept in their own modules; importing them registers them on `cli`.
-from cdc import cli_controls, cli_history, cli_planning  # noqa: E402, F401
+from cdc.cli import controls, history, planning  # noqa: E402, F401
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cdc.cli_base import _load, _run, cli, config_option
+from cdc.cli.base import _load, _run, cli, config_option
 
 
 @cli.command()
@@ -37,7 +37,7 @@ def inventory(
     dirs: tuple[str, ...], out_dir: str, mapping: str | None, progress: bool | None
 ) -> None:
     """Find every SQLite database under DIRS (read-only) and write the inventory files."""
-    from cdc.inventory_report import run_inventory, summary_lines
+    from cdc.planning.inventory_report import run_inventory, summary_lines
 
     bar = _ProgressBar(progress)
     try:
@@ -94,7 +94,7 @@ class _ProgressBar:
 @click.option("--state-dir", default="cdc-state", show_default=True)
 def plan_cmd(inventory_path, mapping_path, out_path, targets, targets_dir, state_dir) -> None:  # noqa: ANN001
     """Turn an inventory and a mapping into a checked cdc.toml (written only if it passes)."""
-    from cdc.planner import make_plan
+    from cdc.planning.planner import make_plan
 
     res = _run(
         lambda: make_plan(
@@ -115,8 +115,8 @@ def plan_cmd(inventory_path, mapping_path, out_path, targets, targets_dir, state
 @click.option("--out", "out_dir", default=".", show_default=True, help="Folder to write into.")
 def schema(config_path: str, out_dir: str) -> None:
     """Write each target's DDL (<target>_schema.sql) and schema_comparison.md."""
-    from cdc.resolve import resolve_plan
-    from cdc.schema_out import write_schema
+    from cdc.planning.resolve import resolve_plan
+    from cdc.planning.schema_out import write_schema
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))

@@ -298,7 +298,7 @@ def steer(cfg: Config, what: str, names: list[str], on: bool) -> Controls:
     """`cdc pause`/`cdc resume`: `what` is harvest, apply, both, cutover or panic; no names
     means every source (harvest) or target (apply). Names must be known, except that a
     resume may name a control left over from an older config."""
-    from cdc.resolve import expand_sources
+    from cdc.planning.resolve import expand_sources
 
     if what in ("cutover", "panic", "both") and names:
         raise ConfigError(f"--{what} takes no names: it is for the whole daemon")
@@ -335,7 +335,7 @@ def throttle(
     off: bool,
 ) -> Controls:
     """`cdc throttle`: set (or with `off` remove) the throttle of `sources` (default all)."""
-    from cdc.resolve import expand_sources
+    from cdc.planning.resolve import expand_sources
 
     if off == (max_changes_per_second is not None or max_lock_ms is not None):
         raise ConfigError("give --max-changes-per-second and/or --max-lock-ms, or --off alone")

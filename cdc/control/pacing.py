@@ -8,7 +8,7 @@ from collections.abc import Callable
 import msgspec
 
 from cdc.config import DaemonSettings
-from cdc.controls import Throttle
+from cdc.control.controls import Throttle
 
 MIN_BATCH = 10  # the lock cap never shrinks a batch below this: the source must move
 START_BATCH = 100  # a new lock cap starts here and grows while harvests stay well under it

@@ -31,14 +31,14 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture, exact_text, fence
-from cdc.backflow_kept import TargetKeepOut
+from cdc import exact_text
+from cdc.capture import fence
+from cdc.capture import triggers as capture
 from cdc.config import Config
-from cdc.cutover_state import CutoverRecord
 from cdc.errors import CdcError
 from cdc.events import Op, RowEvent
 from cdc.inventory import TableInfo, schema_version, table_info
-from cdc.plan import Plan, TableMapping
+from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import (
     allow_writes,
     open_legacy,
@@ -48,6 +48,8 @@ from cdc.sqlconn import (
     write_transaction,
 )
 from cdc.sqlident import q
+from cdc.stages.backflow_kept import TargetKeepOut
+from cdc.stages.record import CutoverRecord
 from replicator.apply import statements, write_null_key_rows
 from replicator.target import AppliedShape
 

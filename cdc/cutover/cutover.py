@@ -38,15 +38,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import apsw
 
-from cdc import backflow, fence, lag
+from cdc.capture import fence
 from cdc.config import Config
-from cdc.controls import read_controls
-from cdc.cutover_state import CutoverRecord, CutoverTable, read_record, save_record
+from cdc.control.controls import read_controls
+from cdc.cutover import backflow, lag
+from cdc.cutover.fence_proof import final_verification, verify_parallel
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
-from cdc.fence_proof import final_verification, verify_parallel
-from cdc.plan import Plan, TableMapping
+from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
+from cdc.stages.record import CutoverRecord, CutoverTable, read_record, save_record
 from cdc.status_file import daemon_running
 from checkpoints.store import SOURCES, read_checkpoint
 from checkpoints.store import TABLE as CHECKPOINT
@@ -267,7 +268,7 @@ def _refuse_kept_out(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
     is kept out of the target (`cdc.moved`): the target holds its rows as of the fence,
     but nothing can prove them against it any more, and a dropped table would not even
     be verified. The operator decides (`--abort` gives the tables back to be copied)."""
-    from cdc.moved_apply import kept_out_now
+    from cdc.stages.kept_out_apply import kept_out_now
 
     kept = [k for k in kept_out_now(cfg.state_dir, plan) if k.target == rec.target]
     if kept:

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 from cdc.config import Config
-from cdc.cutover_state import CutoverRecord
-from cdc.plan import Plan, TableMapping
+from cdc.planning.plan import Plan, TableMapping
+from cdc.stages.record import CutoverRecord
 from verifier import verify_tables
 from verifier.digest import digest_check
 from verifier.model import TableResult, VerifyReport
@@ -69,7 +69,7 @@ def changed_keys(cfg: Config, offset: int, tables: list[TableMapping]) -> dict |
     checkpoint before the pass started, so every change the pass might have missed and the
     log saw is in it."""
     from cdc import exact_text
-    from cdc.changelog import LogReader
+    from cdc.changelog.segments import LogReader
     from cdc.errors import LogCorruptError
     from cdc.events import RowBatch, TableSchema
 

@@ -26,10 +26,16 @@ from datetime import UTC, datetime
 import apsw
 import msgspec
 
-from cdc import backflow, capture, guard
+from cdc import guard
+from cdc.capture import triggers as capture
 from cdc.config import Config
-from cdc.cutover import step_done
-from cdc.cutover_state import (
+from cdc.cutover import backflow
+from cdc.cutover.cutover import step_done
+from cdc.errors import CdcError
+from cdc.fsutil import fsync_dir, makedirs_private, write_private
+from cdc.planning.plan import Plan, SourcePlan
+from cdc.sqlconn import open_legacy, open_target
+from cdc.stages.record import (
     MANIFEST,
     ArchivedFile,
     ArchiveManifest,
@@ -39,10 +45,6 @@ from cdc.cutover_state import (
     read_records,
     save_record,
 )
-from cdc.errors import CdcError
-from cdc.fsutil import fsync_dir, makedirs_private, write_private
-from cdc.plan import Plan, SourcePlan
-from cdc.sqlconn import open_legacy, open_target
 
 
 class FinalizeError(CdcError):

@@ -13,10 +13,10 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.config import Config
 from cdc.errors import SourceError
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from cdc.sqlconn import open_legacy
 from checkpoints.store import SNAPSHOTS, target_state
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cdc import backflow, fence
+from cdc.capture import fence
 from cdc.config import Config
-from cdc.cutover import Clock, CutoverError, Echo, step_done, verify_parallel
-from cdc.cutover_state import CutoverRecord, RollbackInfo, read_record, save_record
+from cdc.cutover import backflow
+from cdc.cutover.cutover import Clock, CutoverError, Echo, step_done, verify_parallel
 from cdc.errors import CdcError, DaemonError
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from cdc.sqlconn import open_legacy, open_target, write_transaction
+from cdc.stages.record import CutoverRecord, RollbackInfo, read_record, save_record
 from cdc.status_file import daemon_running
 from verifier.model import TableResult
 from verifier.run import unchanged, verify_keys

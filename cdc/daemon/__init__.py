@@ -1,2 +1,1 @@
-"""The running daemon (`daemon`) and what it tells: `status`, `status_view`, `metrics`.
-"""
+"""The running daemon (`daemon`) and what it tells: `status`, `status_view`, `metrics`."""

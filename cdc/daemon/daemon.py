@@ -30,17 +30,21 @@ import msgspec
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from cdc import backflow, backflow_kept, moved, moved_apply, repair
-from cdc.changelog import LogWriter
+from cdc.capture.harvester import Harvester
+from cdc.changelog.segments import LogWriter
 from cdc.config import Config
-from cdc.controls import ControlWatcher, describe, panic_error
-from cdc.cutover_state import finalized_sources, read_records
+from cdc.control import repair_requests as repair
+from cdc.control.controls import ControlWatcher, describe, panic_error
+from cdc.control.pacing import Pacer, TimedWriter
+from cdc.cutover import backflow
 from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, SourceError, TargetError
 from cdc.fsutil import makedirs_private
-from cdc.harvester import Harvester
-from cdc.pacing import Pacer, TimedWriter
-from cdc.plan import Plan
-from cdc.resolve import LOCKED_START_WAIT, daemon_plan, excluded_by_rule, resolve_plan
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import LOCKED_START_WAIT, daemon_plan, excluded_by_rule, resolve_plan
+from cdc.stages import backflow_kept
+from cdc.stages import kept_out as moved
+from cdc.stages import kept_out_apply as moved_apply
+from cdc.stages.record import finalized_sources, read_records
 from cdc.status_file import (
     BackflowRuntime,
     DaemonStatus,

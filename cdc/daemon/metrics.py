@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from cdc.config import Config
-from cdc.plan import Plan
-from cdc.status import Status, collect_status
+from cdc.daemon.status import Status, collect_status
+from cdc.planning.plan import Plan
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,18 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture
-from cdc.changelog import LogReader, list_segments
+from cdc.capture import triggers as capture
+from cdc.changelog.segments import LogReader, list_segments
 from cdc.config import Config
-from cdc.controls import Controls, read_controls
-from cdc.cutover_state import CutoverRecord, finalized_sources, read_records
+from cdc.control.controls import Controls, read_controls
 from cdc.events import RowBatch, SourcePosition
-from cdc.moved import KeptOut, describe
-from cdc.moved_apply import kept_out_now
-from cdc.plan import Plan
-from cdc.pool_metrics import PoolMetrics, read_pool_metrics
-from cdc.resolve import resolve_plan
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import resolve_plan
+from cdc.pool.stats import PoolMetrics, read_pool_metrics
 from cdc.sqlconn import open_legacy
+from cdc.stages.kept_out import KeptOut, describe
+from cdc.stages.kept_out_apply import kept_out_now
+from cdc.stages.record import CutoverRecord, finalized_sources, read_records
 from cdc.status_file import (
     BackflowRuntime,
     DaemonState,

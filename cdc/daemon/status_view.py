@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from cdc.controls import describe
-from cdc.status import Status
+from cdc.control.controls import describe
+from cdc.daemon.status import Status
 
 
 def _age(ts: float | None) -> str:

@@ -1,5 +1,8 @@
 """The `cdc.toml` an operator would write for the demo files.
 
+Written line by line rather than with tomli-w (which `cdc plan` uses): the demo's file is
+read by people, and its `[verify]` lines carry comments a TOML writer cannot emit.
+
 Every table gets an explicit, literal rule (reviewable, and it pins the renames and the merge),
 and every source also gets a `table = "*"` fallback to its default target: the bots may create
 tables at start-up (`--alter`), and a table that appears in a live file must still have a home.

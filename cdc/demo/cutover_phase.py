@@ -12,10 +12,10 @@ import sqlite3
 import time
 
 from cdc.config import Config
-from cdc.cutover import cutover, instructions
+from cdc.cutover.cutover import cutover, instructions
+from cdc.cutover.rollback import rollback
 from cdc.demo.show import Echo
-from cdc.plan import Plan
-from cdc.rollback import rollback
+from cdc.planning.plan import Plan
 from cdc.status_file import read_status
 
 STAGE = "cache"

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cdc.config import Config
+from cdc.daemon.status import Status, collect_status
 from cdc.demo.folder import DemoError
-from cdc.status import Status, collect_status
 from cdc.status_file import read_status
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]

@@ -6,14 +6,14 @@ import os
 import time
 from pathlib import Path
 
+from cdc.capture.install import InstallReport, install
 from cdc.config import Config
 from cdc.demo.daemon import DaemonProcess
 from cdc.demo.folder import DemoError
 from cdc.demo.show import Echo
 from cdc.errors import SourceError
-from cdc.ops import InstallReport, install
-from cdc.plan import Plan
-from cdc.resolve import resolve_plan
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import resolve_plan
 
 
 def _install(cfg: Config, plan: Plan, echo: Echo) -> None:

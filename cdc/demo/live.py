@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cdc.plan import Plan
-from cdc.status import Status
+from cdc.daemon.status import Status
+from cdc.planning.plan import Plan
 from verifier.continuous import VerifierStatus
 
 

@@ -9,7 +9,7 @@ import msgspec
 
 from cdc.config import Config
 from cdc.demo.show import Echo
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from verifier import KeyDiff, TableResult, VerifyReport, select_tables, verify_tables
 from verifier.report import write_validation_reports
 

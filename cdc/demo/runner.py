@@ -23,6 +23,8 @@ from __future__ import annotations
 import time
 
 from cdc.config import load_config
+from cdc.daemon.status import collect_status
+from cdc.daemon.status_view import render_status
 from cdc.demo.bots import KINDS, BotProcess, start_bots, stop_bots
 from cdc.demo.cutover_phase import run_cutover_round
 from cdc.demo.daemon import DaemonProcess, _wait
@@ -50,11 +52,9 @@ from cdc.demo.show import (
     _show_next,
     _show_schema,
 )
-from cdc.resolve import resolve_plan
-from cdc.status import collect_status
-from cdc.status_view import render_status
+from cdc.planning.resolve import resolve_plan
 
-# what cdc/cli.py and tests/test_demo.py import from here; MARKER and DemoError live in folder.py
+# what cdc/cli/main.py and tests/cli/test_demo.py import from here; MARKER and DemoError live in folder.py
 __all__ = ["MARKER", "DemoError", "prepare_root", "run_demo"]
 
 SEED = 7

@@ -9,9 +9,9 @@ from pathlib import Path
 from cdc.config import Config
 from cdc.demo.bots import BotProcess
 from cdc.demo.legacy_file import LegacyFile
-from cdc.inventory_report import run_inventory, summary_lines
-from cdc.plan import Plan
-from cdc.schema_out import write_schema
+from cdc.planning.inventory_report import run_inventory, summary_lines
+from cdc.planning.plan import Plan
+from cdc.planning.schema_out import write_schema
 
 Echo = Callable[[str], object]
 

@@ -26,12 +26,12 @@ import msgspec
 from cdc.config import Config
 from cdc.errors import ConfigError, TargetError
 from cdc.events import RowBatch, SegmentStart, SourceMark
-from cdc.finalized import NothingCovered, covered, with_finalized
 from cdc.fsutil import fsync_dir
-from cdc.history import RETENTION_HINT, HistoryIncomplete, RetainedLog, incomplete_note
+from cdc.history.rows import RETENTION_HINT, HistoryIncomplete, RetainedLog, incomplete_note
 from cdc.own_objects import is_own_table
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
 from cdc.sqlident import q
+from cdc.stages.finalized import NothingCovered, covered, with_finalized
 from replicator import TargetDB, apply_batch
 
 

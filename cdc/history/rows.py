@@ -27,20 +27,20 @@ import apsw
 import msgspec
 
 from cdc import exact_text
-from cdc.changelog import LogEntry
-from cdc.config import Config
-from cdc.errors import ConfigError
-from cdc.events import Op, RowBatch, SegmentStart, SourceMark, TableSchema, Value
-from cdc.finalized import with_finalized
-from cdc.inventory import affinity
-from cdc.plan import Plan, TableMapping
-from cdc.retained_log import (  # noqa: F401 - re-exported: the history API's names
+from cdc.changelog.retained import (  # noqa: F401 - re-exported: the history API's names
     RETENTION_HINT,
     HistoryIncomplete,
     RetainedLog,
     Segment,
     incomplete_note,
 )
+from cdc.changelog.segments import LogEntry
+from cdc.config import Config
+from cdc.errors import ConfigError
+from cdc.events import Op, RowBatch, SegmentStart, SourceMark, TableSchema, Value
+from cdc.inventory import affinity
+from cdc.planning.plan import Plan, TableMapping
+from cdc.stages.finalized import with_finalized
 from replicator.target import SCHEMAS, AppliedShape
 from verifier.values import encode, render, render_row
 

@@ -37,7 +37,7 @@ from cdc.sqlident import (
 )
 
 if TYPE_CHECKING:
-    from cdc.plan import Plan, SourcePlan, TableMapping
+    from cdc.planning.plan import Plan, SourcePlan, TableMapping
 
 FTS_SHADOWS = ("_data", "_idx", "_docsize", "_config", "_content")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import msgspec
 
 from cdc.errors import ConfigError
-from cdc.mapping import EXCLUDE, MappingRow, read_mapping, source_names, write_mapping
-from cdc.survey import (
+from cdc.planning.mapping import EXCLUDE, MappingRow, read_mapping, source_names, write_mapping
+from cdc.planning.survey import (
     CrossTargetForeignKey,
     DatabaseReport,
     Inventory,

@@ -13,17 +13,17 @@ import os
 from pathlib import Path
 
 import msgspec
+import tomli_w
 
 from cdc import exact_text
 from cdc.config import Config, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.inventory import list_tables
-from cdc.mapping import EXCLUDE, MappingRow, read_mapping, source_names
-from cdc.plan import Plan
-from cdc.resolve import expand_sources, resolve_plan
+from cdc.planning.mapping import EXCLUDE, MappingRow, read_mapping, source_names
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import expand_sources, resolve_plan
 from cdc.sqlconn import open_legacy
 from cdc.sqlident import q
-from cdc.toml_out import render_toml
 
 
 class InventoryDatabase(msgspec.Struct):
@@ -75,7 +75,7 @@ def make_plan(
     else:
         rows = read_mapping(mapping)
         data = _from_rows(inv, rows, out, targets, targets_dir, state_dir, problems)
-    text = render_toml(data)
+    text = tomli_w.dumps(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Checked from the folder it will live in: its relative paths resolve from there.
     probe = out.with_name(f".{out.name}.{os.getpid()}.check")

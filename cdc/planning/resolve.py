@@ -17,13 +17,15 @@ from pathlib import Path
 
 import apsw
 
-from cdc import bigrows, ddl, own_objects
+from cdc import own_objects
+from cdc.changelog import bigrows
 from cdc.config import MAX_NAME_BYTES, Config, RuleConfig
 from cdc.errors import PlanError, SourceError
 from cdc.fsutil import safe_component
 from cdc.guard import is_guard, is_guard_conn
 from cdc.inventory import TableInfo, affinity, list_tables, rowid_note
-from cdc.plan import Plan, SourcePlan, TableMapping
+from cdc.planning import ddl
+from cdc.planning.plan import Plan, SourcePlan, TableMapping
 from cdc.sqlconn import open_legacy
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cdc import ddl
 from cdc.inventory import TableInfo, affinity
-from cdc.plan import Plan, SourcePlan, TableMapping
+from cdc.planning import ddl
+from cdc.planning.plan import Plan, SourcePlan, TableMapping
 from cdc.sqlident import created_name
 
 

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable
 import apsw
 import msgspec
 
-from cdc.discover import Skipped, Unreadable, discover, relpath
 from cdc.inventory import ForeignKey, TableInfo, is_internal, list_tables, rowid_note
 from cdc.own_objects import CAPTURE_TABLES, foreign_claims, is_own_trigger
+from cdc.planning.discover import Skipped, Unreadable, discover, relpath
 from cdc.sqlconn import read_transaction, set_busy_timeout
 from cdc.sqlident import q, tokens, unquote
 

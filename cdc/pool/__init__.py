@@ -33,12 +33,12 @@ from contextlib import AbstractContextManager, contextmanager
 import apsw
 import msgspec
 
+from cdc.capture.hooks import capture_for
 from cdc.config import Config, PoolSettings, load_config
 from cdc.errors import CdcError, ConfigError, PoolTimeout
-from cdc.hooks import capture_for
-from cdc.pool_metrics import PoolMetrics, read_pool_metrics, write_pool_metrics
-from cdc.pool_open import open_pooled
-from cdc.pooled import PooledConnection
+from cdc.pool.opening import open_pooled
+from cdc.pool.pooled import PooledConnection
+from cdc.pool.stats import PoolMetrics, read_pool_metrics, write_pool_metrics
 
 __all__ = [
     "Pool",
@@ -408,7 +408,9 @@ def _locate(cfg: Config, name: str) -> tuple[str, bool]:
     """(path, is_target) of a target or source name; targets win a name both declare."""
     if name in cfg.targets:
         return cfg.targets[name], True
-    from cdc.resolve import expand_sources  # globs are expanded now: a new file may have come
+    from cdc.planning.resolve import (
+        expand_sources,  # globs are expanded now: a new file may have come
+    )
 
     for source, path, _required in expand_sources(cfg):
         if source == name:

@@ -16,9 +16,9 @@ from typing import Any
 
 import apsw
 
+from cdc.capture.fence import PREFIX
+from cdc.capture.hooks import FENCED_HINT
 from cdc.errors import FencedWrite
-from cdc.fence import PREFIX
-from cdc.hooks import FENCED_HINT
 
 
 class PooledConnection:

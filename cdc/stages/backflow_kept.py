@@ -26,11 +26,11 @@ import time
 
 import apsw
 
-from cdc import capture
-from cdc.cutover_state import CutoverRecord
+from cdc.capture import triggers as capture
 from cdc.inventory import TableInfo, table_info
-from cdc.moved import KeptOut, describe, kept_path, legacy_change, save_kept
-from cdc.plan import TableMapping
+from cdc.planning.plan import TableMapping
+from cdc.stages.kept_out import KeptOut, describe, kept_path, legacy_change, save_kept
+from cdc.stages.record import CutoverRecord
 from cdc.status_file import read_json
 
 log = logging.getLogger(__name__)

@@ -17,15 +17,15 @@ import os
 import apsw
 import msgspec
 
+from cdc.changelog.retained import RetainedLog
 from cdc.config import Config
-from cdc.cutover_state import MANIFEST, ArchivedFile, CutoverRecord, read_records
 from cdc.errors import ConfigError
 from cdc.events import TableSchema
 from cdc.guard import MOVED_SUFFIX
 from cdc.inventory import TableInfo, list_tables
-from cdc.plan import Plan, SourcePlan, TableMapping
-from cdc.resolve import _match
-from cdc.retained_log import RetainedLog
+from cdc.planning.plan import Plan, SourcePlan, TableMapping
+from cdc.planning.resolve import _match
+from cdc.stages.record import MANIFEST, ArchivedFile, CutoverRecord, read_records
 
 _CACHE = "_with_finalized"
 

@@ -29,12 +29,14 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture, fence, shapes
-from cdc.cutover_state import CUTOVER_DIR, CutoverRecord, CutoverTable, read_records
+from cdc import shapes
+from cdc.capture import fence
+from cdc.capture import triggers as capture
 from cdc.errors import CdcError
 from cdc.fsutil import makedirs_private, safe_component
 from cdc.inventory import TableInfo, table_info
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
+from cdc.stages.record import CUTOVER_DIR, CutoverRecord, CutoverTable, read_records
 from cdc.status_file import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)

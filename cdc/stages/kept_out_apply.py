@@ -26,10 +26,10 @@ import time
 import apsw
 import msgspec
 
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.events import RowBatch, TableReset, TableSchema, ValueChunk
-from cdc.moved import KeptOut, RecordWatch, describe, not_moved, read_kept
-from cdc.plan import Plan
+from cdc.planning.plan import Plan
+from cdc.stages.kept_out import KeptOut, RecordWatch, describe, not_moved, read_kept
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 
 import msgspec
 
+from cdc.capture.fence import FenceMark
 from cdc.errors import ConfigError
-from cdc.fence import FenceMark
 from cdc.fsutil import makedirs_private, safe_component, write_private
 
 CUTOVER_DIR = "cutover"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.config import config_from_dict
 from cdc.inventory import list_tables
 from tests.conftest import make_db
@@ -69,7 +69,7 @@ def _pipeline(tmp_path: Path, wal: bool) -> Pipeline:
         },
         tmp_path,
     )
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
 
     return Pipeline(cfg, resolve_plan(cfg))
 
@@ -275,7 +275,7 @@ def test_replace_through_a_unique_constraint_deletes_in_the_target_too(tmp_path,
         },
         tmp_path,
     )
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
 
     p = Pipeline(cfg, resolve_plan(cfg))
     try:
@@ -331,7 +331,7 @@ def test_any_identifier_round_trips(tmp_path_factory, table, cols):
         },
         tmp,
     )
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
 
     p = Pipeline(cfg, resolve_plan(cfg))
     try:
@@ -363,7 +363,7 @@ def test_an_older_installation_gets_its_replace_probes_at_daemon_start(tmp_path)
         tmp_path,
     )
     from cdc.inventory import list_tables
-    from cdc.resolve import resolve_plan
+    from cdc.planning.resolve import resolve_plan
 
     conn = apsw.Connection(str(db))
     capture.install(conn, list_tables(conn), str(db), probe_unique=set())  # as before

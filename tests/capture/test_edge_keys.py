@@ -16,7 +16,7 @@ import pytest
 
 from cdc.errors import TargetError
 from tests.conftest import cdc_cmd, make_db, write_config
-from tests.test_cutover import cdc_step
+from tests.cutover.test_cutover import cdc_step
 
 COPIED = """
 state_dir = "state"

@@ -17,13 +17,13 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc.changelog import LogReader
+from cdc.capture.hooks import HookCapture
+from cdc.changelog.segments import LogReader
 from cdc.config import load_config
 from cdc.errors import PlanError
 from cdc.events import RowBatch, TableSchema
-from cdc.hooks import HookCapture
-from cdc.pooled import PooledConnection
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
+from cdc.pool.pooled import PooledConnection
 from tests.conftest import REPO, cdc_cmd, make_db, write_config
 from verifier import compare_plan
 
@@ -281,8 +281,8 @@ def test_hook_capture_refuses_a_file_with_triggers_of_its_own(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, apsw
-    from cdc.hooks import HookCapture
-    from cdc.pooled import PooledConnection
+    from cdc.capture.hooks import HookCapture
+    from cdc.pool.pooled import PooledConnection
     raw = apsw.Connection(sys.argv[1])
     raw.set_busy_timeout(5000)
     conn = PooledConnection(raw, HookCapture(raw, "bot"))

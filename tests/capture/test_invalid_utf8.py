@@ -12,11 +12,11 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc.changelog import LogReader
+from cdc.changelog.segments import LogReader
 from cdc.config import load_config
 from cdc.events import RowBatch
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
-from tests.test_cutover import cdc_step
+from tests.cutover.test_cutover import cdc_step
 
 CONFIG = """
 state_dir = "state"

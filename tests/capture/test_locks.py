@@ -23,9 +23,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import capture
+from cdc.capture import triggers as capture
 from cdc.config import load_config
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from cdc.status_file import read_status
 from checkpoints.store import target_state
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config

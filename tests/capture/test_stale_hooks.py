@@ -16,14 +16,15 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import capture, fence
+from cdc.capture import fence
+from cdc.capture import triggers as capture
+from cdc.capture.hooks import HookCapture
 from cdc.config import load_config
 from cdc.errors import CdcError, FencedWrite
-from cdc.hooks import HookCapture
 from cdc.inventory import list_tables
-from cdc.pooled import PooledConnection
+from cdc.pool.pooled import PooledConnection
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
-from tests.test_cutover import cdc_step
+from tests.cutover.test_cutover import cdc_step
 
 SCHEMA = "CREATE TABLE kv(k TEXT PRIMARY KEY, v); CREATE TABLE free(k TEXT PRIMARY KEY, v);"
 WHERE = "/t/core.db (table kv)"

@@ -1,7 +1,7 @@
 """Input at SQLite's own limits: a table of 2,000 columns, a BLOB of about 1 GB.
 
 Each either works end to end (install, snapshot, stream, apply, verify) or is refused at plan
-time with one line naming the file and the table. A huge BLOB is streamed (cdc/bigrows.py):
+time with one line naming the file and the table. A huge BLOB is streamed (cdc/changelog/bigrows.py):
 the tests hold every process to a memory bound that does not grow with the value, measured
 as the peak RSS (VmHWM) of the daemon, of its apply worker and of `cdc verify`.
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import bigrows, changelog
+from cdc.changelog import bigrows
+from cdc.changelog import segments as changelog
 from cdc.config import load_config
 from cdc.errors import LogCorruptError, PlanError
 from cdc.events import (
@@ -34,7 +35,7 @@ from cdc.events import (
     decode_frame,
     encode_frame,
 )
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, wait_until, write_config
 from verifier import compare_plan
 
@@ -166,20 +167,32 @@ def _peaks(d) -> dict[str, int]:  # noqa: ANN001 - tests.conftest.DaemonProcess
     return {"daemon": _hwm(d.proc.pid), "worker": _hwm(kids[0])}
 
 
+# Runs the command and writes its peak RSS (wait4: that child only) to argv[1]. A child's
+# peak counts the image it was forked from, so the command is forked from this small
+# process, not from pytest, whose size depends on the tests that ran before.
+_WAIT4 = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss * 1024))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def _verify(cfg: Path, *args: str) -> tuple[subprocess.CompletedProcess, int]:
-    """`cdc verify --rate 0` and its own peak RSS, in bytes (from wait4: this child only)."""
-    out, err = cfg.parent / "verify.out", cfg.parent / "verify.err"
+    """`cdc verify --rate 0` and its own peak RSS, in bytes."""
+    out, err, rss = (cfg.parent / f"verify.{n}" for n in ("out", "err", "rss"))
+    cmd = [sys.executable, "-m", "cdc", "verify", "--rate", "0", "-c", str(cfg), *args]
     with open(out, "w") as o, open(err, "w") as e:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "verify", "--rate", "0", "-c", str(cfg), *args],
+        p = subprocess.run(
+            [sys.executable, "-c", _WAIT4, str(rss), *cmd],
             stdout=o,
             stderr=e,
             env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=False,
         )
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    r = subprocess.CompletedProcess(p.args, p.returncode, out.read_text(), err.read_text())
-    return r, usage.ru_maxrss * 1024
+    r = subprocess.CompletedProcess(cmd, p.returncode, out.read_text(), err.read_text())
+    return r, int(rss.read_text())
 
 
 def _config(root: Path, sources: list[str], rule: str = "", daemon: str = "") -> Path:
@@ -469,7 +482,7 @@ def test_streamed_frames_leave_ordinary_batches_byte_for_byte():
     """The two new frame kinds change nothing for the others: an ordinary `RowBatch` still
     encodes as format 1 did (the GOLDEN bytes), and a `StreamedRowBatch` decodes as a
     `RowBatch` too, so readers of keys (cutover, history, status) see its rows."""
-    from tests.test_changelog import GOLDEN
+    from tests.changelog.test_changelog import GOLDEN
 
     hexed, batch = GOLDEN[0]
     assert encode_frame(batch).hex() == hexed

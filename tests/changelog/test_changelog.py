@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from cdc.changelog import HEADER, LogReader, LogWriter, list_segments, segment_name
+from cdc.changelog.segments import HEADER, LogReader, LogWriter, list_segments, segment_name
 from cdc.errors import LogCorruptError
 from cdc.events import (
     ColumnDef,
@@ -206,7 +206,7 @@ def test_old_frames_still_decode(hexed, expected):
 
 
 def test_log_check_names_the_damaged_segment(tmp_path):
-    from cdc.logcheck import check_log
+    from cdc.changelog.check import check_log
 
     w = LogWriter(str(tmp_path), segment_bytes=300)
     for i in range(6):
@@ -323,7 +323,7 @@ def test_a_frame_that_checksums_but_does_not_decode_is_not_cut(tmp_path):
 
 
 def test_log_check_tells_a_torn_tail_from_damage(tmp_path):
-    from cdc.logcheck import check_log
+    from cdc.changelog.check import check_log
 
     w = LogWriter(str(tmp_path))
     for i in range(4):

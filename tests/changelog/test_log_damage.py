@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import sqlite3
 
-from cdc.changelog import HEADER, LogReader, list_segments, segment_name
+from cdc.changelog.segments import HEADER, LogReader, list_segments, segment_name
 from cdc.config import load_config
 from cdc.events import RowBatch
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan

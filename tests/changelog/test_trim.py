@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from cdc.config import load_config
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 from verifier import compare_plan
 

@@ -2,7 +2,7 @@
 naming the file and the key or table, with its class's exit code and never a traceback;
 or, where it is not a mistake (an empty table, an odd name), it simply works.
 
-`tests/test_config_plan.py` covers the config checks one by one through `load_config` and
+`tests/planning/test_config_plan.py` covers the config checks one by one through `load_config` and
 `resolve_plan`; here every command an operator runs meets them. Read-only directories are
 made with a `ro` tmpfs or bind mount (we run as root, and chmod does not stop root).
 """

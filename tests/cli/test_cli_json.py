@@ -29,10 +29,10 @@ import cdc
 import checkpoints
 import replicator
 import verifier
-from cdc import cli
+from cdc.cli import main as cli
 from cdc.config import load_config
+from cdc.daemon.status import Status, fresh_limit
 from cdc.errors import CdcError
-from cdc.status import Status, fresh_limit
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 
 DOC = REPO / "docs" / "cli-json.md"

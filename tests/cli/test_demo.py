@@ -23,10 +23,10 @@ from cdc.config import load_config
 from cdc.demo.report import _verify
 from cdc.demo.runner import MARKER, DemoError, prepare_root, run_demo
 from cdc.errors import CdcError
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from verifier.continuous import read_verifier_status
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_SECONDS = 4.0
 
 

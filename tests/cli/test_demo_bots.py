@@ -223,7 +223,7 @@ def test_config_maps_every_table(demo):
 def test_config_loads_and_resolves_in_engine(demo):
     """Cross-check with the engine's own reader and resolver (skipped if they are absent)."""
     config = pytest.importorskip("cdc.config")
-    plan_mod = pytest.importorskip("cdc.resolve")
+    plan_mod = pytest.importorskip("cdc.planning.resolve")
     root, files = demo
     cfg = config.load_config(write_demo_config(root, files))
     assert set(cfg.targets) == {"core", "analytics", "cache"}
@@ -318,7 +318,7 @@ def test_bot_cli_alters_and_exits_after_seconds(tmp_path):
         "--stats-file",
         str(stats_file),
     ]
-    root_dir = Path(__file__).resolve().parents[1]
+    root_dir = Path(__file__).resolve().parents[2]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=root_dir)
     assert done.returncode == 0, done.stderr
     stats = json.loads(stats_file.read_text())

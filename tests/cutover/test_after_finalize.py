@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cdc.changelog import list_segments
+from cdc.changelog.segments import list_segments
 from cdc.config import load_config
-from cdc.history import RetainedLog
+from cdc.history.rows import RetainedLog
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 
 CONFIG = """

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from cdc import guard
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.corpus import (
     REPO,
     copy_legacy,

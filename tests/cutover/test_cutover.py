@@ -18,14 +18,16 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import capture, fence, guard
+from cdc import guard
+from cdc.capture import fence
+from cdc.capture import triggers as capture
 from cdc.config import load_config
-from cdc.cutover_state import read_record
 from cdc.inventory import list_tables
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
+from cdc.stages.record import read_record
 from tests import workload
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until
-from tests.test_verifier_live import _setup as live_setup
+from tests.verifier.test_verifier_live import _setup as live_setup
 from tests.workload import SCHEMA
 from verifier.compare import compare_table
 

@@ -16,13 +16,13 @@ import apsw
 import pytest
 
 from cdc.config import load_config
-from cdc.cutover_state import read_record
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
+from cdc.stages.record import read_record
 from cdc.status_file import write_json_atomic
 from tests import workload
 from tests.conftest import cdc_cmd, wait_until
-from tests.test_cutover import cdc_step
-from tests.test_verifier_live import CONFIG, QUIET
+from tests.cutover.test_cutover import cdc_step
+from tests.verifier.test_verifier_live import CONFIG, QUIET
 from verifier import verify_tables
 from verifier.continuous import (
     VERIFY_STATUS_FILE,

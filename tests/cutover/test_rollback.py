@@ -17,15 +17,16 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc import capture, fence
-from cdc.changelog import LogReader
+from cdc.capture import fence
+from cdc.capture import triggers as capture
+from cdc.changelog.segments import LogReader
 from cdc.config import load_config
-from cdc.cutover_state import read_record
 from cdc.events import RowBatch
+from cdc.stages.record import read_record
 from tests import workload
 from tests.conftest import REPO, cdc_cmd, wait_until
-from tests.test_cutover import _cutover, _stage_equal, cdc_step
-from tests.test_verifier_live import _setup as live_setup
+from tests.cutover.test_cutover import _cutover, _stage_equal, cdc_step
+from tests.verifier.test_verifier_live import _setup as live_setup
 from tests.workload import VALUES
 
 CORE_TABLES = {("alpha", "positions"), ("alpha", "kv"), ("beta", "positions"), ("beta", "kv")}
@@ -262,7 +263,7 @@ def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> N
             sys.executable,
             "-c",
             "import os, sys\n"
-            "from tests.test_rollback import target_writes\n"
+            "from tests.cutover.test_rollback import target_writes\n"
             "seed = 10\n"
             "while not os.path.exists(sys.argv[2]):\n"
             "    target_writes(sys.argv[1], 100, seed)\n"

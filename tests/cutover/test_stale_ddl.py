@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
-from tests.test_cutover import _cutover, cdc_step
+from tests.cutover.test_cutover import _cutover, cdc_step
 
 CONFIG = """
 state_dir = "state"
@@ -191,8 +191,8 @@ def _tables(db: Path) -> set[str]:
 def _kept_metric(cfg: Path, table: str) -> set[tuple]:
     """The metric family of kept-out tables, as a scrape would build it."""
     from cdc.config import load_config
-    from cdc.metrics import families
-    from cdc.status import collect_status
+    from cdc.daemon.metrics import families
+    from cdc.daemon.status import collect_status
 
     fam = next(f for f in families(collect_status(load_config(cfg))) if f.name.endswith("kept_out"))
     return {

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from cdc import controls, pacing
-from cdc.changelog import LogReader, list_segments
+from cdc.changelog.segments import LogReader, list_segments
 from cdc.config import DaemonSettings, load_config
-from cdc.cutover import CutoverError
+from cdc.control import controls, pacing
+from cdc.cutover.cutover import CutoverError
 from cdc.errors import ConfigError, DaemonError, PanicStop
 from cdc.events import RowBatch, SourceMark
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from checkpoints.store import read_checkpoint
 from replicator.loop import GC_INTERVAL
 from replicator.worker import read_apply_status

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from cdc.daemon.status import collect_status
 from cdc.errors import PlanError
-from cdc.plan import Plan
-from cdc.resolve import resolve_plan
-from cdc.status import collect_status
+from cdc.planning.plan import Plan
+from cdc.planning.resolve import resolve_plan
 from tests.corpus import (
     WAIT,
     assert_nothing_orphaned,

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from cdc.changelog.retained import RetainedLog
 from cdc.config import load_config
 from cdc.events import RowBatch
 from cdc.faults import POINTS
-from cdc.resolve import resolve_plan
-from cdc.retained_log import RetainedLog
+from cdc.planning.resolve import resolve_plan
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status
 from tests import workload

@@ -11,10 +11,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cdc.cli import cli
+from cdc.cli.main import cli
 from cdc.config import load_config
 from cdc.errors import DaemonError
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan

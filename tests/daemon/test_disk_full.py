@@ -25,13 +25,13 @@ from pathlib import Path
 import apsw
 import pytest
 
-from cdc.changelog import LogReader, LogWriter, list_segments
+from cdc.changelog.check import check_log
+from cdc.changelog.retained import RetainedLog
+from cdc.changelog.segments import LogReader, LogWriter, list_segments
 from cdc.config import load_config
 from cdc.errors import TargetError
 from cdc.events import Op, RowBatch, RowEvent, SourceMark, SourcePosition
-from cdc.logcheck import check_log
-from cdc.resolve import resolve_plan
-from cdc.retained_log import RetainedLog
+from cdc.planning.resolve import resolve_plan
 from cdc.status_file import DaemonStatus, SourceRuntime, read_status, write_status
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.metrics import parse_addr
+from cdc.daemon.metrics import parse_addr
 from tests.conftest import REPO, wait_until
-from tests.test_daemon import _setup
+from tests.daemon.test_daemon import _setup
 
 
 def _free_port() -> int:

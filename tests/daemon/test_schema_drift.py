@@ -13,10 +13,10 @@ import sqlite3
 import time
 from contextlib import contextmanager
 
+from cdc.changelog.retained import RetainedLog
 from cdc.config import load_config
 from cdc.events import RowBatch, TableReset, TableSchema
-from cdc.resolve import resolve_plan
-from cdc.retained_log import RetainedLog
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
 from tests.workload import SCHEMA
 from verifier import compare_plan

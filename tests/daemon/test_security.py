@@ -31,12 +31,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cdc import controls, cutover_state, pool_metrics, repair
 from cdc.config import config_from_dict, load_config
+from cdc.control import controls
+from cdc.control import repair_requests as repair
 from cdc.errors import ConfigError, PlanError
 from cdc.fsutil import makedirs_private, write_private
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
+from cdc.pool import stats as pool_metrics
 from cdc.sqlconn import open_target
+from cdc.stages import record as cutover_state
 from cdc.status_file import DaemonStatus, write_json_atomic
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from tests.pipeline import Pipeline
@@ -851,20 +854,20 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
-    "cdc/pool_open.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
+    "cdc/pool/opening.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
     "cdc/demo/generator.py: {spec.journal}": "the demo's own journal mode constants",
     "cdc/demo/cutover_phase.py: {target_table}": "the demo's own fixed table name",
     "replicator/target.py: {decl}": "q(type), then DEFAULT with the source's own expression "
     "text (SQLite parsed it as one expression: it cannot end the statement)",
-    "cdc/capture.py: {', '.join(terms)}": "a unique index's own terms as SQLite parsed them "
+    "cdc/capture/triggers.py: {', '.join(terms)}": "a unique index's own terms as SQLite parsed them "
     "(sqlident.index_terms splits them at top-level commas): each one expression",
-    "cdc/capture.py: {join}": "capture.same() over q()-quoted columns and k<n> constants",
-    "cdc/capture.py: {probe}": "q()-quoted columns and collations, or an index's own terms",
-    "cdc/capture.py: {body}": "built from {probe} and {found} above",
-    "cdc/harvester.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "
+    "cdc/capture/triggers.py: {join}": "capture.same() over q()-quoted columns and k<n> constants",
+    "cdc/capture/triggers.py: {probe}": "q()-quoted columns and collations, or an index's own terms",
+    "cdc/capture/triggers.py: {body}": "built from {probe} and {found} above",
+    "cdc/capture/harvester.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "
     "(exact_text.marks: '?' or 'CAST(? AS TEXT)')",
-    "cdc/harvester.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
-    "cdc/history.py: {exact_text.marks(values)}": "placeholders only",
+    "cdc/capture/harvester.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
+    "cdc/history/rows.py: {exact_text.marks(values)}": "placeholders only",
     "replicator/apply.py: {' AND '.join(conds)}": "capture.same() over q()-quoted keys and "
     "numbered placeholders",
     "replicator/target.py: {' AND '.join(conds)}": "q()-quoted keys IS placeholders",
@@ -872,7 +875,7 @@ REVIEWED = {
     "the NULL-key tests built from q()-quoted keys",
     "verifier/sides.py: {tail}": "FROM/WHERE built from q()-quoted names and placeholders",
     "verifier/sides.py: {where}": "built from the conds above",
-    "cdc/backflow.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
+    "cdc/cutover/backflow.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
 }
 KNOWN_RAW: set[str] = set()  # raw and wrong: none left
 

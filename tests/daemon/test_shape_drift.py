@@ -21,7 +21,7 @@ import pytest
 from cdc.config import load_config
 from cdc.errors import TargetError
 from cdc.inventory import table_info
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from replicator.target import SCHEMAS, AppliedShape
 from tests.conftest import cdc_cmd, make_db, write_config
 from verifier import compare_plan, select_tables, verify_tables
@@ -429,7 +429,8 @@ def test_an_fts_index_over_a_rebuilt_table_stays_exact(tmp_path, pipeline_for) -
 def test_the_way_backs_capture_follows_a_rebuilt_table(copied) -> None:
     """A cut-over stage's target tables are captured for the way back (cdc.backflow); a
     rebuilt table gets its capture triggers again, made for its new shape."""
-    from cdc import backflow, capture
+    from cdc.capture import triggers as capture
+    from cdc.cutover import backflow
 
     tmp_path, cfg, p = copied
     target = str(tmp_path / "core.db")

@@ -14,7 +14,7 @@ import termios
 import time
 
 from tests.conftest import REPO
-from tests.test_daemon import _setup
+from tests.daemon.test_daemon import _setup
 
 
 def _read_until(master: int, needle: bytes, timeout: float) -> bytes:

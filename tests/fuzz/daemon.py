@@ -19,10 +19,10 @@ import msgspec
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from cdc import ops
+from cdc.capture import install as ops
 from cdc.config import load_config
 from cdc.faults import POINTS
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from replicator.worker import read_apply_status
 from tests.conftest import REPO, wait_until
 from tests.fuzz.schema import schemas

@@ -16,7 +16,7 @@ from hypothesis import reject
 
 from cdc.config import load_config
 from cdc.errors import CdcError, PlanError, TargetError
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.fuzz import oracle
 from tests.fuzz.schema import TAG_COLUMN, TableSpec, config_text, target_table
 from tests.fuzz.statements import Shape, Stmt, read_shape

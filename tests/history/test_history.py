@@ -27,10 +27,11 @@ import apsw
 import msgspec
 import pytest
 
-from cdc.changelog import list_segments, segment_name
+from cdc.changelog.segments import list_segments, segment_name
 from cdc.config import load_config
 from cdc.errors import ConfigError
-from cdc.history import (
+from cdc.history.rebuild import AsOf, parse_as_of, rebuild
+from cdc.history.rows import (
     HistoryIncomplete,
     LoggedRow,
     RetainedLog,
@@ -38,8 +39,7 @@ from cdc.history import (
     row_history,
     tail,
 )
-from cdc.history_rebuild import AsOf, parse_as_of, rebuild
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 from verifier.values import encode
 

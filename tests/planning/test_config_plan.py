@@ -6,7 +6,7 @@ import pytest
 
 from cdc.config import load_config
 from cdc.errors import ConfigError, PlanError
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, write_config
 
 BASE = """

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cdc import ops
+from cdc.capture import install as ops
 from cdc.config import config_from_dict, load_config
 from cdc.errors import PlanError
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.corpus import (
     DAEMON,
     RESOLUTIONS,

@@ -9,7 +9,7 @@ import re
 import apsw
 
 from cdc.config import load_config
-from cdc.mapping import write_mapping
+from cdc.planning.mapping import write_mapping
 from tests.conftest import cdc_cmd
 from tests.corpus import plan_to_mapping
 from tests.planning_support import inventory_rows, plan_cli, schema_objects

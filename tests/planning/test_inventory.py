@@ -15,9 +15,9 @@ import apsw
 import msgspec
 import pytest
 
-from cdc.discover import discover
 from cdc.errors import ConfigError
-from cdc.inventory_report import (
+from cdc.planning.discover import discover
+from cdc.planning.inventory_report import (
     DOT,
     JSON,
     MAPPING,
@@ -27,8 +27,8 @@ from cdc.inventory_report import (
     render_dot,
     run_inventory,
 )
-from cdc.mapping import MappingRow, read_mapping, write_mapping
-from cdc.survey import DatabaseReport, Inventory, take_inventory
+from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
+from cdc.planning.survey import DatabaseReport, Inventory, take_inventory
 from tests.conftest import make_db
 
 DOT_EXE = shutil.which("dot")

@@ -1,5 +1,5 @@
 """`cdc inventory` as a command: its files, its errors, the corpus, mappings kept, and
-the progress bar on a terminal. The survey itself is in tests/test_inventory.py."""
+the progress bar on a terminal. The survey itself is in tests/planning/test_inventory.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from cdc.errors import ConfigError
-from cdc.inventory_report import (
+from cdc.planning.inventory_report import (
     DOT,
     JSON,
     MAPPING,
@@ -20,11 +20,11 @@ from cdc.inventory_report import (
     SVG,
     run_inventory,
 )
-from cdc.mapping import MappingRow, read_mapping, write_mapping
-from cdc.survey import Inventory
+from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
+from cdc.planning.survey import Inventory
 from tests.conftest import REPO, cdc_cmd, make_db
 from tests.corpus import read_manifest
-from tests.test_inventory import DOT_EXE, db_named, snapshot, tables_of, write_fk_dbs  # noqa: F401
+from tests.planning.test_inventory import DOT_EXE, db_named, snapshot, tables_of, write_fk_dbs  # noqa: F401
 
 
 def test_cli_writes_the_files_and_reports(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_cli_without_dot_says_so_in_one_line(tmp_path: Path) -> None:
         env={
             **os.environ,
             "PATH": str(tmp_path / "empty-path"),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
         },
     )
     assert r.returncode == 0, r.stderr

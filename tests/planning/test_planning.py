@@ -9,9 +9,9 @@ import pytest
 
 from cdc.config import load_config
 from cdc.errors import PlanError
-from cdc.mapping import write_mapping
-from cdc.planner import make_plan
-from cdc.schema_out import write_schema
+from cdc.planning.mapping import write_mapping
+from cdc.planning.planner import make_plan
+from cdc.planning.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db
 from tests.planning_support import inventory_rows, plan_cli, schema_objects
 

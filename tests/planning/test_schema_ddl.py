@@ -10,8 +10,8 @@ import pytest
 
 from cdc.config import load_config
 from cdc.errors import PlanError
-from cdc.resolve import resolve_plan
-from cdc.schema_out import write_schema
+from cdc.planning.resolve import resolve_plan
+from cdc.planning.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db, write_config
 from tests.planning_support import schema_objects
 

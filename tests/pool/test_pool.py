@@ -24,7 +24,7 @@ from cdc import pool
 from cdc.config import PoolSettings, config_from_dict, load_config
 from cdc.errors import ConfigError, PoolTimeout, SourceError
 from cdc.pool import Pool
-from cdc.pool_metrics import metrics_path, read_pool_metrics
+from cdc.pool.stats import metrics_path, read_pool_metrics
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc.config import VerifySettings, load_config
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, write_config
 from tests.pipeline import Pipeline
 from verifier import compare_plan, select_tables, verify_tables

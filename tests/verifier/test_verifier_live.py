@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from cdc.config import load_config
-from cdc.resolve import resolve_plan
+from cdc.planning.resolve import resolve_plan
 from tests import workload
 from tests.conftest import SOAK_SCALE, cdc_cmd, wait_until
 from verifier import compare_plan
