@@ -11,6 +11,9 @@ The initial snapshot reads each table in key order, a chunk per short read trans
 interleaved with stream harvests. It needs no fence: triggers were installed before it
 started, and every event carries the image current when it was read, so log order is
 never older-after-newer for any key.
+
+Beside it: the trim (`trim`), the snapshot's and the repair's reads (`snapshot`) and the
+look at the bots' schema (`schema_look`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import apsw
 import msgspec
 import msgspec.structs
 
-from cdc import exact_text, shapes
+from cdc import shapes
 from cdc.capture import triggers as capture
 from cdc.capture.hooks import HOOK_OP
+from cdc.capture.schema_look import SchemaLook
+from cdc.capture.snapshot import read_chunk, read_keys
+from cdc.capture.trim import CaptureTrim
 from cdc.changelog import bigrows
 from cdc.changelog.segments import LogWriter
 from cdc.config import DaemonSettings
@@ -41,38 +47,11 @@ from cdc.events import (
     TableReset,
 )
 from cdc.faults import crash_point
-from cdc.inventory import TableInfo, is_internal, schema_version, table_info
+from cdc.inventory import TableInfo, table_info
 from cdc.planning.plan import SourcePlan
-from cdc.sqlconn import open_legacy, read_transaction, set_busy_timeout, write_transaction
-from cdc.sqlident import q
+from cdc.sqlconn import open_legacy, read_transaction, set_busy_timeout
 
 log = logging.getLogger(__name__)
-
-TRIM_OVERDUE = 30.0  # seconds a trim may be deferred before it waits its turn
-TRIM_FULL_RETRY = 5.0  # seconds between trims tried while the legacy file's disk is full
-# The capture table's ends for a trim slice: one min() or max() per SELECT is an index
-# seek; both in one SELECT make SQLite scan the whole table.
-TRIM_BOUNDS = (
-    f"SELECT (SELECT coalesce(min(seq), 0) FROM {capture.CHANGES}), "
-    f"(SELECT coalesce(max(seq), 0) FROM {capture.CHANGES})"
-)
-
-
-def _snapshot_keys(info: TableInfo, nulls: bool) -> tuple[list[str], list[str], str]:
-    """What a snapshot chunk selects before the columns (the event's key), what it orders
-    and bounds by, and the WHERE that picks its rows (empty: all). The rows whose key
-    holds a NULL come last, by rowid, with the rowid as the key's last value, as the
-    harvest writes them (`capture.key_exprs`)."""
-    if not info.key:
-        return [info.rowid_alias()], [info.rowid_alias()], ""
-    kexpr = [q(k) for k in info.key]
-    if not info.null_key:
-        return kexpr, kexpr, ""
-    has_null = "(" + " OR ".join(f"{k} IS NULL" for k in kexpr) + ")"
-    if not nulls:  # a bound holding NULL would compare with nothing: leave them out here
-        return kexpr, kexpr, f"WHERE NOT {has_null}"
-    rowid = info.rowid_alias()
-    return [*kexpr, rowid], [rowid], f"WHERE {has_null}"
 
 
 class HarvestResult:
@@ -85,7 +64,7 @@ class HarvestResult:
         self.events, self.through_seq, self.full = events, through_seq, full
 
 
-class Harvester:
+class Harvester(SchemaLook):
     def __init__(self, plan: SourcePlan, writer: LogWriter, settings: DaemonSettings) -> None:
         self.plan = plan
         self.writer = writer
@@ -110,11 +89,8 @@ class Harvester:
         # for writers outside the pool (counted since the daemon started)
         self.hook_rows = 0
         self.foreign_rows = 0
-        self._last_trim = 0.0
-        self._trimmed_through = 0
+        self.trim = CaptureTrim(plan.name)
         self.last_error: str | None = None
-        self.trim_error: str | None = None  # why harvested capture rows cannot be trimmed
-        self._trim_retry_at = 0.0
         self.keep_out = None  # cut-over tables refused, never reset (`cdc.moved`; the daemon's)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -165,8 +141,7 @@ class Harvester:
         self.position = SourcePosition(
             pos.install_id, pos.through_seq, [cursors[t] for t in sorted(cursors)], pos.events
         )
-        self._trimmed_through = 0
-        self._last_trim = time.monotonic()
+        self.trim.restart()
         self._refresh_schemas(force=True)
 
     def _install(self, wanted: list[str], cursors: dict[str, SnapshotCursor]) -> dict[str, int]:
@@ -214,28 +189,6 @@ class Harvester:
             hint="the daemon retries; find the writer that recreates them in a loop",
         )
 
-    def _moved_while_away(
-        self, infos: list[TableInfo], cursors: dict[str, SnapshotCursor]
-    ) -> dict[str, str]:
-        """Tables whose copy must be made again because of what happened while no
-        harvester looked (`cdc.shapes`; a VACUUM, for tables identified by rowid, also
-        when the installation had no VACUUM mark yet): name -> why."""
-        vacuumed = capture.vacuumed(self.conn) or not capture.has_vacuum_mark(self.conn)
-        widths, width = capture.widths(self.conn), capture.key_width
-        out = {}
-        for info in infos:
-            c = cursors.get(info.name)
-            if c is None:
-                continue
-            why = shapes.recopy_reason(c.shape, info)
-            if why is None and vacuumed and not info.key and (c.done or c.after is not None):
-                why = "a VACUUM may have given its rows new rowids"
-            if why is None and widths.get(info.name, width(info)) != width(info):
-                why = "its capture rows now tell rows with a NULL key apart"
-            if why is not None:
-                out[info.name] = why
-        return out
-
     def _restart_snapshots(
         self,
         tables: list[str],
@@ -282,91 +235,7 @@ class Harvester:
             self.conn.close()
             self.conn = None
 
-    # -- schema --------------------------------------------------------------------------
-    def _refresh_schemas(self, force: bool = False) -> None:
-        """Called inside a read transaction: queue a schema frame for every changed table,
-        and notice tables that appeared, vanished, or lost their triggers (a bot's DROP +
-        CREATE rewrite); `repair_capture` acts on the last, outside this read."""
-        version = schema_version(self.conn)
-        if version == self._schema_version and not force:
-            return
-        # a VACUUM changes the schema version too; seen once, until the mark is back
-        vacuumed = not self._vacuum_hold and capture.vacuumed(self.conn)
-        names = {
-            n.lower(): n
-            for (n,) in self.conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")
-        }
-        triggers = dict(
-            self.conn.execute("SELECT name, tbl_name FROM sqlite_schema WHERE type='trigger'")
-        )
-        if self._names is not None:
-            with self._appeared_lock:
-                self.appeared |= {
-                    n for low, n in names.items() if low not in self._names and not is_internal(n)
-                }
-        self._names = set(names)
-        for tid, name in self.tids.items():
-            on = triggers.get(capture.trigger_names(tid)[0])
-            if name.lower() not in names:
-                if name not in self.lost:
-                    self.lost[name] = f"renamed to {on!r}" if on else "dropped"
-                    log.error(
-                        "source %s: captured table %s was %s: capture of it stopped, its "
-                        "target table keeps the rows it had (cdc status names it)",
-                        self.plan.name,
-                        name,
-                        self.lost[name],
-                        extra={"source": self.plan.name, "table": name},
-                    )
-                    if self.keep_out is not None:
-                        self.keep_out.refuse(name, self.lost[name])
-                continue
-            if self.keep_out is not None and self.keep_out.look(
-                self, tid, name, on, triggers, vacuumed
-            ):
-                continue  # cut over: its legacy side must not reach the target (cdc.moved)
-            if on is None or on.lower() != name.lower():
-                self._recapture.add(name)  # its triggers went with a DROP
-            self.lost.pop(name, None)
-            info = table_info(self.conn, name)
-            old = self.infos.get(name)
-            if name in self._recapture:  # `repair_capture` resets it again, durably first
-                why = "dropped and created again"
-            else:
-                why = self._recopy_reason(old, info, vacuumed)
-            if why is not None:  # before the new schema: the target forgets, then reshapes
-                self._pending_schemas.append(TableReset(self.plan.name, name, why))
-                self._say_reset(self._pending_schemas[-1])
-                if shapes.probes_changed(why) or not info.key or name in self._recapture:
-                    self._hold.add(name)
-            if force or old != info or why is not None:
-                if old is not None:
-                    log.info(
-                        "source %s: table %s changed shape",
-                        self.plan.name,
-                        name,
-                        extra={"source": self.plan.name, "table": name},
-                    )
-                self.infos[name] = info
-                self._pending_schemas.append(info.to_schema(self.plan.name))
-        self._vacuum_hold |= vacuumed
-        self._schema_version = version
-
-    def _recopy_reason(self, old: TableInfo | None, info: TableInfo, vacuumed: bool) -> str | None:
-        """Why a table must be copied again now (`cdc.shapes`), or None. A VACUUM renumbers
-        the rowids of a table without a key; a table whose copy has not begun yet needs no
-        reset for it (its copy reads the new numbers)."""
-        why = None if old is None else shapes.recopy_reason(old, info)
-        if why is None and vacuumed and not info.key:
-            why = "a VACUUM gave its rows new rowids"
-        return why
-
-    def take_appeared(self) -> set[str]:
-        """Tables created since the last call (the daemon's thread asks; ours adds)."""
-        with self._appeared_lock:
-            got, self.appeared = self.appeared, set()
-        return got
-
+    # -- capture repair ----------------------------------------------------------------
     def repair_capture(self) -> None:
         """Put capture back on tables whose triggers a DROP took, after a reset (see
         `_restart_snapshots`), and take it off a renamed table (our triggers follow a
@@ -510,65 +379,14 @@ class Harvester:
         spool = self.writer.log_dir  # BLOBs too big for a row wait there (cdc.bigrows)
         return capture.change_batches(self.conn, self.plan.name, info, tid, lo, hi, now, spool)
 
-    def _maybe_trim(self) -> None:
-        """Delete harvested capture rows, without queueing behind busy bots.
+    @property
+    def trim_error(self) -> str | None:
+        """Why harvested capture rows cannot be trimmed (`cdc.capture.trim`), or None."""
+        return self.trim.error
 
-        A write transaction on the bots' file blocks their writes while it runs. It is tried
-        with a short lock budget and deferred when bots are busy; only when it has been
-        deferred for `TRIM_OVERDUE` seconds does it wait the full busy timeout, so the capture
-        table cannot grow without bound. Each one deletes at most `trim_slice` rows, then the
-        lock is let go for as long as it was held: one DELETE of a million rows held the bots'
-        writes for about 0.5 s (bench/README.md, "Trim").
-        """
-        through = self.position.through_seq
-        if through <= self._trimmed_through:
-            return
-        now = time.monotonic()
-        if now - self._last_trim < self.settings.trim_interval or now < self._trim_retry_at:
-            return
-        overdue = now - self._last_trim > TRIM_OVERDUE
-        self.busy.timeout_ms = self.settings.busy_timeout_ms if overdue else 20
-        try:
-            while True:
-                began = time.monotonic()
-                with write_transaction(self.conn):
-                    lo, top = self.conn.execute(TRIM_BOUNDS).fetchone()
-                    # Keep the newest row so the INTEGER PRIMARY KEY never restarts numbering.
-                    last = min(through, top - 1)
-                    upto = min(last, lo + self.settings.trim_slice - 1)
-                    self.conn.execute(f"DELETE FROM {capture.CHANGES} WHERE seq <= ?", (upto,))
-                    crash_point("trim")
-                if upto >= last:
-                    break
-                time.sleep(time.monotonic() - began)  # the bots' turn, as long as ours was
-        except apsw.BusyError:
-            log.debug("source %s: trim deferred, database busy", self.plan.name)
-            return
-        except apsw.FullError as e:
-            # The bots' disk is full: a DELETE needs journal (or WAL) space. Harvesting
-            # goes on (it only reads); the rows wait until there is room. Said once, and
-            # tried again every TRIM_FULL_RETRY s, not at every wake-up.
-            if self.trim_error is None:
-                log.warning(
-                    "source %s: cannot trim %s, the legacy file's disk is full (%s); "
-                    "harvesting goes on, the trim is retried",
-                    self.plan.name,
-                    capture.CHANGES,
-                    e,
-                )
-            self.trim_error = (
-                f"legacy disk full: cannot trim {capture.CHANGES} ({e}); harvesting goes on, "
-                f"the trim is retried every {TRIM_FULL_RETRY:.0f} s"
-            )
-            self._trim_retry_at = time.monotonic() + TRIM_FULL_RETRY
-            return
-        finally:
-            self.busy.timeout_ms = self.settings.busy_timeout_ms
-        if self.trim_error is not None:
-            log.info("source %s: capture rows trimmed again", self.plan.name)
-            self.trim_error = None
-        self._trimmed_through = through
-        self._last_trim = time.monotonic()
+    def _maybe_trim(self) -> None:
+        """Trim what is harvested, when the trim's pace allows (`CaptureTrim`)."""
+        self.trim.maybe_trim(self.conn, self.busy, self.position.through_seq, self.settings)
 
     # -- snapshot ------------------------------------------------------------------------
     def _copying(self, c: SnapshotCursor) -> bool:
@@ -607,37 +425,12 @@ class Harvester:
             if not self._copying(cur):
                 return 0  # dropped just now
             info = self.infos[cur.table]
-            kexpr, order, nulls = _snapshot_keys(info, cur.nulls)
-            width = len(kexpr)
-            until = cur.until
-            if until is None:
-                top = exact_text.fetchone(  # a key may be TEXT that is not UTF-8
-                    self.conn,
-                    order,
-                    f"FROM {q(info.name)} {nulls} "
-                    f"ORDER BY {', '.join(k + ' DESC' for k in order)} LIMIT 1",
-                )
-                until = list(top) if top and top[0] is not None else None
-            rows, streamed = [], []
-            if until is not None:
-                marks, keys = exact_text.marks, ", ".join(order)
-                conds, args = [f"({keys}) <= ({marks(until)})"], exact_text.binds(until)
-                if cur.after is not None:
-                    conds.append(f"({keys}) > ({marks(cur.after)})")
-                    args += exact_text.binds(cur.after)
-                rows, streamed = bigrows.table_rows(  # any width; big BLOBs left to stream
-                    self.conn,
-                    info,
-                    kexpr,
-                    f"FROM {q(info.name)} {nulls or 'WHERE 1'} AND {' AND '.join(conds)} "
-                    f"ORDER BY {keys} LIMIT {int(limit)}",
-                    args,
-                    self.writer.log_dir,
-                )
+            chunk = read_chunk(self.conn, info, cur, limit, self.writer.log_dir)
+        rows, width, until = chunk.rows, chunk.width, chunk.until
         src = self.plan.name
         events = [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows]
-        frames = bigrows.batches(src, cur.table, now, events, streamed, info.column_names)
-        after = list(rows[-1][width - len(order) : width]) if rows else cur.after
+        frames = bigrows.batches(src, cur.table, now, events, chunk.streamed, info.column_names)
+        after = list(rows[-1][width - chunk.order : width]) if rows else cur.after
         snaps = list(pos.snapshots)
         done = until is None or len(rows) < limit or after == until
         if done and info.null_key and not cur.nulls:  # the rows a key range cannot reach
@@ -671,27 +464,7 @@ class Harvester:
         now = time.time()
         with read_transaction(self.conn):
             self._refresh_schemas()
-            info = self.infos[table]
-            kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
-            cols = [q(c) for c in info.column_names]
-            events, seen = [], set()
-            for key in keys:
-                mark = exact_text.pack(key)
-                if len(key) != len(kexpr) or mark in seen:
-                    continue
-                seen.add(mark)
-                where = " AND ".join(  # exactly this key: 'Alpha' never finds 'ALPHA'
-                    capture.same(k, exact_text.mark(v).replace("?", f"?{i}"))
-                    for i, (k, v) in enumerate(zip(kexpr, key, strict=True), 1)
-                )
-                row = exact_text.fetchone(  # TEXT that is not UTF-8 read and bound exactly
-                    self.conn, cols, f"FROM {q(info.name)} WHERE {where}", exact_text.binds(key)
-                )
-                events.append(
-                    RowEvent(Op.UPSERT, 0, list(key), list(row))
-                    if row is not None
-                    else RowEvent(Op.DELETE, 0, list(key))
-                )
+            events = read_keys(self.conn, self.infos[table], keys)
         frames = [RowBatch(self.plan.name, table, now, events)] if events else []
         self._log(
             frames,

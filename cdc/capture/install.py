@@ -9,7 +9,7 @@ import msgspec
 
 from cdc.capture import triggers as capture
 from cdc.config import Config
-from cdc.cutover import backflow
+from cdc.cutover import target_capture
 from cdc.guard import is_guard
 from cdc.inventory import list_tables
 from cdc.planning.plan import Plan
@@ -84,7 +84,7 @@ def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
             continue
         conn = open_target(path, cfg.daemon.busy_timeout_ms)
         try:
-            n = backflow.remove_target_capture(conn)
+            n = target_capture.remove_target_capture(conn)
             if n:
                 out.append(SourceUninstall(f"target {name}", path, n))
         finally:

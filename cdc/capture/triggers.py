@@ -301,36 +301,11 @@ def install(
     """
     try:
         with write_transaction(conn):  # the bots see all of it or none
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {META}(k TEXT PRIMARY KEY, v)")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLES}(tid INTEGER PRIMARY KEY, "
-                "name TEXT NOT NULL UNIQUE, key_width INTEGER NOT NULL)"
-            )
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY, tid, op, k1)"
-            )
-            conn.execute(
-                f"INSERT OR IGNORE INTO {META}(k, v) VALUES ('install_id', ?), ('format', ?)",
-                (uuid.uuid4().hex, FORMAT_VERSION),
-            )
-            if mark_vacuum or not has_vacuum_mark(conn):
-                set_vacuum_mark(conn)
-            width = max([key_width(t) for t in tables] + [1])
-            have = [r[1] for r in conn.execute(f"SELECT * FROM pragma_table_info('{CHANGES}')")]
-            for i in range(2, width + 1):
-                if f"k{i}" not in have:
-                    conn.execute(f"ALTER TABLE {CHANGES} ADD COLUMN k{i}")
+            _create_capture_tables(conn, tables, mark_vacuum)
             existing = installed_tables(conn)
             wanted = {t.name for t in tables}
             if expect_lacking is not None:
-                have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-                moved = [
-                    n
-                    for n, tid in existing.items()
-                    if n in wanted and n not in expect_lacking and trigger_names(tid)[0] not in have
-                ]
-                if moved:
-                    raise CaptureMoved(f"{path}: {', '.join(moved)} lost capture triggers just now")
+                _refuse_moved(conn, existing, wanted, expect_lacking, path)
             for name, tid in existing.items():
                 if (prune and name not in wanted) or name in release:
                     _drop_triggers(conn, tid)
@@ -357,6 +332,47 @@ def install(
             f"{path}: database stayed locked during install: {e}",
             hint="a bot held the write lock for longer than the busy timeout; retry",
         ) from e
+
+
+def _create_capture_tables(
+    conn: apsw.Connection, tables: list[TableInfo], mark_vacuum: bool
+) -> None:
+    """Our tables in the legacy file, with a key column per value of the widest key."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {META}(k TEXT PRIMARY KEY, v)")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {TABLES}(tid INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL UNIQUE, key_width INTEGER NOT NULL)"
+    )
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {CHANGES}(seq INTEGER PRIMARY KEY, tid, op, k1)")
+    conn.execute(
+        f"INSERT OR IGNORE INTO {META}(k, v) VALUES ('install_id', ?), ('format', ?)",
+        (uuid.uuid4().hex, FORMAT_VERSION),
+    )
+    if mark_vacuum or not has_vacuum_mark(conn):
+        set_vacuum_mark(conn)
+    width = max([key_width(t) for t in tables] + [1])
+    have = [r[1] for r in conn.execute(f"SELECT * FROM pragma_table_info('{CHANGES}')")]
+    for i in range(2, width + 1):
+        if f"k{i}" not in have:
+            conn.execute(f"ALTER TABLE {CHANGES} ADD COLUMN k{i}")
+
+
+def _refuse_moved(
+    conn: apsw.Connection,
+    existing: dict[str, int],
+    wanted: set[str],
+    expect_lacking: set[str],
+    path: str,
+) -> None:
+    """Raise `CaptureMoved` for a captured table that lost its triggers unexpectedly."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    moved = [
+        n
+        for n, tid in existing.items()
+        if n in wanted and n not in expect_lacking and trigger_names(tid)[0] not in have
+    ]
+    if moved:
+        raise CaptureMoved(f"{path}: {', '.join(moved)} lost capture triggers just now")
 
 
 def read_changes(

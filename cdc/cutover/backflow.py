@@ -32,10 +32,9 @@ import apsw
 import msgspec
 
 from cdc import exact_text
-from cdc.capture import fence
 from cdc.capture import triggers as capture
 from cdc.config import Config
-from cdc.errors import CdcError
+from cdc.cutover.target_capture import TOUCHED, BackflowError, key_columns
 from cdc.events import Op, RowEvent
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.planning.plan import Plan, TableMapping
@@ -57,13 +56,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("done", "rolling_back")  # stages whose target writes flow back
 TRIM_BUDGET_MS = 20  # a target trim waits no longer than this for the bots' writes
-TOUCHED = "_cdc_touched"  # keys of trimmed target capture rows, for the rollback's check
-
-
-class BackflowError(CdcError):
-    """A change in the target cannot be written back to its legacy file."""
-
-    exit_code = 12
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -92,104 +84,6 @@ def read_checkpoint(conn: apsw.Connection, target: str, install_id: str) -> int:
         return 0
     cp = _CHECKPOINT.decode(row[0])
     return cp.seq if cp.install_id == install_id else 0
-
-
-def capture_target(cfg: Config, path: str, tables: list[str]) -> None:
-    """Capture the stage's target tables, in the preflight (creating the triggers took 193
-    ms for the 65 tables of the corpus's analytics stage, holding the target's write lock:
-    bot pause if done under the fence). What the replicator writes there (before "go", and
-    again after a rollback) is captured too, and removed in its own apply transaction
-    (`replicator.apply`), so only the bots' writes stay. The triggers cannot tell our
-    connections apart themselves: a test of a pass function in SQL needs a virtual table,
-    which a bot connection with `trusted_schema=OFF` refuses inside a trigger, and its
-    every write would fail."""
-    conn = open_target(path, cfg.daemon.busy_timeout_ms)
-    try:
-        _ensure_capture(conn, path, tables)
-    finally:
-        conn.close()
-
-
-def _ensure_capture(conn: apsw.Connection, path: str, tables: list[str]) -> None:
-    names = sorted(set(tables))
-    if capture.is_capturing(conn, names) and _key_columns(conn, TOUCHED):
-        return
-    infos = [table_info(conn, n) for n in names]
-    missing = [i.name for i in infos if not i.columns]
-    if missing:
-        raise BackflowError(f"{path}: tables {', '.join(missing)} are missing")
-    capture.install(conn, infos, path)
-    with write_transaction(conn):
-        kcols = _key_columns(conn, capture.CHANGES)
-        have = _key_columns(conn, TOUCHED)
-        if not have:
-            keys = ", ".join(q(k) for k in kcols)
-            conn.execute(f"CREATE TABLE {TOUCHED}(tid, {keys}, UNIQUE(tid, {keys}))")
-        for k in kcols[len(have) :] if have else []:
-            conn.execute(f"ALTER TABLE {TOUCHED} ADD COLUMN {q(k)}")
-
-
-def _key_columns(conn: apsw.Connection, table: str) -> list[str]:
-    """k1..kN of a capture-shaped table (none: it does not exist)."""
-    return [
-        r[0]
-        for r in conn.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))
-        if r[0].startswith("k")
-    ]
-
-
-def touched_keys(conn: apsw.Connection, tables: list[str]) -> dict[str, list[list]] | None:
-    """Target table -> every key the bots changed since the stage was last proven equal
-    (the cutover, or the end of the last rollback): what the backflow trimmed is kept in
-    `_cdc_touched`, the rest is still in the capture table. None: no record of it (a
-    target captured before it existed): verify in full."""
-    kcols = _key_columns(conn, TOUCHED)
-    if not kcols:
-        return None
-    tids = capture.installed_tables(conn)
-    infos = {tid: table_info(conn, name) for name, tid in tids.items() if name in tables}
-    widths = {tid: capture.key_width(info) for tid, info in infos.items()}
-    nullable = {tid: info.null_key for tid, info in infos.items()}
-    names = {tid: name for name, tid in tids.items()}
-    out: dict[str, dict[bytes, list]] = {}
-    cols = ["tid", *(q(k) for k in kcols)]
-    for table in (TOUCHED, capture.CHANGES):
-        for row in exact_text.select(conn, cols, f"FROM {table}", distinct=True):
-            tid = row[0]
-            if tid in widths:
-                key = list(row[1 : 1 + widths[tid]])
-                if len(key) > 1 and key[-1] is None and nullable[tid]:
-                    key.pop()  # the rowid comes only with a key that holds NULL
-                out.setdefault(names[tid], {})[exact_text.pack(key)] = key
-    return {name: list(keys.values()) for name, keys in out.items()}
-
-
-def remove_target_capture(conn: apsw.Connection) -> int:
-    """The end of the rollback window (`cdc finalize`, `cdc uninstall`): every object of
-    ours leaves the target's tables (capture, fences, `_cdc_touched`). Returns the number
-    of tables that were captured (0: there was nothing)."""
-    tables = len(capture.installed_tables(conn))
-    if not capture.is_installed(conn) and not _key_columns(conn, TOUCHED):
-        return 0
-    capture.uninstall(conn)
-    conn.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
-    return max(tables, 1)
-
-
-def forget_touched(conn: apsw.Connection) -> None:
-    """The stage was just proven equal (the end of a rollback): a new record starts."""
-    if _key_columns(conn, TOUCHED):
-        conn.execute(f"DELETE FROM {TOUCHED}")
-
-
-def open_for_bots(rec: CutoverRecord, conn: apsw.Connection) -> None:
-    """The last step of a cutover, on its target connection: lift the target fences an
-    earlier rollback left (the capture is in place since the preflight). Idempotent: a
-    cutover killed here does it again."""
-    names = sorted({t.target_table for t in rec.tables})
-    _ensure_capture(conn, rec.path, names)  # a cheap check, unless the record predates it
-    if fence.fenced_tables(conn):
-        fence.unfence(conn, rec.path, names)
 
 
 class Backflow:
@@ -416,18 +310,18 @@ class Backflow:
                 raise BackflowError(f"{self.paths[source]}: legacy table {table!r} is gone")
         return info
 
-    def _write_rows(
+    def _add_columns(
         self, conn: apsw.Connection, source: str, m: TableMapping, tinfo: TableInfo, evs
-    ) -> int:  # noqa: ANN001
+    ) -> tuple[TableInfo, set[str]]:  # noqa: ANN001
+        """The legacy table's shape, and its column names (lower case), once every column
+        a value of `evs` must go to is there. A column the legacy table lacks (a bot's
+        ALTER on the target, or another source's column of a merged table) is added when
+        a value must go there, never dropped."""
         linfo = self._legacy_info(conn, source, m.table)
-        tcols = tinfo.column_names
-        skip = 1 if m.tag_column else 0  # a merged table's key starts with the tag
         if m.tag_column and not linfo.key:
             raise BackflowError(f"{self.path}: merged table {tinfo.name} needs a declared key")
         have = {c.lower() for c in linfo.column_names}
-        # A column the legacy table lacks (a bot's ALTER on the target, or another source's
-        # column of a merged table) is added when a value must go there, never dropped.
-        for i, c in enumerate(tcols):
+        for i, c in enumerate(tinfo.column_names):
             if (
                 c.lower() not in have
                 and c != m.tag_column
@@ -440,6 +334,14 @@ class Backflow:
                 log.info("backflow %s: added column %s.%s", self.target, m.table, c)
                 linfo = self._legacy_info(conn, source, m.table)
                 have.add(c.lower())
+        return linfo, have
+
+    def _write_rows(
+        self, conn: apsw.Connection, source: str, m: TableMapping, tinfo: TableInfo, evs
+    ) -> int:  # noqa: ANN001
+        tcols = tinfo.column_names
+        skip = 1 if m.tag_column else 0  # a merged table's key starts with the tag
+        linfo, have = self._add_columns(conn, source, m, tinfo, evs)
         pick = [i for i, c in enumerate(tcols) if c.lower() in have and c != m.tag_column]
         shape = AppliedShape(
             columns=[tcols[i] for i in pick],
@@ -488,7 +390,7 @@ class Backflow:
         self.tbusy.timeout_ms = TRIM_BUDGET_MS
         try:
             with write_transaction(self.tconn):
-                cols = ", ".join(["tid", *(q(k) for k in _key_columns(self.tconn, TOUCHED))])
+                cols = ", ".join(["tid", *(q(k) for k in key_columns(self.tconn, TOUCHED))])
                 where = f"seq <= ? AND seq < (SELECT max(seq) FROM {capture.CHANGES})"
                 if cols != "tid":  # the keys stay known until the stage is proven again
                     self.tconn.execute(

@@ -41,7 +41,7 @@ import apsw
 from cdc.capture import fence
 from cdc.config import Config
 from cdc.control.controls import read_controls
-from cdc.cutover import backflow, lag
+from cdc.cutover import lag, target_capture
 from cdc.cutover.fence_proof import final_verification, verify_parallel
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
 from cdc.planning.plan import Plan, TableMapping
@@ -151,7 +151,7 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]
     # First, so the replicator has caught up again before the fence: creating the target's
     # capture triggers holds its write lock (193 ms for analytics' 65 tables); done just
     # before the fence, that backlog doubled the drain under it (bench/README.md).
-    backflow.capture_target(cfg, plan.targets[target], [m.target_table for m in tables])
+    target_capture.capture_target(cfg, plan.targets[target], [m.target_table for m in tables])
     # "Near zero", not zero: under a steady write load an instant with nothing in flight
     # may not come for a while, and the drain under the fence takes the rest (at the
     # daemon's 50-100k changes/s, NEAR_ZERO changes are a few ms of the pause).
@@ -235,7 +235,7 @@ def _checkpoint_target(cfg: Config, path: str) -> None:
 
 def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> None:  # noqa: ANN001
     # Normally in place since the preflight (a cheap check then): the way back needs it.
-    backflow.capture_target(cfg, rec.path, [m.target_table for m in tables])
+    target_capture.capture_target(cfg, rec.path, [m.target_table for m in tables])
     by_source: dict[str, dict[str, str]] = {}
     for m in tables:
         where = f"{plan.targets[m.target]} (table {m.target_table}"
@@ -303,7 +303,7 @@ def _finish(cfg, plan, rec: CutoverRecord, tables, drain_timeout, echo, conns) -
         f"SELECT log_offset FROM {CHECKPOINT} WHERE consumer='replicator'"
     ).fetchone()
     rec.log_offset = row[0] if row else 0
-    backflow.open_for_bots(rec, conns.writer)
+    target_capture.open_for_bots(rec, conns.writer)
     clock.lap("go")
     rec.done_at = time.time()
     rec.pause_ms = (rec.done_at - rec.fenced_at) * 1000.0

@@ -29,7 +29,7 @@ import msgspec
 from cdc import guard
 from cdc.capture import triggers as capture
 from cdc.config import Config
-from cdc.cutover import backflow
+from cdc.cutover import target_capture
 from cdc.cutover.cutover import step_done
 from cdc.errors import CdcError
 from cdc.fsutil import fsync_dir, makedirs_private, write_private
@@ -176,7 +176,7 @@ def _end_rollback_window(cfg: Config, rec: CutoverRecord, echo) -> None:  # noqa
     daemon's backflow has stopped reading it."""
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:
-        if backflow.remove_target_capture(conn):
+        if target_capture.remove_target_capture(conn):
             echo(f"{rec.path}: rollback window closed (capture of the target removed)")
     finally:
         conn.close()

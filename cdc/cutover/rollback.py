@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cdc.capture import fence
 from cdc.config import Config
-from cdc.cutover import backflow
+from cdc.cutover import backflow, target_capture
 from cdc.cutover.cutover import Clock, CutoverError, Echo, step_done, verify_parallel
 from cdc.errors import CdcError, DaemonError
 from cdc.planning.plan import Plan
@@ -127,7 +127,7 @@ def _verify_back(cfg, plan, rec: CutoverRecord, tables) -> list[TableResult]:  #
     Without that record (a target captured by an older version), everything in full."""
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:
-        keys = backflow.touched_keys(conn, sorted({t.target_table for t in rec.tables}))
+        keys = target_capture.touched_keys(conn, sorted({t.target_table for t in rec.tables}))
     finally:
         conn.close()
     if keys is None:
@@ -239,7 +239,7 @@ def _hand_back(cfg: Config, plan: Plan, rec: CutoverRecord, echo: Echo) -> None:
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:  # proven equal just now: the next rollback's record of touched keys starts empty
         with write_transaction(conn):
-            backflow.forget_touched(conn)
+            target_capture.forget_touched(conn)
     finally:
         conn.close()
     for source in sorted({t.source for t in rec.tables}):

@@ -26,9 +26,6 @@ import time
 from collections.abc import Callable
 
 import apsw
-import msgspec
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
 
 from cdc.capture.harvester import Harvester
 from cdc.changelog.segments import LogWriter
@@ -36,15 +33,16 @@ from cdc.config import Config
 from cdc.control import repair_requests as repair
 from cdc.control.controls import ControlWatcher, describe, panic_error
 from cdc.control.pacing import Pacer, TimedWriter
-from cdc.cutover import backflow
+from cdc.daemon.backflow_thread import BackflowThread
+from cdc.daemon.file_wakes import watch_files
+from cdc.daemon.new_tables import NewTables
 from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, SourceError, TargetError
 from cdc.fsutil import makedirs_private
 from cdc.planning.plan import Plan
-from cdc.planning.resolve import LOCKED_START_WAIT, daemon_plan, excluded_by_rule, resolve_plan
-from cdc.stages import backflow_kept
+from cdc.planning.resolve import LOCKED_START_WAIT, daemon_plan, excluded_by_rule
 from cdc.stages import kept_out as moved
 from cdc.stages import kept_out_apply as moved_apply
-from cdc.stages.record import finalized_sources, read_records
+from cdc.stages.record import finalized_sources
 from cdc.status_file import (
     BackflowRuntime,
     DaemonStatus,
@@ -58,19 +56,6 @@ from replicator.worker import WorkerHandle, read_apply_status
 log = logging.getLogger(__name__)
 
 REPAIR_POLL = 0.25  # seconds between looks for repair requests, per source
-BACKFLOW_POLL = 0.1  # seconds between looks at the cut-over targets when nothing moved
-
-
-class _Wake(FileSystemEventHandler):
-    """Maps a file event (db, -wal, -journal) to the wake-up of the source it belongs to."""
-
-    def __init__(self, events: dict[str, threading.Event]) -> None:
-        self.events = events
-
-    def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
-        ev = self.events.get(event.src_path)
-        if ev is not None:
-            ev.set()
 
 
 def lock_state_dir(state_dir: str) -> int:
@@ -108,13 +93,11 @@ class Daemon:
         self.requested_stop = stop_event or threading.Event()
         self.stop_event = threading.Event()
         self.replan = False  # stopped to start over: a new table is mapped (`run_daemon`)
-        self._appeared: set[tuple[str, str]] = set()  # (source, table) created since
-        self._look_again_at = 0.0
         self.apply_wake = threading.Event()
         self.fatal: CdcError | None = None
         self._lock_fd = lock_state_dir(cfg.state_dir)
-        self._kept_new: set[tuple[str, str]] = set()  # named in the log (`_keep_new_out`)
-        self.plan = self._keep_new_out(plan or daemon_plan(cfg, self.requested_stop))
+        self.new_tables = NewTables(cfg)
+        self.plan = self.new_tables.keep_new_out(plan or daemon_plan(cfg, self.requested_stop))
         for source, table in self.plan.unmapped:
             log.warning(
                 "table %s of source %s is matched by no rule: it is not captured "
@@ -126,20 +109,7 @@ class Daemon:
         self.writer = LogWriter(cfg.log_dir, self.settings.segment_bytes)
         self.harvesters: list[Harvester] = []
         self.runtime: dict[str, SourceRuntime] = {}
-        released = finalized_sources(cfg.state_dir)
-        for sp in self.plan.sources:
-            if not sp.tables or sp.name in released:
-                continue
-            h = Harvester(sp, self.writer, self.settings)
-            h.keep_out = moved.KeepOut(cfg.state_dir, sp.name, sp.path)
-            self._open_patiently(h)
-            self.harvesters.append(h)
-            self.runtime[sp.name] = SourceRuntime(
-                path=sp.path,
-                through_seq=h.position.through_seq,
-                snapshot=h.snapshot_state(),
-                capture=sp.capture,
-            )
+        self._open_sources()
         self.wakes = {h.plan.name: threading.Event() for h in self.harvesters}
         self.worker: WorkerHandle | None = None
         self.applier: ApplyLoop | None = None
@@ -159,6 +129,23 @@ class Daemon:
         self._observer = None
         self._released: set[str] = set()  # harvest threads done for good (finalized source)
         self.backflow: dict[str, BackflowRuntime] = {}
+
+    def _open_sources(self) -> None:
+        """A harvester per source that has tables and is not finalized, opened."""
+        released = finalized_sources(self.cfg.state_dir)
+        for sp in self.plan.sources:
+            if not sp.tables or sp.name in released:
+                continue
+            h = Harvester(sp, self.writer, self.settings)
+            h.keep_out = moved.KeepOut(self.cfg.state_dir, sp.name, sp.path)
+            self._open_patiently(h)
+            self.harvesters.append(h)
+            self.runtime[sp.name] = SourceRuntime(
+                path=sp.path,
+                through_seq=h.position.through_seq,
+                snapshot=h.snapshot_state(),
+                capture=sp.capture,
+            )
 
     def _open_patiently(self, h: Harvester) -> None:
         """Open a source, waiting out a bot's long write transaction (see `daemon_plan`)."""
@@ -307,48 +294,8 @@ class Daemon:
             self.apply_wake.wait(0.2)
 
     def _backflow_loop(self) -> None:
-        """The rollback window: every stage cut over (and not finalized) has its target's
-        changes written back into its legacy files (`cdc.backflow`). A failure is reported
-        and retried; it never stops forward replication."""
-        flows: dict[str, backflow.Backflow] = {}
-        try:
-            while not self.stop_event.is_set():
-                active = {
-                    r.target: r
-                    for r in read_records(self.cfg.state_dir)
-                    if r.state in backflow.ACTIVE
-                }
-                for t in [t for t in flows if t not in active]:
-                    flows.pop(t).close()  # finalized or rolled back: let go of the files
-                for t in [t for t in self.backflow if t not in active]:
-                    del self.backflow[t]
-                moved, failed = 0, False
-                for t, rec in active.items():
-                    rt = self.backflow.setdefault(t, BackflowRuntime(path=rec.path))
-                    rt.state = rec.state
-                    try:
-                        flow = flows.get(t)
-                        if flow is None:
-                            flow = flows[t] = backflow.Backflow(self.cfg, self.plan, rec)
-                        moved += flow.step(
-                            eager=rec.state == "rolling_back",
-                            fenced=backflow_kept.target_fenced(rec),
-                        )
-                        rt.captured_seq, rt.applied = flow.captured_seq, dict(flow.applied)
-                        rt.behind, rt.events, rt.last_error = flow.behind, flow.events, None
-                    except apsw.BusyError:
-                        failed = True  # a bot held a file past our busy timeout: retry
-                    except (CdcError, apsw.Error, OSError) as e:
-                        failed = True
-                        rt.last_error = f"{type(e).__name__}: {e}"
-                        log.error("backflow %s: %s", t, e)
-                        if t in flows:  # reopen: checkpoints are read again from the files
-                            flows.pop(t).close()
-                if not moved:
-                    self.stop_event.wait(1.0 if failed else BACKFLOW_POLL)
-        finally:
-            for f in flows.values():
-                f.close()
+        """The rollback window (`BackflowThread`); it never stops forward replication."""
+        BackflowThread(self.cfg, self.plan, self.stop_event, self.backflow).run()
 
     def target_offsets(self) -> dict[str, int]:
         """Each target's checkpoint, read from the target files (for tests and benchmarks)."""
@@ -379,67 +326,10 @@ class Daemon:
             self._die(panic_error(ctl))
 
     def _consider_new_tables(self) -> None:
-        """Tables a bot created since we last looked: start over with a plan that captures
-        them when a rule maps them and the plan stays sound; otherwise name them."""
-        self._appeared |= {(h.plan.name, t) for h in self.harvesters for t in h.take_appeared()}
-        if not self._appeared or time.monotonic() < self._look_again_at:
-            return
-        found = self._appeared
-        # This thread also polls the controls: a locked file must not hold it for the full
-        # busy timeout. A source a bot keeps locked is looked at again a little later.
-        quick = msgspec.structs.replace(
-            self.cfg, daemon=msgspec.structs.replace(self.cfg.daemon, busy_timeout_ms=200)
-        )
-        try:
-            plan = resolve_plan(quick, strict=False)
-        except (CdcError, apsw.Error, OSError) as e:
-            log.error("new tables %s: cannot resolve the plan again: %s", sorted(found), e)
-            self._look_again_at = time.monotonic() + 5.0
-            return
-        if plan.busy:
-            self._look_again_at = time.monotonic() + 2.0
-            return
-        self._appeared = set()
-        plan = self._keep_new_out(plan)
-        for source, table in sorted(found & set(plan.unmapped)):
-            log.warning(
-                "table %s appeared in source %s and no rule matches it: it is not captured "
-                "(map it to a target or exclude it; `cdc status` lists it)",
-                table,
-                source,
-                extra={"source": source, "table": table},
-            )
-        new = sorted(_mapped(plan) - _mapped(self.plan))
-        if not new:
-            return
-        names = ", ".join(f"{s}.{t}" for s, t in new)
-        if not plan.unmapped_only():
-            log.error(
-                "new table(s) %s are mapped by the rules, but the plan now has problems; "
-                "they are not captured until these are fixed: %s",
-                names,
-                "; ".join(p for p in plan.problems),
-            )
-            return
-        log.warning("new table(s) %s mapped by the rules: starting over to capture them", names)
-        self.replan = True
-        self.stop_event.set()
-
-    def _keep_new_out(self, plan: Plan) -> Plan:
-        """`plan` less the tables a rule maps into a cut-over target that its cutover did
-        not move (`cdc.moved.not_moved`): a stale process's new table must not land in the
-        live file. Each is named at ERROR once."""
-        kept = moved.not_moved(plan, self.cfg.state_dir)
-        for k in kept:
-            if (k.source, k.table) not in self._kept_new:
-                self._kept_new.add((k.source, k.table))
-                log.error(
-                    "source %s: %s",
-                    k.source,
-                    moved.describe(k),
-                    extra={"source": k.source, "table": k.table},
-                )
-        return moved.without(plan, kept)
+        """Start over when a bot created a table the rules map (`NewTables`)."""
+        if self.new_tables.replan_needed(self.harvesters, self.plan):
+            self.replan = True
+            self.stop_event.set()
 
     def _die(self, e: Exception) -> None:
         log.critical("stopping: %s", e)
@@ -477,20 +367,10 @@ class Daemon:
         )
 
     def _watch(self) -> None:
-        if not self.settings.watch:
-            return
-        dirs: dict[str, dict[str, threading.Event]] = {}
-        for h in self.harvesters:
-            p = os.path.abspath(h.plan.path)
-            ev = self.wakes[h.plan.name]
-            dirs.setdefault(os.path.dirname(p), {}).update(
-                {p: ev, p + "-wal": ev, p + "-journal": ev}
+        if self.settings.watch:
+            self._observer = watch_files(
+                {h.plan.path: self.wakes[h.plan.name] for h in self.harvesters}
             )
-        self._observer = Observer()
-        for d, events in dirs.items():
-            self._observer.schedule(_Wake(events), d, recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
 
     def _verifier_threads(self) -> list[threading.Thread]:
         if not self.cfg.verify.continuous:
@@ -577,10 +457,6 @@ class Daemon:
         self.write_status("failed" if failed else "stopped")
         self.writer.close()
         os.close(self._lock_fd)
-
-
-def _mapped(plan: Plan) -> set[tuple[str, str]]:
-    return {(m.source, m.table) for sp in plan.sources for m in [*sp.tables, *sp.fts]}
 
 
 def run_daemon(

@@ -36,6 +36,17 @@ def _c(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
 
 def families(st: Status) -> list:
     """The metric families of one status."""
+    return [
+        *_daemon_families(st),
+        *_source_families(st),
+        *_target_families(st),
+        *_verifier_families(st),
+        *_pool_families(st),
+        *_problem_families(st),
+    ]
+
+
+def _daemon_families(st: Status) -> list:
     up = _g("cdc_daemon_up", "1 while the daemon runs and its status file is fresh", [])
     up.add_metric([], 1.0 if st.daemon.state == "running" else 0.0)
     uptime = _g("cdc_daemon_uptime_seconds", "seconds since the daemon started", [])
@@ -45,7 +56,10 @@ def families(st: Status) -> list:
     log_end.add_metric([], float(st.log.end_offset))
     segs = _g("cdc_log_segments", "change-log segments on disk", [])
     segs.add_metric([], float(st.log.segments))
+    return [up, uptime, log_end, segs]
 
+
+def _source_families(st: Status) -> list:
     src = ["source"]
     captured = _c("cdc_source_captured", "capture sequence reached in the legacy file", src)
     logged = _c("cdc_source_logged", "capture sequence the change log holds", src)
@@ -70,7 +84,10 @@ def families(st: Status) -> list:
         if s.capture == "hooks":
             hooked.add_metric(lab, float(s.hook_changes))
             foreign.add_metric(lab, float(s.foreign_changes))
+    return [captured, logged, applied, backlog, lag, heartbeat, errored, hooked, foreign]
 
+
+def _target_families(st: Status) -> list:
     tgt = ["target"]
     t_applied = _c("cdc_target_applied_events", "events applied to the target", tgt)
     t_offset = _g("cdc_target_log_offset_bytes", "log offset the target has applied", tgt)
@@ -85,7 +102,10 @@ def families(st: Status) -> list:
         if t.lag_seconds is not None:
             t_lag.add_metric(lab, t.lag_seconds)
         t_err.add_metric(lab, 1.0 if t.last_error else 0.0)
+    return [t_applied, t_offset, t_behind, t_lag, t_err]
 
+
+def _verifier_families(st: Status) -> list:
     v_tables = _g("cdc_verifier_tables", "tables per verifier state", ["state"])
     v_mismatch = _g("cdc_verifier_mismatched_rows", "rows found different, per table", ["table"])
     if st.verifier is not None:
@@ -95,7 +115,10 @@ def families(st: Status) -> list:
             v_mismatch.add_metric([f"{tv.source}.{tv.table}"], float(tv.mismatches))
         for state, n in sorted(counts.items()):
             v_tables.add_metric([state], float(n))
+    return [v_tables, v_mismatch]
 
+
+def _pool_families(st: Status) -> list:
     pl = ["database", "pid"]
     p_checkouts = _c("cdc_pool_checkouts", "connections lent", pl)
     p_waits = _c("cdc_pool_waits", "checkouts that had to queue", pl)
@@ -115,7 +138,10 @@ def families(st: Status) -> list:
         p_open.add_metric(lab, float(m.open))
         p_in_use.add_metric(lab, float(m.in_use))
         p_hold.add_metric(lab, m.longest_hold_seconds)
+    return [p_checkouts, p_waits, p_wait_max, p_timeouts, p_errors, p_open, p_in_use, p_hold]
 
+
+def _problem_families(st: Status) -> list:
     problems = _g("cdc_plan_problems", "mapping problems found now (unmapped tables...)", [])
     problems.add_metric([], float(len(st.problems)))
     kept = _g(
@@ -125,12 +151,7 @@ def families(st: Status) -> list:
     )
     for k in st.kept_out:
         kept.add_metric([k.source, k.table, k.path, k.side], 1.0)
-    return [
-        up, uptime, log_end, segs, captured, logged, applied, backlog, lag, heartbeat,
-        errored, hooked, foreign, t_applied, t_offset, t_behind, t_lag, t_err, v_tables,
-        v_mismatch, p_checkouts, p_waits, p_wait_max, p_timeouts, p_errors, p_open,
-        p_in_use, p_hold, problems, kept,
-    ]  # fmt: skip
+    return [problems, kept]
 
 
 class StatusCollector(Collector):

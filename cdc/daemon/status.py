@@ -148,7 +148,40 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
     else:
         positions = _log_positions(cfg.log_dir)
 
-    targets, applied_seq, oldest = [], {}, {}
+    targets, applied_seq, oldest = _target_statuses(cfg, plan, ds, daemon, end)
+    sources = _source_statuses(cfg, plan, ds, daemon, positions, applied_seq, oldest, now)
+    problems = list(plan.problems)
+    if ds is not None and daemon.state == "running":
+        problems += [
+            f"captured table {table!r} of source {name!r}: {why}; capture of it stopped and "
+            "its target table keeps the rows it had (exclude it in cdc.toml, or create it "
+            "again)"
+            for name, rt in sorted(ds.sources.items())
+            for table, why in sorted(rt.lost_tables.items())
+        ]
+    kept = kept_out_now(cfg.state_dir, plan)
+    problems += [describe(k) for k in kept]
+    return Status(
+        daemon,
+        logst,
+        sources,
+        targets,
+        problems,
+        read_verifier_status(cfg.state_dir),
+        read_records(cfg.state_dir),
+        dict(ds.backflow) if ds and daemon.state == "running" else {},
+        read_pool_metrics(cfg.state_dir),
+        read_controls(cfg.state_dir),
+        kept,
+    )
+
+
+def _target_statuses(cfg, plan, ds, daemon, end):
+    """Each target's row, and what the sources' rows need from the targets: the applied
+    capture sequence per source (by target) and the oldest unapplied frame per source."""
+    targets: list[TargetStatus] = []
+    applied_seq: dict[str, list[tuple[str, int]]] = {}
+    oldest: dict[str, float] = {}
     for name, path in sorted(plan.targets.items()):
         unreadable = None
         try:
@@ -176,7 +209,11 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
                 (rt.last_error if rt and daemon.state == "running" else None) or unreadable,
             )
         )
+    return targets, applied_seq, oldest
 
+
+def _source_statuses(cfg, plan, ds, daemon, positions, applied_seq, oldest, now):
+    """Each source's row."""
     sources = []
     released = finalized_sources(cfg.state_dir)
     for sp in plan.sources:
@@ -207,30 +244,7 @@ def collect_status(cfg: Config, plan: Plan | None = None) -> Status:
             st.last_error = rt.last_error or st.last_error
             st.hook_changes, st.foreign_changes = rt.hook_rows, rt.foreign_rows
         sources.append(st)
-    problems = list(plan.problems)
-    if ds is not None and daemon.state == "running":
-        problems += [
-            f"captured table {table!r} of source {name!r}: {why}; capture of it stopped and "
-            "its target table keeps the rows it had (exclude it in cdc.toml, or create it "
-            "again)"
-            for name, rt in sorted(ds.sources.items())
-            for table, why in sorted(rt.lost_tables.items())
-        ]
-    kept = kept_out_now(cfg.state_dir, plan)
-    problems += [describe(k) for k in kept]
-    return Status(
-        daemon,
-        logst,
-        sources,
-        targets,
-        problems,
-        read_verifier_status(cfg.state_dir),
-        read_records(cfg.state_dir),
-        dict(ds.backflow) if ds and daemon.state == "running" else {},
-        read_pool_metrics(cfg.state_dir),
-        read_controls(cfg.state_dir),
-        kept,
-    )
+    return sources
 
 
 def _fill_source(st, sp, cfg, logged, applied_seq, oldest, now) -> None:

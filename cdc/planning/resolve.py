@@ -59,122 +59,15 @@ def resolve_plan(
     problems: list[str] = []
     unmapped: list[tuple[str, str]] = []
     busy: list[str] = []
-    sources: list[tuple[str, str, list[TableInfo]]] = []
-    seen: dict[str, str] = {}
     claims: dict[str, list[str]] = {}  # objects bearing our names: refused where we install
-    for name, path, required in expand_sources(cfg):
-        if ("{stem}" in name or any(c in path for c in "*?[")) and not os.path.lexists(path):
-            # (a file the glob matched may itself be called `bot[1].db`: it exists)
-            problems.append(f"{_source_key(cfg, path)} glob {path!r} matches no file")
-            continue
-        # A name becomes part of file names in the state dir: never `..` or hidden (cannot
-        # happen while names start with a letter, config.py), never too long for one.
-        if not safe_component(name) or len(name.encode()) > MAX_NAME_BYTES:
-            why = "is too long" if safe_component(name) else "cannot name a source"
-            problems.append(
-                f"{_source_key(cfg, path)}: file {path} gives the source name {name!r}, "
-                f"which {why} (it becomes part of file names in the state dir, at most "
-                f"{MAX_NAME_BYTES} bytes): rename the file"
-            )
-            continue
-        if name in seen:
-            problems.append(f"source name {name!r} given to both {seen[name]} and {path}")
-            continue
-        seen[name] = path
-        if inventories is not None and name in inventories:
-            tables = inventories[name]
-        else:
-            if not os.path.exists(path) and not required:
-                continue
-            try:
-                # SQLite first: reading the file with a plain open() and close() would drop
-                # every POSIX lock this process holds on it (the running daemon's harvest
-                # and verifier connections: a bot could then write under our read, or
-                # think it is the last user of a WAL file). Only a file SQLite refuses can
-                # be a guard, and no SQLite connection holds locks on that.
-                conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
-                try:
-                    if is_guard_conn(conn):  # finalized: the data moved (cdc.guard)
-                        sources.append((name, path, []))
-                        continue
-                    tables = list_tables(conn)
-                    claims[name] = own_objects.claim_problems(conn, name, path)
-                    if cfg.capture_of(name) == "hooks":
-                        problems.extend(_check_hooks(conn, name))
-                finally:
-                    conn.close()
-            except apsw.BusyError as e:  # a bot's long write transaction: not a mapping fault
-                busy.append(name)
-                problems.append(f"source {name!r} ({path}): locked by another process: {e}")
-                sources.append((name, path, []))
-                continue
-            except Exception as e:  # noqa: BLE001 - reported with the others
-                if is_guard(path):  # finalized: the data moved (cdc.guard), nothing to map
-                    sources.append((name, path, []))
-                    continue
-                problems.append(f"source {name!r}: {e}")
-                continue
-        sources.append((name, path, tables))
-
+    sources = _read_sources(cfg, inventories, problems, busy, claims)
     plans = []
     landing: dict[tuple[str, str], list[tuple[TableMapping, RuleConfig]]] = {}
     for name, path, tables in sources:
-        mapped, excluded, uncapturable = [], [], []
-        virtuals: list[tuple[TableInfo, RuleConfig | None]] = []
-        for t in tables:
-            if t.kind == "shadow":
-                continue  # belongs to its virtual table
-            rule, err = _match(cfg.rules, name, t.name)
-            if err:
-                problems.append(err)
-                continue
-            if t.kind == "virtual":
-                virtuals.append((t, rule))  # decided once the content tables are mapped
-                continue
-            if rule is None:
-                unmapped.append((name, t.name))
-                problems.append(
-                    f"table {t.name!r} of source {name!r} ({path}) is matched by no rule: "
-                    "map it to a target or exclude it"
-                )
-                continue
-            if rule.exclude:
-                excluded.append(t.name)
-                continue
-            m = _mapping(rule, name, t.name)
-            if rowid_note(t):
-                problems.append(f"table {t.name!r} of source {name!r} ({path}): {rowid_note(t)}")
-            if rule.merge and not t.key:
-                problems.append(
-                    f"table {t.name!r} of source {name!r}: a merge needs a declared primary "
-                    "key (this table is identified only by its rowid)"
-                )
-            if rule.merge and rule.tag_column in t.column_names:
-                problems.append(
-                    f"table {t.name!r} of source {name!r} already has a column "
-                    f"{rule.tag_column!r}: choose another `tag_column`"
-                )
-            landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule))
-            mapped.append(m)
-        fts = []
-        for t, rule in virtuals:
-            if rule is not None and rule.exclude:
-                uncapturable.append(t.name)
-                continue
-            m, err = _virtual_mapping(t, rule, name, path, mapped)
-            if err:
-                problems.append(err)
-                continue
-            landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule or _FOLLOW))
-            fts.append(m)
-        if mapped or fts:  # nothing is installed in a file with nothing to capture
+        sp = _map_source(cfg, name, path, tables, landing, problems, unmapped)
+        if sp.tables or sp.fts:  # nothing is installed in a file with nothing to capture
             problems.extend(claims.get(name, []))
-        visible = [t for t in tables if t.kind != "shadow"]
-        plans.append(
-            SourcePlan(
-                name, path, mapped, excluded, uncapturable, fts, visible, cfg.capture_of(name)
-            )
-        )
+        plans.append(sp)
 
     infos = {(n, t.name): t for n, _, ts in sources for t in ts}
     for (target, ttable), entries in sorted(landing.items()):
@@ -204,6 +97,158 @@ def resolve_plan(
             + "\n  - ".join(problems)
         )
     return plan
+
+
+def _read_sources(
+    cfg: Config,
+    inventories: dict[str, list[TableInfo]] | None,
+    problems: list[str],
+    busy: list[str],
+    claims: dict[str, list[str]],
+) -> list[tuple[str, str, list[TableInfo]]]:
+    """Every declared source that names a file: (name, path, its tables); a finalized or
+    locked one has none. What is wrong with a declaration goes to `problems`."""
+    sources: list[tuple[str, str, list[TableInfo]]] = []
+    seen: dict[str, str] = {}
+    for name, path, required in expand_sources(cfg):
+        if ("{stem}" in name or any(c in path for c in "*?[")) and not os.path.lexists(path):
+            # (a file the glob matched may itself be called `bot[1].db`: it exists)
+            problems.append(f"{_source_key(cfg, path)} glob {path!r} matches no file")
+            continue
+        # A name becomes part of file names in the state dir: never `..` or hidden (cannot
+        # happen while names start with a letter, config.py), never too long for one.
+        if not safe_component(name) or len(name.encode()) > MAX_NAME_BYTES:
+            why = "is too long" if safe_component(name) else "cannot name a source"
+            problems.append(
+                f"{_source_key(cfg, path)}: file {path} gives the source name {name!r}, "
+                f"which {why} (it becomes part of file names in the state dir, at most "
+                f"{MAX_NAME_BYTES} bytes): rename the file"
+            )
+            continue
+        if name in seen:
+            problems.append(f"source name {name!r} given to both {seen[name]} and {path}")
+            continue
+        seen[name] = path
+        if inventories is not None and name in inventories:
+            tables = inventories[name]
+        else:
+            tables = _read_source(cfg, name, path, required, problems, busy, claims)
+            if tables is None:
+                continue
+        sources.append((name, path, tables))
+    return sources
+
+
+def _read_source(
+    cfg: Config,
+    name: str,
+    path: str,
+    required: bool,
+    problems: list[str],
+    busy: list[str],
+    claims: dict[str, list[str]],
+) -> list[TableInfo] | None:
+    """The tables of one source file ([]: finalized or locked), None: leave it out."""
+    if not os.path.exists(path) and not required:
+        return None
+    try:
+        # SQLite first: reading the file with a plain open() and close() would drop
+        # every POSIX lock this process holds on it (the running daemon's harvest
+        # and verifier connections: a bot could then write under our read, or
+        # think it is the last user of a WAL file). Only a file SQLite refuses can
+        # be a guard, and no SQLite connection holds locks on that.
+        conn = open_legacy(path, cfg.daemon.busy_timeout_ms, readonly=True)
+        try:
+            if is_guard_conn(conn):  # finalized: the data moved (cdc.guard)
+                return []
+            tables = list_tables(conn)
+            claims[name] = own_objects.claim_problems(conn, name, path)
+            if cfg.capture_of(name) == "hooks":
+                problems.extend(_check_hooks(conn, name))
+        finally:
+            conn.close()
+    except apsw.BusyError as e:  # a bot's long write transaction: not a mapping fault
+        busy.append(name)
+        problems.append(f"source {name!r} ({path}): locked by another process: {e}")
+        return []
+    except Exception as e:  # noqa: BLE001 - reported with the others
+        if is_guard(path):  # finalized: the data moved (cdc.guard), nothing to map
+            return []
+        problems.append(f"source {name!r}: {e}")
+        return None
+    return tables
+
+
+def _map_source(
+    cfg: Config,
+    name: str,
+    path: str,
+    tables: list[TableInfo],
+    landing: dict[tuple[str, str], list[tuple[TableMapping, RuleConfig]]],
+    problems: list[str],
+    unmapped: list[tuple[str, str]],
+) -> SourcePlan:
+    """One source's tables matched against the rules; where each lands goes to `landing`
+    (for the merge checks), what is wrong to `problems`."""
+    mapped, excluded, uncapturable = [], [], []
+    virtuals: list[tuple[TableInfo, RuleConfig | None]] = []
+    for t in tables:
+        if t.kind == "shadow":
+            continue  # belongs to its virtual table
+        rule, err = _match(cfg.rules, name, t.name)
+        if err:
+            problems.append(err)
+            continue
+        if t.kind == "virtual":
+            virtuals.append((t, rule))  # decided once the content tables are mapped
+            continue
+        if rule is None:
+            unmapped.append((name, t.name))
+            problems.append(
+                f"table {t.name!r} of source {name!r} ({path}) is matched by no rule: "
+                "map it to a target or exclude it"
+            )
+            continue
+        if rule.exclude:
+            excluded.append(t.name)
+            continue
+        m = _mapping(rule, name, t.name)
+        problems.extend(_table_problems(t, rule, name, path))
+        landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule))
+        mapped.append(m)
+    fts = []
+    for t, rule in virtuals:
+        if rule is not None and rule.exclude:
+            uncapturable.append(t.name)
+            continue
+        m, err = _virtual_mapping(t, rule, name, path, mapped)
+        if err:
+            problems.append(err)
+            continue
+        landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule or _FOLLOW))
+        fts.append(m)
+    visible = [t for t in tables if t.kind != "shadow"]
+    return SourcePlan(
+        name, path, mapped, excluded, uncapturable, fts, visible, cfg.capture_of(name)
+    )
+
+
+def _table_problems(t: TableInfo, rule: RuleConfig, name: str, path: str) -> list[str]:
+    """What keeps table `t` of source `name` from being copied as `rule` says."""
+    out = []
+    if rowid_note(t):
+        out.append(f"table {t.name!r} of source {name!r} ({path}): {rowid_note(t)}")
+    if rule.merge and not t.key:
+        out.append(
+            f"table {t.name!r} of source {name!r}: a merge needs a declared primary "
+            "key (this table is identified only by its rowid)"
+        )
+    if rule.merge and rule.tag_column in t.column_names:
+        out.append(
+            f"table {t.name!r} of source {name!r} already has a column "
+            f"{rule.tag_column!r}: choose another `tag_column`"
+        )
+    return out
 
 
 def _source_key(cfg: Config, path: str) -> str:

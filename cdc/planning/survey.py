@@ -10,8 +10,8 @@ all day, so every open is read-only and every read sits in one short read transa
   is a write, which is the bots' business.
 
 What the inventory reports is typed (`msgspec.Struct`s) because `inventory.json` is read
-by scripts. Evolution rule: new fields get defaults, nothing is renamed or removed without
-bumping `FORMAT_VERSION`.
+by scripts: its types and their evolution rule are in `inventory_format`; how tables of
+the same name in several files compare is in `collisions`.
 """
 
 from __future__ import annotations
@@ -26,168 +26,26 @@ from collections.abc import Callable, Iterable
 import apsw
 import msgspec
 
-from cdc.inventory import ForeignKey, TableInfo, is_internal, list_tables, rowid_note
+from cdc.inventory import TableInfo, is_internal, list_tables, rowid_note
 from cdc.own_objects import CAPTURE_TABLES, foreign_claims, is_own_trigger
-from cdc.planning.discover import Skipped, Unreadable, discover, relpath
+from cdc.planning.collisions import index_collisions, table_collisions
+from cdc.planning.discover import Unreadable, discover, relpath
+from cdc.planning.inventory_format import (
+    FORMAT_VERSION,
+    ColumnReport,
+    DatabaseReport,
+    IndexReport,
+    Inventory,
+    TableReport,
+    TriggerReport,
+    ViewReport,
+)
 from cdc.sqlconn import read_transaction, set_busy_timeout
 from cdc.sqlident import q, tokens, unquote
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 Progress = Callable[[int, int, str], None]  # (databases done, databases in all, relpath)
-
-
-class ColumnReport(msgspec.Struct, frozen=True):
-    name: str
-    type: str = ""  # as declared
-    notnull: bool = False
-    default: str | None = None  # SQL text of the DEFAULT clause
-    pk: int = 0  # position in the primary key (1-based); 0: not part of it
-    hidden: bool = False  # a virtual table's hidden column
-    generated: str = ""  # "virtual" or "stored" for generated columns
-
-
-class TableReport(msgspec.Struct, frozen=True):
-    name: str
-    kind: str  # table, virtual or shadow
-    rows: int | None = None  # None: could not be counted (see `problem`)
-    columns: list[ColumnReport] = []
-    key: list[str] = []  # declared primary key; empty: rows are identified by rowid
-    without_rowid: bool = False
-    autoincrement: bool = False
-    unique: list[list[str]] = []  # non-key UNIQUE column sets (constraints and indexes)
-    foreign_keys: list[ForeignKey] = []
-    module: str = ""  # virtual tables: fts5, rtree, ...
-    content_table: str | None = None  # external-content FTS: the table it indexes
-    shadow_tables: list[str] = []  # virtual tables: their shadow tables
-    shadow_of: str | None = None  # shadow tables: their virtual table
-    sql: str = ""
-    problem: str | None = None
-    refused: bool = False  # the plan refuses to capture it as it is (`problem` says why)
-
-
-class IndexReport(msgspec.Struct, frozen=True):
-    name: str
-    table: str
-    unique: bool
-    origin: str  # c: CREATE INDEX, u: UNIQUE constraint, pk: PRIMARY KEY
-    columns: list[str]  # an expression is shown as "(expression)"
-    partial: bool = False
-    sql: str | None = None  # None for indexes SQLite made for a constraint
-
-
-class TriggerReport(msgspec.Struct, frozen=True):
-    name: str
-    table: str
-    sql: str
-    writes: list[str] = []  # tables its body inserts into, updates or deletes from
-
-
-class ViewReport(msgspec.Struct, frozen=True):
-    name: str
-    sql: str
-    reads: list[str] = []  # tables and views of this database named in its SQL
-
-
-class DatabaseReport(msgspec.Struct, frozen=True):
-    path: str
-    relpath: str
-    size: int
-    page_size: int
-    page_count: int
-    freelist_count: int
-    journal_mode: str  # "wal" or "delete" (rollback journal), from the file header
-    wal_file: bool
-    wal_size: int | None
-    encoding: str
-    user_version: int
-    application_id: int = 0
-    sqlite_cdc_installed: bool = False  # our capture tables exist (see `cdc install`)
-    tables: list[TableReport] = []
-    indexes: list[IndexReport] = []
-    triggers: list[TriggerReport] = []
-    views: list[ViewReport] = []
-    problems: list[str] = []  # what this SQLite could not check or count here
-    # "<type> <name>" of the bot's objects named like sqlite-cdc's own (cdc.own_objects):
-    # the plan refuses the file until they are renamed
-    reserved: list[str] = []
-
-    def mappable(self) -> list[TableReport]:
-        """The tables an operator maps: shadow tables travel with their virtual table."""
-        return [t for t in self.tables if t.kind != "shadow"]
-
-
-class TablePlace(msgspec.Struct, frozen=True):
-    database: str  # relpath
-    name: str  # as spelled in that database
-    kind: str
-    rows: int | None
-    columns: list[str]
-    key: list[str]
-
-
-class TypeDifference(msgspec.Struct, frozen=True):
-    column: str
-    types: dict[str, str]  # relpath -> declared type, for the files that have the column
-
-
-class TableCollision(msgspec.Struct, frozen=True):
-    """One table name in several files: can they share a target table as they are?"""
-
-    table: str
-    places: list[TablePlace]
-    agree: bool  # same column names, order, declared types and key everywhere
-    missing_columns: dict[str, list[str]] = {}  # relpath -> columns others have, it lacks
-    type_differences: list[TypeDifference] = []
-    order_differs: bool = False
-    key_differs: bool = False
-
-
-class IndexPlace(msgspec.Struct, frozen=True):
-    database: str
-    table: str
-
-
-class IndexCollision(msgspec.Struct, frozen=True):
-    index: str
-    places: list[IndexPlace]
-
-
-class CrossTargetForeignKey(msgspec.Struct, frozen=True):
-    """A foreign key the mapping would split: child and parent go to different places."""
-
-    database: str
-    table: str
-    columns: list[str]
-    parent: str
-    parent_columns: list[str]
-    target: str
-    parent_target: str  # "" when the parent is unmapped or missing
-    reason: str
-    dropped: bool = False  # the operator already chose `drop_foreign_keys`
-
-
-class VanishedTable(msgspec.Struct, frozen=True):
-    database: str
-    table: str
-    target: str
-
-
-class Inventory(msgspec.Struct, frozen=True):
-    format_version: int
-    base: str
-    roots: list[str]
-    taken_at: str
-    sqlite_version: str
-    databases: list[DatabaseReport] = []
-    skipped: list[Skipped] = []
-    unreadable: list[Unreadable] = []
-    table_collisions: list[TableCollision] = []
-    index_collisions: list[IndexCollision] = []
-    mapping: str | None = None  # the operator's mapping CSV read with --mapping
-    cross_target_foreign_keys: list[CrossTargetForeignKey] = []
-    mapping_vanished: list[VanishedTable] = []
 
 
 def take_inventory(
@@ -498,80 +356,3 @@ def _write_target(up: list[str], i: int) -> int | None:
         if before[-1:] in (["INSERT"], ["REPLACE"], ["DELETE"]) or before[:2] == ["INSERT", "OR"]:
             return i + 1
     return None
-
-
-def table_collisions(databases: list[DatabaseReport]) -> list[TableCollision]:
-    """Table names (compared as SQLite does, ignoring case) found in several files."""
-    groups: dict[str, list[tuple[DatabaseReport, TableReport]]] = {}
-    for db in databases:
-        for t in db.mappable():
-            groups.setdefault(t.name.lower(), []).append((db, t))
-    return [_compare(members) for _, members in sorted(groups.items()) if len(members) > 1]
-
-
-def _visible(t: TableReport) -> list[ColumnReport]:
-    return [c for c in t.columns if not c.hidden]
-
-
-def _norm_type(decl: str) -> str:
-    return " ".join(decl.upper().split())
-
-
-def _compare(members: list[tuple[DatabaseReport, TableReport]]) -> TableCollision:
-    places = [
-        TablePlace(
-            database=db.relpath,
-            name=t.name,
-            kind=t.kind,
-            rows=t.rows,
-            columns=[c.name for c in _visible(t)],
-            key=list(t.key),
-        )
-        for db, t in members
-    ]
-    types = {db.relpath: {c.name.lower(): c for c in _visible(t)} for db, t in members}
-    every: dict[str, str] = {}  # lowercased -> first spelling
-    for cols in types.values():
-        for low, c in cols.items():
-            every.setdefault(low, c.name)
-    missing = {
-        rel: [every[low] for low in every if low not in cols]
-        for rel, cols in types.items()
-        if any(low not in cols for low in every)
-    }
-    differences = []
-    for low, name in every.items():
-        declared = {rel: cols[low].type for rel, cols in types.items() if low in cols}
-        if len({_norm_type(d) for d in declared.values()}) > 1:
-            differences.append(TypeDifference(column=name, types=declared))
-    order = {tuple(c.lower() for c in p.columns) for p in places}
-    order_differs = not missing and len(order) > 1
-    key_differs = len({tuple(k.lower() for k in p.key) for p in places}) > 1
-    kinds_differ = len({p.kind for p in places}) > 1
-    return TableCollision(
-        table=places[0].name,
-        places=places,
-        agree=not (missing or differences or order_differs or key_differs or kinds_differ),
-        missing_columns=missing,
-        type_differences=differences,
-        order_differs=order_differs,
-        key_differs=key_differs,
-    )
-
-
-def index_collisions(databases: list[DatabaseReport]) -> list[IndexCollision]:
-    """Index names used in several files (index names share one namespace per target).
-    Indexes SQLite made for a constraint are left out: they are renamed with their table."""
-    groups: dict[str, list[IndexPlace]] = {}
-    spelled: dict[str, str] = {}
-    for db in databases:
-        for ix in db.indexes:
-            if ix.sql is None:
-                continue
-            spelled.setdefault(ix.name.lower(), ix.name)
-            groups.setdefault(ix.name.lower(), []).append(IndexPlace(db.relpath, ix.table))
-    return [
-        IndexCollision(index=spelled[low], places=places)
-        for low, places in sorted(groups.items())
-        if len({p.database for p in places}) > 1
-    ]

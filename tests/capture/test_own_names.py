@@ -22,13 +22,12 @@ import pytest
 from cdc import own_objects
 from cdc.capture import fence
 from cdc.capture import triggers as capture
-from cdc.cutover.backflow import TOUCHED
+from cdc.cutover.target_capture import TOUCHED
 from cdc.errors import PlanError
 from cdc.history.rebuild import AsOf, rebuild
 from cdc.inventory import is_internal
-from cdc.planning.inventory_report import JSON, MAPPING, MARKDOWN
+from cdc.planning.inventory_format import JSON, MAPPING, MARKDOWN, Inventory
 from cdc.planning.mapping import read_mapping, write_mapping
-from cdc.planning.survey import Inventory
 from checkpoints import store
 from replicator import target
 from tests.conftest import cdc_cmd, make_db, write_config

@@ -859,14 +859,16 @@ REVIEWED = {
     "cdc/demo/cutover_phase.py: {target_table}": "the demo's own fixed table name",
     "replicator/target.py: {decl}": "q(type), then DEFAULT with the source's own expression "
     "text (SQLite parsed it as one expression: it cannot end the statement)",
+    "replicator/target.py: {c.default}": "a merged member's DEFAULT, the source's own expression "
+    "text as above, evaluated once in a temp table of the member's declared type",
     "cdc/capture/triggers.py: {', '.join(terms)}": "a unique index's own terms as SQLite parsed them "
     "(sqlident.index_terms splits them at top-level commas): each one expression",
     "cdc/capture/triggers.py: {join}": "capture.same() over q()-quoted columns and k<n> constants",
     "cdc/capture/triggers.py: {probe}": "q()-quoted columns and collations, or an index's own terms",
     "cdc/capture/triggers.py: {body}": "built from {probe} and {found} above",
-    "cdc/capture/harvester.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "
+    "cdc/capture/snapshot.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "
     "(exact_text.marks: '?' or 'CAST(? AS TEXT)')",
-    "cdc/capture/harvester.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
+    "cdc/capture/snapshot.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
     "cdc/history/rows.py: {exact_text.marks(values)}": "placeholders only",
     "replicator/apply.py: {' AND '.join(conds)}": "capture.same() over q()-quoted keys and "
     "numbered placeholders",

@@ -430,11 +430,11 @@ def test_the_way_backs_capture_follows_a_rebuilt_table(copied) -> None:
     """A cut-over stage's target tables are captured for the way back (cdc.backflow); a
     rebuilt table gets its capture triggers again, made for its new shape."""
     from cdc.capture import triggers as capture
-    from cdc.cutover import backflow
+    from cdc.cutover import target_capture
 
     tmp_path, cfg, p = copied
     target = str(tmp_path / "core.db")
-    backflow.capture_target(load_config(cfg), target, ["kv", "items"])
+    target_capture.capture_target(load_config(cfg), target, ["kv", "items"])
     _bot(tmp_path, "ALTER TABLE kv RENAME COLUMN v TO w;")
     p.sync()
     assert _columns(tmp_path, "kv") == ["k", "w", "note"]

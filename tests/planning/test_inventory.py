@@ -17,6 +17,7 @@ import pytest
 
 from cdc.errors import ConfigError
 from cdc.planning.discover import discover
+from cdc.planning.inventory_format import DatabaseReport, Inventory
 from cdc.planning.inventory_report import (
     DOT,
     JSON,
@@ -28,7 +29,7 @@ from cdc.planning.inventory_report import (
     run_inventory,
 )
 from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
-from cdc.planning.survey import DatabaseReport, Inventory, take_inventory
+from cdc.planning.survey import take_inventory
 from tests.conftest import make_db
 
 DOT_EXE = shutil.which("dot")

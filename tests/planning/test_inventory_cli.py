@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from cdc.errors import ConfigError
+from cdc.planning.inventory_format import Inventory
 from cdc.planning.inventory_report import (
     DOT,
     JSON,
@@ -21,7 +22,6 @@ from cdc.planning.inventory_report import (
     run_inventory,
 )
 from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
-from cdc.planning.survey import Inventory
 from tests.conftest import REPO, cdc_cmd, make_db
 from tests.corpus import read_manifest
 from tests.planning.test_inventory import DOT_EXE, db_named, snapshot, tables_of, write_fk_dbs  # noqa: F401

@@ -1,0 +1,105 @@
+"""Reading rows straight from a captured table, not through capture rows.
+
+The initial copy and a repair's re-send both read a table's current images by key, each
+in one short read transaction the harvester holds: a reading of its own, with its own
+keys, bounds and exact-text binding, that the harvester's stream never needs. Kept apart
+so the stream's path and this one can each be read whole.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import apsw
+
+from cdc import exact_text
+from cdc.capture import triggers as capture
+from cdc.changelog import bigrows
+from cdc.events import Op, RowEvent, SnapshotCursor
+from cdc.inventory import TableInfo
+from cdc.sqlident import q
+
+
+def snapshot_keys(info: TableInfo, nulls: bool) -> tuple[list[str], list[str], str]:
+    """What a snapshot chunk selects before the columns (the event's key), what it orders
+    and bounds by, and the WHERE that picks its rows (empty: all). The rows whose key
+    holds a NULL come last, by rowid, with the rowid as the key's last value, as the
+    harvest writes them (`capture.key_exprs`)."""
+    if not info.key:
+        return [info.rowid_alias()], [info.rowid_alias()], ""
+    kexpr = [q(k) for k in info.key]
+    if not info.null_key:
+        return kexpr, kexpr, ""
+    has_null = "(" + " OR ".join(f"{k} IS NULL" for k in kexpr) + ")"
+    if not nulls:  # a bound holding NULL would compare with nothing: leave them out here
+        return kexpr, kexpr, f"WHERE NOT {has_null}"
+    rowid = info.rowid_alias()
+    return [*kexpr, rowid], [rowid], f"WHERE {has_null}"
+
+
+class Chunk(NamedTuple):
+    """One chunk read: rows start with `width` key values, the last `order` of which
+    the chunk is ordered by; `until` is the copy's upper bound (None: the table is empty)."""
+
+    rows: list
+    streamed: list
+    until: list | None
+    width: int
+    order: int
+
+
+def read_chunk(
+    conn: apsw.Connection, info: TableInfo, cur: SnapshotCursor, limit: int, spool: str
+) -> Chunk:
+    """The next `limit` rows after `cur`, up to its bound (fixed at the first chunk)."""
+    kexpr, order, nulls = snapshot_keys(info, cur.nulls)
+    until = cur.until
+    if until is None:
+        top = exact_text.fetchone(  # a key may be TEXT that is not UTF-8
+            conn,
+            order,
+            f"FROM {q(info.name)} {nulls} ORDER BY {', '.join(k + ' DESC' for k in order)} LIMIT 1",
+        )
+        until = list(top) if top and top[0] is not None else None
+    rows, streamed = [], []
+    if until is not None:
+        marks, keys = exact_text.marks, ", ".join(order)
+        conds, args = [f"({keys}) <= ({marks(until)})"], exact_text.binds(until)
+        if cur.after is not None:
+            conds.append(f"({keys}) > ({marks(cur.after)})")
+            args += exact_text.binds(cur.after)
+        rows, streamed = bigrows.table_rows(  # any width; big BLOBs left to stream
+            conn,
+            info,
+            kexpr,
+            f"FROM {q(info.name)} {nulls or 'WHERE 1'} AND {' AND '.join(conds)} "
+            f"ORDER BY {keys} LIMIT {int(limit)}",
+            args,
+            spool,
+        )
+    return Chunk(rows, streamed, until, len(kexpr), len(order))
+
+
+def read_keys(conn: apsw.Connection, info: TableInfo, keys: list[list]) -> list[RowEvent]:
+    """The current image of each of `keys` (once each), or its deletion if it is gone."""
+    kexpr = [q(k) for k in info.key] or [info.rowid_alias()]
+    cols = [q(c) for c in info.column_names]
+    events, seen = [], set()
+    for key in keys:
+        mark = exact_text.pack(key)
+        if len(key) != len(kexpr) or mark in seen:
+            continue
+        seen.add(mark)
+        where = " AND ".join(  # exactly this key: 'Alpha' never finds 'ALPHA'
+            capture.same(k, exact_text.mark(v).replace("?", f"?{i}"))
+            for i, (k, v) in enumerate(zip(kexpr, key, strict=True), 1)
+        )
+        row = exact_text.fetchone(  # TEXT that is not UTF-8 read and bound exactly
+            conn, cols, f"FROM {q(info.name)} WHERE {where}", exact_text.binds(key)
+        )
+        events.append(
+            RowEvent(Op.UPSERT, 0, list(key), list(row))
+            if row is not None
+            else RowEvent(Op.DELETE, 0, list(key))
+        )
+    return events
