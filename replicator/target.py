@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 
 import apsw
 import msgspec
@@ -205,6 +206,8 @@ class TargetDB:
         elif m.tag_column is not None:
             reshape.check_merged(self.conn, self.path, schema, m, old.columns if old else None)
             self._widen(schema, m, have)
+            if old is not None:
+                self._member_defaults(schema, m, old.columns)
         elif reshape.needs_rebuild(self.conn, self.path, schema, m, old.create_sql if old else ""):
             indexes = reshape.rebuild(self.conn, self.path, schema, m, plan, indexes)
         else:
@@ -271,7 +274,7 @@ class TargetDB:
             if c.name.lower() in present:
                 continue
             decl = _decl(c) if m.tag_column is None else ""
-            if c.default is not None:
+            if c.default is not None and m.tag_column is None:
                 decl += f" DEFAULT {c.default}"  # SQL text from the source's own schema
             self.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {decl}")
             log.info(
@@ -280,6 +283,41 @@ class TargetDB:
                 m.target_table,
                 c.name,
                 extra={"target": self.name, "table": m.target_table},
+            )
+
+    def _member_defaults(self, schema: TableSchema, m: TableMapping, had: list[str]) -> None:
+        """A merged member added a column with a DEFAULT: its older rows read that DEFAULT
+        in the legacy file, converted by the column's affinity there, while the union
+        column has neither (another member may lack it or declare another DEFAULT). So
+        they get the value itself, as SQLite stores it in a column of that declaration."""
+        known = {c.lower() for c in had}
+        options = schema.create_sql[schema.create_sql.rfind(")") + 1 :]  # after the columns
+        strict = " STRICT" if re.search(r"\bSTRICT\b", options, re.IGNORECASE) else ""
+        for c in schema.columns:
+            if c.name.lower() in known or c.default is None:
+                continue
+            # The legacy rows read it through ADD COLUMN, so it is read here the same way:
+            # a row made before the column, in a table as STRICT as theirs.
+            self.conn.execute(f"CREATE TEMP TABLE _cdc_default(_ INTEGER){strict}")
+            try:
+                self.conn.execute("INSERT INTO temp._cdc_default VALUES (1)")
+                self.conn.execute(
+                    f"ALTER TABLE temp._cdc_default ADD COLUMN x {_decl(c)} DEFAULT {c.default}"
+                )
+                (value,) = self.conn.execute("SELECT x FROM temp._cdc_default").fetchone()
+            except apsw.Error as e:  # left NULL: the verifier names the rows, repair fixes them
+                log.error(
+                    "target %s: cannot evaluate DEFAULT %s of %s.%s.%s here (%s); its older "
+                    "rows keep NULL there until `cdc repair`",
+                    self.name, c.default, m.source, m.table, c.name, e,
+                    extra={"target": self.name, "source": m.source, "table": m.table},
+                )  # fmt: skip
+                continue
+            finally:
+                self.conn.execute("DROP TABLE temp._cdc_default")
+            self.conn.execute(
+                f"UPDATE {q(m.target_table)} SET {q(c.name)} = ? WHERE {q(m.tag_column)} IS ?",
+                (value, m.tag),
             )
 
 

@@ -26,7 +26,7 @@ from tests.fuzz.features import enabled
 # Families of known defects (tests/fuzz/features.py: KNOWN_DEFECTS, FOUND) the engine does
 # not handle yet on main: the fuzzer's open findings F1-F4, F6, F7 (docs/fuzzing.md, Findings).
 # The issue's own families (KNOWN_DEFECTS) are fixed and run here.
-KNOWN_OPEN = "merge_defaults,merge_collation,reset_null_keys,numeric_replace,merge_drift_index"
+KNOWN_OPEN = "merge_collation,reset_null_keys,numeric_replace,merge_drift_index"
 
 MINUTES = float(os.environ.get("CDC_FUZZ_MINUTES", "0"))
 SECONDS = MINUTES * 60 or float(os.environ.get("CDC_FUZZ_SECONDS", "50"))

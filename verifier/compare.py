@@ -61,9 +61,10 @@ def _rows(
     names: list[str],
     where: str,
     args,  # noqa: ANN001
-) -> dict[tuple, tuple]:
-    """Every row by key, read in one transaction (any width; a big BLOB as its digest)."""
-    out = {}
+) -> dict[tuple, tuple[tuple, ...]]:
+    """Every row by key, read in one transaction (any width; a big BLOB as its digest):
+    the rows of each key, sorted, so that a repeated key compares as a multiset."""
+    out: dict[tuple, list[tuple]] = {}
     cols = [q(c) for c in names]
     with read_transaction(conn):
         rows = read_digested(
@@ -77,9 +78,10 @@ def _rows(
             args,
         )
     width = len(kexpr)
-    for r in rows:
-        out[tuple(canonical(v) for v in r[:width])] = tuple(canonical(v) for v in r[width:])
-    return out
+    for r in rows:  # a key may repeat (NULLs are distinct in a rowid table's key): keep all
+        key = tuple(canonical(v) for v in r[:width])
+        out.setdefault(key, []).append(tuple(canonical(v) for v in r[width:]))
+    return {k: tuple(sorted(v, key=repr)) for k, v in out.items()}
 
 
 def compare_table(
@@ -106,8 +108,8 @@ def compare_table(
         m.table,
         m.target,
         m.target_table,
-        len(s),
-        len(t),
+        sum(map(len, s.values())),
+        sum(map(len, t.values())),
         missing[:sample],
         extra[:sample],
         diff[:sample],
