@@ -6,12 +6,15 @@ test hygiene), and every daemon process a test starts is killed at teardown.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -184,3 +187,86 @@ def manifest(corpus: Path) -> dict[str, dict[str, int]]:
 def legacy(corpus: Path, tmp_path: Path) -> Path:
     """A writable copy of the legacy tree (the fixtures themselves are never opened for write)."""
     return copy_legacy(corpus / "legacy", tmp_path / "legacy")
+
+
+# -- a disk to fill (tests of a full disk) ----------------------------------------------
+
+
+class Volume:
+    """A mounted tmpfs: `fill()` takes every free byte, `free()` gives them back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / ".filler"
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self) -> int:
+        """Append to the filler until the volume refuses a single byte; returns the bytes
+        now free (0). Call again to take what a failed writer gave back meanwhile."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
+                buf = b"\0" * chunk
+                try:
+                    while True:
+                        os.write(fd, buf)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        finally:
+            os.close(fd)
+        return self.free_bytes()
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def kept_full(self):
+        """Full until the block ends, then free: whatever a writer gives back meanwhile
+        (a failed append taken back, an applied log segment retired) is taken again."""
+        stop = threading.Event()
+
+        def keep() -> None:
+            while not stop.wait(0.02):
+                self.fill()
+
+        self.fill()
+        t = threading.Thread(target=keep, name="filler", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join()
+            self.free()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`mount(path, size)`: a tmpfs of `size` at `path` (inside tmp_path), unmounted at
+    teardown (lazily if something still holds a file there)."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str = "8m") -> Volume:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            r = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                capture_output=True,
+                text=True,
+            )
+            why = (r.stderr or r.stdout).strip() or f"mount exited {r.returncode}"
+        except OSError as e:  # no mount(8) here
+            r, why = None, str(e)
+        if r is None or r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): {why}")
+        mounted.append(path)
+        return Volume(path)
+
+    yield mount
+    for p in reversed(mounted):
+        if subprocess.run(["umount", str(p)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(p)], capture_output=True)

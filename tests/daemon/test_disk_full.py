@@ -1,6 +1,7 @@
 """Disk full: on the state dir (the change log), on a target, and on the bots' own disk.
 
-Each disk is a small tmpfs mounted inside the test's tmp dir, "filled" with a filler file
+Each disk is a small tmpfs mounted inside the test's tmp dir (the `tmpfs` fixture of
+tests/conftest.py), "filled" with a filler file
 and given back by deleting it, while real bot processes write and a real daemon runs. What
 must hold: the daemon neither dies nor corrupts anything, `cdc status` names the full disk,
 the bots never see an error caused by our disk, and once there is room again everything
@@ -11,28 +12,20 @@ Needs root (or CAP_SYS_ADMIN) to mount; skipped, with the reason, elsewhere.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import apsw
-import pytest
 
-from cdc.changelog.check import check_log
 from cdc.changelog.retained import RetainedLog
-from cdc.changelog.segments import LogReader, LogWriter, list_segments
 from cdc.config import load_config
 from cdc.errors import TargetError
-from cdc.events import Op, RowBatch, RowEvent, SourceMark, SourcePosition
+from cdc.events import RowBatch
 from cdc.planning.resolve import resolve_plan
-from cdc.status_file import DaemonStatus, SourceRuntime, read_status, write_status
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status
 from tests import workload
@@ -40,86 +33,6 @@ from tests.conftest import cdc_cmd, wait_until, write_config
 from verifier import compare_plan
 
 NO_SPACE = "No space left on device"
-
-
-class Volume:
-    """A mounted tmpfs: `fill()` takes every free byte, `free()` gives them back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.filler = path / ".filler"
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
-
-    def fill(self) -> int:
-        """Append to the filler until the volume refuses a single byte; returns the bytes
-        now free (0). Call again to take what a failed writer gave back meanwhile."""
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
-                buf = b"\0" * chunk
-                try:
-                    while True:
-                        os.write(fd, buf)
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-        finally:
-            os.close(fd)
-        return self.free_bytes()
-
-    def free(self) -> None:
-        self.filler.unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def kept_full(self):
-        """Full until the block ends, then free: whatever a writer gives back meanwhile
-        (a failed append taken back, an applied log segment retired) is taken again."""
-        stop = threading.Event()
-
-        def keep() -> None:
-            while not stop.wait(0.02):
-                self.fill()
-
-        self.fill()
-        t = threading.Thread(target=keep, name="filler", daemon=True)
-        t.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            t.join()
-            self.free()
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """`mount(path, size)`: a tmpfs of `size` at `path` (inside tmp_path), unmounted at
-    teardown (lazily if something still holds a file there)."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: str = "8m") -> Volume:
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            r = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                capture_output=True,
-                text=True,
-            )
-            why = (r.stderr or r.stdout).strip() or f"mount exited {r.returncode}"
-        except OSError as e:  # no mount(8) here
-            r, why = None, str(e)
-        if r is None or r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): {why}")
-        mounted.append(path)
-        return Volume(path)
-
-    yield mount
-    for p in reversed(mounted):
-        if subprocess.run(["umount", str(p)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(p)], capture_output=True)
 
 
 # -- setup and checks ----------------------------------------------------------------------
@@ -617,84 +530,3 @@ def test_capture_costs_the_bots_disk(tmp_path):
     print(f"capture rows: {per_row:.1f} bytes each; file grew {grew}")
     assert 10 < per_row < 40
     assert grew["captured"] - grew["plain"] < 40 * 2 * n
-
-
-# -- the change log itself on a full disk --------------------------------------------------
-
-
-def _mark_batch(i: int, size: int = 150):
-    rows = [RowEvent(Op.UPSERT, i, [i], ["x" * size])]
-    return [RowBatch("s", "t", 1.0, rows)], SourceMark("s", SourcePosition("iid", i))
-
-
-def test_log_on_a_full_disk_takes_back_and_never_leaves_half_a_segment(tmp_path, tmpfs):
-    """Appends on a full disk fail whole and say so; a segment rollover that finds the disk
-    full (the batch itself fitted into the last page) is put off instead of leaving an
-    empty segment that readers would take for the log's continuation."""
-    vol = tmpfs(tmp_path / "log", "1m")
-    page = 4096
-    seg_bytes = 3 * page + 2000  # the batch that crosses it ends inside a page: no allocation
-    w = LogWriter(str(vol.path), segment_bytes=seg_bytes)
-    done: list[int] = []
-
-    def append(i: int) -> bool:
-        try:
-            w.append_batch(*_mark_batch(i))
-        except OSError as e:
-            assert e.errno == errno.ENOSPC and "disk is full" in str(e), e
-            return False
-        done.append(i)
-        return True
-
-    i = 0
-    one = None
-    while True:  # up to the batch that crosses segment_bytes while staying in its page
-        before = w.end_offset
-        assert append(i)
-        i += 1
-        one = w.end_offset - before
-        if w._size + one >= seg_bytes:
-            break
-    assert (w._size // page) == ((w._size + one - 1) // page), "crossing batch needs a page"
-    assert vol.fill() == 0
-    assert append(i)  # fits in the last page; the rollover after it finds no room
-    i += 1
-    assert len(list_segments(str(vol.path))) == 1, os.listdir(vol.path)
-    failed = sum(not append(i + k) for k in range(20))  # the page is full now
-    assert failed > 0
-    i += 20
-    vol.free()
-    for k in range(40):
-        assert append(i + k)
-    assert len(list_segments(str(vol.path))) > 1
-    end, positions = w.end_offset, w.positions
-    w.close()
-    assert check_log(str(vol.path)).ok
-    seqs = [
-        ev.seq
-        for e in LogReader(str(vol.path)).iter_from(0)
-        if isinstance(e.frame, RowBatch)
-        for ev in e.frame.events
-    ]
-    assert seqs == done  # every acknowledged batch once, in order; nothing else
-    w2 = LogWriter(str(vol.path), segment_bytes=seg_bytes)
-    assert (w2.end_offset, w2.positions, w2.truncated_bytes) == (end, positions, 0)
-    w2.close()
-
-
-def test_status_file_is_kept_current_on_a_full_disk(tmp_path, tmpfs):
-    """The status file is where an operator reads about the full disk: it is rewritten in
-    the room it keeps, when no new file can be made, errors and all."""
-    vol = tmpfs(tmp_path / "state", "1m")
-    state = str(vol.path)
-    names = [f"source-{i}" for i in range(8)]
-    write_status(
-        state, DaemonStatus(1, "running", 1.0, 1.0, 0, {n: SourceRuntime(n) for n in names})
-    )
-    assert vol.fill() == 0
-    err = f"LogAppendError: [Errno 28] {NO_SPACE}: the state dir's disk is full " + "x" * 200
-    sources = {n: SourceRuntime(n, errors=1, last_error=err) for n in names}
-    write_status(state, DaemonStatus(1, "running", 1.0, 2.0, 0, sources))
-    st = read_status(state)
-    assert st.updated_at == 2.0 and all(s.last_error == err for s in st.sources.values())
-    assert sorted(os.listdir(state)) == [".filler", "daemon-status.json"]  # no tmp left
