@@ -1,13 +1,16 @@
 """What the planning tests share: the `cdc inventory` and `cdc plan` commands as an operator
-runs them, and a target's objects as SQLite lists them."""
+runs them, a target's objects as SQLite lists them, and how an inventory is looked into."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
+from cdc.planning.inventory_format import DatabaseReport, Inventory
 from cdc.planning.mapping import MappingRow, read_mapping
-from tests.conftest import cdc_cmd
+from tests.conftest import cdc_cmd, make_db
 
 
 def inventory_rows(root: Path, out: Path) -> list[MappingRow]:
@@ -38,4 +41,41 @@ def schema_objects(conn) -> list[tuple]:  # noqa: ANN001 - an apsw connection
             "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' "
             "AND name NOT LIKE '\\_cdc\\_%' ESCAPE '\\'"
         ).fetchall()
+    )
+
+
+DOT_EXE = shutil.which("dot")
+
+
+def db_named(inv: Inventory, rel: str) -> DatabaseReport:
+    return next(d for d in inv.databases if d.relpath == rel)
+
+
+def tables_of(inv: Inventory, rel: str) -> dict:
+    return {t.name: t for t in db_named(inv, rel).tables}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under root with its mtime and content hash: proof nothing was written."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[p.relative_to(root).as_posix()] = (
+                p.stat().st_mtime_ns,
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+            )
+    return out
+
+
+def write_fk_dbs(root: Path) -> None:
+    make_db(
+        root / "shop.db",
+        """
+        CREATE TABLE customers(id INTEGER PRIMARY KEY);
+        CREATE TABLE regions(id INTEGER PRIMARY KEY);
+        CREATE TABLE orders(id INTEGER PRIMARY KEY,
+            customer_id INTEGER REFERENCES customers(id), region_id INTEGER REFERENCES regions);
+        CREATE TABLE lines(order_id INTEGER REFERENCES orders(id), n INTEGER);
+        CREATE TABLE notes(order_id INTEGER REFERENCES ghosts(id));
+    """,
     )

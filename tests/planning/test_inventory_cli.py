@@ -24,7 +24,7 @@ from cdc.planning.inventory_report import (
 from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
 from tests.conftest import REPO, cdc_cmd, make_db
 from tests.corpus import read_manifest
-from tests.planning.test_inventory import DOT_EXE, db_named, snapshot, tables_of, write_fk_dbs  # noqa: F401
+from tests.planning_support import DOT_EXE, db_named, snapshot, tables_of, write_fk_dbs  # noqa: F401
 
 
 def test_cli_writes_the_files_and_reports(tmp_path: Path) -> None:
