@@ -189,6 +189,30 @@ def legacy(corpus: Path, tmp_path: Path) -> Path:
     return copy_legacy(corpus / "legacy", tmp_path / "legacy")
 
 
+# -- commands that may be killed at a step (cutover, rollback, finalize) ---------------
+
+
+def cutover_cmd(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """`cdc cutover ARGS` (`cdc_step`)."""
+    return cdc_step("cutover", cfg, *args, kill_at=kill_at)
+
+
+def cdc_step(
+    command: str, cfg: Path, *args: str, kill_at: str | None = None
+) -> subprocess.CompletedProcess:
+    """`cdc COMMAND ARGS`, SIGKILLing itself right after step `kill_at` (a test hook)."""
+    env = {k: v for k, v in os.environ.items() if k != "CDC_TEST_KILL_AT"}
+    if kill_at:
+        env["CDC_TEST_KILL_AT"] = kill_at
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", command, *args, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
+
+
 # -- a disk to fill (tests of a full disk) ----------------------------------------------
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from cdc.errors import TargetError
-from tests.conftest import cdc_cmd, make_db, write_config
-from tests.cutover.test_cutover import cdc_step
+from tests.conftest import cdc_cmd, cdc_step, make_db, write_config
 
 COPIED = """
 state_dir = "state"

@@ -15,8 +15,7 @@ import pytest
 from cdc.changelog.segments import LogReader
 from cdc.config import load_config
 from cdc.events import RowBatch
-from tests.conftest import cdc_cmd, make_db, wait_until, write_config
-from tests.cutover.test_cutover import cdc_step
+from tests.conftest import cdc_cmd, cdc_step, make_db, wait_until, write_config
 
 CONFIG = """
 state_dir = "state"

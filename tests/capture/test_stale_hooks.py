@@ -23,8 +23,7 @@ from cdc.config import load_config
 from cdc.errors import CdcError, FencedWrite
 from cdc.inventory import list_tables
 from cdc.pool.pooled import PooledConnection
-from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
-from tests.cutover.test_cutover import cdc_step
+from tests.conftest import REPO, cdc_cmd, cdc_step, make_db, wait_until, write_config
 
 SCHEMA = "CREATE TABLE kv(k TEXT PRIMARY KEY, v); CREATE TABLE free(k TEXT PRIMARY KEY, v);"
 WHERE = "/t/core.db (table kv)"

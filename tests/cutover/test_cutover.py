@@ -11,7 +11,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from cdc.inventory import list_tables
 from cdc.planning.resolve import resolve_plan
 from cdc.stages.record import read_record
 from tests import workload
-from tests.conftest import REPO, cdc_cmd, make_db, wait_until
+from tests.conftest import cdc_cmd, cdc_step, cutover_cmd, make_db, wait_until
 from tests.verifier.test_verifier_live import _setup as live_setup
 from tests.workload import SCHEMA
 from verifier.compare import compare_table
@@ -79,26 +78,6 @@ def test_a_fence_refuses_every_writer_but_ours(tmp_path: Path) -> None:
     conn.close()
 
 
-def _cutover(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    return cdc_step("cutover", cfg, *args, kill_at=kill_at)
-
-
-def cdc_step(
-    command: str, cfg: Path, *args: str, kill_at: str | None = None
-) -> subprocess.CompletedProcess:
-    """`cdc COMMAND ARGS`, SIGKILLing itself right after step `kill_at` (a test hook)."""
-    env = {k: v for k, v in os.environ.items() if k != "CDC_TEST_KILL_AT"}
-    if kill_at:
-        env["CDC_TEST_KILL_AT"] = kill_at
-    return subprocess.run(
-        [sys.executable, "-m", "cdc", command, *args, "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "PYTHONPATH": str(REPO)},
-    )
-
-
 def _stage_equal(cfg_path: Path, target: str) -> list:
     """Every table of the stage: legacy == target (the legacy side is fenced, so quiet)."""
     cfg = load_config(cfg_path)
@@ -147,7 +126,7 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)
     try:
         for target in ("analytics", "core"):
-            r = _cutover(cfg, target)
+            r = cutover_cmd(cfg, target)
             assert r.returncode == 0, r.stdout + r.stderr
             assert f"{target}: cut over; the bots were fenced for" in r.stdout
             rec = read_record(str(tmp_path / "state"), target)
@@ -264,23 +243,23 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
             ("fenced", "legacy tables FENCED"),
             ("done", "cut over"),
         ):
-            r = _cutover(cfg, "analytics", kill_at=step)
+            r = cutover_cmd(cfg, "analytics", kill_at=step)
             assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
             s = cdc_cmd("status", "-c", str(cfg)).stdout
             assert f"cutover analytics: {shown}" in s, s
         assert read_record(state, "analytics").state == "done"
-        r = _cutover(cfg, "analytics")
+        r = cutover_cmd(cfg, "analytics")
         assert r.returncode == 0 and "already cut over" in r.stdout
         assert _stage_equal(cfg, "analytics") == []
         # abort: a stage fenced but not done gives the bots their tables back
-        r = _cutover(cfg, "core", kill_at="fenced")
+        r = cutover_cmd(cfg, "core", kill_at="fenced")
         assert r.returncode == -signal.SIGKILL
         with (
             pytest.raises(sqlite3.IntegrityError, match="moved to"),
             contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db", timeout=10)) as c,
         ):
             c.execute("INSERT INTO kv VALUES ('fenced?', 1)")
-        r = _cutover(cfg, "core", "--abort")
+        r = cutover_cmd(cfg, "core", "--abort")
         assert r.returncode == 0, r.stderr
         with contextlib.closing(sqlite3.connect(tmp_path / "legacy/alpha.db", timeout=10)) as c:
             c.execute("INSERT INTO kv VALUES ('free again', 1)")
@@ -303,11 +282,11 @@ def test_cutover_commands_refuse_clearly(tmp_path: Path) -> None:
     """Bad input and wrong order get one clear line and a documented exit code, and
     change nothing."""
     cfg = live_setup(tmp_path)
-    r = _cutover(cfg, "nosuch")
+    r = cutover_cmd(cfg, "nosuch")
     assert r.returncode == 2 and "no target 'nosuch'" in r.stderr, r.stderr
-    r = _cutover(cfg, "analytics")  # no daemon: nothing would drain the last changes
+    r = cutover_cmd(cfg, "analytics")  # no daemon: nothing would drain the last changes
     assert r.returncode == 7 and "the daemon is not running" in r.stderr, r.stderr
-    r = _cutover(cfg, "analytics", "--abort")
+    r = cutover_cmd(cfg, "analytics", "--abort")
     assert r.returncode == 12 and "no cutover in progress" in r.stderr, r.stderr
     r = cdc_cmd("finalize", "analytics", "-c", str(cfg))
     assert r.returncode == 13 and "not cut over" in r.stderr, r.stderr
@@ -333,7 +312,7 @@ def test_a_finalize_killed_mid_way_completes_when_run_again(tmp_path: Path, daem
     d = daemons(cfg)
     d.wait_synced()
     for target in ("analytics", "core"):
-        assert _cutover(cfg, target).returncode == 0
+        assert cutover_cmd(cfg, target).returncode == 0
     r = cdc_cmd("finalize", "analytics", "-c", str(cfg))  # every file also feeds core
     assert r.returncode == 0 and "0 files archived, 3 waiting" in r.stdout, r.stdout + r.stderr
     for step in ("archived", "finalized"):

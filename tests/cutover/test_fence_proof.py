@@ -20,8 +20,7 @@ from cdc.planning.resolve import resolve_plan
 from cdc.stages.record import read_record
 from cdc.status_file import write_json_atomic
 from tests import workload
-from tests.conftest import cdc_cmd, wait_until
-from tests.cutover.test_cutover import cdc_step
+from tests.conftest import cdc_cmd, cdc_step, wait_until
 from tests.verifier.test_verifier_live import CONFIG, QUIET
 from verifier import verify_tables
 from verifier.continuous import (

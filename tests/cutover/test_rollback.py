@@ -24,8 +24,8 @@ from cdc.config import load_config
 from cdc.events import RowBatch
 from cdc.stages.record import read_record
 from tests import workload
-from tests.conftest import REPO, cdc_cmd, wait_until
-from tests.cutover.test_cutover import _cutover, _stage_equal, cdc_step
+from tests.conftest import REPO, cdc_cmd, cdc_step, cutover_cmd, wait_until
+from tests.cutover.test_cutover import _stage_equal
 from tests.verifier.test_verifier_live import _setup as live_setup
 from tests.workload import VALUES
 
@@ -37,7 +37,7 @@ def _core_cut_over(tmp_path: Path, daemons):  # noqa: ANN001, ANN202
     cfg = live_setup(tmp_path)
     d = daemons(cfg)
     d.wait_synced()
-    r = _cutover(cfg, "core")
+    r = cutover_cmd(cfg, "core")
     assert r.returncode == 0, r.stdout + r.stderr
     return cfg, d
 
@@ -156,7 +156,7 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
     core, legacy_alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
     state = str(tmp_path / "state")
     try:
-        r = _cutover(cfg, "core")
+        r = cutover_cmd(cfg, "core")
         assert r.returncode == 0, r.stdout + r.stderr
         done = read_record(state, "core")
         target_writes(core, 600, seed=1)
@@ -194,7 +194,7 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
         r = cdc_cmd("finalize", "core", "-c", str(cfg))
         assert r.returncode == 13 and "not cut over" in r.stderr, r.stderr
 
-        r = _cutover(cfg, "core")  # and again
+        r = cutover_cmd(cfg, "core")  # and again
         assert r.returncode == 0, r.stdout + r.stderr
         again = read_record(state, "core")
         assert again.state == "done" and len(again.history) == 1

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cdc_cmd, make_db, wait_until, write_config
-from tests.cutover.test_cutover import _cutover, cdc_step
+from tests.conftest import cdc_cmd, cdc_step, cutover_cmd, make_db, wait_until, write_config
 
 CONFIG = """
 state_dir = "state"
@@ -119,7 +118,7 @@ def cut_over(tmp_path: Path, daemons):  # noqa: ANN201
     cfg = _setup(tmp_path)
     d = daemons(cfg)
     d.wait_synced()
-    r = _cutover(cfg, "core")
+    r = cutover_cmd(cfg, "core")
     assert r.returncode == 0, r.stdout + r.stderr
     core = tmp_path / "out/core.db"
     _switched_bot_writes(core)
@@ -233,7 +232,7 @@ def test_stale_ddl_on_a_fenced_target_does_not_flow_back(tmp_path: Path, daemons
     cfg = _setup(tmp_path)
     d = daemons(cfg)
     d.wait_synced()
-    assert _cutover(cfg, "core").returncode == 0
+    assert cutover_cmd(cfg, "core").returncode == 0
     core, legacy = tmp_path / "out/core.db", tmp_path / "legacy/a.db"
     holder = sqlite3.connect(legacy, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the way back waits: the bots' writes stay pending

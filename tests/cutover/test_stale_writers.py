@@ -31,8 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
-from tests.cutover.test_cutover import cdc_step
+from tests.conftest import REPO, cdc_cmd, cdc_step, make_db, wait_until, write_config
 
 pytestmark = pytest.mark.skipif(
     shutil.which("sqlite3") is None,
