@@ -176,7 +176,10 @@ def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(tmp_pat
             )
 
         wait_until(found, 120, 0.1, "the damage to be reported")
-        assert watch.cycle() <= c0 + 1  # within the pass that was running, or the next
+        # Within the pass that was running or the next one, and one more on a loaded machine:
+        # a difference seen while the row is still settling is confirmed at a later pass
+        # (passes over these small tables take well under a second).
+        assert watch.cycle() <= c0 + 2
         watch.poll()  # what `found` just read may be newer than the watcher's last look
         assert watch.seen == EXPECTED  # exactly those keys, nothing else, ever
         # what the operator sees
