@@ -19,10 +19,8 @@ from __future__ import annotations
 import apsw
 import pytest
 
-from bench.support import Baseline, create_db, make_config, scaled
-from bench.test_verifier import DDL, FILL, Files, fetch_both
-from cdc.planning.resolve import resolve_plan
-from tests.pipeline import Pipeline
+from bench.support import Baseline, scaled
+from bench.test_verifier import Files, build_replicated, fetch_both
 from verifier import select_tables
 from verifier.digest import digest_check
 
@@ -33,22 +31,7 @@ ROUNDS = 9
 @pytest.fixture(scope="session")
 def replicated_100k(tmp_path_factory) -> Files:
     """The legacy file and its replicated target, built once per session (not timed)."""
-    root = tmp_path_factory.mktemp("fence-digest-bench")
-    legacy = str(root / "legacy.db")
-    create_db(legacy, "wal", DDL)
-    c = apsw.Connection(legacy)
-    with c:
-        c.execute(FILL, (ROWS,))
-    c.close()
-    cfg = make_config(root, {"legacy": legacy}, snapshot_chunk=20_000)
-    plan = resolve_plan(cfg)
-    p = Pipeline(cfg, plan)
-    try:
-        p.sync()
-    finally:
-        p.close()
-    (m,) = select_tables(plan)
-    return Files(cfg, plan, legacy, plan.targets[m.target], m.target_table)
+    return build_replicated(tmp_path_factory.mktemp("fence-digest-bench"), ROWS)
 
 
 def test_fence_digest(benchmark, summary, replicated_100k: Files) -> None:

@@ -100,15 +100,13 @@ def _open(path: str) -> apsw.Connection:
     return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
 
 
-@pytest.fixture(scope="session")
-def replicated(tmp_path_factory) -> Files:
-    """The legacy file and its replicated target, built once per session (not timed)."""
-    root = tmp_path_factory.mktemp("verifier-bench")
+def build_replicated(root, rows: int) -> Files:  # noqa: ANN001 - a pathlib.Path
+    """`rows` bot-like rows in a legacy file, replicated into their target once."""
     legacy = str(root / "legacy.db")
     create_db(legacy, "wal", DDL)
     c = apsw.Connection(legacy)
     with c:
-        c.execute(FILL, (ROWS,))
+        c.execute(FILL, (rows,))
     c.close()
     cfg = make_config(root, {"legacy": legacy}, snapshot_chunk=20_000)
     plan = resolve_plan(cfg)
@@ -118,7 +116,14 @@ def replicated(tmp_path_factory) -> Files:
     finally:
         p.close()
     (m,) = select_tables(plan)
-    files = Files(cfg, plan, legacy, plan.targets[m.target], m.target_table)
+    return Files(cfg, plan, legacy, plan.targets[m.target], m.target_table)
+
+
+@pytest.fixture(scope="session")
+def replicated(tmp_path_factory) -> Files:
+    """The legacy file and its replicated target, built once per session (not timed)."""
+    files = build_replicated(tmp_path_factory.mktemp("verifier-bench"), ROWS)
+    legacy = files.legacy
     c = _open(legacy)
     try:
         for name, sql in COUNTS.items():
