@@ -186,7 +186,7 @@ def bot_main(paths: list[str], seconds: float, seed: int) -> None:
 
 
 def _setup(corpus: Path, work: Path) -> Path:
-    from tests.corpus import config_to_toml, copy_legacy, make_config, read_plan_json
+    from tests.support.corpus import config_to_toml, copy_legacy, make_config, read_plan_json
 
     legacy = copy_legacy(corpus / "legacy", work / "legacy")
     data, _ = make_config(read_plan_json(corpus), legacy, work / "out", resolve=True)
@@ -372,7 +372,7 @@ def _print_bots(stats: list[dict]) -> int:
 def run(corpus: Path, work: Path, minutes: float, bots: int, seed: int, baseline: bool) -> int:
     """The soak; with `baseline`, the same bots on an uninstalled copy and no daemon, for
     the stall figures to compare with."""
-    from tests.corpus import copy_legacy, sqlite_files
+    from tests.support.corpus import copy_legacy, sqlite_files
 
     work.mkdir(parents=True, exist_ok=True)
     if baseline:

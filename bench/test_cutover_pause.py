@@ -36,105 +36,41 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
+from bench.conftest import (
+    BOT_TABLES,
+    RATE,
+    RETRY_S,
+    WARMUP_S,
+    go,
+    installed_corpus,
+    log_tail,
+    pct,
+    row_insert,
+    row_values,
+    snapshot_applied,
+    stop,
+    write_once,
+)
 from bench.support import REPO, SCALE, percentile, wait_until
-from cdc.config import Config, load_config
-from cdc.daemon.status import collect_status
+from cdc.config import load_config
 from cdc.planning.resolve import resolve_plan
 from cdc.stages.record import read_record, record_path
-from tests.corpus import (
-    config_to_toml,
-    copy_legacy,
+from tests.support.corpus import (
     corpus_root,
-    make_config,
-    read_plan_json,
     run_cli,
     spawn_daemon,
 )
 
 GOAL_P99_MS = 100.0
-RATE = 50.0  # writes per second, per bot
-RETRY_S = 0.002  # a refused bot retries its legacy write this often
-WARMUP_S = 1.0  # bots writing before the first cutover
 GAP_S = 0.5  # between two stages' cutovers
 ROUNDS = max(1, round(10 * min(1.0, SCALE)))  # each one a fresh copy of the corpus
 STAGES = ("analytics", "cache", "core")
 STEPS = ("fence", "record", "drain", "sequences", "verify")
 
-# (source, table) per stage: copied tables, journal modes mixed; jarvis.db holds one table
-# of analytics and one of core, so after the first stage that file is partly fenced.
-BOT_TABLES: dict[str, list[tuple[str, str]]] = {
-    "analytics": [("jarvis", "trade_learnings"), ("bot_health", "bot_errors")],
-    "cache": [("rate_limiter", "request_log"), ("custom", "products")],
-    "core": [("jarvis", "error_logs"), ("telegram_memory", "messages")],
-}
-
 
 # -- the bot ----------------------------------------------------------------------------------
-
-
-def row_insert(conn: sqlite3.Connection, table: str) -> tuple[str, list[str]]:
-    """An INSERT that fits `table` as it is declared: every column without a default gets a
-    value of its affinity (a TEXT key a fresh uuid), a rowid alias is left to SQLite."""
-    info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
-    if not info:
-        raise RuntimeError(f"no table {table}")
-    keys = [c for c in info if c[5]]
-    cols, kinds = [], []
-    for _cid, name, decl, _notnull, default, pk in info:
-        decl = (decl or "").upper()
-        if pk and len(keys) == 1 and decl == "INTEGER":
-            continue  # rowid alias (AUTOINCREMENT or not): SQLite picks the id
-        if default is not None:
-            continue
-        if pk:
-            kind = "key"
-        elif "INT" in decl:
-            kind = "int"
-        elif any(a in decl for a in ("REAL", "FLOA", "DOUB")):
-            kind = "real"
-        elif "BLOB" in decl:
-            kind = "blob"
-        else:
-            kind = "text"
-        cols.append(f'"{name}"')
-        kinds.append(kind)
-    if not cols:
-        return f'INSERT INTO "{table}" DEFAULT VALUES', []
-    marks = ", ".join("?" * len(cols))
-    return f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES ({marks})', kinds
-
-
-def row_values(kinds: list[str], n: int, rng: random.Random) -> tuple:
-    out: list[object] = []
-    for k in kinds:
-        if k == "key":
-            out.append(uuid.UUID(int=rng.getrandbits(128)).hex)
-        elif k == "int":
-            out.append(10**9 + n)
-        elif k == "real":
-            out.append(rng.random() * 100)
-        elif k == "blob":
-            out.append(rng.randbytes(8))
-        else:
-            out.append(f"bench-{n}-{rng.getrandbits(32):08x}")
-    return tuple(out)
-
-
-def write_once(path: str, sql: str, params: tuple) -> str | None:
-    """One bot write on its own connection; None when it committed, else the error."""
-    try:
-        c = sqlite3.connect(path, timeout=5.0)
-        try:
-            with c:
-                c.execute(sql, params)
-        finally:
-            c.close()
-    except sqlite3.Error as e:
-        return str(e) or type(e).__name__
-    return None
 
 
 def wal_size(path: str) -> int:
@@ -142,15 +78,6 @@ def wal_size(path: str) -> int:
         return os.path.getsize(f"{path}-wal")
     except FileNotFoundError:
         return 0
-
-
-def go(record: str) -> bool:
-    """Whether the stage's cutover record says "done" (the record is replaced atomically)."""
-    try:
-        with open(record, "rb") as f:
-            return json.loads(f.read()).get("state") == "done"
-    except FileNotFoundError:
-        return False
 
 
 def bot_main(spec_path: str, out: str) -> None:
@@ -288,41 +215,10 @@ def start_bots(root: Path, cfg_path: Path) -> list[tuple[str, str, subprocess.Po
     return bots
 
 
-def snapshot_applied(cfg: Config, daemon: subprocess.Popen) -> bool:
-    assert daemon.poll() is None, f"the daemon exited ({daemon.returncode})"
-    st = collect_status(cfg)
-    return st.daemon.state == "running" and all(
-        s.snapshot == "done" and s.backlog_events == 0 and s.last_error is None
-        for s in st.sources
-        if s.tables
-    )
-
-
-def log_tail(log: Path, n: int = 3000) -> str:
-    return "\n-- daemon log (tail) --\n" + log.read_text(errors="replace")[-n:]
-
-
-def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def run_round(root: Path) -> dict:
     """One fresh copy of the corpus, replicated, its three stages cut over under bot load."""
-    corpus = corpus_root()
-    legacy = copy_legacy(corpus / "legacy", root / "legacy")
-    out = root / "out"
-    data, _ = make_config(read_plan_json(corpus), legacy, out, resolve=True)
-    toml = out / "cdc.toml"
-    toml.write_text(config_to_toml(data), encoding="utf-8")
+    toml = installed_corpus(root)
     cfg = load_config(toml)
-    r = run_cli("install", toml, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
     log = root / "daemon.log"
     daemon = spawn_daemon(toml, log)
     bots: list = []
@@ -390,15 +286,6 @@ def run_round(root: Path) -> dict:
             }
         )
     return {"snapshot_s": snapshot_s, "stages": stages}
-
-
-def pct(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(percentile(values, 50), 1),
-        "p99": round(percentile(values, 99), 1),
-        "max": round(max(values), 1),
-        "n": len(values),
-    }
 
 
 def test_cutover_pause_while_bots_write(benchmark, summary, tmp_path):

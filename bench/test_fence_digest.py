@@ -19,8 +19,8 @@ from __future__ import annotations
 import apsw
 import pytest
 
+from bench.conftest import Files, build_replicated, fetch_both
 from bench.support import Baseline, scaled
-from bench.test_verifier import Files, build_replicated, fetch_both
 from verifier import select_tables
 from verifier.digest import digest_check
 

@@ -28,33 +28,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import apsw
 import pytest
 
-from bench.support import REPO, SCALE, SYMBOLS, create_db, percentile, wait_until
+from bench.conftest import LAG_DDL, LAG_RATE, LAG_SECONDS, Poller, write_toml
+from bench.support import REPO, SYMBOLS, create_db, percentile, wait_until
 from cdc.capture import install as ops
 from cdc.config import load_config
 
-RATE = 200  # commits per second
-SECONDS = max(2.0, 10.0 * min(1.0, SCALE))
 GOAL_P99_MS = 50.0
 
-DDL = (
-    """CREATE TABLE ticks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    committed_at REAL NOT NULL,
-    wallet TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    price REAL,
-    qty INTEGER,
-    note TEXT
-)""",
-    "CREATE INDEX idx_ticks_symbol ON ticks(symbol)",
-)
 
 # Added to the target once the daemon has created `ticks` there. julianday('now') is
 # re-read for every statement, i.e. for every row of the daemon's executemany.
@@ -98,56 +84,6 @@ def bot_main(path: str, rate: float, seconds: float, out: str) -> None:
     Path(out).write_text(json.dumps({"rows": done, "seconds": time.monotonic() - start}))
 
 
-class Poller(threading.Thread):
-    """Notes when each target row first becomes visible to a reader."""
-
-    def __init__(self, path: str, interval: float = 0.002) -> None:
-        super().__init__(daemon=True)
-        self.path, self.interval = path, interval
-        self.seen: dict[int, float] = {}
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
-        conn.set_busy_timeout(1000)
-        last = 0
-        try:
-            while not self.stop.is_set():
-                ids = conn.execute(
-                    "SELECT id FROM ticks WHERE id > ? ORDER BY id", (last,)
-                ).fetchall()
-                now = time.time()
-                for (i,) in ids:
-                    self.seen[i] = now
-                if ids:
-                    last = ids[-1][0]
-                time.sleep(self.interval)
-        finally:
-            conn.close()
-
-
-def write_toml(root: Path, journal: str, watch: bool, poll_interval: float) -> Path:
-    p = root / "cdc.toml"
-    p.write_text(
-        f"""targets = {{ main = "target.db" }}
-state_dir = "state"
-
-[[sources]]
-name = "bot"
-path = "legacy-{journal}.db"
-
-[[rules]]
-table = "*"
-target = "main"
-
-[daemon]
-watch = {str(watch).lower()}
-poll_interval = {poll_interval}
-"""
-    )
-    return p
-
-
 def target_ready(path: Path) -> bool:
     if not path.exists():
         return False
@@ -163,7 +99,7 @@ def target_ready(path: Path) -> bool:
 def run_lag(root: Path, journal: str, watch: bool, poll_interval: float) -> dict:
     legacy = root / f"legacy-{journal}.db"
     target = root / "target.db"
-    create_db(legacy, journal, DDL)
+    create_db(legacy, journal, LAG_DDL)
     cfg_path = write_toml(root, journal, watch, poll_interval)
     ops.install(load_config(cfg_path))
     err = open(root / "daemon.stderr", "w")  # noqa: SIM115 - closed in finally
@@ -196,14 +132,14 @@ def run_lag(root: Path, journal: str, watch: bool, poll_interval: float) -> dict
                 "bench.test_lag",
                 "--bot",
                 str(legacy),
-                str(RATE),
-                str(SECONDS),
+                str(LAG_RATE),
+                str(LAG_SECONDS),
                 str(out),
             ],
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=SECONDS + 60,
+            timeout=LAG_SECONDS + 60,
         )
         assert bot.returncode == 0, bot.stderr
         result = json.loads(out.read_text())
@@ -238,7 +174,7 @@ def run_lag(root: Path, journal: str, watch: bool, poll_interval: float) -> dict
     visible_ms = [(poller.seen[i] - t) * 1e3 for i, t in commits.items()]
     return {
         "rows": n,
-        "rate_target": RATE,
+        "rate_target": LAG_RATE,
         "rate_achieved": round(n / result["seconds"], 1),
         "bot_write_p50_ms": round(percentile(bot_ms, 50), 2),
         "bot_write_p99_ms": round(percentile(bot_ms, 99), 2),

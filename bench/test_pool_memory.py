@@ -38,7 +38,7 @@ import pytest
 
 from bench.support import scaled
 from cdc.sqlident import q, rename_create_index, rename_create_table
-from tests.corpus import copy_legacy, source_names
+from tests.support.corpus import copy_legacy, source_names
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "jarvis" / "legacy"

@@ -46,14 +46,16 @@ from pathlib import Path
 import apsw
 import pytest
 
-from bench.support import REPO, SCALE, Baseline, percentile, scaled, wait_until
-from bench.test_cutover_pause import (
+from bench.conftest import (
     BOT_TABLES,
     RATE,
     RETRY_S,
     WARMUP_S,
     go,
+    insert_row,
+    installed_corpus,
     log_tail,
+    marked,
     pct,
     row_insert,
     row_values,
@@ -61,21 +63,18 @@ from bench.test_cutover_pause import (
     stop,
     write_once,
 )
+from bench.support import REPO, SCALE, Baseline, percentile, scaled, wait_until
 from cdc.capture import triggers as capture
 from cdc.config import load_config
 from cdc.inventory import table_info
 from cdc.planning.resolve import resolve_plan
 from cdc.stages.record import read_record, record_path
-from tests.corpus import (
-    config_to_toml,
-    copy_legacy,
+from tests.support.corpus import (
     corpus_root,
-    make_config,
-    read_plan_json,
     run_cli,
     spawn_daemon,
 )
-from tests.cutover_bot import stage_state
+from tests.support.cutover_bot import stage_state
 
 STAGE = "core"
 TARGET_S = 1.0  # bots writing to the target before the rollback
@@ -86,27 +85,6 @@ ROLLED_BACK_NOTE = "the stage was rolled back"
 
 
 # -- the bot ----------------------------------------------------------------------------------
-
-
-def marked(kinds: list[str], n: int, rng: random.Random, marker: str) -> tuple:
-    """`row_values` with the first TEXT column holding `marker` (to find the row later)."""
-    vals = list(row_values(kinds, n, rng))
-    vals[kinds.index("text")] = marker
-    return tuple(vals)
-
-
-def insert_row(path: str, sql: str, params: tuple) -> tuple[int | None, str | None]:
-    """`write_once` that also returns the new row's id: (id, None) or (None, error)."""
-    try:
-        c = sqlite3.connect(path, timeout=5.0)
-        try:
-            with c:
-                rowid = c.execute(sql, params).lastrowid
-        finally:
-            c.close()
-    except sqlite3.Error as e:
-        return None, str(e) or type(e).__name__
-    return rowid, None
 
 
 def bot_main(spec_path: str, out: str) -> None:
@@ -278,15 +256,8 @@ def not_in_legacy(spec: dict, rows: list[list]) -> list[list]:
 
 def run_round(root: Path) -> dict:
     """A fresh copy of the corpus, replicated; core cut over and rolled back under bot load."""
-    corpus = corpus_root()
-    legacy = copy_legacy(corpus / "legacy", root / "legacy")
-    out = root / "out"
-    data, _ = make_config(read_plan_json(corpus), legacy, out, resolve=True)
-    toml = out / "cdc.toml"
-    toml.write_text(config_to_toml(data), encoding="utf-8")
+    toml = installed_corpus(root)
     cfg = load_config(toml)
-    r = run_cli("install", toml, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
     log = root / "daemon.log"
     daemon = spawn_daemon(toml, log)
     bots: list = []

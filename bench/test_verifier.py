@@ -2,7 +2,7 @@
 
 A legacy file holds one bot-like table of ROWS rows (an AUTOINCREMENT key, TEXT/REAL/
 INTEGER columns, a nullable JSON-ish TEXT note, one secondary index), built in one
-transaction from a recursive CTE. The in-process pipeline (`tests/pipeline.py`) installs
+transaction from a recursive CTE. The in-process pipeline (`tests/support/pipeline.py`) installs
 capture, snapshots it and applies it to a target once per session; the rounds reuse
 those files and only read them.
 
@@ -26,48 +26,17 @@ CPU side.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-import apsw
 import msgspec
 import pytest
 
-from bench.support import Baseline, create_db, make_config, scaled
-from cdc.config import Config
-from cdc.planning.plan import Plan
-from cdc.planning.resolve import resolve_plan
-from cdc.sqlident import q
-from tests.pipeline import Pipeline
+from bench.conftest import Files, build_replicated, count, fetch_both, open_readonly
+from bench.support import Baseline, scaled
 from verifier import select_tables, verify_tables
 
 ROWS = scaled(1_000_000, 10_000)
 ROUNDS = 5  # the VM is noisy: one pass takes 2.0-4.5 s of CPU for the same work
 
-DDL = (
-    """CREATE TABLE fills (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    symbol TEXT NOT NULL,
-    qty REAL,
-    px REAL NOT NULL,
-    ts INTEGER NOT NULL,
-    note TEXT
-)""",
-    "CREATE INDEX fills_symbol_ts ON fills(symbol, ts)",
-)
-# Deterministic, varied values: 200 symbols, 10% NULL qty, 25% NULL note, ~55-byte notes.
-FILL = """
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
-INSERT INTO fills (symbol, qty, px, ts, note)
-SELECT printf('TOK%03d', (i * 7919) % 200),
-       CASE WHEN i % 10 = 0 THEN NULL ELSE ((i * 2654435761) % 500000) / 100.0 END,
-       ((i * 40503) % 1000003) / 1000.0 + 0.0001,
-       1700000000000 + i * 37,
-       CASE WHEN i % 4 = 0 THEN NULL
-            ELSE printf('{"route":"%s","slip_bps":%d,"tx":"%016x"}',
-                        char(65 + i % 3), i % 300, i * 2654435761)
-       END
-FROM n
-"""
 
 COUNTS = {
     "count_index": "SELECT count(*) FROM fills",
@@ -87,44 +56,12 @@ LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class Files:
-    cfg: Config
-    plan: Plan
-    legacy: str
-    target: str
-    target_table: str
-
-
-def _open(path: str) -> apsw.Connection:
-    return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-
-
-def build_replicated(root, rows: int) -> Files:  # noqa: ANN001 - a pathlib.Path
-    """`rows` bot-like rows in a legacy file, replicated into their target once."""
-    legacy = str(root / "legacy.db")
-    create_db(legacy, "wal", DDL)
-    c = apsw.Connection(legacy)
-    with c:
-        c.execute(FILL, (rows,))
-    c.close()
-    cfg = make_config(root, {"legacy": legacy}, snapshot_chunk=20_000)
-    plan = resolve_plan(cfg)
-    p = Pipeline(cfg, plan)
-    try:
-        p.sync()
-    finally:
-        p.close()
-    (m,) = select_tables(plan)
-    return Files(cfg, plan, legacy, plan.targets[m.target], m.target_table)
-
-
 @pytest.fixture(scope="session")
 def replicated(tmp_path_factory) -> Files:
     """The legacy file and its replicated target, built once per session (not timed)."""
     files = build_replicated(tmp_path_factory.mktemp("verifier-bench"), ROWS)
     legacy = files.legacy
-    c = _open(legacy)
+    c = open_readonly(legacy)
     try:
         for name, sql in COUNTS.items():
             detail = c.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()[-1][-1]
@@ -134,26 +71,6 @@ def replicated(tmp_path_factory) -> Files:
     finally:
         c.close()
     return files
-
-
-def count(path: str, sql: str) -> int:
-    c = _open(path)
-    try:
-        return c.execute(sql).fetchone()[0]
-    finally:
-        c.close()
-
-
-def fetch_both(f: Files) -> tuple[int, int]:
-    """Every row of both sides in Python lists, in key order: what any Python comparison reads."""
-    src, tgt = _open(f.legacy), _open(f.target)
-    try:
-        a = src.execute("SELECT * FROM fills ORDER BY id").fetchall()
-        b = tgt.execute(f"SELECT * FROM {q(f.target_table)} ORDER BY id").fetchall()
-        return len(a), len(b)
-    finally:
-        src.close()
-        tgt.close()
 
 
 @pytest.mark.parametrize("chunk_rows", [1000, 5000], ids=["chunk1000", "chunk5000"])

@@ -1,7 +1,7 @@
 """Does the daemon's continuous verifier slow the bots, or replication? (goal: it must not)
 
-The setting of `bench/test_lag.py` (its bot, poller and config are imported from there): a
-real `python -m cdc run` daemon, and a bot process committing one row to `ticks` every 5 ms
+The setting of `bench/test_lag.py` (its poller and config are in bench/conftest.py, its bot
+runs as `python -m bench.test_lag --bot`): a real `python -m cdc run` daemon, and a bot process committing one row to `ticks` every 5 ms
 with stdlib `sqlite3`, a new connection per write. Beside the hot table, each legacy file
 holds a quiet table of QUIET_ROWS rows (`ledger`, built with one INSERT ... SELECT from a
 recursive CTE before capture is installed), mapped to the target like the rest, so the
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import test_lag as lag
+from bench.conftest import LAG_DDL, LAG_RATE, LAG_SECONDS, Poller, write_toml
 from bench.support import REPO, Baseline, create_db, percentile, scaled, wait_until
 from cdc.capture import install as ops
 from cdc.config import load_config
@@ -98,12 +98,12 @@ class Case:
         self.legacy = root / f"legacy-{journal}.db"
         self.target = root / "target.db"
         self.state_dir = str(root / "state")
-        create_db(self.legacy, journal, (*lag.DDL, *QUIET_DDL))
+        create_db(self.legacy, journal, (*LAG_DDL, *QUIET_DDL))
         c = sqlite3.connect(self.legacy)
         with c:
             c.execute(QUIET_FILL, (QUIET_ROWS,))
         c.close()
-        cfg_path = lag.write_toml(root, journal, watch=True, poll_interval=0.5)
+        cfg_path = write_toml(root, journal, watch=True, poll_interval=0.5)
         with cfg_path.open("a") as f:
             f.write("\n[verify]\n")
             f.writelines(f"{k} = {json.dumps(v)}\n" for k, v in PACES[pace].items())
@@ -143,7 +143,7 @@ class Case:
 
     def window(self) -> dict:
         """The bot's steady run, until its last row is visible in the target (the timed part)."""
-        poller = lag.Poller(str(self.target))
+        poller = Poller(str(self.target))
         poller.start()
         out = self.root / "bot.json"
         seen: dict[tuple[str, str], int] = {}
@@ -155,7 +155,7 @@ class Case:
         try:
             bot = subprocess.Popen(
                 [sys.executable, "-m", "bench.test_lag", "--bot"]
-                + [str(self.legacy), str(lag.RATE), str(lag.SECONDS), str(out)],
+                + [str(self.legacy), str(LAG_RATE), str(LAG_SECONDS), str(out)],
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,

@@ -287,6 +287,18 @@ def _absolutize(cfg: Config, base: Path, config_path: str) -> Config:
 
 
 def _check(cfg: Config) -> list[str]:
+    """Every problem at once, in the file's order: the operator fixes the config in one
+    go instead of one error per run."""
+    return [
+        *_check_targets(cfg),
+        *_check_sources(cfg),
+        *_check_rules(cfg),
+        *_check_settings(cfg),
+    ]
+
+
+def _check_targets(cfg: Config) -> list[str]:
+    """Target names end up in file names (validation reports) and stage names."""
     problems: list[str] = []
     if not cfg.targets:
         problems.append("`targets` is empty: declare at least one target database")
@@ -298,6 +310,14 @@ def _check(cfg: Config) -> list[str]:
     paths = list(cfg.targets.values())
     if len(set(paths)) != len(paths):
         problems.append("`targets`: two targets share one file")
+    return problems
+
+
+def _check_sources(cfg: Config) -> list[str]:
+    """A source written to as a target, or two sources under one name, would mix
+    their changes in the log."""
+    problems: list[str] = []
+    paths = list(cfg.targets.values())
     seen: set[str] = set()
     for i, s in enumerate(cfg.sources):
         key = f"`sources[{i}]`"
@@ -314,6 +334,13 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"{key}.path is also a target file")
         if s.capture not in ("triggers", "hooks"):
             problems.append(f'{key}.capture {s.capture!r}: use "triggers" or "hooks"')
+    return problems
+
+
+def _check_rules(cfg: Config) -> list[str]:
+    """A rule is checked on its own here; whether its patterns match any table waits
+    for the legacy files (`cdc.plan`)."""
+    problems: list[str] = []
     for i, r in enumerate(cfg.rules):
         key = f"`rules[{i}]`"
         if r.exclude and (r.target or r.merge or r.as_):
@@ -327,6 +354,13 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"{key}.tag_column: a merge needs a tag column name")
         if not r.table:
             problems.append(f"{key}.table: empty pattern")
+    return problems
+
+
+def _check_settings(cfg: Config) -> list[str]:
+    """Sizes and timeouts are well-typed at zero or below, yet meaningless: a batch of no
+    rows, a poll that never waits."""
+    problems: list[str] = []
     d = cfg.daemon
     for field in ("harvest_batch", "snapshot_chunk", "apply_batch", "segment_bytes", "trim_slice"):
         if getattr(d, field) <= 0:

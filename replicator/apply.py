@@ -66,46 +66,8 @@ def apply_batch(
         raise TargetError(
             f"{target.path}: batch starts at {entries[0].offset}, checkpoint is {old.offset}"
         )
-    conn = target.conn
-    applied = 0
-    newest = 0.0
     try:
-        with write_transaction(conn):
-            own_from = capture.top_seq(conn)  # see the end of the transaction
-            runs: dict[tuple[str, str], list[RowBatch]] = defaultdict(list)
-            marks: dict[str, SourcePosition] = {}
-            rebuilds: list[tuple[str, str]] = []
-            end = old.offset
-            try:
-                for e in _read_on(entries, more, target):
-                    end = e.next_offset
-                    applied += _apply_frame(e.frame, conn, target, plan, runs, marks)
-            finally:
-                target.close_value()  # before COMMIT or ROLLBACK
-            now = time.time()
-            for source, p in marks.items():
-                target.checkpoints.record_source(
-                    SourceApplied(source, p.install_id, p.through_seq, p.events, now)
-                )
-                fresh = target.checkpoints.record_snapshots_done(
-                    source, [c.table for c in p.snapshots if c.done]
-                )
-                rebuilds += [(source, t) for t in fresh]
-            for batches in runs.values():
-                applied += _flush(conn, target, batches)
-                newest = max(newest, batches[-1].observed_at)
-            for source, table in rebuilds:  # initial copy complete: index it from scratch
-                for fm in ddl.fts_of(plan, source, table):
-                    if fm.target == target.name and target.table_columns(fm.target_table):
-                        conn.execute(ddl.fts_rebuild(fm))
-            if own_from is not None:
-                # A cut-over (or rolled-back) stage's target tables are captured for the way
-                # back (`cdc.backflow`): what we wrote is not the bots' and must not go back.
-                capture.drop_own_changes(conn, own_from)
-            crash_point("apply")
-            cp = target.checkpoints.advance(old, end, applied)
-            crash_point("checkpoint")
-        crash_point("committed")
+        return _apply_committed(target, plan, entries, old, more)
     except apsw.FullError as e:
         raise TargetBusyError(
             f"{target.path}: disk full while applying: {e}",
@@ -118,7 +80,83 @@ def apply_batch(
         ) from e
     except apsw.Error as e:
         raise TargetError(f"{target.path}: apply failed at offset {old.offset}: {e}") from e
+
+
+def _apply_committed(
+    target: TargetDB,
+    plan: Plan,
+    entries: list[LogEntry],
+    old: Checkpoint,
+    more: Callable[[int], list[LogEntry]] | None,
+) -> ApplyResult:
+    """The rows, the sources' marks and the checkpoint commit together, so a crash
+    anywhere leaves the target either before the batch or after all of it."""
+    conn = target.conn
+    applied = 0
+    with write_transaction(conn):
+        own_from = capture.top_seq(conn)  # see the end of the transaction
+        runs: dict[tuple[str, str], list[RowBatch]] = defaultdict(list)
+        marks: dict[str, SourcePosition] = {}
+        end = old.offset
+        try:
+            for e in _read_on(entries, more, target):
+                end = e.next_offset
+                applied += _apply_frame(e.frame, conn, target, plan, runs, marks)
+        finally:
+            target.close_value()  # before COMMIT or ROLLBACK
+        rebuilds = _record_marks(target, marks)
+        flushed, newest = _flush_runs(conn, target, runs)
+        applied += flushed
+        _rebuild_fts(conn, target, plan, rebuilds)
+        if own_from is not None:
+            # A cut-over (or rolled-back) stage's target tables are captured for the way
+            # back (`cdc.backflow`): what we wrote is not the bots' and must not go back.
+            capture.drop_own_changes(conn, own_from)
+        crash_point("apply")
+        cp = target.checkpoints.advance(old, end, applied)
+        crash_point("checkpoint")
+    crash_point("committed")
     return ApplyResult(applied, cp, newest)
+
+
+def _record_marks(target: TargetDB, marks: dict[str, SourcePosition]) -> list[tuple[str, str]]:
+    """Returns the tables whose initial copy completed in this batch: the moment to
+    rebuild their full-text indexes, once."""
+    now = time.time()
+    rebuilds: list[tuple[str, str]] = []
+    for source, p in marks.items():
+        target.checkpoints.record_source(
+            SourceApplied(source, p.install_id, p.through_seq, p.events, now)
+        )
+        fresh = target.checkpoints.record_snapshots_done(
+            source, [c.table for c in p.snapshots if c.done]
+        )
+        rebuilds += [(source, t) for t in fresh]
+    return rebuilds
+
+
+def _flush_runs(
+    conn: apsw.Connection, target: TargetDB, runs: dict[tuple[str, str], list[RowBatch]]
+) -> tuple[int, float]:
+    """Returns the events written and the newest observation among them, for the lag."""
+    applied = 0
+    newest = 0.0
+    for batches in runs.values():
+        applied += _flush(conn, target, batches)
+        newest = max(newest, batches[-1].observed_at)
+    return applied, newest
+
+
+def _rebuild_fts(
+    conn: apsw.Connection, target: TargetDB, plan: Plan, rebuilds: list[tuple[str, str]]
+) -> None:
+    """An FTS table over external content does not see the rows written to its content
+    table (the target has no triggers): once the initial copy is complete, index it from
+    scratch."""
+    for source, table in rebuilds:
+        for fm in ddl.fts_of(plan, source, table):
+            if fm.target == target.name and target.table_columns(fm.target_table):
+                conn.execute(ddl.fts_rebuild(fm))
 
 
 def _apply_frame(

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
@@ -38,6 +40,9 @@ from cdc.errors import CdcError, DaemonError, PanicStop
 from cdc.planning.plan import Plan
 from cdc.stages import kept_out_apply as moved_apply
 from cdc.status_file import TargetRuntime, read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from replicator.loop import ApplyLoop
 
 log = logging.getLogger(__name__)
 
@@ -186,51 +191,76 @@ def main() -> int:
     faults.kill_parent = os.getppid()  # a crash point here is a crash of the whole daemon
     logfmt.configure(logging.INFO)  # text or JSON, as the daemon was told (CDC_LOG_FORMAT)
     stdin = sys.stdin.buffer
-    raw = stdin.read(LENGTH.size)
-    if len(raw) < LENGTH.size:
+    start = _read_start(stdin)
+    if start is None:
         return 0
-    start = msgspec.msgpack.decode(stdin.read(LENGTH.unpack(raw)[0]), type=WorkerStart)
     cfg = start.config
-    from replicator.loop import ApplyLoop
-
     end = [start.durable_end]
     st = ApplyStatus(os.getpid(), time.time())
     try:
-        _lock(cfg.state_dir)
-        moved_apply.watch(cfg.state_dir)  # refuse a cut-over table's legacy side
-        loop = ApplyLoop(
-            start.plan,
-            cfg.log_dir,
-            cfg.daemon,
-            lambda: end[0],
-            archive_dir=_archive_dir(cfg),
-            controls=ControlWatcher(cfg.state_dir).current,
-        )
+        loop = _open_loop(start, lambda: end[0])
     except CdcError as e:
         st.error, st.exit_code = e.message + (f" (hint: {e.hint})" if e.hint else ""), e.exit_code
         _write_status(cfg.state_dir, st)
         return e.exit_code
     signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
-
-    def feed() -> None:
-        while True:
-            b = stdin.read(OFFSET.size)
-            if len(b) < OFFSET.size:
-                loop.stop.set()  # EOF: the daemon stopped or died
-                loop.wake.set()
-                return
-            end[0] = max(end[0], OFFSET.unpack(b)[0])
-            loop.wake.set()
-
-    def report() -> None:
-        while not loop.stop.wait(0.5):
-            st.targets, st.updated_at = loop.runtime, time.time()
-            _write_status(cfg.state_dir, st)
-
-    threading.Thread(target=feed, daemon=True).start()
-    threading.Thread(target=report, daemon=True).start()
+    threading.Thread(target=_feed, args=(stdin, loop, end), daemon=True).start()
+    threading.Thread(target=_report, args=(loop, st, cfg.state_dir), daemon=True).start()
     sys.stdout.buffer.write(b"R")
     sys.stdout.buffer.flush()
+    return _run(loop, st, cfg.state_dir)
+
+
+def _read_start(stdin: BinaryIO) -> WorkerStart | None:
+    """None when the daemon died before sending anything: there is nothing to report."""
+    raw = stdin.read(LENGTH.size)
+    if len(raw) < LENGTH.size:
+        return None
+    return msgspec.msgpack.decode(stdin.read(LENGTH.unpack(raw)[0]), type=WorkerStart)
+
+
+def _open_loop(start: WorkerStart, durable_end: Callable[[], int]) -> ApplyLoop:
+    """The lock comes first: an old worker still finishing a batch must be done with the
+    targets before this one opens them."""
+    cfg = start.config
+    from replicator.loop import ApplyLoop
+
+    _lock(cfg.state_dir)
+    moved_apply.watch(cfg.state_dir)  # refuse a cut-over table's legacy side
+    return ApplyLoop(
+        start.plan,
+        cfg.log_dir,
+        cfg.daemon,
+        durable_end,
+        archive_dir=_archive_dir(cfg),
+        controls=ControlWatcher(cfg.state_dir).current,
+    )
+
+
+def _feed(stdin: BinaryIO, loop: ApplyLoop, end: list[int]) -> None:
+    """The daemon's offsets only ever grow the readable end: the child never reads past
+    what the daemon has made durable."""
+    while True:
+        b = stdin.read(OFFSET.size)
+        if len(b) < OFFSET.size:
+            loop.stop.set()  # EOF: the daemon stopped or died
+            loop.wake.set()
+            return
+        end[0] = max(end[0], OFFSET.unpack(b)[0])
+        loop.wake.set()
+
+
+def _report(loop: ApplyLoop, st: ApplyStatus, state_dir: str) -> None:
+    """The daemon and `cdc status` learn the applier's progress from this file: the
+    child's stdout carries only the ready byte."""
+    while not loop.stop.wait(0.5):
+        st.targets, st.updated_at = loop.runtime, time.time()
+        _write_status(state_dir, st)
+
+
+def _run(loop: ApplyLoop, st: ApplyStatus, state_dir: str) -> int:
+    """Whatever ends the loop, the last status is written: it is how the daemon learns
+    why its worker exited."""
     code = 0
     try:
         loop.run()
@@ -243,7 +273,7 @@ def main() -> int:
     finally:
         loop.stop.set()
         st.targets, st.updated_at = loop.runtime, time.time()
-        _write_status(cfg.state_dir, st)
+        _write_status(state_dir, st)
         loop.close()
     return code
 

@@ -23,8 +23,9 @@ import pytest
 
 from cdc.config import Config, load_config
 from cdc.planning.resolve import resolve_plan
-from tests.corpus import copy_legacy, corpus_root, read_manifest, read_plan_json
-from tests.pipeline import Pipeline
+from tests.support import workload
+from tests.support.corpus import copy_legacy, corpus_root, read_manifest, read_plan_json
+from tests.support.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SOAK_SCALE = float(os.environ.get("CDC_SOAK_SCALE", "1"))
@@ -187,6 +188,86 @@ def manifest(corpus: Path) -> dict[str, dict[str, int]]:
 def legacy(corpus: Path, tmp_path: Path) -> Path:
     """A writable copy of the legacy tree (the fixtures themselves are never opened for write)."""
     return copy_legacy(corpus / "legacy", tmp_path / "legacy")
+
+
+# -- the live world: three bot files, two targets, the verifier running -------------------
+# (tests/verifier/test_verifier_live.py, tests/cutover/: cutover, rollback, fence proof)
+
+LIVE_CONFIG = """
+state_dir = "state"
+[targets]
+core = "out/core.db"
+analytics = "out/analytics.db"
+[daemon]
+harvest_batch = 500
+snapshot_chunk = 100
+[verify]
+chunk_rows = 100
+rows_per_second = 0
+cycle_pause = 0.2
+settle_timeout = 5.0
+[[sources]]
+name = "alpha"
+path = "legacy/alpha.db"
+[[sources]]
+name = "beta"
+path = "legacy/beta.db"
+[[sources]]
+name = "gamma"
+path = "legacy/gamma.db"
+[[rules]]
+table = "positions"
+target = "core"
+merge = true
+tag_column = "bot"
+[[rules]]
+table = "positions"
+source = "alpha"
+target = "core"
+as = "alpha_positions"
+[[rules]]
+table = "kv"
+target = "core"
+as = "{source}_kv"
+[[rules]]
+table = "accounts"
+target = "core"
+as = "{source}_accounts"
+[[rules]]
+table = "ticks"
+target = "analytics"
+merge = true
+[[rules]]
+table = "log_lines"
+target = "analytics"
+as = "{source}_log"
+"""
+
+# alpha's positions is copied, not merged: a bot's INSERT OR REPLACE through its UNIQUE
+# symbol then relies on the probe triggers like a merged table's (the live verifier test
+# found the delete a copied table lost without them), and on the verifier's suspects rule.
+
+# Rows the bots never touch, so damage done to their copies stays until repaired.
+QUIET = """
+CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT, balance REAL, flags);
+"""
+
+
+def live_seed(rows: int) -> str:
+    """QUIET's table and `rows` seed rows in positions, accounts and ticks."""
+    return QUIET + "".join(
+        f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
+        f"INSERT INTO accounts VALUES ({i}, 'acct {i}', {i * 1.25}, {i % 3});"
+        f"INSERT INTO ticks VALUES ('Z{i % 4}', {i}, {i / 7});"
+        for i in range(rows)
+    )
+
+
+@pytest.fixture
+def live_cfg(tmp_path: Path) -> Path:
+    """The live world in tmp_path (`workload.setup`: alpha, beta, gamma with 400 seed rows,
+    LIVE_CONFIG, capture installed); its cdc.toml. No daemon, no bots yet."""
+    return workload.setup(tmp_path, LIVE_CONFIG, live_seed(400))
 
 
 # -- commands that may be killed at a step (cutover, rollback, finalize) ---------------

@@ -57,7 +57,18 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("stage rules", ["cdc.stages*"]),
-    ("apply and verify", ["replicator*", "verifier*", "cdc.history", "cdc.history.rows"]),
+    (
+        "apply and verify",
+        [
+            "replicator*",
+            "verifier*",
+            "cdc.history",
+            "cdc.history.rows",
+            "cdc.history.logged",
+            "cdc.history.tail",
+            "cdc.history.render",
+        ],
+    ),
     (
         "operations",
         [
@@ -171,3 +182,36 @@ def test_the_engine_never_imports_the_command_line() -> None:
 def test_status_reads_controls_not_the_reverse() -> None:
     assert "cdc.control.controls" in GRAPH["cdc.daemon.status"]
     assert not [d for d in GRAPH["cdc.control.controls"] if d.startswith("cdc.daemon")]
+
+
+def test_no_test_module_is_imported_by_another_module() -> None:
+    """What tests share lives in a conftest.py (fixtures, data) or in tests/support/
+    (libraries, bots), never in a test module another module imports: not with `import`,
+    not relative, not from a string a subprocess runs (`python -c "from tests... import"`)."""
+    modules = {}
+    for root in ("tests", "bench"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    tests = {m for m in modules if m.rpartition(".")[2].startswith("test_")}
+    import re
+
+    in_text = re.compile(r"\b(?:from|import)\s+((?:tests|bench)\.[\w.]+)")
+    found = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, *([base] if base else [])])
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                targets = in_text.findall(node.value)
+            else:
+                continue
+            found += [(name, t) for t in targets if t in tests and t != name]
+    assert sorted(set(found)) == []

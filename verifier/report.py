@@ -154,10 +154,30 @@ def _diff_row(d: KeyDiff) -> str:
     return _row(d.kind, _code(", ".join(d.key)), cols, _values(d.source), _values(d.target))
 
 
-def render_markdown(v: TargetValidation) -> str:
+HOW_TO_READ = (
+    "## How to read this",
+    "",
+    "Each checksum covers the rows compared in chunks, in key order, on its side: the "
+    "legacy and consolidated checksums are equal exactly when those rows are. While bots "
+    "write, a row changing while its chunk is read is compared again, by key, once the "
+    "target has applied the change, and counted under re-checked; it may leave the "
+    "checksums different on a table whose state is equal (the state is the judgment). "
+    "Equal checksums with the verdict EQUAL mean the same "
+    "rows, the same values and the same storage classes (`1`, `1.0`, `'1'` and `X'31'` "
+    "all differ). "
+    "Values are SQL literals, the whole row in the table's column order; line breaks in "
+    "them are shown as ⏎ and long ones "
+    "are cut here, not in the JSON report next to this file. Missing: in the legacy "
+    "table only; extra: in the target only; different: both, with other values.",
+    "",
+)
+
+
+def _md_header(v: TargetValidation) -> list[str]:
+    """The verdict first: it is what the person signing the stage reads before anything."""
     t = v.totals
     n = len(v.tables)
-    out = [
+    return [
         f"# Validation report: target {v.target}",
         "",
         f"**Verdict: {VERDICT_WORDS.get(v.verdict, v.verdict)}**",
@@ -171,6 +191,12 @@ def render_markdown(v: TargetValidation) -> str:
         f"{t.tables_unsettled} unsettled, {t.tables_skipped} skipped); "
         f"{t.source_rows} legacy rows, {t.target_rows} target rows",
         "",
+    ]
+
+
+def _md_tables(v: TargetValidation) -> list[str]:
+    """Every table, equal ones too: the sign-off covers the whole target, not its problems."""
+    out = [
         "## Tables",
         "",
         "| legacy source.table | target table | legacy rows | target rows | re-checked "
@@ -190,49 +216,47 @@ def render_markdown(v: TargetValidation) -> str:
                 r.state,
             )
         )
-    out += ["", "## Differences", ""]
+    return out
+
+
+def _md_table_differences(r: TableResult) -> list[str]:
+    """Rows are listed only when the shapes agree: with other columns every key would differ."""
+    out = [f"### {_code(r.name)} → {_code(r.target_table)}: {r.state}", ""]
+    if r.reason:
+        out += [f"Reason: {_one_line(r.reason)}", ""]
+    if r.shape:
+        out += ["Shape differences (rows are compared once the shapes agree):", ""]
+        out += [f"- {_one_line(d)}" for d in r.shape] + [""]
+    if r.state == "diverged" and not r.shape and (r.diverged_count or not r.reason):
+        out += [
+            f"{r.diverged_count} diverged key(s).",
+            "",
+            "| kind | key | columns | legacy values | target values |",
+            "|---|---|---|---|---|",
+            *(_diff_row(d) for d in r.diverged),
+            "",
+        ]
+        if r.diverged_count > len(r.diverged):
+            out += [f"{r.diverged_count - len(r.diverged)} more not listed.", ""]
+    if r.unsettled_keys:
+        keys = ", ".join(_code(", ".join(k)) for k in r.unsettled_keys)
+        out += [f"Keys that kept changing: {keys}", ""]
+    return out
+
+
+def _md_differences(v: TargetValidation) -> list[str]:
+    """Said even when empty, so a report with no differences is not mistaken for a cut one."""
+    out = ["", "## Differences", ""]
     attention = [r for r in v.tables if r.state != "equal"]
     if not attention:
         out += ["None: every table compared equal.", ""]
     for r in attention:
-        out += [f"### {_code(r.name)} → {_code(r.target_table)}: {r.state}", ""]
-        if r.reason:
-            out += [f"Reason: {_one_line(r.reason)}", ""]
-        if r.shape:
-            out += ["Shape differences (rows are compared once the shapes agree):", ""]
-            out += [f"- {_one_line(d)}" for d in r.shape] + [""]
-        if r.state == "diverged" and not r.shape and (r.diverged_count or not r.reason):
-            out += [
-                f"{r.diverged_count} diverged key(s).",
-                "",
-                "| kind | key | columns | legacy values | target values |",
-                "|---|---|---|---|---|",
-                *(_diff_row(d) for d in r.diverged),
-                "",
-            ]
-            if r.diverged_count > len(r.diverged):
-                out += [f"{r.diverged_count - len(r.diverged)} more not listed.", ""]
-        if r.unsettled_keys:
-            keys = ", ".join(_code(", ".join(k)) for k in r.unsettled_keys)
-            out += [f"Keys that kept changing: {keys}", ""]
-    out += [
-        "## How to read this",
-        "",
-        "Each checksum covers the rows compared in chunks, in key order, on its side: the "
-        "legacy and consolidated checksums are equal exactly when those rows are. While bots "
-        "write, a row changing while its chunk is read is compared again, by key, once the "
-        "target has applied the change, and counted under re-checked; it may leave the "
-        "checksums different on a table whose state is equal (the state is the judgment). "
-        "Equal checksums with the verdict EQUAL mean the same "
-        "rows, the same values and the same storage classes (`1`, `1.0`, `'1'` and `X'31'` "
-        "all differ). "
-        "Values are SQL literals, the whole row in the table's column order; line breaks in "
-        "them are shown as ⏎ and long ones "
-        "are cut here, not in the JSON report next to this file. Missing: in the legacy "
-        "table only; extra: in the target only; different: both, with other values.",
-        "",
-    ]
-    return "\n".join(out)
+        out += _md_table_differences(r)
+    return out
+
+
+def render_markdown(v: TargetValidation) -> str:
+    return "\n".join([*_md_header(v), *_md_tables(v), *_md_differences(v), *HOW_TO_READ])
 
 
 # -- CLI summary ------------------------------------------------------------------------------

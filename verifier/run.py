@@ -97,60 +97,99 @@ def verify_tables(
     settings = settings or cfg.verify
     busy = cfg.daemon.busy_timeout_ms
     started = time.time()
-    results: list[TableResult] = []
-    keys: dict[tuple[str, str], list[list]] = {}
-    targets: dict[str, apsw.Connection | None] = {}
     from cdc.stages.record import cut_over_tables
 
     cut = cut_over_tables(cfg.state_dir)
     kept = _kept_out_of(cfg, plan, tables, {r.target for r in cut.values()})
+    p = _Pass(cfg, plan, settings, stop, on_chunk, on_table, cut, kept)
     try:
         for path, group in _by_source(plan, tables):
-            if all((m.source, m.table) in cut.keys() | kept.keys() for m in group):
-                for m in group:  # frozen legacy tables: no need to even open the file
-                    r = _cut_over(m, cut.get((m.source, m.table)), cfg.state_dir, kept)
-                    results.append(r)
-                    if on_table:
-                        on_table(r)
-                continue
-            try:
-                src = open_legacy(path, busy, readonly=True)
-            except (SourceError, apsw.BusyError) as e:
-                for m in group:
-                    r = _skipped(m, str(e))
-                    if isinstance(e, apsw.BusyError):  # a bot's long transaction: next pass
-                        r.state, r.reason = "unsettled", f"a database stayed locked: {e}"
-                    results.append(r)
-                    if on_table:
-                        on_table(r)
-                continue
-            try:
-                for m in group:
-                    if m.target not in targets:
-                        targets[m.target] = open_target_readonly(plan.targets[m.target], busy)
-                    tgt = targets[m.target]
-                    if (m.source, m.table) in cut.keys() | kept.keys():
-                        r = _cut_over(m, cut.get((m.source, m.table)), cfg.state_dir, kept)
-                    elif tgt is None:
-                        r = _skipped(m, f"target file {plan.targets[m.target]} does not exist")
-                    else:
-                        v = TableVerifier(src, tgt, m, settings, stop, on_chunk)
-                        r = v.run()
-                        if v.diverged_keys:
-                            keys[(m.source, m.table)] = v.diverged_keys
-                    results.append(r)
-                    if on_table:
-                        on_table(r)
-            finally:
-                src.close()
+            p.verify_source(path, group)
     finally:
-        for c in targets.values():
+        p.close_targets()
+    p.results += _gone_kept(plan, kept)
+    _foreign_tags(plan, tables, p.results, busy)
+    report = VerifyReport(started, time.time(), p.results, cfg.config_path)
+    return PassResult(report, p.keys)
+
+
+class _Pass:
+    """What one pass shares across its sources: a target is opened once per pass, not
+    once per source feeding it, and each result reaches `on_table` as soon as its table
+    is done (the progress a terminal shows)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        plan: Plan,
+        settings: VerifySettings,
+        stop: threading.Event | None,
+        on_chunk: Callable[[int], None] | None,
+        on_table: Callable[[TableResult], None] | None,
+        cut: dict[tuple[str, str], CutoverRecord],
+        kept: dict[tuple[str, str], KeptOut],
+    ) -> None:
+        self.cfg, self.plan, self.settings = cfg, plan, settings
+        self.stop, self.on_chunk, self.on_table = stop, on_chunk, on_table
+        self.cut, self.kept = cut, kept
+        self.busy = cfg.daemon.busy_timeout_ms
+        self.results: list[TableResult] = []
+        self.keys: dict[tuple[str, str], list[list]] = {}
+        self.targets: dict[str, apsw.Connection | None] = {}
+
+    def _done(self, r: TableResult) -> None:
+        self.results.append(r)
+        if self.on_table:
+            self.on_table(r)
+
+    def _not_compared(self, m: TableMapping) -> bool:
+        return (m.source, m.table) in self.cut.keys() | self.kept.keys()
+
+    def _cut_over(self, m: TableMapping) -> TableResult:
+        return _cut_over(m, self.cut.get((m.source, m.table)), self.cfg.state_dir, self.kept)
+
+    def verify_source(self, path: str, group: list[TableMapping]) -> None:
+        """One legacy file's tables over one connection, opened only when one of them is
+        still compared: a frozen legacy file may be a guard, or gone."""
+        if all(self._not_compared(m) for m in group):
+            for m in group:  # frozen legacy tables: no need to even open the file
+                self._done(self._cut_over(m))
+            return
+        try:
+            src = open_legacy(path, self.busy, readonly=True)
+        except (SourceError, apsw.BusyError) as e:
+            for m in group:
+                r = _skipped(m, str(e))
+                if isinstance(e, apsw.BusyError):  # a bot's long transaction: next pass
+                    r.state, r.reason = "unsettled", f"a database stayed locked: {e}"
+                self._done(r)
+            return
+        try:
+            for m in group:
+                self._done(self._verify_table(src, m))
+        finally:
+            src.close()
+
+    def _verify_table(self, src: apsw.Connection, m: TableMapping) -> TableResult:
+        """The diverged keys are kept with their storage classes: repair needs them exact,
+        and the report's rendering of them is not."""
+        if m.target not in self.targets:
+            self.targets[m.target] = open_target_readonly(self.plan.targets[m.target], self.busy)
+        tgt = self.targets[m.target]
+        if self._not_compared(m):
+            return self._cut_over(m)
+        if tgt is None:
+            return _skipped(m, f"target file {self.plan.targets[m.target]} does not exist")
+        v = TableVerifier(src, tgt, m, self.settings, self.stop, self.on_chunk)
+        r = v.run()
+        if v.diverged_keys:
+            self.keys[(m.source, m.table)] = v.diverged_keys
+        return r
+
+    def close_targets(self) -> None:
+        for c in self.targets.values():
             if c is not None:
                 c.close()
-    results += _gone_kept(plan, kept)
-    _foreign_tags(plan, tables, results, busy)
-    report = VerifyReport(started, time.time(), results, cfg.config_path)
-    return PassResult(report, keys)
 
 
 def verify_keys(

@@ -311,17 +311,7 @@ def install(
                     _drop_triggers(conn, tid)
                     conn.execute(f"DELETE FROM {TABLES} WHERE tid=?", (tid,))
             for info in tables:
-                tid = existing.get(info.name)
-                if tid is None:
-                    conn.execute(
-                        f"INSERT INTO {TABLES}(name, key_width) VALUES (?, ?)",
-                        (info.name, key_width(info)),
-                    )
-                    tid = conn.last_insert_rowid()
-                else:  # the width may have changed with the key (or with `null_key`)
-                    conn.execute(
-                        f"UPDATE {TABLES} SET key_width = ? WHERE tid = ?", (key_width(info), tid)
-                    )
+                tid = _table_id(conn, info, existing)
                 _drop_triggers(conn, tid)
                 probe = probe_unique is None or info.name in probe_unique
                 for sql in trigger_sql(tid, info, probe):
@@ -332,6 +322,19 @@ def install(
             f"{path}: database stayed locked during install: {e}",
             hint="a bot held the write lock for longer than the busy timeout; retry",
         ) from e
+
+
+def _table_id(conn: apsw.Connection, info: TableInfo, existing: dict[str, int]) -> int:
+    """A captured table keeps its id: the capture rows it has waiting are tagged with it."""
+    tid = existing.get(info.name)
+    if tid is None:
+        conn.execute(
+            f"INSERT INTO {TABLES}(name, key_width) VALUES (?, ?)", (info.name, key_width(info))
+        )
+        return conn.last_insert_rowid()
+    # the width may have changed with the key (or with `null_key`)
+    conn.execute(f"UPDATE {TABLES} SET key_width = ? WHERE tid = ?", (key_width(info), tid))
+    return tid
 
 
 def _create_capture_tables(

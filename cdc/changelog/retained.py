@@ -108,33 +108,14 @@ class RetainedLog:
         while len(out) < max_frames and nbytes < max_bytes:
             if limit is not None and offset >= limit:
                 break
-            i = bisect.bisect_right(self._bases, offset) - 1
-            if i < 0:
-                if not self._segs:
-                    break
-                raise HistoryIncomplete(
-                    f"change log {self.log_dir}: offset {offset} was deleted "
-                    f"(the retained log starts at {self._bases[0]})",
-                    hint=RETENTION_HINT,
-                )
+            i = self._index_of(offset)
+            if i is None:
+                break
             seg, newest = self._segs[i], i == len(self._segs) - 1
-            try:
-                got = self._reader.read_segment(
-                    seg.path,
-                    seg.base,
-                    offset,
-                    limit,
-                    newest,
-                    max_frames - len(out),
-                    max_bytes - nbytes,
-                )
-            except FileNotFoundError:
-                if relisted:
-                    raise HistoryIncomplete(
-                        f"change log: segment {segment_name(seg.base)} was deleted while "
-                        f"reading offset {offset}",
-                        hint=RETENTION_HINT,
-                    ) from None
+            got = self._read_segment(
+                seg, offset, limit, newest, max_frames - len(out), max_bytes - nbytes, relisted
+            )
+            if got is None:
                 self._relist()
                 relisted = True
                 continue
@@ -155,6 +136,45 @@ class RetainedLog:
                 hint="run `cdc log check` to see the damage",
             )
         return out
+
+    def _index_of(self, offset: int) -> int | None:
+        """None when there is no log at all; an offset before the oldest retained segment
+        is history that is gone, never an empty read that would look complete."""
+        i = bisect.bisect_right(self._bases, offset) - 1
+        if i < 0:
+            if not self._segs:
+                return None
+            raise HistoryIncomplete(
+                f"change log {self.log_dir}: offset {offset} was deleted "
+                f"(the retained log starts at {self._bases[0]})",
+                hint=RETENTION_HINT,
+            )
+        return i
+
+    def _read_segment(
+        self,
+        seg: Segment,
+        offset: int,
+        limit: int | None,
+        newest: bool,
+        max_frames: int,
+        max_bytes: int,
+        relisted: bool,
+    ) -> list[LogEntry] | None:
+        """None when the segment left its dir since we listed (retention moved or deleted
+        it): the caller lists again. Missing from a fresh listing too, it is lost."""
+        try:
+            return self._reader.read_segment(
+                seg.path, seg.base, offset, limit, newest, max_frames, max_bytes
+            )
+        except FileNotFoundError:
+            if relisted:
+                raise HistoryIncomplete(
+                    f"change log: segment {segment_name(seg.base)} was deleted while "
+                    f"reading offset {offset}",
+                    hint=RETENTION_HINT,
+                ) from None
+            return None
 
     def batches(self, offset: int, limit: int | None = None) -> Iterator[list[LogEntry]]:
         """Whole batches from `offset`: each list ends with its `SourceMark` (or is a

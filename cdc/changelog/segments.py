@@ -328,17 +328,9 @@ class LogReader:
         damaged frame raises `LogCorruptError` naming the segment and offset.
         """
         out: list[LogEntry] = []
-        bases = self._bases
-        if not bases or offset < bases[0]:
-            bases = self._bases = list_segments(self.log_dir)
+        bases = self._listing(offset)
         if not bases:
             return out
-        if offset < bases[0]:
-            raise LogCorruptError(
-                f"change log {self.log_dir}: offset {offset} was already deleted "
-                f"(log starts at {bases[0]})",
-                hint="a consumer fell behind the retention; re-snapshot the target",
-            )
         nbytes = 0
         while len(out) < max_frames and nbytes < max_bytes:
             if limit_offset is not None and offset >= limit_offset:
@@ -346,28 +338,13 @@ class LogReader:
             idx = bisect.bisect_right(bases, offset) - 1
             base = bases[idx]
             newest = idx == len(bases) - 1
-            path = os.path.join(self.log_dir, segment_name(base))
-            try:
-                got = self.read_segment(
-                    path,
-                    base,
-                    offset,
-                    limit_offset,
-                    newest,
-                    max_frames - len(out),
-                    max_bytes - nbytes,
-                )
-            except FileNotFoundError:
-                got = []  # deleted by retention since we listed: list again below
-                newest = True
+            got, newest = self._read_at(
+                base, offset, limit_offset, newest, max_frames - len(out), max_bytes - nbytes
+            )
             if not got and newest:
-                fresh = list_segments(self.log_dir)  # a new segment may have started
-                if fresh != bases:
-                    bases = self._bases = fresh
-                    if offset < bases[0]:
-                        raise LogCorruptError(
-                            f"change log {self.log_dir}: offset {offset} was already deleted"
-                        )
+                fresh = self._relisted(bases, offset)
+                if fresh is not None:
+                    bases = fresh
                     continue
             if got:
                 out.extend(got)
@@ -375,13 +352,62 @@ class LogReader:
                 offset = got[-1].next_offset
                 continue
             if newest or bases[idx + 1] != offset:
-                if not newest and os.path.getsize(path) + base == offset:
-                    raise LogCorruptError(
-                        f"change log {self.log_dir}: segment after {path} does not start "
-                        f"at offset {offset}"
-                    )
+                self._check_next_starts(base, offset, newest)
                 break
         return out
+
+    def _listing(self, offset: int) -> list[int]:
+        """Listing the folder on every read would cost a directory scan per batch: the
+        cached listing serves until a read reaches its end (`_relisted`); an offset before
+        it is checked against a fresh listing before it is called deleted."""
+        bases = self._bases
+        if not bases or offset < bases[0]:
+            bases = self._bases = list_segments(self.log_dir)
+        if bases and offset < bases[0]:
+            raise LogCorruptError(
+                f"change log {self.log_dir}: offset {offset} was already deleted "
+                f"(log starts at {bases[0]})",
+                hint="a consumer fell behind the retention; re-snapshot the target",
+            )
+        return bases
+
+    def _read_at(
+        self,
+        base: int,
+        offset: int,
+        limit: int | None,
+        newest: bool,
+        max_frames: int,
+        max_bytes: int,
+    ) -> tuple[list[LogEntry], bool]:
+        """Returns the entries and whether the caller must treat the segment as the
+        newest: a segment deleted under us means the listing is stale, as at the end."""
+        path = os.path.join(self.log_dir, segment_name(base))
+        try:
+            got = self.read_segment(path, base, offset, limit, newest, max_frames, max_bytes)
+        except FileNotFoundError:
+            return [], True  # deleted by retention since we listed: list again below
+        return got, newest
+
+    def _relisted(self, bases: list[int], offset: int) -> list[int] | None:
+        """At the end of what we listed, a new segment may have started: the fresh listing,
+        or None when nothing changed and the log really ends here."""
+        fresh = list_segments(self.log_dir)
+        if fresh == bases:
+            return None
+        self._bases = fresh
+        if offset < fresh[0]:
+            raise LogCorruptError(f"change log {self.log_dir}: offset {offset} was already deleted")
+        return fresh
+
+    def _check_next_starts(self, base: int, offset: int, newest: bool) -> None:
+        """A segment read to its end whose successor starts elsewhere is a hole in the log,
+        not its end: frames would be silently skipped."""
+        path = os.path.join(self.log_dir, segment_name(base))
+        if not newest and os.path.getsize(path) + base == offset:
+            raise LogCorruptError(
+                f"change log {self.log_dir}: segment after {path} does not start at offset {offset}"
+            )
 
     def read_segment(
         self,

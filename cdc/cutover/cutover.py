@@ -83,6 +83,18 @@ def cutover(
     if rec is not None and rec.state in ("done", "finalized"):
         echo(f"{target}: already cut over at {_when(rec.done_at)}")
         return rec
+    _refuse_to_start(cfg, target, tables, rec)
+    if rec is None or rec.state in ("aborted", "rolled_back"):
+        rec = _new_round(cfg, plan, target, tables, rec, lag_timeout, echo)
+    step_done("fencing")
+    _fence_and_finish(cfg, plan, target, rec, tables, drain_timeout, echo)
+    step_done("done")
+    return rec
+
+
+def _refuse_to_start(
+    cfg: Config, target: str, tables: list[TableMapping], rec: CutoverRecord | None
+) -> None:
     if rec is not None and rec.state == "rolling_back":
         raise CutoverError(
             f"{target}: a rollback is in progress",
@@ -103,21 +115,44 @@ def cutover(
             f"the daemon is not running on {cfg.state_dir}: nothing would drain the last changes",
             hint="start it with `cdc run`, then run the cutover again",
         )
-    if rec is None or rec.state in ("aborted", "rolled_back"):
-        history = (rec.history + [_round(rec)]) if rec and rec.state == "rolled_back" else []
-        pre_offset, proven = _preflight(cfg, plan, target, tables, lag_timeout, echo)
-        rec = CutoverRecord(
-            target,
-            plan.targets[target],
-            "fencing",
-            time.time(),
-            [_table(m, proven.get(f"{m.source}.{m.table}")) for m in tables],
-            pre_offset=pre_offset,
-            pre_verified=sorted(proven),
-            history=history,
-        )
-        save_record(cfg.state_dir, rec)
-    step_done("fencing")
+
+
+def _new_round(
+    cfg: Config,
+    plan: Plan,
+    target: str,
+    tables: list[TableMapping],
+    rec: CutoverRecord | None,
+    lag_timeout: float,
+    echo: Echo,
+) -> CutoverRecord:
+    """Saved as `fencing` before any fence goes up, so that a crash from here on leaves a
+    record the same command resumes (or `--abort` lifts)."""
+    history = (rec.history + [_round(rec)]) if rec and rec.state == "rolled_back" else []
+    pre_offset, proven = _preflight(cfg, plan, target, tables, lag_timeout, echo)
+    rec = CutoverRecord(
+        target,
+        plan.targets[target],
+        "fencing",
+        time.time(),
+        [_table(m, proven.get(f"{m.source}.{m.table}")) for m in tables],
+        pre_offset=pre_offset,
+        pre_verified=sorted(proven),
+        history=history,
+    )
+    save_record(cfg.state_dir, rec)
+    return rec
+
+
+def _fence_and_finish(
+    cfg: Config,
+    plan: Plan,
+    target: str,
+    rec: CutoverRecord,
+    tables: list[TableMapping],
+    drain_timeout: float,
+    echo: Echo,
+) -> None:
     try:
         with Connections(cfg, plan, target, tables) as conns:
             if rec.state == "fencing":
@@ -132,8 +167,6 @@ def cutover(
             hint=f"fix it and run `cdc cutover {target}` again, or give the bots their "
             f"tables back with `cdc cutover --abort {target}`",
         ) from e
-    step_done("done")
-    return rec
 
 
 def _table(m: TableMapping, proven: TableResult | None) -> CutoverTable:

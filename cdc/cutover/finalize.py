@@ -99,6 +99,24 @@ def archive_copy(src_path: str, dest: str, busy_timeout_ms: int) -> tuple[int, s
 def finalize(
     cfg: Config, plan: Plan, target: str, archive_dir: str | None = None, echo=lambda _s: None
 ) -> ArchiveManifest:  # noqa: ANN001
+    rec = _finalizable_record(cfg, target)
+    ended = _ended_tables(cfg, target)
+    root = archive_dir or os.path.join(cfg.state_dir, "archive")
+    path = os.path.join(root, f"manifest-{target}.json")
+    manifest = _read_manifest(path, target)
+    guards = _archive_sources(cfg, plan, rec, ended, root, manifest, echo)
+    makedirs_private(root)
+    write_private(path, msgspec.json.format(msgspec.json.encode(manifest), indent=2))
+    rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
+    save_record(cfg.state_dir, rec)
+    step_done("finalized")
+    for sp in guards:  # after the record: a refusal here is resumed by a rerun
+        _guard(cfg, plan, sp, echo)
+    _end_rollback_window(cfg, rec, echo)
+    return manifest
+
+
+def _finalizable_record(cfg: Config, target: str) -> CutoverRecord:
     rec = read_record(cfg.state_dir, target)
     if rec is None or rec.state not in ("done", "finalized"):
         raise FinalizeError(
@@ -107,23 +125,41 @@ def finalize(
             if rec is not None and rec.state == "rolling_back"
             else f"run `cdc cutover {target}` first",
         )
-    # A file is archived only once every stage it feeds is finalized (this one included):
-    # a stage that is only cut over still has its rollback window, which writes back into
-    # the file and needs it in place.
-    ended = {
+    return rec
+
+
+def _read_manifest(path: str, target: str) -> ArchiveManifest:
+    """A finalize run again (after a refusal) keeps what the first one archived."""
+    try:
+        with open(path, "rb") as f:
+            return MANIFEST.decode(f.read())
+    except FileNotFoundError:
+        return ArchiveManifest(target, time.time())
+
+
+def _ended_tables(cfg: Config, target: str) -> set[tuple[str, str]]:
+    """A file is archived only once every stage it feeds is finalized (this one included):
+    a stage that is only cut over still has its rollback window, which writes back into
+    the file and needs it in place."""
+    return {
         (t.source, t.table)
         for r in read_records(cfg.state_dir)
         if r.state == "finalized" or r.target == target
         for t in r.tables
     }
-    root = archive_dir or os.path.join(cfg.state_dir, "archive")
-    path = os.path.join(root, f"manifest-{target}.json")
-    manifest = ArchiveManifest(target, time.time())
-    try:  # a finalize run again (after a refusal) keeps what the first one archived
-        with open(path, "rb") as f:
-            manifest = MANIFEST.decode(f.read())
-    except FileNotFoundError:
-        pass
+
+
+def _archive_sources(
+    cfg: Config,
+    plan: Plan,
+    rec: CutoverRecord,
+    ended: set[tuple[str, str]],
+    root: str,
+    manifest: ArchiveManifest,
+    echo,  # noqa: ANN001
+) -> list[SourcePlan]:
+    """The files archived now are returned, not guarded: `finalize` guards them only after
+    the record says finalized, so that a refusal while guarding is resumed by a rerun."""
     released = finalized_sources(cfg.state_dir)
     guards: list[SourcePlan] = []
     for source in sorted({t.source for t in rec.tables}):
@@ -137,37 +173,40 @@ def finalize(
             manifest.waiting[source] = pending
             echo(f"{source}: still feeds {', '.join(pending)}; archived when that is finalized")
             continue
-        dest = os.path.join(root, source, os.path.basename(sp.path))
-        size, digest, integrity = archive_copy(sp.path, dest, cfg.daemon.busy_timeout_ms)
-        manifest.files.append(
-            ArchivedFile(
-                source,
-                sp.path,
-                dest,
-                size,
-                digest,
-                integrity,
-                sorted(m.table for m in sp.tables),
-                time.time(),
-            )
-        )
-        conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
-        try:
-            capture.uninstall(conn, keep_fences=True)
-        finally:
-            conn.close()
-        echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
+        _archive_source(cfg, source, sp, root, manifest, echo)
         guards.append(sp)
         step_done("archived")  # test hook: a kill after the first file
-    makedirs_private(root)
-    write_private(path, msgspec.json.format(msgspec.json.encode(manifest), indent=2))
-    rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
-    save_record(cfg.state_dir, rec)
-    step_done("finalized")
-    for sp in guards:  # after the record: a refusal here is resumed by a rerun
-        _guard(cfg, plan, sp, echo)
-    _end_rollback_window(cfg, rec, echo)
-    return manifest
+    return guards
+
+
+def _archive_source(
+    cfg: Config,
+    source: str,
+    sp: SourcePlan,
+    root: str,
+    manifest: ArchiveManifest,
+    echo,  # noqa: ANN001
+) -> None:
+    dest = os.path.join(root, source, os.path.basename(sp.path))
+    size, digest, integrity = archive_copy(sp.path, dest, cfg.daemon.busy_timeout_ms)
+    manifest.files.append(
+        ArchivedFile(
+            source,
+            sp.path,
+            dest,
+            size,
+            digest,
+            integrity,
+            sorted(m.table for m in sp.tables),
+            time.time(),
+        )
+    )
+    conn = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
+    try:
+        capture.uninstall(conn, keep_fences=True)
+    finally:
+        conn.close()
+    echo(f"{source}: archived to {dest} ({size} bytes, sha256 {digest[:16]}…); capture removed")
 
 
 def _end_rollback_window(cfg: Config, rec: CutoverRecord, echo) -> None:  # noqa: ANN001

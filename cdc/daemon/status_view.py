@@ -43,6 +43,18 @@ def _rates(st: Status, prev: Status | None, dt: float) -> dict[str, float]:
 
 
 def _render(st: Status, rates: dict[str, float]) -> str:
+    lines = _render_daemon(st)
+    lines.append("")
+    lines.extend(_render_sources(st, rates))
+    lines.append("")
+    lines.extend(_render_targets(st, rates))
+    lines.extend(_render_sections(st))
+    lines.append("")
+    lines.append(_render_verdict(st))
+    return "\n".join(lines)
+
+
+def _render_daemon(st: Status) -> list[str]:
     d = st.daemon
     up = f", up {_duration(time.time() - d.started_at)}" if d.started_at else ""
     lines = [
@@ -54,12 +66,14 @@ def _render(st: Status, rates: dict[str, float]) -> str:
     lines.append(
         f"log: {st.log.segments} segments, offsets {st.log.first_offset}..{st.log.end_offset}"
     )
-    lines.append("")
-    hdr = (
+    return lines
+
+
+def _render_sources(st: Status, rates: dict[str, float]) -> list[str]:
+    lines = [
         f"{'source':<24} {'tables':>6} {'captured':>9} {'logged':>9} {'applied':>9} "
         f"{'backlog':>8} {'lag':>7} {'rate/s':>8}  snapshot"
-    )
-    lines.append(hdr)
+    ]
     for s in st.sources:
         lag = "?" if s.lag_seconds is None else f"{s.lag_seconds:.2f}s"
         inst = "" if s.installed or not s.tables else "  NOT INSTALLED"
@@ -76,11 +90,14 @@ def _render(st: Status, rates: dict[str, float]) -> str:
             )
         if s.last_error:
             lines.append(f"  last error: {s.last_error}")
-    lines.append("")
-    lines.append(
+    return lines
+
+
+def _render_targets(st: Status, rates: dict[str, float]) -> list[str]:
+    lines = [
         f"{'target':<12} {'applied events':>14} {'log offset':>12} {'behind (bytes)':>15} "
         f"{'batch lag':>9} {'rate/s':>8} {'last apply':>12}"
-    )
+    ]
     for t in st.targets:
         rate = rates.get(f"target:{t.name}")
         rate_s = "-" if rate is None else f"{rate:.0f}"
@@ -91,6 +108,13 @@ def _render(st: Status, rates: dict[str, float]) -> str:
         )
         if t.last_error:
             lines.append(f"  last error: {t.last_error}")
+    return lines
+
+
+def _render_sections(st: Status) -> list[str]:
+    """The optional parts (verifier, cutovers, rollback windows, pools, controls,
+    problems): each shows only when there is something to say."""
+    lines: list[str] = []
     if st.verifier is not None:
         lines.append("")
         lines.extend(_render_verifier(st.verifier))
@@ -106,18 +130,18 @@ def _render(st: Status, rates: dict[str, float]) -> str:
         lines.extend(f"CONTROL: {c}" for c in describe(st.controls))
     for p in st.problems:
         lines.append(f"PROBLEM: {p}")
-    lines.append("")
+    return lines
+
+
+def _render_verdict(st: Status) -> str:
     if st.in_sync and st.problems:  # what is replicated is in sync; the rest is not
-        lines.append(f"in sync, except {len(st.problems)} problem(s) above")
-    elif st.in_sync:
-        lines.append("in sync")
-    else:
-        behind = sum(t.backlog_bytes for t in st.targets)
-        lines.append(
-            f"backlog: {st.backlog_events} changes not yet applied, "
-            f"{behind} log bytes not yet applied"
-        )
-    return "\n".join(lines)
+        return f"in sync, except {len(st.problems)} problem(s) above"
+    if st.in_sync:
+        return "in sync"
+    behind = sum(t.backlog_bytes for t in st.targets)
+    return (
+        f"backlog: {st.backlog_events} changes not yet applied, {behind} log bytes not yet applied"
+    )
 
 
 def _render_verifier(v) -> list[str]:  # noqa: ANN001 - VerifierStatus

@@ -17,6 +17,14 @@ from cdc.demo.schema import Row, insert_rows
 
 
 def fill_trading(rng: random.Random, conn: sqlite3.Connection) -> None:
+    # one after the other, in this order: each draws from the same `rng`
+    _trading_positions(rng, conn)
+    _trading_trades(rng, conn)
+    _trading_orders(rng, conn)
+    _trading_stats(rng, conn)
+
+
+def _trading_positions(rng: random.Random, conn: sqlite3.Connection) -> None:
     statuses = ("open", "open", "closed", "stopped", "tp_hit")
     insert_rows(
         conn,
@@ -40,6 +48,9 @@ def fill_trading(rng: random.Random, conn: sqlite3.Connection) -> None:
             for i in range(220)
         ],
     )
+
+
+def _trading_trades(rng: random.Random, conn: sqlite3.Connection) -> None:
     # ids trd_00000.. deliberately overlap buy_tracker's: a merge must tell them apart by tag
     insert_rows(
         conn,
@@ -63,6 +74,9 @@ def fill_trading(rng: random.Random, conn: sqlite3.Connection) -> None:
             for i in range(300)
         ],
     )
+
+
+def _trading_orders(rng: random.Random, conn: sqlite3.Connection) -> None:
     insert_rows(
         conn,
         "orders",
@@ -71,6 +85,9 @@ def fill_trading(rng: random.Random, conn: sqlite3.Connection) -> None:
     )
     # gaps and a sqlite_sequence ahead of max(id), as a live AUTOINCREMENT table has
     conn.execute("DELETE FROM orders WHERE id % 7 = 0 OR id > 270")
+
+
+def _trading_stats(rng: random.Random, conn: sqlite3.Connection) -> None:
     insert_rows(
         conn,
         "scorecard",

@@ -12,16 +12,15 @@ that silently starts in the middle looks complete and is not.
 Readers here never show half a batch: frames are handed out once the batch's closing
 `SourceMark` (or a `SegmentStart`) is on disk, since the daemon cuts an unfinished batch
 when it reopens the log. Rebuilding is in `cdc.history_rebuild`.
+
+This module keeps one row's history; the shown events are in `cdc.history.logged`, `cdc
+log tail` in `cdc.history.tail` and their text in `cdc.history.render`, all re-exported
+here so that callers keep one import for the history API.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import os
-import threading
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 
 import apsw
 import msgspec
@@ -37,274 +36,41 @@ from cdc.changelog.retained import (  # noqa: F401 - re-exported: the history AP
 from cdc.changelog.segments import LogEntry
 from cdc.config import Config
 from cdc.errors import ConfigError
-from cdc.events import Op, RowBatch, SegmentStart, SourceMark, TableSchema, Value
+from cdc.events import RowBatch, TableSchema, Value
+from cdc.history.logged import (  # noqa: F401 - re-exported: the history API's names
+    _OPS,
+    Columns,
+    LoggedEvent,
+    LoggedMark,
+    LoggedRow,
+    LoggedSchema,
+    LoggedSegment,
+    Match,
+    RowChange,
+    RowHistory,
+    _matcher,
+    logged_events,
+)
+from cdc.history.render import (  # noqa: F401 - re-exported: the history API's names
+    _image,
+    _jsonable,
+    event_json,
+    format_event,
+    format_history,
+    history_json,
+    iso,
+)
+from cdc.history.tail import (  # noqa: F401 - re-exported: the history API's names
+    _checked_start,
+    _last_events,
+    tail,
+)
 from cdc.inventory import affinity
 from cdc.planning.plan import Plan, TableMapping
 from cdc.stages.finalized import with_finalized
-from replicator.target import SCHEMAS, AppliedShape
-from verifier.values import encode, render, render_row
-
-Match = Callable[[str | None, str | None], bool]  # (source, table) -> shown?
-
-
-# -- events as shown ---------------------------------------------------------------------
-
-
-class LoggedRow(msgspec.Struct, frozen=True, tag="row", tag_field="kind"):
-    """One row event. `columns` names the values of `row` ([] when neither the log nor a
-    target says); `seq` 0 marks a row of the initial snapshot."""
-
-    offset: int
-    next_offset: int
-    source: str
-    table: str
-    observed_at: float
-    op: str  # "upsert" or "delete"
-    seq: int
-    key: list[Value]
-    columns: list[str] = []
-    row: list[Value] | None = None
-
-
-class LoggedSchema(msgspec.Struct, frozen=True, tag="schema", tag_field="kind"):
-    offset: int
-    next_offset: int
-    source: str
-    table: str
-    columns: list[str]
-    types: list[str]
-    key: list[str]  # [] : the rowid
-
-
-class LoggedMark(msgspec.Struct, frozen=True, tag="mark", tag_field="kind"):
-    offset: int
-    next_offset: int
-    source: str
-    written_at: float
-    through_seq: int
-    events: int
-    copying: list[str] = []  # tables whose initial copy is not done yet
-
-
-class LoggedSegment(msgspec.Struct, frozen=True, tag="segment", tag_field="kind"):
-    offset: int
-    next_offset: int
-    base_offset: int
-    created_at: float
-
-
-LoggedEvent = LoggedRow | LoggedSchema | LoggedMark | LoggedSegment
-
-
-class Columns:
-    """Column names of each (source, table), for row images positional in the log.
-
-    A `TableSchema` frame says them, but a read starting mid-log may not have met it yet:
-    until then the targets' `_cdc_schemas` (the newest applied shape) stand in, cut to the
-    row's width (columns are only ever appended, by ADD COLUMN)."""
-
-    def __init__(self, known: dict[tuple[str, str], list[str]]) -> None:
-        self.known = known
-
-    @classmethod
-    def from_targets(cls, cfg: Config) -> Columns:
-        known: dict[tuple[str, str], list[str]] = {}
-        dec = msgspec.msgpack.Decoder(AppliedShape)
-        for path in cfg.targets.values():
-            if not os.path.exists(path):
-                continue
-            try:
-                conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-                try:
-                    for s, t, b in conn.execute(f"SELECT source, tbl, shape FROM {SCHEMAS}"):
-                        known[(s, t)] = dec.decode(b).columns
-                finally:
-                    conn.close()
-            except (apsw.Error, msgspec.DecodeError):
-                continue  # not replicated yet, or locked: names from the log only
-        return cls(known)
-
-    def see(self, f: TableSchema) -> None:
-        self.known[(f.source, f.table)] = [c.name for c in f.columns]
-
-    def of(self, source: str, table: str, width: int) -> list[str]:
-        cols = self.known.get((source, table), [])
-        return cols[:width] if len(cols) >= width else []
-
-
-def logged_events(e: LogEntry, cols: Columns, match: Match) -> Iterator[LoggedEvent]:
-    """The events one frame shows (a row batch: one per row), if `match` wants them."""
-    f = e.frame
-    if isinstance(f, TableSchema):
-        cols.see(f)
-        if match(f.source, f.table):
-            names = [c.name for c in f.columns]
-            types = [c.decl_type for c in f.columns]
-            yield LoggedSchema(e.offset, e.next_offset, f.source, f.table, names, types, f.key)
-    elif isinstance(f, RowBatch):
-        if not match(f.source, f.table):
-            return
-        for ev in f.events:
-            width = len(ev.row) if ev.row is not None else 0
-            yield LoggedRow(
-                e.offset,
-                e.next_offset,
-                f.source,
-                f.table,
-                f.observed_at,
-                _OPS[ev.op],
-                ev.seq,
-                list(ev.key),
-                cols.of(f.source, f.table, width) if width else [],
-                None if ev.row is None else list(ev.row),
-            )
-    elif isinstance(f, SourceMark):
-        if match(f.source, None):
-            p = f.position
-            copying = [c.table for c in p.snapshots if not c.done]
-            yield LoggedMark(
-                e.offset, e.next_offset, f.source, f.written_at, p.through_seq, p.events, copying
-            )
-    elif isinstance(f, SegmentStart) and match(None, None):
-        yield LoggedSegment(e.offset, e.next_offset, f.base_offset, f.created_at)
-
-
-_OPS = {Op.UPSERT: "upsert", Op.DELETE: "delete"}
-
-
-def _matcher(source: str | None, table: str | None) -> Match:
-    """Globs on source and table; a mark passes on its source alone, unless a table is
-    asked for, and segment starts pass only when nothing is filtered."""
-
-    def match(s: str | None, t: str | None) -> bool:
-        if s is None:
-            return source is None and table is None
-        if t is None and table is not None:
-            return False
-        ok_s = source is None or fnmatch.fnmatchcase(s, source)
-        return ok_s and (t is None or table is None or fnmatch.fnmatchcase(t, table))
-
-    return match
-
-
-# -- tail --------------------------------------------------------------------------------
-
-
-def tail(
-    cfg: Config,
-    *,
-    from_offset: int | None = None,
-    last: int | None = None,
-    follow: bool = False,
-    source: str | None = None,
-    table: str | None = None,
-    stop: threading.Event | None = None,
-    poll: float = 0.2,
-) -> Iterator[LoggedEvent]:
-    """The log's events from `from_offset` (or the last `last` of them, or the retained
-    start), then, with `follow`, each new batch the daemon appends until `stop` is set."""
-    if from_offset is not None and last is not None:
-        raise ConfigError("give a start offset or a number of last events, not both")
-    if last is not None and last < 0:
-        raise ConfigError(f"--last {last}: give a count of 0 or more")
-    log = RetainedLog.of(cfg)
-    cols = Columns.from_targets(cfg)
-    match = _matcher(source, table)
-    stop = stop or threading.Event()
-    if last is not None:
-        shown, pos = _last_events(log, last, cols, match)
-        yield from shown
-    else:
-        start = log.start()
-        pos = start if from_offset is None else _checked_start(cfg, log, from_offset, start)
-    while not stop.is_set():
-        for batch in log.batches(pos):
-            for e in batch:
-                yield from logged_events(e, cols, match)
-            pos = batch[-1].next_offset
-            if stop.is_set():
-                return
-        if not follow or stop.wait(poll):
-            return
-
-
-def _checked_start(cfg: Config, log: RetainedLog, offset: int, start: int) -> int:
-    if offset < start:
-        raise ConfigError(
-            f"offset {offset} is before the retained log: {incomplete_note(cfg, start)}"
-        )
-    end = log.end()
-    if offset > end:
-        raise ConfigError(f"offset {offset} is past the end of the change log ({end})")
-    return log.boundary_at_or_after(offset)
-
-
-def _last_events(
-    log: RetainedLog, n: int, cols: Columns, match: Match
-) -> tuple[list[LoggedEvent], int]:
-    """The last `n` matching events and the offset after them, reading segments from the
-    newest back only as far as needed (a segment holds whole batches)."""
-    segs = log.segments()
-    if not segs:
-        return [], 0
-    pos = segs[-1].base
-    found: list[list[LoggedEvent]] = []
-    newest: dict[tuple[str, str], list[str]] | None = None
-    count = 0
-    for i in range(len(segs) - 1, -1, -1):
-        limit = segs[i + 1].base if i + 1 < len(segs) else None
-        evs: list[LoggedEvent] = []
-        try:
-            for batch in log.batches(segs[i].base, limit):
-                for e in batch:
-                    evs.extend(logged_events(e, cols, match))
-                if limit is None:
-                    pos = batch[-1].next_offset
-        except HistoryIncomplete:
-            break  # retention took the older segments meanwhile: show what we have
-        if newest is None:  # the names that rows after `pos` (--follow) start from
-            newest = dict(cols.known)
-        found.append(evs)
-        count += len(evs)
-        if count >= n:
-            break
-    cols.known = cols.known if newest is None else newest
-    shown = [e for evs in reversed(found) for e in evs]
-    return (shown[-n:] if n else []), pos
-
+from verifier.values import encode
 
 # -- one row's history -----------------------------------------------------------------
-
-
-class RowChange(msgspec.Struct, frozen=True):
-    """One change of a row: its image after the change (`row` None: deleted)."""
-
-    offset: int
-    next_offset: int  # `cdc rebuild --as-of` this offset shows the row as here
-    observed_at: float
-    source: str
-    table: str
-    op: str
-    seq: int  # capture sequence; 0: the initial snapshot
-    columns: list[str]
-    row: list[Value] | None = None
-
-
-class RowHistory(msgspec.Struct, frozen=True):
-    """Every change of one target row in the retained log, oldest first.
-
-    `complete` is False when the log starts after offset 0: changes before `starts_at`
-    were deleted and `note` says so."""
-
-    target: str
-    table: str
-    key: list[Value]
-    members: list[str]  # the legacy tables searched, as source.table
-    starts_at: int
-    ends_at: int
-    complete: bool
-    changes: list[RowChange]
-    note: str | None = None
 
 
 def split_table_ref(plan: Plan, ref: str) -> tuple[str, str]:
@@ -446,69 +212,3 @@ def _change(e: LogEntry, f: RowBatch, ev, cols: Columns) -> RowChange:  # noqa: 
         cols.of(f.source, f.table, width) if width else [],
         None if ev.row is None else list(ev.row),
     )
-
-
-# -- rendering (the CLI prints these) --------------------------------------------------
-
-
-def iso(ts: float) -> str:
-    """UTC with milliseconds; `cdc rebuild --as-of` reads it back."""
-    if not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def _image(columns: list[str], row: list[Value]) -> str:
-    if len(columns) == len(row):
-        return ", ".join(f"{c}={render(v)}" for c, v in zip(columns, row, strict=True))
-    return "(" + ", ".join(render_row(row)) + ")"
-
-
-def format_event(e: LoggedEvent) -> str:
-    """One line: offset, time, what, then the event's own details."""
-    if isinstance(e, LoggedRow):
-        head = f"{e.offset}  {iso(e.observed_at)}  {e.source}.{e.table}  {e.op}"
-        head += f"  [{', '.join(render_row(e.key))}]"
-        return head if e.row is None else f"{head}  {_image(e.columns, e.row)}"
-    if isinstance(e, LoggedSchema):
-        cols = ", ".join(f"{c} {t}".rstrip() for c, t in zip(e.columns, e.types, strict=True))
-        key = ", ".join(e.key) or "rowid"
-        return f"{e.offset}  -  {e.source}.{e.table}  schema  key({key})  {cols}"
-    if isinstance(e, LoggedMark):
-        line = f"{e.offset}  {iso(e.written_at)}  {e.source}  mark  "
-        line += f"through_seq={e.through_seq} events={e.events}"
-        return line + (f" copying={','.join(e.copying)}" if e.copying else "")
-    return f"{e.offset}  {iso(e.created_at)}  -  segment  base={e.base_offset}"
-
-
-def _jsonable(s: msgspec.Struct) -> dict:
-    """Builtins for JSON, with values as SQL literals (JSON has no blobs, and 1.0 == 1)."""
-    d = exact_text.builtins(s)  # key and row, which may hold a RawText, are replaced
-    for field in ("key", "row"):
-        if d.get(field) is not None:
-            d[field] = render_row(getattr(s, field))
-    return d
-
-
-def event_json(e: LoggedEvent) -> str:
-    return msgspec.json.encode(_jsonable(e)).decode()
-
-
-def history_json(h: RowHistory) -> str:
-    d = _jsonable(h)
-    d["changes"] = [_jsonable(c) for c in h.changes]
-    return msgspec.json.encode(d).decode()
-
-
-def format_history(h: RowHistory) -> str:
-    key = ", ".join(render_row(h.key))
-    lines = [f"{h.target}.{h.table} [{key}] in {', '.join(h.members)}"]
-    if h.note:
-        lines.append(h.note)
-    for c in h.changes:
-        what = c.op + (" (snapshot)" if c.seq == 0 else "")
-        line = f"{c.offset}  {iso(c.observed_at)}  {c.source}.{c.table}  {what}"
-        lines.append(line if c.row is None else f"{line}  {_image(c.columns, c.row)}")
-    n = len(h.changes)
-    lines.append(f"{n} change{'s' * (n != 1)} in offsets {h.starts_at}..{h.ends_at}")
-    return "\n".join(lines)

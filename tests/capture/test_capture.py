@@ -18,7 +18,7 @@ from cdc.capture import triggers as capture
 from cdc.config import config_from_dict
 from cdc.inventory import list_tables
 from tests.conftest import make_db
-from tests.pipeline import Pipeline
+from tests.support.pipeline import Pipeline
 
 SCHEMA = """
 CREATE TABLE auto(id INTEGER PRIMARY KEY AUTOINCREMENT, v, note TEXT DEFAULT 'n');

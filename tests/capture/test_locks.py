@@ -1,7 +1,7 @@
 """Locks on live rollback-journal files: the daemon waits for the bots, never the reverse.
 
 Everything is real: SQLite files in tmp dirs, a `cdc run` process, and bots as their own
-processes (tests/lock_bot.py, stdlib `sqlite3`, like the legacy bots). The test process
+processes (tests/support/lock_bot.py, stdlib `sqlite3`, like the legacy bots). The test process
 watches the daemon through its status file and the targets only, never by opening a bot's
 file while a bot is measured (that would be one more lock holder the bots feel).
 
@@ -29,7 +29,7 @@ from cdc.planning.resolve import resolve_plan
 from cdc.status_file import read_status
 from checkpoints.store import target_state
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
-from tests.lock_bot import SCHEMA
+from tests.support.lock_bot import SCHEMA
 from verifier import compare_plan
 from verifier.continuous import read_verifier_status
 
@@ -66,12 +66,14 @@ def _seed(n: int) -> str:
 
 @pytest.fixture
 def bots():
-    """Starts `tests.lock_bot` processes; any still running at teardown is killed."""
+    """Starts `tests.support.lock_bot` processes; any still running at teardown is killed."""
     started: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
         p = subprocess.Popen(
-            [sys.executable, "-m", "tests.lock_bot", *args], stdout=subprocess.PIPE, cwd=REPO
+            [sys.executable, "-m", "tests.support.lock_bot", *args],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
         )
         started.append(p)
         return p
@@ -256,7 +258,7 @@ def _run_load(tmp_path: Path, daemons, bots, timeout: str, mix: str = "safe") ->
     """A bot with busy timeout `timeout` writes all the time while capture is installed
     and the daemon starts, snapshots `big` chunk by chunk, harvests and trims. Returns the
     bot's counters and what the daemon did meanwhile, with the bot's errors per phase.
-    `mix` "deferred": the bot's transactions read before they write (tests/lock_bot.py)."""
+    `mix` "deferred": the bot's transactions read before they write (tests/support/lock_bot.py)."""
     cfg_path = _load_setup(tmp_path)
     cfg = load_config(cfg_path)
     db = tmp_path / "legacy" / "busy.db"

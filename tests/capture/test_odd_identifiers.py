@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from cdc.config import config_from_dict
 from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, write_config
-from tests.pipeline import Pipeline
+from tests.support.pipeline import Pipeline
 
 # -- 3. identifiers reach SQL quoted ---------------------------------------------------------
 

@@ -36,6 +36,7 @@ from cdc.events import (
     encode_frame,
 )
 from cdc.planning.resolve import resolve_plan
+from tests.changelog.conftest import GOLDEN
 from tests.conftest import REPO, SOAK_SCALE, cdc_cmd, wait_until, write_config
 from verifier import compare_plan
 
@@ -482,8 +483,6 @@ def test_streamed_frames_leave_ordinary_batches_byte_for_byte():
     """The two new frame kinds change nothing for the others: an ordinary `RowBatch` still
     encodes as format 1 did (the GOLDEN bytes), and a `StreamedRowBatch` decodes as a
     `RowBatch` too, so readers of keys (cutover, history, status) see its rows."""
-    from tests.changelog.test_changelog import GOLDEN
-
     hexed, batch = GOLDEN[0]
     assert encode_frame(batch).hex() == hexed
     streamed = StreamedRowBatch(

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.corpus import corpus_root
+from tests.support.corpus import corpus_root
 
 
 @pytest.mark.slow

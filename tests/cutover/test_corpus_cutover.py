@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cdc import guard
 from cdc.planning.resolve import resolve_plan
-from tests.corpus import (
+from tests.support.corpus import (
     REPO,
     copy_legacy,
     run_cli,
@@ -68,7 +68,7 @@ def test_stages_cut_over_with_bots_writing_and_no_write_lost(
                             [
                                 sys.executable,
                                 "-m",
-                                "tests.cutover_bot",
+                                "tests.support.cutover_bot",
                                 sp.path,
                                 table,
                                 plan.targets[target],

@@ -24,11 +24,10 @@ from cdc.config import load_config
 from cdc.inventory import list_tables
 from cdc.planning.resolve import resolve_plan
 from cdc.stages.record import read_record
-from tests import workload
 from tests.conftest import cdc_cmd, cdc_step, cutover_cmd, make_db, wait_until
-from tests.verifier.test_verifier_live import _setup as live_setup
-from tests.workload import SCHEMA
-from verifier.compare import compare_table
+from tests.cutover.conftest import stage_equal
+from tests.support import workload
+from tests.support.workload import SCHEMA
 
 MOVED = "sqlite-cdc: table positions of {db} moved to /t/core.db (table positions)"
 
@@ -78,28 +77,6 @@ def test_a_fence_refuses_every_writer_but_ours(tmp_path: Path) -> None:
     conn.close()
 
 
-def _stage_equal(cfg_path: Path, target: str) -> list:
-    """Every table of the stage: legacy == target (the legacy side is fenced, so quiet)."""
-    cfg = load_config(cfg_path)
-    plan = resolve_plan(cfg)
-    bad = []
-    for sp in plan.sources:
-        src = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
-        tgt = apsw.Connection(plan.targets[target], flags=apsw.SQLITE_OPEN_READONLY)
-        src.set_busy_timeout(10000)
-        tgt.set_busy_timeout(10000)
-        try:
-            for m in sp.tables:
-                if m.target == target:
-                    d = compare_table(src, tgt, m)
-                    if not d.equal:
-                        bad.append(d)
-        finally:
-            src.close()
-            tgt.close()
-    return bad
-
-
 def _legacy_fingerprint(cfg_path: Path, target: str) -> dict:
     cfg = load_config(cfg_path)
     plan = resolve_plan(cfg)
@@ -115,8 +92,8 @@ def _legacy_fingerprint(cfg_path: Path, target: str) -> dict:
     return out
 
 
-def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
-    cfg = live_setup(tmp_path)
+def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons, live_cfg: Path) -> None:
+    cfg = live_cfg
     d = daemons(cfg)
     # `cdc wait` can say "caught up" before the daemon first wrote its status file, and a
     # cutover then refuses ("the daemon is not running"): wait for the daemon itself too
@@ -131,7 +108,7 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
             assert f"{target}: cut over; the bots were fenced for" in r.stdout
             rec = read_record(str(tmp_path / "state"), target)
             assert rec.state == "done" and rec.pause_ms is not None
-            assert _stage_equal(cfg, target) == []
+            assert stage_equal(cfg, target) == []
             frozen = _legacy_fingerprint(cfg, target)
             time.sleep(0.5)  # the bots keep trying
             assert _legacy_fingerprint(cfg, target) == frozen  # nothing got through
@@ -227,8 +204,10 @@ def test_stages_cut_over_while_bots_write(tmp_path: Path, daemons) -> None:
     assert d.stop() == 0, d.output()
 
 
-def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, daemons) -> None:
-    cfg = live_setup(tmp_path)
+def test_a_cutover_killed_at_each_step_completes_when_run_again(
+    tmp_path: Path, daemons, live_cfg: Path
+) -> None:
+    cfg = live_cfg
     # nothing copied yet: sequences alone would say "caught up" (snapshot rows have none)
     r = cdc_cmd("wait", "--zero-lag", "--timeout", "0.2", "-c", str(cfg))
     assert r.returncode == 75 and "initial copy pending: accounts -> core" in r.stdout, r.stdout
@@ -250,7 +229,7 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
         assert read_record(state, "analytics").state == "done"
         r = cutover_cmd(cfg, "analytics")
         assert r.returncode == 0 and "already cut over" in r.stdout
-        assert _stage_equal(cfg, "analytics") == []
+        assert stage_equal(cfg, "analytics") == []
         # abort: a stage fenced but not done gives the bots their tables back
         r = cutover_cmd(cfg, "core", kill_at="fenced")
         assert r.returncode == -signal.SIGKILL
@@ -278,10 +257,10 @@ def test_a_cutover_killed_at_each_step_completes_when_run_again(tmp_path: Path, 
     assert d.stop() == 0, d.output()
 
 
-def test_cutover_commands_refuse_clearly(tmp_path: Path) -> None:
+def test_cutover_commands_refuse_clearly(tmp_path: Path, live_cfg: Path) -> None:
     """Bad input and wrong order get one clear line and a documented exit code, and
     change nothing."""
-    cfg = live_setup(tmp_path)
+    cfg = live_cfg
     r = cutover_cmd(cfg, "nosuch")
     assert r.returncode == 2 and "no target 'nosuch'" in r.stderr, r.stderr
     r = cutover_cmd(cfg, "analytics")  # no daemon: nothing would drain the last changes
@@ -304,11 +283,13 @@ def test_cutover_commands_refuse_clearly(tmp_path: Path) -> None:
         c.commit()
 
 
-def test_a_finalize_killed_mid_way_completes_when_run_again(tmp_path: Path, daemons) -> None:
+def test_a_finalize_killed_mid_way_completes_when_run_again(
+    tmp_path: Path, daemons, live_cfg: Path
+) -> None:
     """SIGKILL after the first file is archived (its capture already removed), then after
     the record says finalized (before the guards): each run again completes, every file is
     archived once, guarded, and the rollback window is closed."""
-    cfg = live_setup(tmp_path)
+    cfg = live_cfg
     d = daemons(cfg)
     d.wait_synced()
     for target in ("analytics", "core"):

@@ -19,9 +19,8 @@ from cdc.config import load_config
 from cdc.planning.resolve import resolve_plan
 from cdc.stages.record import read_record
 from cdc.status_file import write_json_atomic
-from tests import workload
-from tests.conftest import cdc_cmd, cdc_step, wait_until
-from tests.verifier.test_verifier_live import CONFIG, QUIET
+from tests.conftest import LIVE_CONFIG, cdc_cmd, cdc_step, live_seed, wait_until
+from tests.support import workload
 from verifier import verify_tables
 from verifier.continuous import (
     VERIFY_STATUS_FILE,
@@ -32,19 +31,11 @@ from verifier.continuous import (
 )
 from verifier.model import TableResult
 
-SEED = QUIET + "".join(
-    f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
-    f"INSERT INTO accounts VALUES ({i}, 'acct {i}', {i * 1.25}, {i % 3});"
-    f"INSERT INTO ticks VALUES ('Z{i % 4}', {i}, {i / 7});"
-    for i in range(200)
-)
-
 
 def _setup(root: Path, cycle_pause: float = 600.0) -> Path:
     # a long pause between passes: no new pass of the daemon's verifier during the test
-    return workload.setup(
-        root, CONFIG.replace("cycle_pause = 0.2", f"cycle_pause = {cycle_pause}"), SEED
-    )
+    config = LIVE_CONFIG.replace("cycle_pause = 0.2", f"cycle_pause = {cycle_pause}")
+    return workload.setup(root, config, live_seed(200))
 
 
 def _synced(cfg: Path, daemons):  # noqa: ANN001, ANN202

@@ -23,18 +23,17 @@ from cdc.changelog.segments import LogReader
 from cdc.config import load_config
 from cdc.events import RowBatch
 from cdc.stages.record import read_record
-from tests import workload
 from tests.conftest import REPO, cdc_cmd, cdc_step, cutover_cmd, wait_until
-from tests.cutover.test_cutover import _stage_equal
-from tests.verifier.test_verifier_live import _setup as live_setup
-from tests.workload import VALUES
+from tests.cutover.conftest import stage_equal
+from tests.support import workload
+from tests.support.target_bot import target_writes
 
 CORE_TABLES = {("alpha", "positions"), ("alpha", "kv"), ("beta", "positions"), ("beta", "kv")}
 
 
-def _core_cut_over(tmp_path: Path, daemons):  # noqa: ANN001, ANN202
-    """The live test setup, the daemon caught up, and the core stage cut over (no bots)."""
-    cfg = live_setup(tmp_path)
+def _core_cut_over(cfg: Path, daemons):  # noqa: ANN001, ANN202
+    """The live world (`live_cfg`), the daemon caught up, and the core stage cut over (no
+    bots)."""
     d = daemons(cfg)
     d.wait_synced()
     r = cutover_cmd(cfg, "core")
@@ -44,71 +43,6 @@ def _core_cut_over(tmp_path: Path, daemons):  # noqa: ANN001, ANN202
 
 def _rollback(cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
     return cdc_step("rollback", cfg, *args, kill_at=kill_at)
-
-
-def target_writes(db: Path, n: int, seed: int) -> None:
-    """What a switched bot does in the consolidated core: REPLACE upserts through a UNIQUE,
-    key changes, deletes, REAL/BLOB/NULL edge values, rows of a merged table under its tag,
-    and a runtime ALTER that adds a column."""
-    rnd = random.Random(seed)
-    c = sqlite3.connect(db, timeout=10, isolation_level=None)
-    try:
-        cols = [r[1] for r in c.execute("PRAGMA table_info(alpha_positions)")]
-        if "note" not in cols:
-            c.execute("ALTER TABLE alpha_positions ADD COLUMN note TEXT")
-        for _ in range(n):
-            sym, r = f"S{rnd.randrange(60)}", rnd.random()
-            if r < 0.2:
-                c.execute(
-                    "INSERT OR REPLACE INTO alpha_positions(symbol, qty, px, meta, note) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        sym,
-                        rnd.random(),
-                        rnd.choice(VALUES),
-                        rnd.randbytes(3),
-                        rnd.choice([None, "n"]),
-                    ),
-                )
-            elif r < 0.3:
-                c.execute(
-                    "UPDATE alpha_positions SET px = -0.0, qty = qty + 1 WHERE symbol = ?", (sym,)
-                )
-            elif r < 0.35:
-                c.execute(
-                    "UPDATE OR REPLACE alpha_positions SET id = id + 100000 "
-                    "WHERE symbol = ? AND id < 100000",
-                    (sym,),
-                )
-            elif r < 0.4:
-                c.execute("DELETE FROM alpha_positions WHERE symbol = ?", (sym,))
-            elif r < 0.6:
-                c.execute(
-                    "INSERT OR REPLACE INTO alpha_kv(k, v) VALUES (?, ?)",
-                    (f"k{rnd.randrange(100)}", rnd.choice(VALUES)),
-                )
-            elif r < 0.65:
-                c.execute("DELETE FROM alpha_kv WHERE k = ?", (f"k{rnd.randrange(100)}",))
-            elif r < 0.8:
-                # A merged table has neither the legacy UNIQUE(symbol) nor its column types:
-                # a bot keeps to them (REAL in px), or the way back refuses (tested below).
-                i = rnd.randrange(1, 3000)
-                c.execute(
-                    "INSERT OR REPLACE INTO positions(bot, id, symbol, qty, px) "
-                    "VALUES ('beta', ?, ?, ?, ?)",
-                    (i, f"M{i}", rnd.random(), rnd.choice([None, 0.1 + 0.2, 1e-300, 2.5])),
-                )
-            elif r < 0.85:
-                c.execute(
-                    "DELETE FROM positions WHERE bot = 'beta' AND id % 7 = ?", (rnd.randrange(7),)
-                )
-            else:
-                c.execute(
-                    "INSERT OR REPLACE INTO beta_kv VALUES (?, ?)",
-                    (f"t{rnd.randrange(50)}", rnd.choice(VALUES)),
-                )
-    finally:
-        c.close()
 
 
 def _status(cfg: Path) -> dict:
@@ -148,8 +82,10 @@ def _refused(path: Path, sql: str) -> str:
     return str(e.value)
 
 
-def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, daemons) -> None:
-    cfg = live_setup(tmp_path)
+def test_round_trip_cut_over_write_roll_back_cut_over_finalize(
+    tmp_path: Path, daemons, live_cfg: Path
+) -> None:
+    cfg = live_cfg
     d = daemons(cfg)
     d.wait_synced()
     bots = workload.start(tmp_path, ["alpha", "beta", "gamma"], seconds=600)  # all stages
@@ -163,7 +99,7 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
         _backflow_caught_up(cfg, "core")
         # the fenced legacy tables have every write the bots made to the target, a new
         # column included, and none of it came back through the change log (no loop)
-        assert _stage_equal(cfg, "core") == []
+        assert stage_equal(cfg, "core") == []
         assert not _forwarded_since(cfg, done.log_offset) & CORE_TABLES
         with contextlib.closing(sqlite3.connect(legacy_alpha, timeout=10)) as c:
             assert "note" in [r[1] for r in c.execute("PRAGMA table_info(positions)")]
@@ -200,7 +136,7 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
         assert again.state == "done" and len(again.history) == 1
         target_writes(core, 200, seed=2)  # the target is the bots' again, captured again
         _backflow_caught_up(cfg, "core")
-        assert _stage_equal(cfg, "core") == []
+        assert stage_equal(cfg, "core") == []
     finally:
         for b in bots:
             b.send_signal(signal.SIGTERM)
@@ -220,8 +156,10 @@ def test_round_trip_cut_over_write_roll_back_cut_over_finalize(tmp_path: Path, d
     assert d.stop() == 0, d.output()
 
 
-def test_rollback_killed_at_each_step_completes_when_run_again(tmp_path: Path, daemons) -> None:
-    cfg, d = _core_cut_over(tmp_path, daemons)
+def test_rollback_killed_at_each_step_completes_when_run_again(
+    tmp_path: Path, daemons, live_cfg: Path
+) -> None:
+    cfg, d = _core_cut_over(live_cfg, daemons)
     state = str(tmp_path / "state")
     core = tmp_path / "out/core.db"
     target_writes(core, 300, seed=3)
@@ -247,27 +185,22 @@ def test_rollback_killed_at_each_step_completes_when_run_again(tmp_path: Path, d
     r = _rollback(cfg, "core")
     assert r.returncode == 0 and "already rolled back" in r.stdout
     assert cdc_cmd("wait", "--zero-lag", "--timeout", "60", "-c", str(cfg)).returncode == 0
-    assert _stage_equal(cfg, "core") == []
+    assert stage_equal(cfg, "core") == []
     assert "moved to" in _refused(core, "DELETE FROM alpha_kv")
     assert d.stop() == 0, d.output()
 
 
-def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> None:
+def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons, live_cfg: Path) -> None:
     """The backflow's checkpoint lives in each legacy file's own transaction: killed at any
     point, the daemon resumes there, and the legacy tables end equal to the target."""
-    cfg, d = _core_cut_over(tmp_path, daemons)
+    cfg, d = _core_cut_over(live_cfg, daemons)
     core = tmp_path / "out/core.db"
     stop = tmp_path / "stop-writing"
     writer = subprocess.Popen(
         [
             sys.executable,
-            "-c",
-            "import os, sys\n"
-            "from tests.cutover.test_rollback import target_writes\n"
-            "seed = 10\n"
-            "while not os.path.exists(sys.argv[2]):\n"
-            "    target_writes(sys.argv[1], 100, seed)\n"
-            "    seed += 1\n",
+            "-m",
+            "tests.support.target_bot",
             str(core),
             str(stop),
         ],
@@ -284,7 +217,7 @@ def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> N
         writer.wait(timeout=120)
     assert writer.returncode == 0
     _backflow_caught_up(cfg, "core")
-    assert _stage_equal(cfg, "core") == []
+    assert stage_equal(cfg, "core") == []
     # nothing it wrote back was ever sent forward again, however often it was killed
     assert (
         not _forwarded_since(cfg, read_record(str(tmp_path / "state"), "core").log_offset)
@@ -294,13 +227,13 @@ def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons) -> N
 
 
 def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons, live_cfg: Path
 ) -> None:
     """A merged target table lacks the legacy UNIQUE(symbol): two rows the target accepts
     cannot both go back. Writing back is refused (never one row silently dropped), the
     error is in `cdc status`, a rollback stops with both sides fenced and can be aborted,
     and once the rows are fixed in the target the way back resumes by itself."""
-    cfg, d = _core_cut_over(tmp_path, daemons)
+    cfg, d = _core_cut_over(live_cfg, daemons)
     core, beta = tmp_path / "out/core.db", tmp_path / "legacy/beta.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
         with c:  # one transaction: both rows reach the way back in one batch
@@ -333,7 +266,7 @@ def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
         c.execute("UPDATE positions SET symbol = 'DUP2' WHERE bot = 'beta' AND id = 5002")
         c.commit()
     _backflow_caught_up(cfg, "core")
-    assert _stage_equal(cfg, "core") == []
+    assert stage_equal(cfg, "core") == []
     assert d.stop() == 0, d.output()
 
 
@@ -346,12 +279,12 @@ def _write_as_the_way_back(conn: apsw.Connection, sql: str) -> None:
 
 
 def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons, live_cfg: Path
 ) -> None:
     """The rollback compares only the keys the bots changed since the cutover (the rest was
     proven then and nothing else wrote either side): that check must still catch a legacy
     row that differs (here damaged through the fence, as only a bug of ours could)."""
-    cfg, d = _core_cut_over(tmp_path, daemons)
+    cfg, d = _core_cut_over(live_cfg, daemons)
     core, alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
         c.execute("INSERT OR REPLACE INTO alpha_kv VALUES ('touched', 1.5)")
@@ -374,11 +307,11 @@ def test_the_rollback_check_finds_a_difference_in_a_key_the_bots_changed(
 
 
 def test_uninstall_removes_the_rollback_windows_objects_from_the_targets(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons, live_cfg: Path
 ) -> None:
     """Giving up after a cutover and a rollback: `cdc uninstall` leaves no trigger or table
     of ours in the legacy files nor in the target (capture, fences, touched keys)."""
-    cfg, d = _core_cut_over(tmp_path, daemons)
+    cfg, d = _core_cut_over(live_cfg, daemons)
     assert _rollback(cfg, "core").returncode == 0  # the target is fenced now
     assert d.stop() == 0, d.output()
     r = cdc_cmd("uninstall", "-c", str(cfg))
@@ -398,14 +331,14 @@ def test_uninstall_removes_the_rollback_windows_objects_from_the_targets(
 
 
 def test_a_careful_bot_writes_a_cut_over_target_and_our_own_writes_are_not_sent_back(
-    tmp_path: Path, daemons
+    tmp_path: Path, daemons, live_cfg: Path
 ) -> None:
     """The target's capture triggers must not fail a bot that runs with
     `trusted_schema=OFF` (a trigger that tests who is writing needs a virtual table, which
     such a connection refuses: its every write failed). The replicator's own writes into a
     captured target are removed from the capture in their transaction instead: after a
     rollback, replication into the target adds nothing to it."""
-    cfg, d = _core_cut_over(tmp_path, daemons)
+    cfg, d = _core_cut_over(live_cfg, daemons)
     core, alpha = tmp_path / "out/core.db", tmp_path / "legacy/alpha.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
         c.execute("PRAGMA trusted_schema=OFF")

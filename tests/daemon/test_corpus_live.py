@@ -2,7 +2,7 @@
 
 The corpus (29 real-schema SQLite files, see its README) lives beside the repo root in
 `../shared/corpus/jarvis` and is read-only: every test works on a copy in `tmp_path`.
-Its plan's checks are `test_corpus.py`; shared helpers are in `tests/corpus.py`.
+Its plan's checks are `test_corpus.py`; shared helpers are in `tests/support/corpus.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cdc.daemon.status import collect_status
 from cdc.errors import PlanError
 from cdc.planning.plan import Plan
 from cdc.planning.resolve import resolve_plan
-from tests.corpus import (
+from tests.support.corpus import (
     WAIT,
     assert_nothing_orphaned,
     cdc_objects,

@@ -28,8 +28,8 @@ from cdc.faults import POINTS
 from cdc.planning.resolve import resolve_plan
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status
-from tests import workload
 from tests.conftest import SOAK_SCALE, wait_until
+from tests.support import workload
 from verifier import compare_plan
 
 CONFIG = """

@@ -16,35 +16,9 @@ from cdc.config import load_config
 from cdc.errors import DaemonError
 from cdc.planning.resolve import resolve_plan
 from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
-from tests.workload import SCHEMA
+from tests.daemon.conftest import BOT_CONFIG
+from tests.support.workload import SCHEMA
 from verifier import compare_plan
-
-CONFIG = """
-state_dir = "state"
-[targets]
-core = "out/core.db"
-[daemon]
-snapshot_chunk = 100
-harvest_batch = 300
-[[sources]]
-name = "bot"
-path = "legacy/bot.db"
-[[rules]]
-table = "*"
-target = "core"
-"""
-
-
-def _setup(tmp_path, wal: bool, rows: int = 0):
-    fill = "".join(
-        f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i}.5);"
-        f"INSERT INTO log_lines VALUES ('seed {i}', {i});"
-        for i in range(rows)
-    )
-    make_db(tmp_path / "legacy" / "bot.db", SCHEMA + fill, wal=wal)
-    cfg = write_config(tmp_path, CONFIG)
-    assert cdc_cmd("install", "-c", str(cfg)).returncode == 0
-    return cfg
 
 
 def _equal(cfg) -> list:
@@ -52,15 +26,15 @@ def _equal(cfg) -> list:
 
 
 @pytest.mark.parametrize("wal", [False, True], ids=["rollback", "wal"])
-def test_snapshot_while_bots_write(tmp_path, daemons, wal):
+def test_snapshot_while_bots_write(tmp_path, daemons, wal, bot_cfg):
     """Rows that existed before capture and rows written during the copy all arrive, once."""
-    cfg = _setup(tmp_path, wal, rows=3000)
+    cfg = bot_cfg(wal, rows=3000)
     bots = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "tests.workload",
+                "tests.support.workload",
                 str(tmp_path / "legacy" / "bot.db"),
                 "600",
                 str(i),
@@ -81,8 +55,8 @@ def test_snapshot_while_bots_write(tmp_path, daemons, wal):
     assert _equal(cfg) == []
 
 
-def test_sigterm_is_clean_and_second_daemon_is_refused(tmp_path, daemons):
-    cfg = _setup(tmp_path, wal=False, rows=10)
+def test_sigterm_is_clean_and_second_daemon_is_refused(tmp_path, daemons, bot_cfg):
+    cfg = bot_cfg(wal=False, rows=10)
     d = daemons(cfg)
     d.wait_synced()
     r = cdc_cmd("run", "-c", str(cfg))
@@ -93,8 +67,8 @@ def test_sigterm_is_clean_and_second_daemon_is_refused(tmp_path, daemons):
     assert st["daemon"]["state"] == "stopped"
 
 
-def test_status_json_contract(tmp_path, daemons):
-    cfg = _setup(tmp_path, wal=True, rows=50)
+def test_status_json_contract(tmp_path, daemons, bot_cfg):
+    cfg = bot_cfg(wal=True, rows=50)
     d = daemons(cfg)
     st = d.wait_synced()
     assert set(st) >= {"daemon", "log", "sources", "targets"}
@@ -119,9 +93,9 @@ def test_status_json_contract(tmp_path, daemons):
     assert "in sync" in human and "daemon: stopped" in human
 
 
-def test_bot_alter_table_mid_run(tmp_path, daemons):
+def test_bot_alter_table_mid_run(tmp_path, daemons, bot_cfg):
     """A column a bot adds at runtime reaches the target with every value written to it."""
-    cfg = _setup(tmp_path, wal=False, rows=100)
+    cfg = bot_cfg(wal=False, rows=100)
     d = daemons(cfg)
     d.wait_synced()
     c = sqlite3.connect(tmp_path / "legacy" / "bot.db", isolation_level=None)
@@ -148,7 +122,7 @@ def test_every_command_has_help():
 
 
 def test_status_names_a_new_unmapped_table_and_keeps_working(tmp_path, daemons):
-    cfg_text = CONFIG.replace('table = "*"', 'table = "positions"') + (
+    cfg_text = BOT_CONFIG.replace('table = "*"', 'table = "positions"') + (
         '[[rules]]\ntable = "kv"\ntarget = "core"\n[[rules]]\ntable = "ticks"\ntarget = "core"\n'
         '[[rules]]\ntable = "log_lines"\nexclude = true\n'
     )
@@ -166,9 +140,9 @@ def test_status_names_a_new_unmapped_table_and_keeps_working(tmp_path, daemons):
     d.stop()
 
 
-def test_new_mapped_table_is_captured_on_restart(tmp_path, daemons):
+def test_new_mapped_table_is_captured_on_restart(tmp_path, daemons, bot_cfg):
     """A table a bot creates later, matched by a glob rule, is snapshotted and streamed."""
-    cfg = _setup(tmp_path, wal=False, rows=5)
+    cfg = bot_cfg(wal=False, rows=5)
     d = daemons(cfg)
     d.wait_synced()
     c = sqlite3.connect(tmp_path / "legacy" / "bot.db", isolation_level=None)
@@ -185,11 +159,11 @@ def test_new_mapped_table_is_captured_on_restart(tmp_path, daemons):
     assert t.execute("SELECT count(*) FROM budget_alerts").fetchone()[0] == 2
 
 
-def test_reset_state_dir_is_refused(tmp_path, daemons):
+def test_reset_state_dir_is_refused(tmp_path, daemons, bot_cfg):
     """Targets ahead of a (new, empty) log would silently stop receiving changes."""
     import shutil
 
-    cfg = _setup(tmp_path, wal=False, rows=50)
+    cfg = bot_cfg(wal=False, rows=50)
     d = daemons(cfg)
     d.wait_synced()
     assert d.stop() == 0

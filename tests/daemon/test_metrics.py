@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.daemon.metrics import parse_addr
 from tests.conftest import REPO, wait_until
-from tests.daemon.test_daemon import _setup
 
 
 def _free_port() -> int:
@@ -34,8 +33,8 @@ def _scrape(port: int) -> dict[tuple[str, tuple], float]:
     return out
 
 
-def test_a_scrape_shows_backlog_lag_and_applied_events(tmp_path):
-    cfg = _setup(tmp_path, wal=False, rows=100)
+def test_a_scrape_shows_backlog_lag_and_applied_events(tmp_path, bot_cfg):
+    cfg = bot_cfg(wal=False, rows=100)
     port = _free_port()
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
     d = subprocess.Popen(
@@ -97,8 +96,8 @@ def test_metrics_addr_forms():
         parse_addr("host:")
 
 
-def test_json_logs_carry_source_table_and_target(tmp_path):
-    cfg = _setup(tmp_path, wal=False, rows=10)
+def test_json_logs_carry_source_table_and_target(tmp_path, bot_cfg):
+    cfg = bot_cfg(wal=False, rows=10)
     with open(tmp_path / "daemon.log", "wb") as log:
         d = subprocess.Popen(
             [sys.executable, "-m", "cdc", "--log-format", "json", "-v", "run", "-c", str(cfg)],

@@ -18,7 +18,7 @@ from cdc.config import load_config
 from cdc.events import RowBatch, TableReset, TableSchema
 from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, wait_until, write_config
-from tests.workload import SCHEMA
+from tests.support.workload import SCHEMA
 from verifier import compare_plan
 
 CONFIG = """

@@ -5,7 +5,7 @@ verifier must never call two differently shaped tables equal.
 The harvester re-copies a table after a non-additive shape change: a `TableReset`, then
 the new `TableSchema`, then the rows of a fresh copy. `_recopy` writes that sequence
 through the harvester's own reset path, so the target side is tested on exactly those
-frames, step by step (tests/pipeline.py).
+frames, step by step (tests/support/pipeline.py).
 """
 
 from __future__ import annotations

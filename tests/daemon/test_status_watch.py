@@ -14,7 +14,6 @@ import termios
 import time
 
 from tests.conftest import REPO
-from tests.daemon.test_daemon import _setup
 
 
 def _read_until(master: int, needle: bytes, timeout: float) -> bytes:
@@ -35,8 +34,8 @@ def _controlling_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def test_the_watch_view_refreshes_with_rates_and_ends_on_ctrl_c(tmp_path, daemons):
-    cfg = _setup(tmp_path, wal=True, rows=200)
+def test_the_watch_view_refreshes_with_rates_and_ends_on_ctrl_c(tmp_path, daemons, bot_cfg):
+    cfg = bot_cfg(wal=True, rows=200)
     d = daemons(cfg)
     d.wait_synced()
     master, slave = pty.openpty()

@@ -20,7 +20,7 @@ from cdc.planning.resolve import resolve_plan
 from tests.fuzz import oracle
 from tests.fuzz.schema import TAG_COLUMN, TableSpec, config_text, target_table
 from tests.fuzz.statements import Shape, Stmt, read_shape
-from tests.pipeline import Pipeline
+from tests.support.pipeline import Pipeline
 from verifier import compare_plan, verify_tables
 
 

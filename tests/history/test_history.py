@@ -5,21 +5,16 @@ BLOB, TEXT and NULL values, deletes, a key change, an ADD COLUMN) the test syncs
 in-process pipeline and keeps the log end, the time and an exact copy of each legacy
 table. Rebuilds as of those offsets and times must equal the copies value by value and
 storage class by storage class, and a row's history must list exactly the changes the
-rounds made to it. Retention is exercised against a real daemon that deletes (or
-archives) applied segments.
+rounds made to it. Retention against a real daemon that deletes (or archives) applied segments, and
+`cdc history --follow`, are in test_history_daemon.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,14 +28,14 @@ from cdc.errors import ConfigError
 from cdc.history.rebuild import AsOf, parse_as_of, rebuild
 from cdc.history.rows import (
     HistoryIncomplete,
-    LoggedRow,
     RetainedLog,
     parse_key,
     row_history,
     tail,
 )
 from cdc.planning.resolve import resolve_plan
-from tests.conftest import REPO, cdc_cmd, make_db, wait_until, write_config
+from tests.conftest import cdc_cmd, make_db, write_config
+from tests.history.conftest import SCHEMA_A, same_tables, table_rows
 from verifier.values import encode
 
 CONFIG = """
@@ -66,15 +61,6 @@ table = "*"
 target = "core"
 """
 
-SCHEMA_A = """
-CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty, price REAL, data BLOB, note);
-CREATE TABLE pairs(k TEXT, n INTEGER, v, PRIMARY KEY(k, n)) WITHOUT ROWID;
-CREATE TABLE quotes(sym TEXT PRIMARY KEY, px REAL);
-INSERT INTO items VALUES (1, 'one', 1, 1.5, X'01', NULL), (2, 'two', 2, 2.5, NULL, 'n'),
-                         (3, 'three', 3, 3.5, X'0303', NULL);
-INSERT INTO pairs VALUES ('x', 1, 'a'), ('x', 2, 'b');
-INSERT INTO quotes VALUES ('AAA', 10.0), ('BBB', 20.0);
-"""
 SCHEMA_B = """
 CREATE TABLE quotes(sym TEXT PRIMARY KEY, px REAL);
 INSERT INTO quotes VALUES ('AAA', 11.0);
@@ -117,18 +103,11 @@ class Past(msgspec.Struct):
     tables: dict[str, list[tuple]]  # "source.table" -> rows with each value's typeof
 
 
-def _rows(conn: apsw.Connection, table: str, order: str, where: str = "") -> list[tuple]:
-    cols = [r[1] for r in conn.execute(f"SELECT * FROM pragma_table_info('{table}')")]
-    cols = [c for c in cols if c != "src"]
-    sel = ", ".join(f'"{c}", typeof("{c}")' for c in cols)
-    return [tuple(r) for r in conn.execute(f"SELECT {sel} FROM {table} {where} ORDER BY {order}")]
-
-
 def _legacy_copy(root: Path) -> dict[str, list[tuple]]:
     out = {}
     for (src, table), order in TABLES.items():
         conn = apsw.Connection(str(root / "legacy" / f"{src}.db"), flags=apsw.SQLITE_OPEN_READONLY)
-        out[f"{src}.{table}"] = _rows(conn, table, order)
+        out[f"{src}.{table}"] = table_rows(conn, table, order)
         conn.close()
     return out
 
@@ -136,16 +115,11 @@ def _legacy_copy(root: Path) -> dict[str, list[tuple]]:
 def _target_copy(path: Path) -> dict[str, list[tuple]]:
     """The same view of a target (or a rebuilt file): merged quotes split by tag."""
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    out = {f"a.{t}": _rows(conn, t, TABLES[("a", t)]) for t in ("items", "pairs")}
+    out = {f"a.{t}": table_rows(conn, t, TABLES[("a", t)]) for t in ("items", "pairs")}
     for src in ("a", "b"):
-        out[f"{src}.quotes"] = _rows(conn, "quotes", "sym", f"WHERE src = '{src}'")
+        out[f"{src}.quotes"] = table_rows(conn, "quotes", "sym", f"WHERE src = '{src}'")
     conn.close()
     return out
-
-
-def _same(a: dict[str, list[tuple]], b: dict[str, list[tuple]]) -> bool:
-    """Equal by storage class and exact bits (1 == 1.0 and 0.0 == -0.0 in Python)."""
-    return a == b and encode(list(a.items())) == encode(list(b.items()))
 
 
 @pytest.fixture
@@ -182,7 +156,7 @@ def test_rebuild_as_of_each_recorded_offset_equals_the_past(workload, tmp_path):
         assert r.returncode == 0, r.stderr
         assert f"as of offset {past.offset}" in r.stdout
         assert sorted(os.listdir(out.parent))[-1] == out.name  # one self-contained file
-        assert _same(_target_copy(out), past.tables), f"round {i}"
+        assert same_tables(_target_copy(out), past.tables), f"round {i}"
         conn = apsw.Connection(str(out), flags=apsw.SQLITE_OPEN_READONLY)
         names = [n for (n,) in conn.execute("SELECT name FROM sqlite_schema")]
         assert not [n for n in names if n.startswith("_cdc_")]
@@ -201,7 +175,7 @@ def test_rebuild_as_of_a_time_and_at_the_end_equals_the_target(workload, tmp_pat
         out = tmp_path / f"time-{i}.db"
         res = rebuild(cfg, plan, "core", AsOf(time=pasts[i].at), str(out))
         assert res.offset == pasts[i].offset
-        assert _same(_target_copy(out), pasts[i].tables)
+        assert same_tables(_target_copy(out), pasts[i].tables)
     iso = (
         time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(pasts[2].at)) + f"{pasts[2].at % 1:.6f}"[1:]
     )
@@ -216,12 +190,12 @@ def test_rebuild_as_of_a_time_and_at_the_end_equals_the_target(workload, tmp_pat
         str(tmp_path / "iso.db"),
     )
     assert r.returncode == 0, r.stderr
-    assert _same(_target_copy(tmp_path / "iso.db"), pasts[2].tables)
+    assert same_tables(_target_copy(tmp_path / "iso.db"), pasts[2].tables)
     assert parse_as_of(f"@{pasts[2].at}") == AsOf(time=pasts[2].at)
     # At the log end the copy is the target itself, schema included (minus bookkeeping).
     res = rebuild(cfg, plan, "core", AsOf(offset=pasts[-1].offset), str(tmp_path / "end.db"))
     target = tmp_path / "out" / "core.db"
-    assert _same(_target_copy(tmp_path / "end.db"), _target_copy(target))
+    assert same_tables(_target_copy(tmp_path / "end.db"), _target_copy(target))
 
     def ddl(path: Path) -> list:
         c = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
@@ -392,145 +366,3 @@ def test_archived_segments_are_read_moved_and_deduplicated(workload):
         'set [log] retention = "archive" to keep them)'
     )
     assert h.changes == [c for c in before.changes if c.offset >= bases[1]]
-
-
-# -- against a real daemon ---------------------------------------------------------------
-
-DAEMON_CONFIG = """
-state_dir = "state"
-[targets]
-core = "out/core.db"
-[daemon]
-segment_bytes = 1024
-[[sources]]
-name = "a"
-path = "legacy/a.db"
-[[rules]]
-table = "*"
-target = "core"
-"""
-
-
-def _daemon_setup(tmp_path: Path, extra: str = "") -> Path:
-    make_db(tmp_path / "legacy" / "a.db", SCHEMA_A, wal=True)
-    cfg = write_config(tmp_path, DAEMON_CONFIG + extra)
-    assert cdc_cmd("install", "-c", str(cfg)).returncode == 0
-    return cfg
-
-
-def _write_rounds(tmp_path: Path, n: int) -> None:
-    """n updates of one row, each applied before the next (so each is its own change)."""
-    conn = sqlite3.connect(tmp_path / "legacy" / "a.db", isolation_level=None)
-    target = tmp_path / "out" / "core.db"
-    for i in range(n):
-        conn.execute("UPDATE items SET qty = ?, note = ? WHERE id = 1", (i, "x" * 200))
-
-        def applied(i=i):
-            t = sqlite3.connect(target)
-            try:
-                return t.execute("SELECT qty FROM items WHERE id = 1").fetchone() == (i,)
-            finally:
-                t.close()
-
-        wait_until(applied, 30, 0.02, f"update {i} applied")
-    conn.close()
-
-
-def test_follow_prints_new_changes_and_stops_on_sigint(tmp_path, daemons):
-    cfg = _daemon_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
-    err = tmp_path / "tail.err"
-    with (
-        open(err, "w") as err_file,
-        subprocess.Popen(
-            [sys.executable, "-m", "cdc", "log", "tail", "-c", str(cfg), "-f", "--table", "items"],
-            stdout=subprocess.PIPE,
-            stderr=err_file,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        ) as proc,
-    ):
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-        try:
-            conn = sqlite3.connect(tmp_path / "legacy" / "a.db", isolation_level=None)
-            conn.execute("INSERT INTO items(id, name, price) VALUES (77, 'followed', 7)")
-            conn.close()
-            deadline = time.monotonic() + 30
-            seen = ""
-            while "[77]" not in seen:
-                seen = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            assert "a.items  upsert  [77]  id=77, name='followed', qty=NULL, price=7.0" in seen
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0, err.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert err.read_text() == ""
-    assert d.stop() == 0
-
-
-def _wait_segments_gone(tmp_path: Path, d) -> None:
-    """Until retention (every 5 s in the daemon) took applied segments; then stop the
-    daemon so that the retained log holds still while the test reads it."""
-    log_dir = str(tmp_path / "state" / "log")
-    d.wait_synced()
-    wait_until(lambda: list_segments(log_dir)[0] > 0, 60, 0.2, "applied segments to go")
-    assert d.stop() == 0
-
-
-def test_history_says_when_deleted_segments_cut_it_short(tmp_path, daemons):
-    cfg = _daemon_setup(tmp_path)
-    d = daemons(cfg)
-    d.wait_synced()
-    _write_rounds(tmp_path, 12)
-    _wait_segments_gone(tmp_path, d)
-    start = list_segments(str(tmp_path / "state" / "log"))[0]
-    r = cdc_cmd("history", "-c", str(cfg), "core.items", "1")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[1] == (
-        f"history starts at offset {start} (segments before were deleted; "
-        'set [log] retention = "archive" to keep them)'
-    )
-    # What is left of the row's history is exactly what the retained segments hold of it.
-    offsets = [int(line.split()[0]) for line in r.stdout.splitlines()[2:-1]]
-    seen = tail(load_config(cfg), from_offset=start, table="items")
-    assert offsets == [e.offset for e in seen if isinstance(e, LoggedRow) and e.key == [1]]
-    assert all(o >= start for o in offsets)
-    end = RetainedLog.of(load_config(cfg)).end()
-    out = tmp_path / "r.db"
-    r = cdc_cmd("rebuild", "-c", str(cfg), "core", "--as-of", str(end), "--out", str(out))
-    assert r.returncode == 5 and "a rebuild replays the log from offset 0" in r.stderr, r.stderr
-    assert not out.exists()
-    r = cdc_cmd("log", "tail", "-c", str(cfg), "--from", "0")
-    assert r.returncode == 2 and "before the retained log" in r.stderr
-
-
-def test_archive_keeps_the_whole_history(tmp_path, daemons):
-    cfg = _daemon_setup(tmp_path, '[log]\nretention = "archive"\n')
-    d = daemons(cfg)
-    d.wait_synced()
-    _write_rounds(tmp_path, 12)
-    _wait_segments_gone(tmp_path, d)
-    archive = tmp_path / "state" / "log-archive"
-    if not list_segments(str(archive)):
-        pytest.skip('the archive move (`[log] retention = "archive"`) is not implemented yet')
-    r = cdc_cmd("history", "-c", str(cfg), "--json", "core.items", "1")
-    got = json.loads(r.stdout)
-    assert got["complete"] and got["starts_at"] == 0 and got["note"] is None
-    assert got["changes"][0]["seq"] == 0  # the initial copy, from an archived segment
-    assert [c["row"][2] for c in got["changes"][1:]] == [str(i) for i in range(12)]
-    end = RetainedLog.of(load_config(cfg)).end()
-    out = tmp_path / "r.db"
-    r = cdc_cmd("rebuild", "-c", str(cfg), "core", "--as-of", str(end), "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert _same(_target_items(out), _target_items(tmp_path / "out" / "core.db"))
-
-
-def _target_items(path: Path) -> dict[str, list[tuple]]:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return {"items": _rows(conn, "items", "id")}
-    finally:
-        conn.close()

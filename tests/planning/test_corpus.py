@@ -1,7 +1,7 @@
 """The jarvis legacy corpus's plan: audited against the files, converted, resolved.
 
 As written the plan is rejected before anything is installed; resolved, it maps every table.
-Its live replication is `test_corpus_live.py`; shared helpers are in `tests/corpus.py`.
+Its live replication is `test_corpus_live.py`; shared helpers are in `tests/support/corpus.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cdc.capture import install as ops
 from cdc.config import config_from_dict, load_config
 from cdc.errors import PlanError
 from cdc.planning.resolve import resolve_plan
-from tests.corpus import (
+from tests.support.corpus import (
     DAEMON,
     RESOLUTIONS,
     assert_nothing_orphaned,

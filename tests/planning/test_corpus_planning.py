@@ -11,8 +11,8 @@ import apsw
 from cdc.config import load_config
 from cdc.planning.mapping import write_mapping
 from tests.conftest import cdc_cmd
-from tests.corpus import plan_to_mapping
-from tests.planning_support import inventory_rows, plan_cli, schema_objects
+from tests.support.corpus import plan_to_mapping
+from tests.support.planning import inventory_rows, plan_cli, schema_objects
 
 TARGETS = ("--target", "core", "--target", "analytics", "--target", "cache")
 

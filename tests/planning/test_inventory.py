@@ -25,7 +25,7 @@ from cdc.planning.inventory_report import (
 from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
 from cdc.planning.survey import take_inventory
 from tests.conftest import make_db
-from tests.planning_support import DOT_EXE, db_named, tables_of, write_fk_dbs
+from tests.support.planning import DOT_EXE, db_named, tables_of
 
 # -- what is reported per database ----------------------------------------------------------------
 
@@ -210,9 +210,10 @@ def test_collisions_say_what_differs(tmp_path: Path) -> None:
     ]
 
 
-def test_mapping_keeps_operator_edits_and_reports_vanished_tables(tmp_path: Path) -> None:
-    legacy, out = tmp_path / "legacy", tmp_path / "out"
-    write_fk_dbs(legacy)
+def test_mapping_keeps_operator_edits_and_reports_vanished_tables(
+    tmp_path: Path, fk_legacy: Path
+) -> None:
+    legacy, out = fk_legacy, tmp_path / "out"
     make_db(legacy / "old.db", "CREATE TABLE gone(x); CREATE TABLE kept(x);")
     first = run_inventory([legacy], out)
     assert first.inventory.mapping is None
@@ -270,9 +271,8 @@ def test_mapping_keeps_operator_edits_and_reports_vanished_tables(tmp_path: Path
     assert not list(out.glob(".*.tmp"))
 
 
-def test_foreign_keys_that_would_cross_targets(tmp_path: Path) -> None:
-    legacy, out = tmp_path / "legacy", tmp_path / "out"
-    write_fk_dbs(legacy)
+def test_foreign_keys_that_would_cross_targets(tmp_path: Path, fk_legacy: Path) -> None:
+    legacy, out = fk_legacy, tmp_path / "out"
     plan = {
         "customers": "analytics",
         "regions": "exclude",

@@ -23,13 +23,12 @@ from cdc.planning.inventory_report import (
 )
 from cdc.planning.mapping import MappingRow, read_mapping, write_mapping
 from tests.conftest import REPO, cdc_cmd, make_db
-from tests.corpus import read_manifest
-from tests.planning_support import DOT_EXE, db_named, snapshot, tables_of, write_fk_dbs  # noqa: F401
+from tests.support.corpus import read_manifest
+from tests.support.planning import tables_of
 
 
-def test_cli_writes_the_files_and_reports(tmp_path: Path) -> None:
-    legacy, out = tmp_path / "legacy", tmp_path / "out"
-    write_fk_dbs(legacy)
+def test_cli_writes_the_files_and_reports(tmp_path: Path, fk_legacy: Path) -> None:
+    legacy, out = fk_legacy, tmp_path / "out"
     (legacy / "junk.db").write_text("text")
     r = cdc_cmd("inventory", str(legacy), "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr

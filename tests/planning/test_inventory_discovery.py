@@ -22,7 +22,7 @@ from cdc.planning.inventory_report import (
 )
 from cdc.planning.survey import take_inventory
 from tests.conftest import make_db
-from tests.planning_support import db_named, snapshot, tables_of
+from tests.support.planning import db_named, snapshot, tables_of
 
 # -- discovery --------------------------------------------------------------------------------
 

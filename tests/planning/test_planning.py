@@ -13,7 +13,7 @@ from cdc.planning.mapping import write_mapping
 from cdc.planning.planner import make_plan
 from cdc.planning.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db
-from tests.planning_support import inventory_rows, plan_cli, schema_objects
+from tests.support.planning import inventory_rows, plan_cli, schema_objects
 
 
 def _fill(rows, **by_table) -> list:

@@ -13,7 +13,7 @@ from cdc.errors import PlanError
 from cdc.planning.resolve import resolve_plan
 from cdc.planning.schema_out import write_schema
 from tests.conftest import cdc_cmd, make_db, write_config
-from tests.planning_support import schema_objects
+from tests.support.planning import schema_objects
 
 HEAD = """
 state_dir = "state"

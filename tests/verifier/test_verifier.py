@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cdc.config import VerifySettings, load_config
 from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, write_config
-from tests.pipeline import Pipeline
+from tests.support.pipeline import Pipeline
 from verifier import compare_plan, select_tables, verify_tables
 
 SCHEMA = """

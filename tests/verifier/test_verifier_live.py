@@ -13,79 +13,10 @@ from pathlib import Path
 
 from cdc.config import load_config
 from cdc.planning.resolve import resolve_plan
-from tests import workload
 from tests.conftest import SOAK_SCALE, cdc_cmd, wait_until
+from tests.support import workload
 from verifier import compare_plan
 from verifier.continuous import ContinuousVerifier, read_verifier_status
-
-CONFIG = """
-state_dir = "state"
-[targets]
-core = "out/core.db"
-analytics = "out/analytics.db"
-[daemon]
-harvest_batch = 500
-snapshot_chunk = 100
-[verify]
-chunk_rows = 100
-rows_per_second = 0
-cycle_pause = 0.2
-settle_timeout = 5.0
-[[sources]]
-name = "alpha"
-path = "legacy/alpha.db"
-[[sources]]
-name = "beta"
-path = "legacy/beta.db"
-[[sources]]
-name = "gamma"
-path = "legacy/gamma.db"
-[[rules]]
-table = "positions"
-target = "core"
-merge = true
-tag_column = "bot"
-[[rules]]
-table = "positions"
-source = "alpha"
-target = "core"
-as = "alpha_positions"
-[[rules]]
-table = "kv"
-target = "core"
-as = "{source}_kv"
-[[rules]]
-table = "accounts"
-target = "core"
-as = "{source}_accounts"
-[[rules]]
-table = "ticks"
-target = "analytics"
-merge = true
-[[rules]]
-table = "log_lines"
-target = "analytics"
-as = "{source}_log"
-"""
-
-# alpha's positions is copied, not merged: a bot's INSERT OR REPLACE through its UNIQUE
-# symbol then relies on the probe triggers like a merged table's (this test found the
-# delete a copied table lost without them), and on the verifier's suspects rule.
-
-# Rows the bots never touch, so damage done to their copies stays until repaired.
-QUIET = """
-CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT, balance REAL, flags);
-"""
-
-
-def _setup(root: Path) -> Path:
-    seed = QUIET + "".join(
-        f"INSERT INTO positions(symbol, qty, px) VALUES ('P{i}', {i}, {i * 0.5});"
-        f"INSERT INTO accounts VALUES ({i}, 'acct {i}', {i * 1.25}, {i % 3});"
-        f"INSERT INTO ticks VALUES ('Z{i % 4}', {i}, {i / 7});"
-        for i in range(400)
-    )
-    return workload.setup(root, CONFIG, seed)
 
 
 class Watcher:
@@ -141,8 +72,10 @@ EXPECTED = {
 }
 
 
-def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(tmp_path, daemons):
-    cfg = _setup(tmp_path)
+def test_continuous_verifier_under_load_finds_damage_and_repair_fixes_it(
+    tmp_path, daemons, live_cfg
+):
+    cfg = live_cfg
     state = str(tmp_path / "state")
     d = daemons(cfg)
     bots = workload.start(tmp_path, ["alpha", "alpha", "beta", "gamma"], seconds=600)

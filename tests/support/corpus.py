@@ -313,8 +313,8 @@ def config_to_toml(cfg: dict) -> str:
 
 # -- shared by the corpus tests (tests/test_corpus*.py) ---------------------------------------
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "jarvis"
-REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "jarvis"
+REPO = Path(__file__).resolve().parents[2]
 DAEMON = {"poll_interval": 0.05, "trim_interval": 0.2}
 WAIT = 30.0  # seconds; each wait polls, this is only the give-up bound
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cdc.planning.inventory_format import DatabaseReport, Inventory
 from cdc.planning.mapping import MappingRow, read_mapping
-from tests.conftest import cdc_cmd, make_db
+from tests.conftest import cdc_cmd
 
 
 def inventory_rows(root: Path, out: Path) -> list[MappingRow]:
@@ -65,17 +65,3 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
                 hashlib.sha256(p.read_bytes()).hexdigest(),
             )
     return out
-
-
-def write_fk_dbs(root: Path) -> None:
-    make_db(
-        root / "shop.db",
-        """
-        CREATE TABLE customers(id INTEGER PRIMARY KEY);
-        CREATE TABLE regions(id INTEGER PRIMARY KEY);
-        CREATE TABLE orders(id INTEGER PRIMARY KEY,
-            customer_id INTEGER REFERENCES customers(id), region_id INTEGER REFERENCES regions);
-        CREATE TABLE lines(order_id INTEGER REFERENCES orders(id), n INTEGER);
-        CREATE TABLE notes(order_id INTEGER REFERENCES ghosts(id));
-    """,
-    )

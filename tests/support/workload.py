@@ -1,6 +1,6 @@
 """A bot process for crash tests: writes like the legacy bots, counts its own failures.
 
-Run as `python -m tests.workload DB SECONDS SEED [--alter]`. Each operation opens a new
+Run as `python -m tests.support.workload DB SECONDS SEED [--alter]`. Each operation opens a new
 connection (timeout 5 s, the driver default the real bots rely on) and commits; the mix
 covers inserts, REPLACE upserts, updates (REAL, TEXT, BLOB), key changes, deletes and
 whole-table rewrites. With `--alter` a bot also changes the schema now and then: it adds a
@@ -142,7 +142,7 @@ def setup(root: Path, config: str, seed_sql: str) -> Path:
         [sys.executable, "-m", "cdc", "install", "-c", str(cfg)],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert r.returncode == 0, r.stderr
     return cfg
@@ -153,13 +153,13 @@ def start(
 ) -> list[subprocess.Popen]:
     """One bot process per entry of `dbs` (`root/legacy/<name>.db`; a name may repeat, so
     that two processes write one file), seeded by position; `alter`: see the module doc."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     return [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "tests.workload",
+                "tests.support.workload",
                 str(root / "legacy" / f"{db}.db"),
                 str(seconds),
                 str(i),

@@ -1,7 +1,7 @@
 """Bot processes for the lock tests (tests/capture/test_locks.py), using Python's stdlib `sqlite3`
 the way the legacy bots do, each in its own process.
 
-    python -m tests.lock_bot hold DB MODE SECONDS RELEASE_FILE
+    python -m tests.support.lock_bot hold DB MODE SECONDS RELEASE_FILE
         MODE: immediate (BEGIN IMMEDIATE: RESERVED), exclusive (BEGIN EXCLUSIVE), or spill
         (BEGIN IMMEDIATE, then more writes than its page cache holds, so SQLite spills
         pages to the file and escalates to EXCLUSIVE before the COMMIT). Writes rows,
@@ -9,7 +9,7 @@ the way the legacy bots do, each in its own process.
         SECONDS and until RELEASE_FILE exists, then times its COMMIT and prints
         `{"event": "committed", "commit_ms": ...}` (or `{"event": "error", ...}`, exit 1).
 
-    python -m tests.lock_bot write DB SECONDS TIMEOUT SEED [MIX]
+    python -m tests.support.lock_bot write DB SECONDS TIMEOUT SEED [MIX]
         Writes continuously with busy timeout TIMEOUT (seconds; 0: none): autocommit
         inserts, INSERT OR REPLACE upserts, updates, deletes, multi-row transactions
         (starting with a write; MIX "deferred": BEGIN, SELECT, then UPDATE) and whole-table

@@ -5,7 +5,7 @@ Every committed row is logged (where, id, marker), so a test can check that each
 exactly once. A write accepted on a side the record said was fenced both before and after
 it is counted (`accepted_while_fenced`): that would be a write silently accepted.
 
-Run as `python -m tests.cutover_bot LEGACY TABLE TARGET_DB TARGET_TABLE RECORD OUT SEED`.
+Run as `python -m tests.support.cutover_bot LEGACY TABLE TARGET_DB TARGET_TABLE RECORD OUT SEED`.
 Like the real bots: stdlib sqlite3, a connection per write, timeout 5 s.
 """
 
