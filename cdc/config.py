@@ -144,7 +144,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: config file not found", hint="create one (see docs/config.md)"
+            f"{path}: config file not found", hint="create one (see `cdc docs config`)"
         ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e

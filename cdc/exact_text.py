@@ -170,7 +170,7 @@ def _need_utf8(conn: apsw.Connection) -> None:
         raise TextEncodingError(
             f"{conn.filename}: holds TEXT that is not valid Unicode, and its encoding is "
             f"{enc}: such values are carried exactly only in UTF-8 databases",
-            hint="fix or remove the value, or convert the file to UTF-8 (docs/architecture.md, Limits)",
+            hint="fix or remove the value, or convert the file to UTF-8 (`cdc docs architecture`, Limits)",
         )
 
 

@@ -97,7 +97,7 @@ def guard(path: str, messages: dict[str, str], wait: float = 5.0) -> str:
     if pids:
         raise GuardError(
             f"{path} is still open by process(es) {', '.join(map(str, pids))}: stale bots?",
-            hint="switch or stop them, then run `cdc finalize` again (nothing was moved)",
+            hint=f"switch or stop them, then run `cdc finalize` again; {path} was not moved",
         )
     conn = apsw.Connection(path)
     try:  # one self-contained file: fold the WAL in and leave WAL mode

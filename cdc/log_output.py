@@ -13,7 +13,9 @@ import os
 
 CONTEXT = ("source", "table", "target", "offset")
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LIFECYCLE = "cdc.lifecycle"
 ENV = "CDC_LOG_FORMAT"  # passed on to the apply worker process
+LEVEL_ENV = "CDC_LOG_LEVEL"  # likewise: the worker logs at the level the daemon was given
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,8 +44,19 @@ def configure(level: int, fmt: str | None = None) -> None:
     processes (the apply worker) through the environment."""
     fmt = fmt or os.environ.get(ENV, "text")
     os.environ[ENV] = fmt
+    os.environ[LEVEL_ENV] = str(level)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # `cdc run`'s up and stopped lines (cdc.daemon.lifecycle) show at the default level.
+    logging.getLogger(LIFECYCLE).setLevel(min(level, logging.INFO))
+
+
+def inherited_level() -> int:
+    """The level a parent `cdc` process was configured with (INFO when run on its own)."""
+    try:
+        return int(os.environ.get(LEVEL_ENV, logging.INFO))
+    except ValueError:
+        return logging.INFO

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 REFUSED_HINT = (
     "the change log was written before renamed and dropped columns were copied again: "
-    "start over for this target (docs/runbook.md, Starting over)"
+    "start over for this target (`cdc docs runbook`, Starting over)"
 )
 
 

@@ -189,7 +189,7 @@ def _archive_dir(cfg: Config) -> str | None:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     faults.kill_parent = os.getppid()  # a crash point here is a crash of the whole daemon
-    logfmt.configure(logging.INFO)  # text or JSON, as the daemon was told (CDC_LOG_FORMAT)
+    logfmt.configure(logfmt.inherited_level())  # level and text or JSON, as the daemon's
     stdin = sys.stdin.buffer
     start = _read_start(stdin)
     if start is None:

@@ -33,10 +33,12 @@ from cdc.planning.plan import Plan, TableMapping
 from cdc.status_file import read_json, write_json_atomic
 from verifier.model import KeyDiff, TableResult
 from verifier.run import select_tables, verify_tables
+from verifier.table import COPY_PENDING
 
 log = logging.getLogger(__name__)
 
 VERIFY_STATUS_FILE = "verify-status.json"
+COPY_RECHECK = 2.0  # seconds between looks at a table whose initial copy is pending
 REPAIR_PROOFS_DIR = "repair-proofs"  # one file per table, written by `cdc repair`
 
 
@@ -181,29 +183,56 @@ class ContinuousVerifier:
     def run(self) -> None:
         while not self.stop.is_set():
             for m, st in zip(self.tables, self.status.tables, strict=True):
-                if self.stop.is_set():
+                if self.stop.is_set() or not self._verify(m, st):
                     break
-                if m.source in read_controls(self.cfg.state_dir).paused_harvest:
-                    # `cdc pause --harvest`: hands off that legacy file, the verifier too
-                    st.state, st.reason = "paused", "harvest of its source is paused"
-                    continue
-                self.status.current = f"{m.source}.{m.table}"
-                self._write()
-                try:
-                    r = verify_tables(self.cfg, self.plan, [m], stop=self.stop).report.tables[0]
-                except Exception as e:  # noqa: BLE001 - replication must go on; shown in status
-                    log.exception("verifier: %s.%s failed", m.source, m.table)
-                    st.state, st.reason = "error", f"{type(e).__name__}: {e}"
-                    st.last_pass_at = time.time()
-                    continue
-                if r.reason == "stopped":
-                    break
-                self._record(st, r)
             self.status.current = None
             if not self.stop.is_set():  # a pass cut short by a stop is not a pass
                 self.status.cycle += 1
             self._write()
-            self.stop.wait(self.cfg.verify.cycle_pause)
+            self._pause()
+
+    def _verify(self, m: TableMapping, st: TableVerifyState) -> bool:
+        """One table; False when the verifier is stopping."""
+        if m.source in read_controls(self.cfg.state_dir).paused_harvest:
+            # `cdc pause --harvest`: hands off that legacy file, the verifier too
+            st.state, st.reason = "paused", "harvest of its source is paused"
+            return True
+        self.status.current = f"{m.source}.{m.table}"
+        self._write()
+        try:
+            r = verify_tables(self.cfg, self.plan, [m], stop=self.stop).report.tables[0]
+        except Exception as e:  # noqa: BLE001 - replication must go on; shown in status
+            log.exception("verifier: %s.%s failed", m.source, m.table)
+            st.state, st.reason = "error", f"{type(e).__name__}: {e}"
+            st.last_pass_at = time.time()
+            return True
+        if r.reason == "stopped":
+            return False
+        self._record(st, r)
+        return True
+
+    def _pause(self) -> None:
+        """The pause between passes, during which a table skipped only because its initial
+        copy was not applied yet is looked at again every few seconds: right after start
+        the first pass finds most copies unfinished, and `cdc status` must not show them
+        as skipped for a whole `cycle_pause` after the copy is done."""
+        deadline = time.monotonic() + self.cfg.verify.cycle_pause
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            copying = [
+                (m, st)
+                for m, st in zip(self.tables, self.status.tables, strict=True)
+                if st.state == "skipped" and st.reason in COPY_PENDING
+            ]
+            if left <= 0 or not copying:
+                self.stop.wait(max(left, 0.0))
+                return
+            self.stop.wait(min(COPY_RECHECK, left))
+            for m, st in copying:
+                if self.stop.is_set() or not self._verify(m, st):
+                    return
+            self.status.current = None
+            self._write()
 
     def _record(self, st: TableVerifyState, r: TableResult) -> None:
         st.state, st.reason = r.state, r.reason

@@ -41,6 +41,11 @@ from verifier.values import chunk_digest, digest, encode, render_row
 
 TARGET_CAP_FACTOR = 4  # a chunk holds at most this many times chunk_rows target rows
 POLL = 0.005
+# Skipped only until the daemon has applied the table's initial copy: the continuous
+# verifier looks at these again within seconds (`ContinuousVerifier._pause`).
+NOT_REPLICATED = "not replicated yet (no rows applied to the target)"
+COPYING = "initial copy still in progress"
+COPY_PENDING = (NOT_REPLICATED, COPYING)
 
 
 class _Pending:
@@ -81,9 +86,9 @@ class TableVerifier:
         """Build the SQL for the current shapes; returns why the table cannot be verified."""
         m = self.m
         if tp.shape is None:
-            return "not replicated yet (no rows applied to the target)"
+            return NOT_REPLICATED
         if not tp.snapshot_done:
-            return "initial copy still in progress"
+            return COPYING
         with read_transaction(self.src):
             tid = capture.installed_tables(self.src).get(m.table)
             iid = capture.install_id(self.src)

@@ -54,7 +54,7 @@ _DIRECT = (
     *("BEGIN", "ROLLBACK", "SAVEPOINT", "PRAGMA", "VACUUM", "SELECT", "VALUES", "EXPLAIN"),
     *("ATTACH", "DETACH"),  # refused inside a transaction (the savepoint)
 )
-FENCED_HINT = "the table moved at a cutover: switch this bot to its new home (docs/pool.md)"
+FENCED_HINT = "the table moved at a cutover: switch this bot to its new home (`cdc docs pool`)"
 _DDL = ("CREATE", "ALTER", "DROP")
 
 

@@ -488,4 +488,4 @@ def uninstall(conn: apsw.Connection, keep_fences: bool = False) -> int:
             f"{conn.filename}: database stayed locked during uninstall: {e}",
             hint="a bot held the write lock for longer than the busy timeout; retry",
         ) from e
-    return len(tids) * 4
+    return len(tids)

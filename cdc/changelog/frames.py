@@ -112,7 +112,7 @@ def damage_error(path: str, base: int, bad: int, resume: int) -> LogCorruptError
         f"change log {path}: corrupt frame at offset {base + bad}, valid frames follow at "
         f"offset {base + resume}: damage, not a torn tail; nothing was cut",
         hint="stop here and keep the segment as it is (do not truncate it): restore the "
-        "state dir from a backup, or start over (docs/log-format.md, Recovery on open)",
+        "state dir from a backup, or start over (`cdc docs log-format`, Recovery on open)",
     )
 
 

@@ -1,7 +1,7 @@
 """What every `cdc` command shares: the command group, the `-c` option, loading the
 config, and the one place an engine error (`CdcError`) becomes one line on stderr, an
 optional hint and the error class's exit code (`_run`). The command modules (`cdc.cli`,
-`cdc.cli_controls`, `cdc.cli_history`, `cdc.cli_planning`) import this and nothing of
+`cdc.cli.controls`, `cdc.cli.history`, `cdc.cli.planning`, `cdc.cli.manual`) import this and nothing of
 each other.
 """
 

@@ -40,8 +40,11 @@ def uninstall(config_path: str) -> None:
     from cdc.capture import install as ops
 
     cfg = _load(config_path)
-    for r in _run(lambda: ops.uninstall(cfg)):
+    removed = [r for r in _run(lambda: ops.uninstall(cfg)) if r.tables_released]
+    for r in removed:
         click.echo(f"{r.source}: capture removed from {r.tables_released} tables ({r.path})")
+    if not removed:  # finalized, never installed, or already removed
+        click.echo("nothing to remove: no capture of ours in the legacy files or the targets")
 
 
 @cli.command()
@@ -83,9 +86,12 @@ def run(config_path: str, metrics_addr: str | None) -> None:
             from cdc.daemon import metrics
 
             try:  # the plan is resolved at each scrape: a new table must show there
-                serving.append(metrics.serve(cfg, metrics_addr))
+                server = metrics.serve(cfg, metrics_addr)
+                host, port = server[0].server_address[:2]  # port 0: the one it was given
+                serving.extend([server, f"http://{host}:{port}/metrics"])
             except (OSError, ValueError) as e:
                 _fail(ConfigError(f"--metrics-addr {metrics_addr}: {e}"))
+        daemon.metrics_url = serving[-1] if serving else None
 
     daemon, code = _run(lambda: run_daemon(cfg, stop, started))
     if daemon.fatal is not None:
@@ -228,18 +234,38 @@ def wait(config_path: str, targets: tuple[str, ...], zero_lag: bool, timeout: fl
     from cdc.cutover.lag import wait_zero_lag
     from cdc.errors import ConfigError
     from cdc.planning.resolve import resolve_plan
+    from cdc.status_file import daemon_state, read_status
 
     cfg = _load(config_path)
     plan = _run(lambda: resolve_plan(cfg))
     unknown = [t for t in targets if t not in plan.targets]
     if unknown:
         _fail(ConfigError(f"no such target: {', '.join(unknown)}"))
+    daemon = daemon_state(read_status(cfg.state_dir), time.time())
+    if daemon.state != "running":  # nothing catches up without one: say so before waiting
+        click.echo(f"warning: {_no_daemon(cfg, daemon)}", err=True)
     ok, state = _run(lambda: wait_zero_lag(cfg, plan, list(targets or plan.targets), timeout))
     for s in state:
         copying = f", initial copy pending: {', '.join(s.copying)}" if s.copying else ""
         click.echo(f"{s.source}: captured {s.captured}, behind {s.behind}{copying}")
     click.echo("zero lag" if ok else f"still behind after {timeout:g}s")
+    if not ok:
+        daemon = daemon_state(read_status(cfg.state_dir), time.time())
+        hint = (
+            _no_daemon(cfg, daemon)
+            if daemon.state != "running"
+            else ("the daemon runs but has not caught up: see `cdc status` for lag and errors")
+        )
+        click.echo(f"hint: {hint}", err=True)
     sys.exit(0 if ok else EXIT_TIMEOUT)
+
+
+def _no_daemon(cfg, daemon) -> str:  # noqa: ANN001 - Config, DaemonState
+    pid = f", pid {daemon.pid}" if daemon.pid else ""
+    return (
+        f"no cdc daemon is running on {cfg.state_dir} ({daemon.state}{pid}); "
+        f"start one with `cdc run -c {cfg.config_path or 'cdc.toml'}`"
+    )
 
 
 @cli.command()
@@ -370,7 +396,7 @@ def demo(root: str, seconds: float) -> None:
 
 
 # Command groups kept in their own modules; importing them registers them on `cli`.
-from cdc.cli import controls, history, planning  # noqa: E402, F401
+from cdc.cli import controls, history, manual, planning  # noqa: E402, F401
 
 
 def main() -> None:

@@ -33,15 +33,38 @@ from cdc.cli.base import _load, _run, cli, config_option
     default=None,
     help="Progress bar on stderr (default: on a terminal, from 20 databases).",
 )
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="A target database name, recorded for `cdc plan` (repeatable, or a,b,c).",
+)
+@click.option(
+    "--default-target",
+    "defaults",
+    multiple=True,
+    metavar="GLOB=TARGET",
+    help="Prefill empty target cells of tables whose database (or DBGLOB:TABLEGLOB) "
+    "matches; first match wins; TARGET may be `exclude` (repeatable).",
+)
 def inventory(
-    dirs: tuple[str, ...], out_dir: str, mapping: str | None, progress: bool | None
+    dirs: tuple[str, ...],
+    out_dir: str,
+    mapping: str | None,
+    progress: bool | None,
+    targets: tuple[str, ...],
+    defaults: tuple[str, ...],
 ) -> None:
     """Find every SQLite database under DIRS (read-only) and write the inventory files."""
     from cdc.planning.inventory_report import run_inventory, summary_lines
 
     bar = _ProgressBar(progress)
     try:
-        result = _run(lambda: run_inventory(dirs, out_dir, mapping, progress=bar))
+        result = _run(
+            lambda: run_inventory(
+                dirs, out_dir, mapping, progress=bar, targets=targets, defaults=defaults
+            )
+        )
     finally:
         bar.close()
     for note in result.notes:
@@ -86,19 +109,43 @@ class _ProgressBar:
     default="migration_mapping.csv",
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="The filled-in mapping (CSV), or a cdc.toml whose [targets] and [[rules]] to use.",
+    help="The filled-in mapping (CSV), a plan file (.json/.yaml/.yml), or a cdc.toml "
+    "whose [targets] and [[rules]] to use.",
 )
 @click.option("--out", "out_path", default="cdc.toml", show_default=True, help="Config to write.")
-@click.option("--target", "targets", multiple=True, help="Allowed target name (repeatable).")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Allowed target name (repeatable, or a,b,c); default: the plan file's, else "
+    "the inventory's.",
+)
+@click.option(
+    "--default-target",
+    "defaults",
+    multiple=True,
+    metavar="GLOB=TARGET",
+    help="Target for rows still empty whose database (or DBGLOB:TABLEGLOB) matches; "
+    "first match wins; TARGET may be `exclude` (repeatable).",
+)
 @click.option("--targets-dir", default="consolidated", show_default=True)
 @click.option("--state-dir", default="cdc-state", show_default=True)
-def plan_cmd(inventory_path, mapping_path, out_path, targets, targets_dir, state_dir) -> None:  # noqa: ANN001
+def plan_cmd(
+    inventory_path, mapping_path, out_path, targets, defaults, targets_dir, state_dir
+) -> None:  # noqa: ANN001
     """Turn an inventory and a mapping into a checked cdc.toml (written only if it passes)."""
     from cdc.planning.planner import make_plan
 
     res = _run(
         lambda: make_plan(
-            inventory_path, mapping_path, out_path, list(targets) or None, targets_dir, state_dir
+            inventory_path,
+            mapping_path,
+            out_path,
+            list(targets) or None,
+            targets_dir,
+            state_dir,
+            defaults=list(defaults),
+            on_note=lambda note: click.echo(f"note: {note}", err=True),
         )
     )
     for t, n in sorted(res.targets.items()):

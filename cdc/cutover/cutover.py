@@ -285,8 +285,12 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns: Connections) -> N
     # one after the other would add their commit times up.
     with ThreadPoolExecutor(max_workers=min(32, len(by_source))) as pool:
         marks = list(pool.map(one, sorted(by_source.items())))
-    for m in marks:
-        echo(f"{rec.target}: fenced {len(m.tables)} tables of {m.source}")
+    for m in marks:  # a file's mark also lists what earlier stages fenced in it
+        mine = len(by_source[m.source])
+        also = f" ({len(m.tables)} of its tables fenced, with earlier stages')"
+        echo(
+            f"{rec.target}: fenced {mine} tables of {m.source}{also if len(m.tables) > mine else ''}"
+        )
     rec.steps_ms = {"fence": round((time.monotonic() - t0) * 1000.0, 2)}
     rec.fences = marks
     rec.fenced_at = min(m.fenced_at for m in marks)

@@ -100,6 +100,10 @@ def finalize(
     cfg: Config, plan: Plan, target: str, archive_dir: str | None = None, echo=lambda _s: None
 ) -> ArchiveManifest:  # noqa: ANN001
     rec = _finalizable_record(cfg, target)
+    if rec.state == "done" and rec.finalizing_at is None:  # the way back closes first
+        rec.finalizing_at = time.time()
+        save_record(cfg.state_dir, rec)
+    step_done("finalizing")
     ended = _ended_tables(cfg, target)
     root = archive_dir or os.path.join(cfg.state_dir, "archive")
     path = os.path.join(root, f"manifest-{target}.json")
@@ -110,8 +114,14 @@ def finalize(
     rec.state, rec.finalized_at, rec.archive = "finalized", time.time(), path
     save_record(cfg.state_dir, rec)
     step_done("finalized")
+    done: list[str] = []
     for sp in guards:  # after the record: a refusal here is resumed by a rerun
-        _guard(cfg, plan, sp, echo)
+        try:
+            _guard(cfg, plan, sp, echo)
+        except guard.GuardError as e:  # say what this run did move: the rerun does the rest
+            also = f" (guarded in this run: {', '.join(done)})" if done else ""
+            raise guard.GuardError(e.message, hint=f"{e.hint}{also}") from e
+        done.append(sp.path)
     _end_rollback_window(cfg, rec, echo)
     return manifest
 

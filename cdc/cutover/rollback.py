@@ -59,6 +59,12 @@ def rollback(
             f"{target}: nothing to roll back (cutover state: {rec.state if rec else 'none'})",
             hint="a rollback follows a finished cutover and must come before `cdc finalize`",
         )
+    if rec.finalizing_at is not None:
+        raise CutoverError(
+            f"{target}: `cdc finalize` began at {time.ctime(rec.finalizing_at)}: "
+            "the way back is closed",
+            hint=f"run `cdc finalize {target}` again to finish it",
+        )
     if not daemon_running(cfg):
         raise DaemonError(
             f"the daemon is not running on {cfg.state_dir}: nothing would write the "

@@ -18,7 +18,7 @@ from cdc.cutover import backflow
 from cdc.errors import CdcError
 from cdc.planning.plan import Plan
 from cdc.stages import backflow_kept
-from cdc.stages.record import CutoverRecord, read_records
+from cdc.stages.record import CutoverRecord, read_record, read_records
 from cdc.status_file import BackflowRuntime
 
 log = logging.getLogger("cdc.daemon.daemon")  # its lines, named as before
@@ -47,7 +47,7 @@ class BackflowThread:
                 active = {
                     r.target: r
                     for r in read_records(self.cfg.state_dir)
-                    if r.state in backflow.ACTIVE
+                    if r.state in backflow.ACTIVE and r.finalizing_at is None
                 }
                 for t in [t for t in self.flows if t not in active]:
                     self.flows.pop(t).close()  # finalized or rolled back: let go of the files
@@ -82,6 +82,12 @@ class BackflowThread:
         except apsw.BusyError:
             return None  # a bot held a file past our busy timeout: retry
         except (CdcError, apsw.Error, OSError) as e:
+            now = read_record(self.cfg.state_dir, t)
+            if now is not None and (now.finalizing_at is not None or now.state == "finalized"):
+                log.info("backflow %s: stopped: `cdc finalize` closed the way back", t)
+                if t in self.flows:
+                    self.flows.pop(t).close()
+                return None  # a step that met a file finalize had already released
             rt.last_error = f"{type(e).__name__}: {e}"
             log.error("backflow %s: %s", t, e)
             if t in self.flows:  # reopen: checkpoints are read again from the files

@@ -35,6 +35,7 @@ from cdc.control.controls import ControlWatcher, describe, panic_error
 from cdc.control.pacing import Pacer, TimedWriter
 from cdc.daemon.backflow_thread import BackflowThread
 from cdc.daemon.file_wakes import watch_files
+from cdc.daemon.lifecycle import announce_stop, announce_up
 from cdc.daemon.new_tables import NewTables
 from cdc.errors import CdcError, DaemonError, LogCorruptError, PanicStop, SourceError, TargetError
 from cdc.fsutil import makedirs_private
@@ -42,7 +43,7 @@ from cdc.planning.plan import Plan
 from cdc.planning.resolve import LOCKED_START_WAIT, daemon_plan, excluded_by_rule
 from cdc.stages import kept_out as moved
 from cdc.stages import kept_out_apply as moved_apply
-from cdc.stages.record import finalized_sources
+from cdc.stages.record import capture_removed_by_finalize, finalized_sources
 from cdc.status_file import (
     BackflowRuntime,
     DaemonStatus,
@@ -65,10 +66,13 @@ def lock_state_dir(state_dir: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
         raise DaemonError(
-            f"{state_dir}: another cdc daemon is running on this state dir",
-            hint="stop it first (or use `cdc status` to watch it)",
+            f"{state_dir}: another cdc daemon{pid} is running on this state dir",
+            hint=f"stop it first{f' (kill -TERM {holder})' if pid else ''}, "
+            "or watch it with `cdc status`",
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
@@ -126,6 +130,7 @@ class Daemon:
                 controls=lambda: self.controls,
             )
         self.started_at = time.time()
+        self.metrics_url: str | None = None  # where `cdc run --metrics-addr` serves, if it does
         self._observer = None
         self._released: set[str] = set()  # harvest threads done for good (finalized source)
         self.backflow: dict[str, BackflowRuntime] = {}
@@ -214,7 +219,11 @@ class Daemon:
                     h.close()  # let go of the file: it is the archive's original now
                     return
                 msg = f"{type(e).__name__}: {e}"
-                if msg != rt.last_error:  # once per failure, not at every retry
+                if capture_removed_by_finalize(self.cfg.state_dir, h.plan, e):
+                    msg = "capture removed by `cdc finalize`: waiting for it to finish"
+                    if msg != rt.last_error:
+                        log.info("source %s: %s", name, msg)
+                elif msg != rt.last_error:  # once per failure, not at every retry
                     log.error("source %s: %s", name, e)
                 rt.last_error, failing = msg, True
                 rt.errors += 1
@@ -417,12 +426,7 @@ class Daemon:
         )
         for t in threads:
             t.start()
-        log.info(
-            "daemon running: %d sources, %d targets, apply %s",
-            len(self.harvesters),
-            len(self.plan.targets),
-            "in a worker process" if self.worker else "in a thread",
-        )
+        announce_up(len(self.harvesters), self.plan.targets, self.cfg.state_dir, self.metrics_url)
         while not self.stop_event.wait(0.2):
             if self.requested_stop.is_set():
                 self.stop_event.set()
@@ -439,7 +443,11 @@ class Daemon:
         for t in threads:
             t.join(timeout=30)
         self.close()
-        return self.fatal.exit_code if self.fatal else 0
+        code = self.fatal.exit_code if self.fatal else 0
+        announce_stop(
+            code, self.started_at, self.fatal, self.replan and not self.requested_stop.is_set()
+        )
+        return code
 
     def close(self) -> None:
         if self._observer is not None:
@@ -454,7 +462,9 @@ class Daemon:
         if self.applier is not None:
             self.applier.close()
         failed = self.fatal is not None and not isinstance(self.fatal, PanicStop)
-        self.write_status("failed" if failed else "stopped")
+        again = self.replan and not failed and not self.requested_stop.is_set()
+        # Starting over to capture a new table: the process goes on, so does "running".
+        self.write_status("running" if again else "failed" if failed else "stopped")
         self.writer.close()
         os.close(self._lock_fd)
 

@@ -8,12 +8,11 @@ equal, cuts the cache stage over, writes to it as a switched bot would and rolls
 verifier (`cdc verify --report`) on every consolidated table against its legacy table, writing
 the validation reports into `validation/` of the demo folder.
 
-A table a bot creates while the daemon runs (the LLM cost bot's `budget_alerts`) is not
-captured by that daemon: triggers are installed only by `cdc install`, and the daemon resolves
-its plan only at start. The demo shows the table as NOT captured, then does what an operator
-must: `cdc install` again (retried while a bot holds the file locked, as its hint says; if the
-bots keep it out for a few seconds, once they have stopped), then restart the daemon, which
-snapshots the new table and resumes the others from the change log.
+A table a bot creates while the daemon runs (the LLM cost bot's `budget_alerts`) is
+mapped by a rule: the running daemon adopts it by itself (plan resolved again, capture
+installed on the new table, snapshot, the other tables resumed from the change log), and
+the demo shows the moment it is captured, by the same daemon process, with no operator
+action (`cdc.demo.adoption`).
 
 The folder is wiped only if it is empty or carries the MARKER file a previous demo left.
 """
@@ -21,16 +20,20 @@ The folder is wiped only if it is empty or carries the MARKER file a previous de
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from cdc.config import load_config
-from cdc.daemon.status import collect_status
+from cdc.config import Config, load_config
+from cdc.daemon.status import Status, collect_status
 from cdc.daemon.status_view import render_status
+from cdc.demo import adoption
 from cdc.demo.bots import KINDS, BotProcess, start_bots, stop_bots
 from cdc.demo.cutover_phase import run_cutover_round
 from cdc.demo.daemon import DaemonProcess, _wait
 from cdc.demo.folder import MARKER, DemoError, prepare_root
 from cdc.demo.generator import generate_legacy, write_demo_config
-from cdc.demo.install import _adopt, _install
+from cdc.demo.install import _install
+from cdc.demo.legacy_file import LegacyFile
 from cdc.demo.live import (
     _all_equal,
     _line,
@@ -52,7 +55,9 @@ from cdc.demo.show import (
     _show_next,
     _show_schema,
 )
+from cdc.planning.plan import Plan
 from cdc.planning.resolve import resolve_plan
+from verifier import VerifyReport
 
 # what cdc/cli/main.py and tests/cli/test_demo.py import from here; MARKER and DemoError live in folder.py
 __all__ = ["MARKER", "DemoError", "prepare_root", "run_demo"]
@@ -64,173 +69,260 @@ BOT_GRACE = 60.0  # seconds a bot may outlive the demo if the demo itself is kil
 
 def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
     """Build, replicate under live writes, verify; 0 only if every table ends up equal."""
-    path = prepare_root(root)
-    cfg_path = path / "cdc.toml"
-    daemon_log = path / "daemon.log"
-    validation = path / "validation"
-    verified = False  # the daemon's continuous verifier found every table equal before it stopped
-    daemon: DaemonProcess | None = None
-    bots: list[BotProcess] = []
+    demo = _Demo(prepare_root(root), seconds, echo)
     t_start = time.monotonic()
     try:
-        echo(f"== sqlite-cdc demo in {path} ==")
+        echo(f"== sqlite-cdc demo in {demo.path} ==")
         echo("")
-        echo(f"[1/7] legacy databases (written by the demo's own generator, seed {SEED})")
-        files = generate_legacy(path, seed=SEED)
-        write_demo_config(path, files)
-        _show_files(files, echo)
-        echo(f"  $ cdc inventory {path / 'legacy'} --out {path / 'plan'}")
-        _show_inventory(path / "legacy", path / "plan", echo)
-        echo(f"  config: {cfg_path}")
-        echo("")
-
-        echo(f"[2/7] $ cdc check, cdc schema --out {path / 'plan'}, cdc install  (-c {cfg_path})")
-        cfg = load_config(cfg_path)
-        plan = resolve_plan(cfg)
-        _show_check(plan, echo)
-        _show_schema(plan, path / "plan", echo)
-        _install(cfg, plan, echo)
-        echo("")
-
-        echo(f"[3/7] $ cdc run -c {cfg_path}   (log: {daemon_log})")
-        daemon = DaemonProcess(cfg_path, daemon_log)
-        daemon.wait_running(cfg.state_dir)
-        running_plan = plan  # what that daemon captures: the files had not changed since install
-        echo(f"  daemon running, pid {daemon.pid}")
-        st, waited = _wait(cfg, daemon, _snapshots_done, timeout=60.0)
-        if st is None:
-            raise DemoError(f"the initial snapshot did not finish within {waited:.0f}s")
-        rows = sum(t.applied_events for t in st.targets)
-        echo(f"  initial snapshot copied and applied: {rows} rows in {waited:.1f}s")
-        # The bots' own deadline is only a safety net: the demo stops them with SIGTERM at
-        # `seconds`, so a bot never races its own exit against the signal.
-        bots = start_bots(path, files, seconds + BOT_GRACE, seed=SEED, rate=BOT_RATE, alter=True)
-        written = {KINDS[b.kind].spec.source for b in bots}
-        echo(
-            f"  started {len(bots)} bot processes for {seconds:g}s, at most {BOT_RATE:g} "
-            f"writes/s each: {', '.join(b.kind for b in bots)}"
-        )
-        quiet = [f.source for f in files if f.source not in written]
-        if quiet:
-            echo(f"  no bot writes {', '.join(quiet)} (copied by the initial snapshot only)")
-        echo("  --alter: at start-up every bot adds a column (ALTER TABLE ... ADD COLUMN), and")
-        echo("  the llm_costs bot creates a table that did not exist at `cdc install` time")
-        echo("")
-
-        echo(f"[4/7] live: bots writing, daemon replicating (`cdc status -c {cfg_path}`)")
-        t0 = time.monotonic()
-        tried = False
-        live_mismatches = 0  # the most rows the continuous verifier found differing at once
-        next_tick = t0 + 1.0
-        while True:
-            now = time.monotonic()
-            if now - t0 >= seconds or all(b.poll() is not None for b in bots):
-                break
-            time.sleep(max(0.0, min(next_tick, t0 + seconds) - now))
-            next_tick = max(next_tick + 1.0, time.monotonic() + 0.5)
-            if not daemon.alive():
-                raise DemoError(
-                    f"the daemon died (exit code {daemon.proc.returncode}):\n" + daemon.tail()
-                )
-            current = resolve_plan(cfg, strict=False)  # a live system may drift: show it
-            missing = _uncaptured(running_plan, current)
-            now_st = collect_status(cfg, current)
-            if now_st.verifier is not None:
-                live_mismatches = max(live_mismatches, now_st.verifier.mismatches)
-            echo(_line(time.monotonic() - t0, now_st, missing))
-            if missing and not tried and time.monotonic() - t0 >= seconds / 2:
-                daemon, running_plan, _ = _adopt(
-                    cfg, cfg_path, daemon, running_plan, missing, echo, live=True
-                )
-                tried = True
-        echo("")
-
-        echo("[5/7] stop the bots (SIGTERM), drain the backlog, stop the daemon (SIGTERM)")
-        codes = stop_bots(bots)
-        echo(f"  bots stopped after {time.monotonic() - t0:.1f}s of writes, exit codes {codes}")
-        missing = _uncaptured(running_plan, resolve_plan(cfg))
-        if missing:
-            daemon, running_plan, adopted = _adopt(
-                cfg, cfg_path, daemon, running_plan, missing, echo, live=False
-            )
-            if not adopted:
-                raise DemoError("`cdc install` still met a locked database with the bots stopped")
-        st, waited = _wait(cfg, daemon, _synced, timeout=max(60.0, 2 * seconds))
-        if st is None:
-            echo(f"  FAILED: backlog still not zero after {waited:.0f}s")
-        else:
-            echo(f"  backlog drained to zero in {waited:.1f}s")
-            # before the daemon stops, its own verifier proves every table equal once quiet
-            vst, _ = _wait(cfg, daemon, _verified_by(daemon.pid), timeout=30.0)
-            st = vst or collect_status(cfg)
-            if st.verifier is not None:
-                live_mismatches = max(live_mismatches, st.verifier.mismatches)
-                rechecked = sum(t.rechecked_total for t in st.verifier.tables)
-                echo(
-                    f"  continuous verifier in the daemon: {_verifier_counts(st.verifier)}; "
-                    f"{rechecked} row{'' if rechecked == 1 else 's'} re-checked after changing "
-                    "under it"
-                )
-            verified = vst is not None and _all_equal(vst.verifier)
-            if vst is None:
-                echo("  FAILED: the continuous verifier did not find every table equal in 30s")
-            echo("  `cdc status` now says:")
-            echo("")
-            echo(_indent(render_status(st)))
-            echo("")
-        round_trip = False
-        if st is not None:
-            echo("[6/7] cut over the cache stage, write as a switched bot, roll it back")
-            round_trip = run_cutover_round(cfg, resolve_plan(cfg), echo)
-            echo("")
-        daemon_code = daemon.stop()
-        echo(f"  $ kill -TERM {daemon.pid}  ->  daemon exited with code {daemon_code}")
-        if daemon_code != 0:
-            echo(daemon.tail())
-        daemon = None
-        _show_daemon_log(daemon_log, echo)
-        echo("")
-
-        echo("[7/7] verify: every mapped table, legacy vs consolidated (keys, values, types)")
-        echo(f"  $ cdc verify -c {cfg_path} --report {validation}")
-        report = _verify(cfg, resolve_plan(cfg), validation, echo)
-        all_equal = report.verdict == "equal" and bool(report.tables)
-        bot_errors = _show_bots(bots, codes, echo)
-        ok = (
-            all_equal
-            and live_mismatches == 0
-            and verified
-            and bot_errors == 0
-            and daemon_code == 0
-            and st is not None
-            and round_trip
-        )
-        echo("")
-        _show_next(cfg_path, path, cfg, echo)
-        echo("")
-        elapsed = time.monotonic() - t_start
-        if ok:
-            echo(f"RESULT: PASS ({elapsed:.1f}s): every consolidated table equals its legacy table")
-        else:
-            why = []
-            if not all_equal:
-                why.append(f"verifier verdict: {report.verdict}")
-            if live_mismatches:
-                why.append(f"the continuous verifier found {live_mismatches} rows differing")
-            if not verified and st is not None:
-                why.append("the continuous verifier did not find every table equal")
-            if bot_errors:
-                why.append(f"bots reported {bot_errors} errors")
-            if st is None:
-                why.append("backlog did not drain")
-            if daemon_code != 0:
-                why.append(f"daemon exited {daemon_code}")
-            if st is not None and not round_trip:
-                why.append("the cutover and rollback round did not bring every write back")
-            echo(f"RESULT: FAIL ({elapsed:.1f}s): {', '.join(why)}")
-        return 0 if ok else 1
+        files = _legacy_phase(demo)
+        plan = _install_phase(demo)
+        _start_phase(demo, plan, files)
+        _live_phase(demo)
+        _drain_phase(demo)
+        if demo.st is not None:
+            _cutover_phase(demo)
+        _stop_daemon(demo)
+        return _verify_phase(demo, t_start)
     finally:
-        if bots:
-            stop_bots(bots)
-        if daemon is not None:
-            daemon.stop()
+        if demo.bots:
+            stop_bots(demo.bots)
+        if demo.daemon is not None:
+            demo.daemon.stop()
+
+
+@dataclass
+class _Demo:
+    """What the phases hand on. The daemon and the bots live here, not in a phase's locals,
+    so that `run_demo` stops them whichever phase fails."""
+
+    path: Path
+    seconds: float
+    echo: Echo
+    cfg: Config | None = None
+    daemon: DaemonProcess | None = None
+    running_plan: Plan | None = None  # what the running daemon captured at start
+    new_tables: list[str] = field(default_factory=list)  # appeared since, to be adopted
+    new_since: float = 0.0  # when they were first seen
+    adopted: bool = False  # the daemon captured them
+    bots: list[BotProcess] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)  # the bots' exit codes
+    t0: float = 0.0  # when the live phase began
+    live_mismatches: int = 0  # the most rows the continuous verifier found differing at once
+    st: Status | None = None  # the status once drained; None if the backlog did not drain
+    verified: bool = (
+        False  # the daemon's continuous verifier found every table equal before it stopped
+    )
+    round_trip: bool = False
+    daemon_code: int = 0
+
+    @property
+    def cfg_path(self) -> Path:
+        return self.path / "cdc.toml"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.path / "daemon.log"
+
+
+def _legacy_phase(demo: _Demo) -> list[LegacyFile]:
+    echo, path = demo.echo, demo.path
+    echo(f"[1/7] legacy databases (written by the demo's own generator, seed {SEED})")
+    files = generate_legacy(path, seed=SEED)
+    write_demo_config(path, files)
+    _show_files(files, echo)
+    echo(f"  $ cdc inventory {path / 'legacy'} --out {path / 'plan'}")
+    _show_inventory(path / "legacy", path / "plan", echo)
+    echo(f"  config: {demo.cfg_path}")
+    echo("")
+    return files
+
+
+def _install_phase(demo: _Demo) -> Plan:
+    echo, path = demo.echo, demo.path
+    echo(f"[2/7] $ cdc check, cdc schema --out {path / 'plan'}, cdc install  (-c {demo.cfg_path})")
+    demo.cfg = cfg = load_config(demo.cfg_path)
+    plan = resolve_plan(cfg)
+    _show_check(plan, echo)
+    _show_schema(plan, path / "plan", echo)
+    _install(cfg, plan, echo)
+    echo("")
+    return plan
+
+
+def _start_phase(demo: _Demo, plan: Plan, files: list[LegacyFile]) -> None:
+    echo, cfg, seconds = demo.echo, demo.cfg, demo.seconds
+    echo(f"[3/7] $ cdc run -c {demo.cfg_path}   (log: {demo.daemon_log})")
+    demo.daemon = daemon = DaemonProcess(demo.cfg_path, demo.daemon_log)
+    daemon.wait_running(cfg.state_dir)
+    demo.running_plan = plan  # what that daemon captures: the files had not changed since install
+    echo(f"  daemon running, pid {daemon.pid}")
+    st, waited = _wait(cfg, daemon, _snapshots_done, timeout=60.0)
+    if st is None:
+        raise DemoError(f"the initial snapshot did not finish within {waited:.0f}s")
+    rows = sum(t.applied_events for t in st.targets)
+    echo(f"  initial snapshot copied and applied: {rows} rows in {waited:.1f}s")
+    # The bots' own deadline is only a safety net: the demo stops them with SIGTERM at
+    # `seconds`, so a bot never races its own exit against the signal.
+    demo.bots = bots = start_bots(
+        demo.path, files, seconds + BOT_GRACE, seed=SEED, rate=BOT_RATE, alter=True
+    )
+    written = {KINDS[b.kind].spec.source for b in bots}
+    echo(
+        f"  started {len(bots)} bot processes for {seconds:g}s, at most {BOT_RATE:g} "
+        f"writes/s each: {', '.join(b.kind for b in bots)}"
+    )
+    quiet = [f.source for f in files if f.source not in written]
+    if quiet:
+        echo(f"  no bot writes {', '.join(quiet)} (copied by the initial snapshot only)")
+    echo("  --alter: at start-up every bot adds a column (ALTER TABLE ... ADD COLUMN), and")
+    echo("  the llm_costs bot creates a table that did not exist at `cdc install` time")
+    echo("")
+
+
+def _live_phase(demo: _Demo) -> None:
+    """One status line a second while the bots write. A table the bots create meanwhile is
+    announced when it appears and shown captured once the daemon has adopted it."""
+    echo, cfg, seconds = demo.echo, demo.cfg, demo.seconds
+    echo(f"[4/7] live: bots writing, daemon replicating (`cdc status -c {demo.cfg_path}`)")
+    demo.t0 = t0 = time.monotonic()
+    next_tick = t0 + 1.0
+    while True:
+        now = time.monotonic()
+        if now - t0 >= seconds or all(b.poll() is not None for b in demo.bots):
+            break
+        time.sleep(max(0.0, min(next_tick, t0 + seconds) - now))
+        next_tick = max(next_tick + 1.0, time.monotonic() + 0.5)
+        daemon = demo.daemon
+        if not daemon.alive():
+            raise DemoError(
+                f"the daemon died (exit code {daemon.proc.returncode}):\n" + daemon.tail()
+            )
+        current = resolve_plan(cfg, strict=False)  # a live system may drift: show it
+        missing = [] if demo.adopted else _uncaptured(demo.running_plan, current)
+        now_st = collect_status(cfg, current)
+        if now_st.verifier is not None:
+            demo.live_mismatches = max(demo.live_mismatches, now_st.verifier.mismatches)
+        echo(_line(time.monotonic() - t0, now_st, missing))
+        _follow_adoption(demo, current, missing)
+    echo("")
+
+
+def _follow_adoption(demo: _Demo, current: Plan, missing: list[str]) -> None:
+    if missing and not demo.new_tables:
+        demo.new_tables, demo.new_since = missing, time.monotonic()
+        adoption.announce(missing, demo.daemon, demo.echo)
+    if demo.new_tables and not demo.adopted and adoption.captured(current, demo.new_tables):
+        demo.adopted = True
+        adoption.say_captured(demo.new_tables, demo.new_since, demo.daemon, demo.echo)
+
+
+def _drain_phase(demo: _Demo) -> None:
+    echo, cfg = demo.echo, demo.cfg
+    echo("[5/7] stop the bots (SIGTERM), drain the backlog, stop the daemon (SIGTERM)")
+    demo.codes = stop_bots(demo.bots)
+    echo(
+        f"  bots stopped after {time.monotonic() - demo.t0:.1f}s of writes, exit codes {demo.codes}"
+    )
+    plan = resolve_plan(cfg)
+    missing = [] if demo.adopted else _uncaptured(demo.running_plan, plan)
+    if missing:
+        if not demo.new_tables:
+            demo.new_tables, demo.new_since = missing, time.monotonic()
+            adoption.announce(missing, demo.daemon, echo)
+        if not adoption.wait_captured(plan, missing, demo.new_since, demo.daemon, echo, 30.0):
+            raise DemoError(
+                f"the daemon did not adopt {', '.join(missing)}:\n" + demo.daemon.tail()
+            )
+        demo.adopted = True
+    daemon = demo.daemon
+    st, waited = _wait(cfg, daemon, _synced, timeout=max(60.0, 2 * demo.seconds))
+    demo.st = st
+    if st is None:
+        echo(f"  FAILED: backlog still not zero after {waited:.0f}s")
+        return
+    echo(f"  backlog drained to zero in {waited:.1f}s")
+    # before the daemon stops, its own verifier proves every table equal once quiet
+    vst, _ = _wait(cfg, daemon, _verified_by(daemon.pid), timeout=30.0)
+    demo.st = st = vst or collect_status(cfg)
+    if st.verifier is not None:
+        demo.live_mismatches = max(demo.live_mismatches, st.verifier.mismatches)
+        rechecked = sum(t.rechecked_total for t in st.verifier.tables)
+        echo(
+            f"  continuous verifier in the daemon: {_verifier_counts(st.verifier)}; "
+            f"{rechecked} row{'' if rechecked == 1 else 's'} re-checked after changing "
+            "under it"
+        )
+    demo.verified = vst is not None and _all_equal(vst.verifier)
+    if vst is None:
+        echo("  FAILED: the continuous verifier did not find every table equal in 30s")
+    echo("  `cdc status` now says:")
+    echo("")
+    echo(_indent(render_status(st)))
+    echo("")
+
+
+def _cutover_phase(demo: _Demo) -> None:
+    demo.echo("[6/7] cut over the cache stage, write as a switched bot, roll it back")
+    demo.round_trip = run_cutover_round(demo.cfg, resolve_plan(demo.cfg), demo.echo)
+    demo.echo("")
+
+
+def _stop_daemon(demo: _Demo) -> None:
+    echo, daemon = demo.echo, demo.daemon
+    demo.daemon_code = daemon_code = daemon.stop()
+    echo(f"  $ kill -TERM {daemon.pid}  ->  daemon exited with code {daemon_code}")
+    if daemon_code != 0:
+        echo(daemon.tail())
+    demo.daemon = None
+    _show_daemon_log(demo.daemon_log, echo)
+    echo("")
+
+
+def _verify_phase(demo: _Demo, t_start: float) -> int:
+    echo, cfg = demo.echo, demo.cfg
+    validation = demo.path / "validation"
+    echo("[7/7] verify: every mapped table, legacy vs consolidated (keys, values, types)")
+    echo(f"  $ cdc verify -c {demo.cfg_path} --report {validation}")
+    report = _verify(cfg, resolve_plan(cfg), validation, echo)
+    all_equal = report.verdict == "equal" and bool(report.tables)
+    bot_errors = _show_bots(demo.bots, demo.codes, echo)
+    ok = (
+        all_equal
+        and demo.live_mismatches == 0
+        and demo.verified
+        and bot_errors == 0
+        and demo.daemon_code == 0
+        and demo.st is not None
+        and demo.round_trip
+    )
+    echo("")
+    _show_next(demo.cfg_path, demo.path, cfg, echo)
+    echo("")
+    elapsed = time.monotonic() - t_start
+    if ok:
+        echo(f"RESULT: PASS ({elapsed:.1f}s): every consolidated table equals its legacy table")
+    else:
+        why = _failures(demo, report, all_equal, bot_errors)
+        echo(f"RESULT: FAIL ({elapsed:.1f}s): {', '.join(why)}")
+    return 0 if ok else 1
+
+
+def _failures(demo: _Demo, report: VerifyReport, all_equal: bool, bot_errors: int) -> list[str]:
+    """Every reason the demo failed, not only the first: the RESULT line may be all a CI
+    log shows."""
+    why = []
+    if not all_equal:
+        why.append(f"verifier verdict: {report.verdict}")
+    if demo.live_mismatches:
+        why.append(f"the continuous verifier found {demo.live_mismatches} rows differing")
+    if not demo.verified and demo.st is not None:
+        why.append("the continuous verifier did not find every table equal")
+    if bot_errors:
+        why.append(f"bots reported {bot_errors} errors")
+    if demo.st is None:
+        why.append("backlog did not drain")
+    if demo.daemon_code != 0:
+        why.append(f"daemon exited {demo.daemon_code}")
+    if demo.st is not None and not demo.round_trip:
+        why.append("the cutover and rollback round did not bring every write back")
+    return why

@@ -36,6 +36,8 @@ def tail(
     if last is not None:
         shown, pos = _last_events(log, last, cols, match)
         yield from shown
+        if not follow:  # the last N as they were when asked, not what the daemon adds since
+            return
     else:
         start = log.start()
         pos = start if from_offset is None else _checked_start(cfg, log, from_offset, start)

@@ -8,6 +8,8 @@ read, and is kept apart from the reading that must never write.
 
 from __future__ import annotations
 
+import msgspec
+
 from cdc.planning.inventory_format import (
     ColumnReport,
     DatabaseReport,
@@ -18,6 +20,7 @@ from cdc.planning.inventory_format import (
     TableReport,
     TypeDifference,
 )
+from cdc.planning.mapping import EXCLUDE, MappingRow
 
 
 def table_collisions(databases: list[DatabaseReport]) -> list[TableCollision]:
@@ -95,3 +98,60 @@ def index_collisions(databases: list[DatabaseReport]) -> list[IndexCollision]:
         for low, places in sorted(groups.items())
         if len({p.database for p in places}) > 1
     ]
+
+
+def suggest_as(source: str, table: str, taken: set[str]) -> str:
+    """`<source>_<table>`, numbered until no table of the inventory nor an earlier
+    suggestion has that name (`taken`, lowercased, is updated): an `as` the operator can
+    copy without creating a new clash."""
+    base = name = f"{source}_{table}"
+    n = 2
+    while name.lower() in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name.lower())
+    return name
+
+
+def annotate_rows(databases: list[DatabaseReport], rows: list[MappingRow]) -> list[MappingRow]:
+    """The sheet's informational columns, from this survey: the key a table's rows are
+    identified by, where else its name is used, and an `as` that would keep it apart."""
+    tables = {(db.relpath, t.name.lower()): t for db in databases for t in db.mappable()}
+    where: dict[str, list[str]] = {}
+    for db in databases:
+        for t in db.mappable():
+            where.setdefault(t.name.lower(), []).append(f"{db.relpath}:{t.name}")
+    taken = {low for _, low in tables}
+    out = []
+    for r in rows:
+        t = tables.get((r.database, r.table.lower()))
+        if t is None:  # a database not read this time: its row is kept as it was
+            out.append(r)
+            continue
+        me = f"{r.database}:{r.table}"
+        others = [w for w in where[t.name.lower()] if w != me]
+        out.append(
+            msgspec.structs.replace(
+                r,
+                key=",".join(t.key) or "rowid",
+                collides_with=";".join(others),
+                suggested_as=suggest_as(r.source, r.table, taken) if others else "",
+            )
+        )
+    return out
+
+
+def clash_suggestions(rows: list[MappingRow], taken: set[str]) -> dict[str, str]:
+    """For each target table that several non-merged rows land on ("core.users", lowered):
+    the `as` names that would keep them apart, as a clause for the plan's refusal."""
+    groups: dict[str, list[MappingRow]] = {}
+    for r in rows:
+        if r.target and r.target != EXCLUDE and r.kind == "table":
+            groups.setdefault(f"{r.target}.{r.as_ or r.table}".lower(), []).append(r)
+    out = {}
+    for key, members in groups.items():
+        if len(members) > 1 and not all(r.merge for r in members):
+            names = ", ".join(
+                f"{r.database}:{r.table} -> {suggest_as(r.source, r.table, taken)}" for r in members
+            )
+            out[key] = f"suggested `as` (set it on all but one): {names}"
+    return out

@@ -173,3 +173,6 @@ class Inventory(msgspec.Struct, frozen=True):
     mapping: str | None = None  # the operator's mapping CSV read with --mapping
     cross_target_foreign_keys: list[CrossTargetForeignKey] = []
     mapping_vanished: list[VanishedTable] = []
+    # the targets named with `cdc inventory --target` (added in format 1 with a default, as
+    # the evolution rule allows): `cdc plan` checks every target of the mapping against them
+    targets: list[str] = []

@@ -9,8 +9,9 @@ file being rewritten:
 - `inventory.json`: for scripts (`cdc.planning.inventory_format`, `format_version`);
 - `migration_mapping.csv`: one row per mappable table for the operator to fill in
   (`cdc.mapping`); an earlier mapping's decisions are carried over;
-- `dependencies.dot` (+ `dependencies.svg` when Graphviz is installed): what depends on
-  what inside each database, which is what a mapping must not tear apart.
+- `dependencies.dot` and `dependencies.svg`: what depends on what inside each database,
+  which is what a mapping must not tear apart. Graphviz draws the SVG when `dot` is
+  installed; without it the tool draws a plainer one itself (`cdc.planning.graph_svg`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from pathlib import Path
 import msgspec
 
 from cdc.errors import ConfigError
+from cdc.planning.collisions import annotate_rows
+from cdc.planning.dependency_graph import dependency_graph
+from cdc.planning.dependency_graph import render_dot as graph_dot
+from cdc.planning.graph_svg import render_svg
 from cdc.planning.inventory_format import (
     DOT,
     JSON,
@@ -31,7 +36,6 @@ from cdc.planning.inventory_format import (
     MARKDOWN,
     SVG,
     CrossTargetForeignKey,
-    DatabaseReport,
     Inventory,
     TableReport,
     VanishedTable,
@@ -39,6 +43,7 @@ from cdc.planning.inventory_format import (
 from cdc.planning.inventory_markdown import render_markdown
 from cdc.planning.mapping import EXCLUDE, MappingRow, read_mapping, source_names, write_mapping
 from cdc.planning.survey import Progress, take_inventory
+from cdc.planning.targets import apply_defaults, check_target_names, parse_defaults, split_targets
 
 DOT_TIMEOUT_S = 120
 
@@ -62,31 +67,64 @@ def run_inventory(
     mapping: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     busy_timeout_ms: int = 5000,
+    targets: Iterable[str] | None = None,
+    defaults: Iterable[str] | None = None,
 ) -> InventoryRun:
-    """Survey `roots` and write every output into `out_dir`."""
+    """Survey `roots` and write every output into `out_dir`. `targets` are recorded for
+    `cdc plan` (without them, an earlier inventory.json's in `out_dir` are kept); `defaults`
+    (`GLOB=TARGET`) prefill the sheet's empty target cells for the operator to review."""
     if mapping is None:
         refuse_to_clobber(Path(out_dir) / MAPPING)
+    notes: list[str] = []
+    names = split_targets(targets) or _previous_targets(Path(out_dir) / JSON, notes)
+    rules = parse_defaults(defaults, check_target_names(names, "--target"))
     old = read_mapping(mapping) if mapping is not None else None  # before anything is written
     inv = take_inventory(roots, progress, busy_timeout_ms)
     merged = merge_mapping(inv, old)
+    rows = annotate_rows(inv.databases, merged.rows)
+    if rules:
+        filled = apply_defaults(rows, rules)
+        rows = filled.rows
+        notes += filled.notes
+        notes.append(
+            f"--default-target filled {filled.filled} empty target cell(s): review them "
+            f"in {MAPPING}"
+        )
+    inv = msgspec.structs.replace(inv, targets=names)
     if mapping is not None:
         inv = msgspec.structs.replace(
             inv,
             mapping=os.path.abspath(mapping),
             mapping_vanished=merged.vanished,
-            cross_target_foreign_keys=cross_target_foreign_keys(inv, merged.rows),
+            cross_target_foreign_keys=cross_target_foreign_keys(inv, rows),
         )
     out = Path(out_dir).resolve()
-    notes = [
+    notes += [
         f"{rel}: not read this time; its rows of the old mapping are kept as they were"
         for rel in merged.kept_unread
     ]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        written = _write_all(inv, merged.rows, out, notes)
+        written = _write_all(inv, rows, out, notes)
     except OSError as e:
         raise ConfigError(f"{out}: cannot write the inventory: {e}") from e
     return InventoryRun(inventory=inv, out_dir=str(out), written=written, notes=notes)
+
+
+class _Targets(msgspec.Struct):
+    targets: list[str] = []
+
+
+def _previous_targets(path: Path, notes: list[str]) -> list[str]:
+    """A re-run without --target keeps the targets named before: they are decided once,
+    and dropping them would make the next `cdc plan` refuse for no reason."""
+    try:
+        names = msgspec.json.decode(path.read_bytes(), type=_Targets).targets
+    except (OSError, msgspec.DecodeError):
+        return []
+    if names:
+        notes.append(f"targets {', '.join(names)} kept from {path} (--target changes them)")
+    return names
 
 
 def refuse_to_clobber(path: Path) -> None:
@@ -117,10 +155,10 @@ def _write_all(inv: Inventory, rows: list[MappingRow], out: Path, notes: list[st
     atomic_write(out / DOT, lambda p: p.write_text(render_dot(inv), encoding="utf-8"))
     written = [MARKDOWN, JSON, MAPPING, DOT]
     problem = write_svg(out / DOT, out / SVG)
-    if problem:
-        notes.append(problem)
-    else:
-        written.append(SVG)
+    if problem:  # no Graphviz, or it failed: draw it ourselves, plainer but always there
+        atomic_write(out / SVG, lambda p: p.write_text(render_svg(dependency_graph(inv))))
+        notes.append(f"{problem}; drew {SVG} without Graphviz (a plainer layout)")
+    written.append(SVG)
     return written
 
 
@@ -261,73 +299,8 @@ def cross_target_foreign_keys(
 # -- dependencies.dot -----------------------------------------------------------------------
 
 
-def dot_string(text: str) -> str:
-    """A DOT double-quoted string: backslashes and quotes escaped, newlines as `\\n`."""
-    esc = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + esc.replace("\r", "").replace("\n", "\\n") + '"'
-
-
 def render_dot(inv: Inventory) -> str:
-    lines = [
-        "digraph dependencies {",
-        "  graph [rankdir=LR, fontname=Helvetica, fontsize=11];",
-        "  node [shape=box, fontname=Helvetica, fontsize=10];",
-        "  edge [fontname=Helvetica, fontsize=8];",
-    ]
-    for n, db in enumerate(inv.databases, start=1):
-        lines += _dot_cluster(n, db)
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _dot_cluster(n: int, db: DatabaseReport) -> list[str]:
-    ids: dict[str, str] = {}  # lowercased name -> node id
-    body: list[str] = []
-    for i, t in enumerate(db.mappable(), start=1):
-        ids[t.name.lower()] = f"d{n}_t{i}"
-        label = t.name + ("" if t.rows is None else f"\n{t.rows} rows")
-        if t.kind == "virtual":
-            label += f"\n{t.module or 'virtual'}"
-        style = ", style=rounded" if t.kind == "virtual" else ""
-        body.append(f"    {ids[t.name.lower()]} [label={dot_string(label)}{style}];")
-    for i, v in enumerate(db.views, start=1):
-        ids[v.name.lower()] = f"d{n}_v{i}"
-        body.append(f"    d{n}_v{i} [label={dot_string(v.name + chr(10) + 'view')}, shape=note];")
-    edges: list[str] = []
-
-    def node(name: str) -> str:
-        if name.lower() not in ids:  # a parent that does not exist: show it, dashed
-            ids[name.lower()] = f"d{n}_m{len(ids) + 1}"
-            label = dot_string(name + "\n(missing)")
-            body.append(f"    {ids[name.lower()]} [label={label}, style=dashed];")
-        return ids[name.lower()]
-
-    for t in db.mappable():
-        me = ids[t.name.lower()]
-        for fk in t.foreign_keys:
-            edges.append(
-                f"  {me} -> {node(fk.ref_table)} [label={dot_string(', '.join(fk.columns))}];"
-            )
-        if t.content_table:
-            edges.append(f"  {me} -> {node(t.content_table)} [style=dashed, label=content];")
-    for v in db.views:
-        edges += [f"  {ids[v.name.lower()]} -> {node(r)} [style=dotted];" for r in v.reads]
-    for tr in db.triggers:
-        for w in tr.writes:
-            if w.lower() != tr.table.lower() and tr.table.lower() in ids:
-                edges.append(
-                    f"  {ids[tr.table.lower()]} -> {node(w)} "
-                    f"[style=dotted, color=gray40, label={dot_string(tr.name)}];"
-                )
-    if not body:  # Graphviz does not draw an empty cluster
-        body.append(f'    d{n}_empty [label="(no tables)", shape=plaintext];')
-    return [
-        f"  subgraph cluster_{n} {{",
-        f"    label={dot_string(db.relpath)};",
-        *body,
-        "  }",
-        *edges,
-    ]
+    return graph_dot(dependency_graph(inv))
 
 
 def summary_lines(run: InventoryRun) -> list[str]:
@@ -347,5 +320,9 @@ def summary_lines(run: InventoryRun) -> list[str]:
         lines.append(f"in the mapping, no longer on disk: {len(inv.mapping_vanished)}")
         lines += [f"  {v.database}: {v.table}" for v in inv.mapping_vanished]
         lines.append(f"foreign keys across targets: {len(inv.cross_target_foreign_keys)}")
+    if inv.targets:
+        lines.append(f"targets: {', '.join(inv.targets)}")
+    else:
+        lines.append("targets: none named (`cdc plan` needs them: --target core,analytics,...)")
     lines.append(f"wrote {', '.join(run.written)} in {run.out_dir}")
     return lines

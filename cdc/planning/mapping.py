@@ -6,13 +6,19 @@ where 100 tables go want to sort and filter them. A row is never dropped on the 
 table the CSV does not mention, or mentions with an empty target, is reported by the plan
 as unmapped, so the sheet cannot silently lose a table.
 
-Columns (fixed names; order does not matter when reading; unknown columns are refused):
+Columns (fixed names; order does not matter when reading; unknown columns are refused; the
+informational ones may be missing, as in sheets written before they existed):
 
 - `database`: the file's path relative to the inventory's base folder (`/` separators)
 - `source`: the source name the plan gives that file (unique; editable)
 - `table`: the legacy table name, exactly
 - `kind`: `table`, `fts5`, `virtual` (informational)
 - `rows`: row count at inventory time (informational)
+- `key`: the declared primary key columns joined by `,`, or `rowid` (informational)
+- `collides_with`: the other `database:table` entries with this table name, `;`-separated
+  (informational)
+- `suggested_as`: for a table in a name collision, a unique `<source>_<table>` name to copy
+  into `as` when the colliding tables go to one target (informational)
 - `target`: a target name, `exclude`, or empty (= not decided: refused by `cdc plan`)
 - `as`: target table name (empty: same name)
 - `merge`: `yes` when several tables share the target table, told apart by a tag
@@ -40,8 +46,11 @@ COLUMNS = (
     "table",
     "kind",
     "rows",
+    "key",
+    "collides_with",
     "target",
     "as",
+    "suggested_as",
     "merge",
     "tag_column",
     "tag",
@@ -60,6 +69,10 @@ class MappingRow(msgspec.Struct, frozen=True):
     rows: int | None = None
     target: str = ""
     as_: str = ""
+    # informational, written by the inventory and ignored by the plan
+    key: str = ""
+    collides_with: str = ""
+    suggested_as: str = ""
     merge: bool = False
     tag_column: str = ""
     tag: str = ""
@@ -80,8 +93,11 @@ def write_mapping(rows: list[MappingRow], path: str | os.PathLike[str]) -> None:
                 r.table,
                 r.kind,
                 "" if r.rows is None else r.rows,
+                r.key,
+                r.collides_with,
                 r.target,
                 r.as_,
+                r.suggested_as,
                 "yes" if r.merge else "",
                 r.tag_column,
                 r.tag,
@@ -94,23 +110,8 @@ def write_mapping(rows: list[MappingRow], path: str | os.PathLike[str]) -> None:
 
 def read_mapping(path: str | os.PathLike[str]) -> list[MappingRow]:
     """Read the CSV back; every bad cell is reported at once with its line number."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: mapping file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the mapping: {e}") from e
-    reader = csv.DictReader(io.StringIO(text))
-    head = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in ("database", "table", "target") if c not in head]
-    unknown = [h for h in head if h not in COLUMNS]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s) {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown column(s) {', '.join(unknown)}")
-        raise ConfigError(f"{path}: " + "; ".join(parts) + f" (expected: {', '.join(COLUMNS)})")
+    reader = csv.DictReader(io.StringIO(_read_text(path)))
+    _check_header(path, reader)
     rows, problems = [], []
     seen: dict[tuple[str, str], int] = {}
     for line, raw in enumerate(reader, start=2):
@@ -130,32 +131,64 @@ def read_mapping(path: str | os.PathLike[str]) -> list[MappingRow]:
             )
             continue
         seen[key] = line
-        flags = {}
-        for f in ("merge", "drop_foreign_keys"):
-            v = cell.get(f, "").strip().lower()
-            if v not in _YES | _NO:
-                problems.append(f"{where}: `{f}` is {v!r}: use yes or leave it empty")
-            flags[f] = v in _YES
-        count = cell.get("rows", "").strip()
-        rows.append(
-            MappingRow(
-                database=database,
-                source=cell.get("source", "").strip() or source_name(database),
-                table=table,
-                kind=cell.get("kind", "").strip() or "table",
-                rows=int(count) if count.isdigit() else None,
-                target=cell.get("target", "").strip(),
-                as_=cell.get("as", ""),
-                merge=flags["merge"],
-                tag_column=cell.get("tag_column", ""),
-                tag=cell.get("tag", ""),
-                drop_foreign_keys=flags["drop_foreign_keys"],
-                note=cell.get("note", ""),
-            )
-        )
+        rows.append(_row(cell, database, table, where, problems))
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return rows
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: mapping file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the mapping: {e}") from e
+
+
+def _check_header(path: str | os.PathLike[str], reader: csv.DictReader) -> None:
+    """A misspelt column would otherwise read as empty cells in every row: refused."""
+    head = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("database", "table", "target") if c not in head]
+    unknown = [h for h in head if h not in COLUMNS]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown column(s) {', '.join(unknown)}")
+        raise ConfigError(f"{path}: " + "; ".join(parts) + f" (expected: {', '.join(COLUMNS)})")
+
+
+def _row(
+    cell: dict[str, str], database: str, table: str, where: str, problems: list[str]
+) -> MappingRow:
+    """A bad yes/no cell is added to `problems` and the row still returned, so that the
+    rest of the sheet is checked in the same pass."""
+    flags = {}
+    for f in ("merge", "drop_foreign_keys"):
+        v = cell.get(f, "").strip().lower()
+        if v not in _YES | _NO:
+            problems.append(f"{where}: `{f}` is {v!r}: use yes or leave it empty")
+        flags[f] = v in _YES
+    count = cell.get("rows", "").strip()
+    return MappingRow(
+        database=database,
+        source=cell.get("source", "").strip() or source_name(database),
+        table=table,
+        kind=cell.get("kind", "").strip() or "table",
+        rows=int(count) if count.isdigit() else None,
+        target=cell.get("target", "").strip(),
+        as_=cell.get("as", ""),
+        key=cell.get("key", "").strip(),
+        collides_with=cell.get("collides_with", "").strip(),
+        suggested_as=cell.get("suggested_as", ""),
+        merge=flags["merge"],
+        tag_column=cell.get("tag_column", ""),
+        tag=cell.get("tag", ""),
+        drop_foreign_keys=flags["drop_foreign_keys"],
+        note=cell.get("note", ""),
+    )
 
 
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_.\-]")

@@ -10,6 +10,7 @@ table that appears later is refused by name instead of matched by accident.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -19,9 +20,18 @@ from cdc import exact_text
 from cdc.config import Config, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.inventory import list_tables
+from cdc.planning.collisions import clash_suggestions
 from cdc.planning.mapping import EXCLUDE, MappingRow, read_mapping, source_names
 from cdc.planning.plan import Plan
+from cdc.planning.plan_file import PlanTable, is_plan_file, read_plan_file
 from cdc.planning.resolve import expand_sources, resolve_plan
+from cdc.planning.targets import (
+    apply_defaults,
+    choose_targets,
+    parse_defaults,
+    split_targets,
+    unknown_targets,
+)
 from cdc.sqlconn import open_legacy
 from cdc.sqlident import q
 
@@ -29,6 +39,7 @@ from cdc.sqlident import q
 class InventoryDatabase(msgspec.Struct):
     path: str
     relpath: str
+    tables: list[PlanTable] = []
 
 
 class InventoryFile(msgspec.Struct):
@@ -36,6 +47,7 @@ class InventoryFile(msgspec.Struct):
 
     base: str
     databases: list[InventoryDatabase]
+    targets: list[str] = []  # `cdc inventory --target`
 
 
 class PlanResult(msgspec.Struct):
@@ -64,33 +76,28 @@ def make_plan(
     targets: list[str] | None = None,
     targets_dir: str = "consolidated",
     state_dir: str = "cdc-state",
+    defaults: list[str] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> PlanResult:
-    """Write `out` (a `cdc.toml`) from the inventory and a mapping (CSV, or a TOML whose
-    `[targets]` and `[[rules]]` are used), or raise PlanError naming every problem."""
+    """Write `out` (a `cdc.toml`) from the inventory and a mapping (CSV, a plan file, or a
+    TOML whose `[targets]` and `[[rules]]` are used), or raise PlanError naming every
+    problem. `targets` (else the plan file's, else the inventory's) are the only targets
+    the mapping may name; `defaults` (`GLOB=TARGET`) fill the rows it leaves empty."""
     inv = read_inventory(inventory)
     out = Path(out).resolve()
     problems: list[str] = []
+    rows: list[MappingRow] = []
     if str(mapping).endswith(".toml"):
         data = _from_toml_rules(inv, Path(mapping), out, state_dir)
     else:
-        rows = read_mapping(mapping)
-        data = _from_rows(inv, rows, out, targets, targets_dir, state_dir, problems)
+        rows, declared = _mapping_rows(inv, mapping, targets, defaults, on_note or (lambda _: None))
+        data = _from_rows(inv, rows, out, declared, targets_dir, state_dir, problems)
     text = tomli_w.dumps(data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Checked from the folder it will live in: its relative paths resolve from there.
-    probe = out.with_name(f".{out.name}.{os.getpid()}.check")
-    probe.write_text(text, encoding="utf-8")
-    try:
-        cfg = load_config(probe)
-    except ConfigError as e:
-        problems.append(e.message.split(": ", 1)[-1])
-        cfg = None
-    finally:
-        probe.unlink()
-    plan = None
-    if cfg is not None:
-        plan = resolve_plan(cfg, strict=False)
-        problems.extend(plan.problems)
+    cfg, plan = _check(out, text, problems)
+    if plan is not None:
+        taken = {t.name.lower() for d in inv.databases for t in d.tables}
+        hints = clash_suggestions(rows, taken)
+        problems.extend(_with_suggestion(p, hints) for p in plan.problems)
     if problems:
         raise PlanError(
             f"{mapping}: {len(problems)} problem(s); {out.name} not written:\n  - "
@@ -111,34 +118,90 @@ def make_plan(
     )
 
 
+def _check(out: Path, text: str, problems: list[str]) -> tuple[Config | None, Plan | None]:
+    """Load and resolve the config from the folder it will live in (its relative paths
+    resolve from there); what fails is added to `problems`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe = out.with_name(f".{out.name}.{os.getpid()}.check")
+    probe.write_text(text, encoding="utf-8")
+    try:
+        cfg = load_config(probe)
+    except ConfigError as e:
+        problems.append(e.message.split(": ", 1)[-1])
+        return None, None
+    finally:
+        probe.unlink()
+    return cfg, resolve_plan(cfg, strict=False)
+
+
+def _with_suggestion(problem: str, hints: dict[str, str]) -> str:
+    low = problem.lower()
+    for key, hint in hints.items():
+        if low.startswith(f"{key} receives "):
+            return f"{problem}; {hint}"
+    return problem
+
+
+def _mapping_rows(
+    inv: InventoryFile,
+    mapping: str | os.PathLike[str],
+    targets: list[str] | None,
+    defaults: list[str] | None,
+    on_note: Callable[[str], None],
+) -> tuple[list[MappingRow], list[str]]:
+    """The sheet's rows (or a plan file's, as the same rows), one per table of the
+    inventory, with the defaults applied; and the targets they may name."""
+    names = source_names([d.relpath for d in inv.databases])
+    if is_plan_file(mapping):
+        tables = {d.relpath: d.tables for d in inv.databases}
+        pf = read_plan_file(mapping, tables, names)
+        rows, file_targets = pf.rows, pf.targets
+    else:
+        rows, file_targets = _complete(inv, read_mapping(mapping), names), []
+    declared = choose_targets(split_targets(targets), file_targets, inv.targets)
+    rules = parse_defaults(defaults, declared)
+    if not rules:
+        return rows, declared
+    filled = apply_defaults(rows, rules)
+    for note in filled.notes:
+        on_note(note)
+    return filled.rows, declared
+
+
+def _complete(
+    inv: InventoryFile, rows: list[MappingRow], names: dict[str, str]
+) -> list[MappingRow]:
+    """An empty row for each table the sheet does not list, so a default can fill it
+    (undecided, it is still named as unmapped by the plan)."""
+    listed = {(r.database, r.table.lower()) for r in rows}
+    chosen = {r.database: r.source for r in rows if r.source}
+    extra = [
+        MappingRow(
+            database=d.relpath,
+            source=chosen.get(d.relpath, names[d.relpath]),
+            table=t.name,
+            kind="table" if t.kind == "table" else "virtual",
+        )
+        for d in inv.databases
+        for t in d.tables
+        if t.kind != "shadow" and (d.relpath, t.name.lower()) not in listed
+    ]
+    return rows + extra
+
+
 def _from_rows(
     inv: InventoryFile,
     rows: list[MappingRow],
     out: Path,
-    targets: list[str] | None,
+    declared: list[str],
     targets_dir: str,
     state_dir: str,
     problems: list[str],
 ) -> dict:
     dbs = {d.relpath: d for d in inv.databases}
     names = source_names(list(dbs))
-    by_db: dict[str, list[MappingRow]] = {}
-    for r in rows:
-        if r.database not in dbs:
-            problems.append(
-                f"{r.database}: in the mapping but not in the inventory (table {r.table!r})"
-            )
-            continue
-        by_db.setdefault(r.database, []).append(r)
-    used = sorted({r.target for r in rows if r.target and r.target != EXCLUDE})
-    if targets:
-        for t in used:
-            if t not in targets:
-                bad = [f"{r.database}:{r.table}" for r in rows if r.target == t]
-                problems.append(
-                    f"target {t!r} is not one of {', '.join(targets)} (rows: {', '.join(bad)})"
-                )
-    declared = targets or used
+    by_db = _rows_by_database(dbs, rows, problems)
+    problems.extend(unknown_targets(rows, declared))
     data: dict = {
         "state_dir": state_dir,
         "targets": {t: f"{targets_dir}/{t}.db" for t in declared},
@@ -153,27 +216,55 @@ def _from_rows(
         for r in mine:
             if not r.target:
                 continue  # no rule: the plan names the table as unmapped
-            rule: dict = {"source": name, "table": r.table}
-            if r.target == EXCLUDE or r.target not in declared:  # unknown: reported above
-                rule["exclude"] = True
-            else:
-                rule["target"] = r.target
-                if r.as_ and r.as_ != r.table:
-                    rule["as"] = r.as_
-                if r.merge:
-                    rule["merge"] = True
-                    rule["tag_column"] = r.tag_column or "source"
-                    if r.tag:
-                        rule["tag"] = r.tag
-                    if not r.tag_column:
-                        key = (r.target, (r.as_ or r.table).lower())
-                        merges.setdefault(key, []).append((r, d.path))
-                if r.drop_foreign_keys:
-                    rule["drop_foreign_keys"] = True
-            data["rules"].append(rule)
+            data["rules"].append(_rule(name, r, declared, d.path, merges))
     for (target, table), members in sorted(merges.items()):
         problems.append(_tagless_merge(target, table, members))
     return data
+
+
+def _rows_by_database(
+    dbs: dict[str, InventoryDatabase],
+    rows: list[MappingRow],
+    problems: list[str],
+) -> dict[str, list[MappingRow]]:
+    by_db: dict[str, list[MappingRow]] = {}
+    for r in rows:
+        if r.database not in dbs:
+            problems.append(
+                f"{r.database}: in the mapping but not in the inventory (table {r.table!r})"
+            )
+            continue
+        by_db.setdefault(r.database, []).append(r)
+    return by_db
+
+
+def _rule(
+    name: str,
+    r: MappingRow,
+    declared: list[str],
+    path: str,
+    merges: dict[tuple[str, str], list[tuple[MappingRow, str]]],
+) -> dict:
+    """A merge without a tag column is collected into `merges` (with the file's path), so
+    that `_tagless_merge` can count the keys its members share."""
+    rule: dict = {"source": name, "table": r.table}
+    if r.target == EXCLUDE or r.target not in declared:  # unknown: reported above
+        rule["exclude"] = True
+        return rule
+    rule["target"] = r.target
+    if r.as_ and r.as_ != r.table:
+        rule["as"] = r.as_
+    if r.merge:
+        rule["merge"] = True
+        rule["tag_column"] = r.tag_column or "source"
+        if r.tag:
+            rule["tag"] = r.tag
+        if not r.tag_column:
+            key = (r.target, (r.as_ or r.table).lower())
+            merges.setdefault(key, []).append((r, path))
+    if r.drop_foreign_keys:
+        rule["drop_foreign_keys"] = True
+    return rule
 
 
 def _tagless_merge(target: str, table: str, members: list[tuple[MappingRow, str]]) -> str:

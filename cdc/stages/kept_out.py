@@ -184,7 +184,7 @@ def describe(k: KeptOut) -> str:
     return (
         f"table {k.table!r} of source {k.source!r} ({k.path}), whose stage {k.target} is cut "
         f"over: {k.reason}; kept out of {k.target}'s table {k.target_table!r}, the live copy "
-        "the switched bots write (find the stale process; see docs/runbook.md)"
+        "the switched bots write (find the stale process; see `cdc docs runbook`)"
     )
 
 

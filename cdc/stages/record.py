@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 
+import apsw
 import msgspec
 
 from cdc.capture.fence import FenceMark
 from cdc.errors import ConfigError
 from cdc.fsutil import makedirs_private, safe_component, write_private
+from cdc.planning.plan import SourcePlan
 
 CUTOVER_DIR = "cutover"
 
@@ -47,6 +49,9 @@ class CutoverRecord(msgspec.Struct):
     steps_ms: dict[str, float] = {}  # how long each step under the fence took
     pause_ms: float | None = None  # first fence to done: how long the bots had no table
     error: str | None = None
+    # `cdc finalize` began: from then the way back is closed (no backflow, no rollback), so
+    # nothing writes into the legacy files it archives and removes capture from
+    finalizing_at: float | None = None
     finalized_at: float | None = None
     archive: str | None = None  # the manifest of the archived legacy files
     rollback: RollbackInfo | None = None
@@ -145,3 +150,19 @@ def finalized_sources(state_dir: str) -> set[str]:
                 continue
             out.update(x.source for x in files)
     return out
+
+
+def capture_removed_by_finalize(state_dir: str, sp: SourcePlan, e: Exception) -> bool:
+    """Capture gone from a file whose every table is in a stage being finalized: what `cdc
+    finalize` does before its record says finalized (it archives every file first), so the
+    daemon waits for the record instead of raising an alert. Anywhere else a missing capture table
+    stays an error: the changes of a live table are not being captured."""
+    if not (isinstance(e, apsw.SQLError) and "no such table: _cdc_" in str(e)):
+        return False
+    ending = {
+        (t.source, t.table)
+        for r in read_records(state_dir)
+        if r.state == "finalized" or (r.state == "done" and r.finalizing_at is not None)
+        for t in r.tables
+    }
+    return all((sp.name, m.table) in ending for m in sp.tables)

@@ -329,7 +329,7 @@ def test_the_inventory_and_cdc_plan_flag_such_a_table(tmp_path: Path) -> None:
     )
     r = cdc_cmd(
         "plan", "--inventory", str(out / JSON), "--mapping", str(out / MAPPING),
-        "--out", str(tmp_path / "cdc.toml"), cwd=tmp_path,
+        "--out", str(tmp_path / "cdc.toml"), "--target", "core", cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == PlanError.exit_code and "Traceback" not in r.stderr, r.stderr
     assert "'odd'" in r.stderr and "'odd_keyed'" in r.stderr, r.stderr

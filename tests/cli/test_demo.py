@@ -91,9 +91,12 @@ def test_demo_runs_the_daemon_and_bots_as_processes_and_stops_them_cleanly(demo_
 def test_demo_adopts_the_table_a_bot_created_mid_run(demo_run):
     _, _, lines, _ = demo_run
     out = "\n".join(lines)
-    # said out loud, then fixed the way an operator would: install again, restart the daemon
+    # said out loud, then adopted by the running daemon itself: no install, no restart
     assert _has(lines, "new table(s) appeared", "llm_costs.budget_alerts"), out
-    assert _has(lines, "installed: 24 tables in 8 databases"), out
+    assert _has(lines, "adopts them itself"), out
+    assert _has(lines, "llm_costs.budget_alerts: captured by the same daemon (pid"), out
+    assert not _has(lines, "installed: 24 tables"), out  # not by `cdc install`
+    assert not _has(lines, "restart"), out
     assert _has(lines, "llm_costs", "budget_alerts", "analytics.budget_alerts", "EQUAL"), out
 
 

@@ -112,6 +112,13 @@ def finalized(tmp_path: Path, daemons) -> dict:
         _ok("finalize", target, "-c", c)
     wait_until(lambda: list_segments(str(tmp_path / "state" / "log-archive")), 30, 0.2, "archive")
     assert d.stop() == 0, d.output()
+    # A finalize that went well is not an alert: no ERROR line (there was one per source,
+    # "no such table: _cdc_changes", while capture was removed before the record said so),
+    # and the daemon said when it was up and when it stopped.
+    out = d.output()
+    assert [line for line in out.splitlines() if " ERROR " in line] == [], out
+    assert out.count("INFO cdc.lifecycle: daemon up: pid ") == 1, out
+    assert out.count("INFO cdc.lifecycle: daemon stopped, exit 0 (after ") == 1, out
     return {"cfg": c, "root": tmp_path, "round1": round1, "round1_at": round1_at}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -61,10 +63,44 @@ def test_sigterm_is_clean_and_second_daemon_is_refused(tmp_path, daemons, bot_cf
     d.wait_synced()
     r = cdc_cmd("run", "-c", str(cfg))
     assert r.returncode == DaemonError.exit_code
-    assert "another cdc daemon is running" in r.stderr
+    state = cfg.parent / "state"
+    assert r.stderr.splitlines() == [  # the one to stop is named
+        f"error: {state}: another cdc daemon (pid {d.proc.pid}) is running on this state dir",
+        f"hint: stop it first (kill -TERM {d.proc.pid}), or watch it with `cdc status`",
+    ], r.stderr
     assert d.stop() == 0
     st = json.loads(cdc_cmd("status", "--json", "-c", str(cfg)).stdout)
     assert st["daemon"]["state"] == "stopped"
+
+
+def test_run_says_when_it_is_up_and_when_it_stops_and_nothing_else(tmp_path, bot_cfg):
+    """At the default level: one line up (sources, targets, state dir, metrics), one line
+    stopped; the rest only when something goes wrong."""
+    cfg = bot_cfg(wal=False, rows=10)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run", "-c", str(cfg), "--metrics-addr", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        first = p.stdout.readline()
+        p.send_signal(signal.SIGTERM)
+        rest = p.communicate(timeout=60)[0]
+    finally:
+        p.kill()
+    assert p.returncode == 0, first + rest
+    state = (cfg.parent / "state").resolve()
+    assert re.fullmatch(
+        rf"\S+ \S+ INFO cdc.lifecycle: daemon up: pid {p.pid}, 1 sources, 1 targets \(core\), "
+        rf"state dir {re.escape(str(state))}, metrics http://127\.0\.0\.1:[1-9]\d*/metrics\n",
+        first,
+    ), first
+    assert re.fullmatch(
+        rf"\S+ \S+ INFO cdc.lifecycle: daemon stopped, exit 0 \(after [\d.]+ s; pid {p.pid}\)\n",
+        rest,
+    ), rest
 
 
 def test_status_json_contract(tmp_path, daemons, bot_cfg):

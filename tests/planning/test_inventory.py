@@ -11,6 +11,7 @@ import apsw
 import msgspec
 import pytest
 
+from cdc.planning.dependency_graph import dot_string
 from cdc.planning.inventory_format import Inventory
 from cdc.planning.inventory_report import (
     DOT,
@@ -18,7 +19,6 @@ from cdc.planning.inventory_report import (
     MAPPING,
     MARKDOWN,
     SVG,
-    dot_string,
     render_dot,
     run_inventory,
 )
@@ -172,7 +172,7 @@ def test_fts5_with_external_content_and_its_shadow_tables(tmp_path: Path) -> Non
         ("standalone", "fts5"),
     ]
     dot = (tmp_path / "out" / DOT).read_text()
-    assert "style=dashed, label=content" in dot
+    assert 'style=dashed, label="content"' in dot
 
 
 # -- across databases -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import msgspec
@@ -51,8 +52,9 @@ def test_cli_writes_the_files_and_reports(tmp_path: Path, fk_legacy: Path) -> No
     assert "lines" in {x.table for x in read_mapping(out / MAPPING)}
 
 
-def test_cli_without_dot_says_so_in_one_line(tmp_path: Path) -> None:
-    make_db(tmp_path / "a.db", "CREATE TABLE t(x);")
+def test_cli_without_dot_draws_the_svg_itself_and_says_so_in_one_line(tmp_path: Path) -> None:
+    make_db(tmp_path / "a.db", "CREATE TABLE p(id INTEGER PRIMARY KEY);")
+    make_db(tmp_path / "b.db", "CREATE TABLE c(id INTEGER PRIMARY KEY, p REFERENCES p(id));")
     r = subprocess.run(
         [os.sys.executable, "-m", "cdc", "inventory", str(tmp_path), "--out", str(tmp_path / "o")],
         capture_output=True,
@@ -66,8 +68,11 @@ def test_cli_without_dot_says_so_in_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if SVG in line]
-    assert len(notes) == 1 and "graphviz" in notes[0]
-    assert not (tmp_path / "o" / SVG).exists()
+    assert len(notes) == 1 and "graphviz" in notes[0] and "without Graphviz" in notes[0]
+    svg = ET.fromstring((tmp_path / "o" / SVG).read_bytes())
+    texts = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"a.db", "b.db", "p", "c", "(missing)"} <= texts
+    assert f"wrote {MARKDOWN}, {JSON}, {MAPPING}, {DOT}, {SVG} in" in r.stdout
 
 
 def test_cli_errors_are_one_line_with_the_exit_code(tmp_path: Path) -> None:

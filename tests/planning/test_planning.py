@@ -80,7 +80,9 @@ def test_an_undecided_table_and_an_unknown_target_are_refused(legacy, tmp_path):
     write_mapping(rows, out / "m.csv")
     r = plan_cli(out, "m.csv", "--target", "core")
     assert r.returncode == 3
-    assert "target 'cor' is not one of core (rows: a.db:trades, sub/b.db:trades)" in r.stderr
+    assert (
+        "target 'cor' (rows: a.db:trades, sub/b.db:trades) is not one of core: did you mean core?"
+    ) in r.stderr
     assert "table 'users' of source 'b' " in r.stderr and "matched by no rule" in r.stderr
 
 
@@ -95,7 +97,7 @@ def test_a_good_mapping_writes_a_config_that_checks(legacy, tmp_path):
         },
     )
     write_mapping(rows, out / "m.csv")
-    r = plan_cli(out, "m.csv")
+    r = plan_cli(out, "m.csv", "--target", "core,analytics")
     assert r.returncode == 0, r.stderr
     assert "analytics: 2 tables" in r.stdout and "core: 2 tables" in r.stdout
     cfg = load_config(out / "cdc.toml")
@@ -124,7 +126,7 @@ def test_odd_identifiers_survive_inventory_plan_schema_and_replication(tmp_path,
     assert sorted(r.table for r in rows) == sorted(ODD)
     rows = _fill(rows, **{n: {"target": "core", "as_": f"new {n}"} for n in ODD})
     write_mapping(rows, out / "m.csv")
-    res = make_plan(out / "inventory.json", out / "m.csv", out / "cdc.toml")
+    res = make_plan(out / "inventory.json", out / "m.csv", out / "cdc.toml", ["core"])
     assert res.targets == {"core": len(ODD)}
     cfg = load_config(out / "cdc.toml")
     write_schema(res.plan, out / "schema")
@@ -182,7 +184,7 @@ def test_a_foreign_key_to_a_merged_table_and_an_fts_sent_elsewhere_are_refused(t
     )
     write_mapping(rows, out / "m.csv")
     with pytest.raises(PlanError) as e:
-        make_plan(out / "inventory.json", out / "m.csv", out / "cdc.toml")
+        make_plan(out / "inventory.json", out / "m.csv", out / "cdc.toml", ["core", "analytics"])
     msg = str(e.value)
     assert (
         "foreign key a.fills(acct) -> acct: 'acct' is merged into core.acct (key now includes "
