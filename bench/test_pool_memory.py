@@ -8,15 +8,19 @@ side opens each file with a plain `apsw.Connection` (the same SQLite library as 
 keep theirs. The pool side reads the same tables consolidated into `core`, `analytics` and
 `cache` (each legacy file's tables, renamed `<source>__<table>` with their indexes, go to one
 target, round-robin), through `pool.connection(target)` with the default `[pool]` settings
-(size 8: a one-thread bot opens one connection per database).
+(size 8: a one-thread bot opens one connection per database). A third side is the bot as it
+was before the switch: the same 29 files and work through the stdlib's `sqlite3` (no apsw
+imported; autocommit, so the INSERT commits as apsw's does), the issue's comparison
+(whole-process RSS, pool / sqlite3, goal <= 0.8). Its SQLite heap is not visible from Python.
 
 Each figure is measured in a fresh interpreter (`python -c`), after the work: the current
 RSS from `/proc/self/statm`, the peak RSS (`VmHWM` in `/proc/self/status`), and SQLite's heap
 (`apsw.memory_used()`, `apsw.memory_high_water()`). `ru_maxrss` is recorded in `extra_info`
 too, but Linux carries it over `execve` from the forking parent, so in a child of pytest it
 reports pytest's own peak (about 45 MB on every side) and is not used for the comparison.
-Two baseline processes per round do no work: one imports apsw only, the other imports
-`cdc.pool` and configures it, so "above baseline" is what the connections themselves cost.
+Three baseline processes per round do no work: one imports apsw only, one the stdlib's
+sqlite3 only, the other imports `cdc.pool` and configures it, so "above baseline" is what the
+connections themselves cost.
 Rounds alternate the order of the sides; medians are reported.
 
 With the jarvis corpus beside the repo (`../shared/corpus/jarvis/legacy`), its 29 real files
@@ -49,8 +53,11 @@ PING = "_bench_ping"
 
 _CHILD = r"""
 import json, os, resource, sys
-import apsw
 mode, spec_path, config, scan = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "scan"
+if mode.endswith("sqlite3"):
+    import sqlite3  # a bot before the switch: stdlib only, no apsw
+else:
+    import apsw
 if "pool" in mode:
     from cdc import pool
     pool.configure(config)
@@ -71,6 +78,11 @@ if mode == "legacy":
         conn.set_busy_timeout(5000)
         held.append(conn)
         work(conn, tables, ping)
+elif mode == "sqlite3":
+    for path, tables, ping in spec["legacy"]:
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)  # autocommit, as apsw
+        held.append(conn)
+        work(conn, tables, ping)
 elif mode == "pool":
     for target, tables, ping in spec["pool"]:
         with pool.connection(target) as conn:
@@ -80,14 +92,15 @@ with open("/proc/self/statm") as f:
     rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 with open("/proc/self/status") as f:
     hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-print(json.dumps({
+out = {
     "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     "peak_rss": hwm,
     "rss": rss,
-    "sqlite": apsw.memory_used(),
-    "sqlite_peak": apsw.memory_high_water(),
-    "connections": len(held) if mode == "legacy" else sum(held),
-}))
+    "connections": len(held) if mode in ("legacy", "sqlite3") else sum(held),
+}
+if "apsw" in sys.modules:  # the stdlib's SQLite heap is not visible from Python
+    out.update(sqlite=apsw.memory_used(), sqlite_peak=apsw.memory_high_water())
+print(json.dumps(out))
 """
 
 
@@ -237,7 +250,7 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-MODES = ("pool", "legacy", "base-pool", "base-legacy")
+MODES = ("pool", "legacy", "sqlite3", "base-pool", "base-legacy", "base-sqlite3")
 
 
 @pytest.mark.parametrize("work", ["touch", "scan"])
@@ -254,7 +267,9 @@ def test_pool_memory_vs_29_legacy_connections(benchmark, summary, files, work):
     med = {m: {k: statistics.median(s[k] for s in ss) for k in ss[0]} for m, ss in runs.items()}
     pool, legacy = med["pool"], med["legacy"]
     assert pool["connections"] == len(TARGETS) and legacy["connections"] == FILES
-    above = {side: med[side]["rss"] - med[f"base-{side}"]["rss"] for side in ("pool", "legacy")}
+    assert med["sqlite3"]["connections"] == FILES
+    sides = ("pool", "legacy", "sqlite3")
+    above = {side: med[side]["rss"] - med[f"base-{side}"]["rss"] for side in sides}
     figures = {
         "legacy_files": "jarvis corpus" if real else "synthetic",
         "work": work,
@@ -262,8 +277,12 @@ def test_pool_memory_vs_29_legacy_connections(benchmark, summary, files, work):
         "sqlite_heap_ratio": legacy["sqlite"] / pool["sqlite"],
         "rss_ratio": legacy["rss"] / pool["rss"],
         "rss_above_baseline_ratio": above["legacy"] / above["pool"] if above["pool"] > 0 else None,
+        # the issue's comparison: the bot on the pool against the same bot on 29 stdlib
+        # sqlite3 connections, whole-process RSS (goal: pool / sqlite3 <= 0.8)
+        "pool_over_sqlite3_rss": pool["rss"] / med["sqlite3"]["rss"],
+        "pool_over_legacy_rss": pool["rss"] / legacy["rss"],
     }
-    for side in ("pool", "legacy"):
+    for side in sides:
         figures.update({f"{side}_{k}": v for k, v in med[side].items()})
         figures[f"{side}_rss_above_baseline"] = above[side]
         figures[f"baseline_{side}_rss"] = med[f"base-{side}"]["rss"]
@@ -271,17 +290,23 @@ def test_pool_memory_vs_29_legacy_connections(benchmark, summary, files, work):
 
     def side(name: str, label: str) -> str:
         m = med[name]
+        heap = (
+            f", SQLite heap {_mib(m['sqlite'])} (peak {_mib(m['sqlite_peak'])})"
+            if "sqlite" in m
+            else ""
+        )
         return (
             f"{label}: RSS {_mib(m['rss'])} ({_mib(above[name])} above its baseline, peak "
-            f"{_mib(m['peak_rss'])}), SQLite heap {_mib(m['sqlite'])} (peak "
-            f"{_mib(m['sqlite_peak'])})"
+            f"{_mib(m['peak_rss'])}){heap}"
         )
 
     ratio = figures["rss_above_baseline_ratio"]
     summary(
         f"pool memory, {work} ({'jarvis corpus' if real else 'synthetic files'}, median of "
         f"{ROUNDS} rounds): {side('pool', '3 targets through cdc.pool')}; "
-        f"{side('legacy', '29 legacy connections')}; legacy/pool: SQLite heap "
+        f"{side('legacy', '29 legacy connections (apsw)')}; "
+        f"{side('sqlite3', '29 stdlib sqlite3 connections')}; legacy/pool: SQLite heap "
         f"{figures['sqlite_heap_ratio']:.2f}x, RSS {figures['rss_ratio']:.2f}x"
         + (f", RSS above baseline {ratio:.2f}x" if ratio is not None else "")
+        + f"; pool/sqlite3 RSS {figures['pool_over_sqlite3_rss']:.2f}x"
     )

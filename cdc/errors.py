@@ -78,6 +78,13 @@ class PanicStop(CdcError):
     exit_code = 9
 
 
+# What every fence message starts with (a bot matches on it), and the hint a pooled bot
+# gets with a `FencedWrite`: shared by the capture (which raises) and the pool (which
+# lends), so that lending a connection needs nothing of the capture.
+FENCE_PREFIX = "sqlite-cdc:"
+FENCED_HINT = "the table moved at a cutover: switch this bot to its new home (`cdc docs pool`)"
+
+
 class FencedWrite(CdcError, apsw.ConstraintError):
     """A write through `cdc.pool` met a fence (`cdc.fence`): the table moved at a cutover
     (or back at a rollback) and this copy is read-only. The fence's trigger reaches every

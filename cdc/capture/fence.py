@@ -32,7 +32,7 @@ import apsw
 import msgspec
 
 from cdc.capture import triggers as capture
-from cdc.errors import SourceError
+from cdc.errors import FENCE_PREFIX, SourceError
 from cdc.sqlconn import NOT_OURS, allow_writes, write_transaction
 from cdc.sqlident import lit, q
 
@@ -60,7 +60,7 @@ def trigger_names(tid: int) -> list[str]:
 
 
 LEGACY_NOTE = "this legacy copy is read-only now"
-PREFIX = "sqlite-cdc:"  # what every fence message starts with (a bot matches on it)
+PREFIX = FENCE_PREFIX  # what every fence message starts with (a bot matches on it)
 _NAME = re.compile(r"_cdc_fence(\d+)_(?:ins|upd|del)")
 _RAISE = re.compile(r"RAISE\(ROLLBACK, '((?:[^']|'')*)'\)")
 

@@ -42,7 +42,7 @@ import apsw
 
 from cdc.capture import fence
 from cdc.capture import triggers as capture
-from cdc.errors import CdcError, FencedWrite
+from cdc.errors import FENCED_HINT, CdcError, FencedWrite
 from cdc.inventory import table_info
 from cdc.sqlident import q
 
@@ -54,7 +54,6 @@ _DIRECT = (
     *("BEGIN", "ROLLBACK", "SAVEPOINT", "PRAGMA", "VACUUM", "SELECT", "VALUES", "EXPLAIN"),
     *("ATTACH", "DETACH"),  # refused inside a transaction (the savepoint)
 )
-FENCED_HINT = "the table moved at a cutover: switch this bot to its new home (`cdc docs pool`)"
 _DDL = ("CREATE", "ALTER", "DROP")
 
 

@@ -7,6 +7,9 @@ one a careful bot can tell from a UNIQUE conflict it means to skip. With capture
 statement is run to its end and the keys it changed are written to the capture table in
 the same transaction, so they commit, roll back (savepoints included) and survive a crash
 exactly with the rows; the capture refuses a fenced write itself (`cdc.hooks`).
+
+Nothing of the capture is imported here: a bot that only borrows connections does not load
+it (`cdc.capture.hooks` comes with the first `capture = "hooks"` source, docs/pool.md).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 import apsw
 
-from cdc.capture.fence import PREFIX
-from cdc.capture.hooks import FENCED_HINT
-from cdc.errors import FencedWrite
+from cdc.errors import FENCE_PREFIX, FENCED_HINT, FencedWrite
+
+PREFIX = FENCE_PREFIX  # what every fence message starts with (cdc.errors, shared)
 
 
 class PooledConnection:

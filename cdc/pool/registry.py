@@ -1,6 +1,9 @@
 """This process's pools for one configuration, by database name, and the writer of their
 metrics file. Split from `cdc.pool`, which keeps the one registry of the process (and what
-happens to it at exit and after fork)."""
+happens to it at exit and after fork).
+
+Hook capture (`cdc.capture.hooks`) and the source globs (`cdc.planning.resolve`) are imported
+on first use only: a bot that borrows target connections never loads them."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import logging
 import threading
 import time
 
-from cdc.capture.hooks import capture_for
 from cdc.config import Config
 from cdc.errors import ConfigError
 from cdc.pool.lending import CaptureFactory, Pool
@@ -102,5 +104,10 @@ def _locate(cfg: Config, name: str) -> tuple[str, bool]:
 
 
 def _capture_factory(cfg: Config, name: str) -> CaptureFactory | None:
-    """In-process capture for a source that asks for it (`capture = "hooks"`)."""
+    """In-process capture for a source that asks for it (`capture = "hooks"`). The capture
+    code is imported only then."""
+    if cfg.capture_of(name) != "hooks":
+        return None  # what capture_for answers too, without importing it
+    from cdc.capture.hooks import capture_for
+
     return capture_for(cfg, name)
