@@ -11,6 +11,7 @@ depend on the directory it was started from.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 import re
 import tomllib
@@ -387,3 +388,19 @@ def _check_settings(cfg: Config) -> list[str]:
 
 def _is_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
+
+
+def expand_sources(cfg: Config) -> list[tuple[str, str, bool]]:
+    """(name, absolute path, required) for each declared source, globs expanded. Here, with
+    the config, because the bots' pool needs it and nothing else of the planning."""
+    out = []
+    for s in cfg.sources:
+        if any(c in s.path for c in "*?["):
+            matches = sorted(glob.glob(s.path, recursive=True))
+            if not matches:
+                out.append((s.name, s.path, s.required))  # reported as matching nothing
+            for p in matches:
+                out.append((s.name.replace("{stem}", Path(p).stem), p, s.required))
+        else:
+            out.append((s.name, s.path, s.required))
+    return out

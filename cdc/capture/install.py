@@ -8,7 +8,7 @@ import os
 import msgspec
 
 from cdc.capture import triggers as capture
-from cdc.config import Config
+from cdc.config import Config, expand_sources
 from cdc.cutover import target_capture
 from cdc.guard import is_guard
 from cdc.inventory import list_tables
@@ -63,8 +63,6 @@ class SourceUninstall(msgspec.Struct):
 
 
 def uninstall(cfg: Config, plan: Plan | None = None) -> list[SourceUninstall]:
-    from cdc.planning.resolve import expand_sources
-
     out = []
     for name, path, _required in expand_sources(cfg):
         if not os.path.exists(path) or is_guard(path):

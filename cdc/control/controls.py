@@ -28,7 +28,7 @@ import time
 
 import msgspec
 
-from cdc.config import Config
+from cdc.config import Config, expand_sources
 from cdc.errors import CdcError, ConfigError, PanicStop
 from cdc.fsutil import makedirs_private, safe_component
 
@@ -298,8 +298,6 @@ def steer(cfg: Config, what: str, names: list[str], on: bool) -> Controls:
     """`cdc pause`/`cdc resume`: `what` is harvest, apply, both, cutover or panic; no names
     means every source (harvest) or target (apply). Names must be known, except that a
     resume may name a control left over from an older config."""
-    from cdc.planning.resolve import expand_sources
-
     if what in ("cutover", "panic", "both") and names:
         raise ConfigError(f"--{what} takes no names: it is for the whole daemon")
     if what == "cutover":
@@ -335,8 +333,6 @@ def throttle(
     off: bool,
 ) -> Controls:
     """`cdc throttle`: set (or with `off` remove) the throttle of `sources` (default all)."""
-    from cdc.planning.resolve import expand_sources
-
     if off == (max_changes_per_second is not None or max_lock_ms is not None):
         raise ConfigError("give --max-changes-per-second and/or --max-lock-ms, or --off alone")
     known = [s[0] for s in expand_sources(cfg)]

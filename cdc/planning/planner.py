@@ -17,14 +17,14 @@ import msgspec
 import tomli_w
 
 from cdc import exact_text
-from cdc.config import Config, load_config
+from cdc.config import Config, expand_sources, load_config
 from cdc.errors import ConfigError, PlanError
 from cdc.inventory import list_tables
 from cdc.planning.collisions import clash_suggestions
 from cdc.planning.mapping import EXCLUDE, MappingRow, read_mapping, source_names
 from cdc.planning.plan import Plan
 from cdc.planning.plan_file import PlanTable, is_plan_file, read_plan_file
-from cdc.planning.resolve import expand_sources, resolve_plan
+from cdc.planning.resolve import resolve_plan
 from cdc.planning.targets import (
     apply_defaults,
     choose_targets,

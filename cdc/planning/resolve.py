@@ -8,18 +8,16 @@ reported at once so an operator fixes the config in one pass, before a row is co
 from __future__ import annotations
 
 import fnmatch
-import glob
 import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 import apsw
 
 from cdc import own_objects
 from cdc.changelog import bigrows
-from cdc.config import MAX_NAME_BYTES, Config, RuleConfig
+from cdc.config import MAX_NAME_BYTES, Config, RuleConfig, expand_sources
 from cdc.errors import PlanError, SourceError
 from cdc.fsutil import safe_component
 from cdc.guard import is_guard, is_guard_conn
@@ -31,21 +29,6 @@ from cdc.sqlconn import open_legacy
 log = logging.getLogger(__name__)
 
 LOCKED_START_WAIT = 600.0  # seconds a starting daemon waits for a source a bot keeps locked
-
-
-def expand_sources(cfg: Config) -> list[tuple[str, str, bool]]:
-    """(name, absolute path, required) for each declared source, globs expanded."""
-    out = []
-    for s in cfg.sources:
-        if any(c in s.path for c in "*?["):
-            matches = sorted(glob.glob(s.path, recursive=True))
-            if not matches:
-                out.append((s.name, s.path, s.required))  # reported as matching nothing
-            for p in matches:
-                out.append((s.name.replace("{stem}", Path(p).stem), p, s.required))
-        else:
-            out.append((s.name, s.path, s.required))
-    return out
 
 
 def resolve_plan(

@@ -2,8 +2,8 @@
 metrics file. Split from `cdc.pool`, which keeps the one registry of the process (and what
 happens to it at exit and after fork).
 
-Hook capture (`cdc.capture.hooks`) and the source globs (`cdc.planning.resolve`) are imported
-on first use only: a bot that borrows target connections never loads them."""
+Hook capture (`cdc.capture.hooks`) is imported on first use only: a bot that borrows
+connections never loads it unless a source asks for `capture = "hooks"`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from cdc.config import Config
+from cdc.config import Config, expand_sources
 from cdc.errors import ConfigError
 from cdc.pool.lending import CaptureFactory, Pool
 from cdc.pool.stats import PoolMetrics, write_pool_metrics
@@ -89,11 +89,7 @@ def _locate(cfg: Config, name: str) -> tuple[str, bool]:
     """(path, is_target) of a target or source name; targets win a name both declare."""
     if name in cfg.targets:
         return cfg.targets[name], True
-    from cdc.planning.resolve import (
-        expand_sources,  # globs are expanded now: a new file may have come
-    )
-
-    for source, path, _required in expand_sources(cfg):
+    for source, path, _required in expand_sources(cfg):  # now: a new file may have come
         if source == name:
             return path, False
     known = ", ".join(sorted(cfg.targets))
