@@ -201,6 +201,39 @@ class TableSides:
         keys = frozenset(encode_key(r) for r in changed)
         return SourcePosition(iid, hi, complete, keys)
 
+    # -- both sides in one connection: the target attached as `schema` (the fence proof) ----
+    def join_sql(self, schema: str, big: int) -> tuple[str, list]:
+        """One query over both quiet sides: the legacy and target row counts (NULL keys
+        apart), the rows joined on the key, and in one figure how many are exactly equal,
+        key and every column (`exact_same`), plus 2^32 for each that could not be judged
+        (a BLOB over `big` bytes: the caller reads such a table its own way)."""
+        tag_cond, tag_args = self._tag
+        keys = list(zip(self._src_keys, self._tgt_keys, strict=True))
+        pairs = [(f"s.{sk}", f"t.{tk}") for sk, tk in keys if sk not in self._cols]
+        pairs += [(f"s.{c}", f"t.{c}") for c in self._cols]
+        on = " AND ".join(
+            [f"t.{tk} = s.{sk}" for sk, tk in keys] + ([f"t.{tag_cond}"] if tag_cond else [])
+        )
+        same = " AND ".join(exact_same(x, y, big) for x, y in pairs)
+        src_where = tgt_where = join_where = ""
+        if self.nullable_key:
+            src_where = f" WHERE NOT ({self._src_null})"
+            join_where = f" WHERE NOT ({' OR '.join(f's.{k} IS NULL' for k in self._src_keys)})"
+        tgt_conds = [tag_cond] if tag_cond else []
+        if self.nullable_key:
+            tgt_conds.append(f"NOT ({self._tgt_null})")
+        if tgt_conds:
+            tgt_where = f" WHERE {' AND '.join(tgt_conds)}"
+        table, target = f"main.{q(self.info.name)}", f"{schema}.{q(self.shape.target_table)}"
+        sql = (
+            f"SELECT (SELECT count(*) FROM {table}{src_where}), "
+            f"(SELECT count(*) FROM {target}{tgt_where}), "
+            # judged once per row: 1 equal, 0 not, NULL not judged (counted above 2^32)
+            f"count(*), sum(CASE {same} WHEN 1 THEN 1 WHEN 0 THEN 0 ELSE {1 << 32} END) "
+            f"FROM {table} s JOIN {target} t ON {on}{join_where}"
+        )
+        return sql, tag_args + tag_args
+
     # -- target side (call inside a read transaction) ----------------------------------------
     def target_rows(self, conn: apsw.Connection, lo, hi, cap: int) -> list[tuple]:  # noqa: ANN001
         conds, args = self._range(True, lo, hi)
@@ -266,4 +299,21 @@ def target_position(
         row[1] if row else 0,
         done is not None,
         _shape_decoder.decode(shape[0]) if shape else None,
+    )
+
+
+def exact_same(a: str, b: str, big: int) -> str:
+    """SQL true exactly when values `a` and `b` encode equal for the verifier
+    (`verifier.values`): the same storage class; an INTEGER or REAL equal as a number, a
+    zero's sign included (`atan2`); a TEXT or BLOB equal byte for byte (never under a
+    collation). NULL, not judged, when a BLOB is over `big` bytes (comparing it would
+    hold it in memory whole; the verifier streams such BLOBs, `cdc.changelog.bigrows`):
+    the caller reads such a table its own way. A TEXT is compared whole, as the verifier
+    reads it."""
+    return (
+        f"(typeof({a}) = typeof({b}) AND CASE typeof({a}) WHEN 'null' THEN 1"
+        f" WHEN 'integer' THEN {a} = {b}"
+        f" WHEN 'real' THEN {a} = {b} AND ({a} <> 0 OR atan2({a}, -1) = atan2({b}, -1))"
+        f" WHEN 'text' THEN CAST({a} AS BLOB) = CAST({b} AS BLOB)"
+        f" ELSE iif(length({a}) > {big} OR length({b}) > {big}, NULL, {a} = {b}) END)"
     )

@@ -51,6 +51,7 @@ from cdc.stages.record import CutoverRecord, CutoverTable, read_record, save_rec
 from cdc.status_file import daemon_running
 from checkpoints.store import SOURCES, read_checkpoint
 from checkpoints.store import TABLE as CHECKPOINT
+from verifier.digest import attach_target
 from verifier.model import TableResult
 
 NEAR_ZERO = 1000  # changes a source may be behind when the fence goes up
@@ -228,7 +229,8 @@ class Connections:
     first parses the file's whole schema, and a target with the way back's capture
     triggers (6 per table) took ~4 ms for 65 tables, once per connection, all of it pause.
     One target writer, and per legacy file of the stage a connection (it fences, then
-    reads) and a target reader."""
+    reads), a target reader, and a read-only one with the target attached, where the proof
+    under the fence compares both sides in one query (`verifier.digest.join_check`)."""
 
     def __init__(self, cfg: Config, plan: Plan, target: str, tables: list[TableMapping]):
         busy = cfg.daemon.busy_timeout_ms
@@ -236,11 +238,14 @@ class Connections:
         self.writer = self._keep(open_target(plan.targets[target], busy))
         self.legacy = {}
         self.target = {}
+        self.joined = {}
         for source in sorted({m.source for m in tables}):
-            self.legacy[source] = self._keep(open_legacy(plan.source(source).path, busy))
+            path = plan.source(source).path
+            self.legacy[source] = self._keep(open_legacy(path, busy))
             t = apsw.Connection(plan.targets[target], flags=apsw.SQLITE_OPEN_READONLY)
             t.set_busy_timeout(busy)
             self.target[source] = self._keep(t)
+            self.joined[source] = self._keep(attach_target(path, plan.targets[target], busy))
 
     def _keep(self, conn: apsw.Connection) -> apsw.Connection:
         self.closing.append(conn)

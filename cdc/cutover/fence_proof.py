@@ -4,7 +4,8 @@ The pass before the fence proved the stage's tables equal while the bots wrote. 
 fence both sides are quiet, and it would be enough to compare the keys the change log
 touched since that pass, if the log saw every change. It does not always: something else
 writing to the target, or a legacy file that lost committed transactions, leaves no event.
-So every table the pass proved is read once more on both sides, counted and digested
+So every table the pass proved is compared once more on both sides, in one query over both
+files where it can (`verifier.digest.join_check`), else counted and digested
 (`verifier.digest`); the log only decides which tables need the slower full, key-naming
 verification (the pass could not prove them, or their shape changed since). A table whose
 digests differ is verified in full as well, so that the cutover's error names its keys.
@@ -45,8 +46,9 @@ def final_verification(cfg: Config, plan: Plan, rec: CutoverRecord, tables, conn
         by_source.setdefault(m.source, []).append(m)
 
     def digests(ms: list[TableMapping]) -> list[TableResult]:  # one thread per legacy file
-        src, tgt = conns.legacy[ms[0].source], conns.target[ms[0].source]
-        return [digest_check(src, tgt, m, cfg.verify) for m in ms]
+        source = ms[0].source
+        src, tgt, joined = conns.legacy[source], conns.target[source], conns.joined[source]
+        return [digest_check(src, tgt, m, cfg.verify, joined) for m in ms]
 
     proven: list[TableResult] = []
     if by_source:

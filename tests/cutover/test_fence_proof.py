@@ -74,10 +74,103 @@ def test_a_change_the_log_never_saw_fails_the_cutover_under_the_fence(
     assert rec.state == "fenced" and "alpha.accounts" in (rec.error or "")
 
 
-def test_the_digest_tells_every_storage_class_and_bit(tmp_path: Path, pipeline_for) -> None:
-    """Equal digests exactly when the verifier calls the rows equal: 1 is not 1.0, -0.0
-    is not 0.0, a TEXT is not a BLOB of its bytes, and rows whose key is NULL count as a
-    multiset."""
+def test_the_join_proves_every_kind_of_mapped_table_equal(
+    tmp_path: Path, pipeline_for, monkeypatch
+) -> None:
+    """Renamed, merged (under a tag, beside the other sources' rows), AUTOINCREMENT and
+    keyless tables, replicated and quiet: each proved equal by the one query over both
+    files, none falling back to the digests, and one changed value found."""
+    import verifier.digest
+    from verifier.digest import attach_target, digest_check
+
+    cfg = _setup(tmp_path)
+    pipeline_for(cfg).sync()
+    conf = load_config(cfg)
+    plan = resolve_plan(conf)
+    monkeypatch.setattr(verifier.digest, "SideDigest", None)
+    seen = set()
+    for sp in plan.sources:
+        src = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
+        for m in sp.tables:
+            tgt = apsw.Connection(plan.targets[m.target], flags=apsw.SQLITE_OPEN_READONLY)
+            joined = attach_target(sp.path, plan.targets[m.target], 5000)
+            try:
+                res = digest_check(src, tgt, m, conf.verify, joined)
+            finally:
+                tgt.close()
+                joined.close()
+            assert (res.state, res.source_rows) == ("equal", res.target_rows), res
+            seen.add(
+                "merged" if m.tag_column else "renamed" if m.target_table != m.table else "same"
+            )
+        src.close()
+    assert seen == {"merged", "renamed"}  # same-named, keyless and NULL keys: below
+    m = plan.mapping("beta", "positions")
+    assert m.tag_column
+    with sqlite3.connect(plan.targets["core"], isolation_level=None) as out:
+        out.execute(
+            f"UPDATE positions SET qty = qty + 1 WHERE {m.tag_column} = 'beta' AND rowid = (SELECT min(rowid) FROM positions WHERE {m.tag_column} = 'beta')"
+        )
+    src = apsw.Connection(plan.source("beta").path, flags=apsw.SQLITE_OPEN_READONLY)
+    tgt = apsw.Connection(plan.targets["core"], flags=apsw.SQLITE_OPEN_READONLY)
+    joined = attach_target(plan.source("beta").path, plan.targets["core"], 5000)
+    try:
+        assert digest_check(src, tgt, m, conf.verify, joined).state == "diverged"
+    finally:
+        for c in (src, tgt, joined):
+            c.close()
+
+
+def test_a_blob_too_big_for_the_join_is_digested_instead(tmp_path: Path, pipeline_for) -> None:
+    """A BLOB over the streaming size is not compared inside the join (it would be held in
+    memory whole): the join declines the table and the digests, which stream it, judge."""
+    from verifier.digest import attach_target, digest_check, join_check
+    from verifier.model import TableResult
+    from verifier.table import TableVerifier
+
+    (tmp_path / "legacy").mkdir()
+    c = sqlite3.connect(tmp_path / "legacy" / "a.db", isolation_level=None)
+    c.execute("CREATE TABLE b(k INTEGER PRIMARY KEY, v BLOB)")
+    c.execute("INSERT INTO b VALUES (1, zeroblob(9 << 20)), (2, X'01')")
+    c.close()
+    cfg = tmp_path / "cdc.toml"
+    cfg.write_text(
+        'state_dir = "state"\n[targets]\nout = "out.db"\n'
+        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "out"\n'
+    )
+    assert cdc_cmd("install", "-c", str(cfg), cwd=tmp_path).returncode == 0
+    pipeline_for(cfg).sync()
+    conf = load_config(cfg)
+    plan = resolve_plan(conf)
+    m = plan.mapping("a", "b")
+    legacy, target = plan.source("a").path, plan.targets["out"]
+    src = apsw.Connection(legacy, flags=apsw.SQLITE_OPEN_READONLY)
+    tgt = apsw.Connection(target, flags=apsw.SQLITE_OPEN_READONLY)
+    joined = attach_target(legacy, target, 5000)
+    try:
+        v = TableVerifier(src, tgt, m, conf.verify)
+        assert v.prepare() is None
+        assert not join_check(v.sides, joined, src, tgt, TableResult("a", "b", "out", "b"))
+        res = digest_check(src, tgt, m, conf.verify, joined)
+        assert (res.state, res.source_rows) == ("equal", 2) and res.source_digest
+    finally:
+        for conn in (src, tgt, joined):
+            conn.close()
+
+
+@pytest.mark.parametrize("compared_by", ["join", "digest"])
+def test_the_proof_tells_every_storage_class_and_bit(
+    tmp_path: Path, pipeline_for, monkeypatch, compared_by: str
+) -> None:
+    """Equal exactly when the verifier calls the rows equal: 1 is not 1.0, -0.0 is not
+    0.0, a TEXT is not a BLOB of its bytes, nor another TEXT equal under the key's
+    collation, and rows whose key is NULL count as a multiset; both sides compared in one
+    query over both files (`join`, the cutover's way) or digested in Python."""
+    import verifier.digest
+
+    if compared_by == "join":  # every table here is compared by the join: never digested
+        monkeypatch.setattr(verifier.digest, "SideDigest", None)
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     c = sqlite3.connect(legacy / "a.db", isolation_level=None)
@@ -91,6 +184,7 @@ def test_the_digest_tells_every_storage_class_and_bit(tmp_path: Path, pipeline_f
     c.executemany("INSERT INTO n VALUES (?, ?)", [(None, 1), (None, 1), (None, 2), ("a", 3)])
     c.executemany("INSERT INTO r VALUES (?)", [(v,) for v in values])
     c.execute("INSERT INTO t VALUES ('raw', CAST(X'61FF62' AS TEXT))")  # TEXT, not UTF-8
+    c.execute("INSERT INTO t VALUES ('long', ?)", ("x" * 70_000,))
     c.execute("CREATE TABLE big(k TEXT COLLATE NOCASE PRIMARY KEY, v)")
     with c:  # one transaction, not 12001
         c.execute("BEGIN")
@@ -105,7 +199,7 @@ def test_the_digest_tells_every_storage_class_and_bit(tmp_path: Path, pipeline_f
     r = cdc_cmd("install", "-c", str(cfg), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     pipeline_for(cfg).sync()
-    from verifier.digest import digest_check
+    from verifier.digest import attach_target, digest_check
 
     conf = load_config(cfg)
     plan = resolve_plan(conf)
@@ -114,13 +208,18 @@ def test_the_digest_tells_every_storage_class_and_bit(tmp_path: Path, pipeline_f
         m = plan.mapping("a", table)
         src = apsw.Connection(plan.source("a").path, flags=apsw.SQLITE_OPEN_READONLY)
         tgt = apsw.Connection(plan.targets["out"], flags=apsw.SQLITE_OPEN_READONLY)
+        joined = None
+        if compared_by == "join":
+            joined = attach_target(plan.source("a").path, plan.targets["out"], 5000)
         try:
-            res = digest_check(src, tgt, m, conf.verify)
+            res = digest_check(src, tgt, m, conf.verify, joined)
         finally:
             src.close()
             tgt.close()
+            if joined is not None:
+                joined.close()
         if res.state == "equal":
-            n = {"t": len(values) + 1, "n": 4, "r": len(values), "big": 12001}[table]
+            n = {"t": len(values) + 2, "n": 4, "r": len(values), "big": 12001}[table]
             assert res.source_digest == res.target_digest and res.source_rows == n
         return res.state
 
@@ -149,6 +248,16 @@ def test_the_digest_tells_every_storage_class_and_bit(tmp_path: Path, pipeline_f
         assert check("t") == "diverged", other
     out.execute("UPDATE t SET v = CAST(X'61FF62' AS TEXT) WHERE k = 'raw'")
     assert check("t") == "equal"
+    # a long value, one byte apart
+    out.execute("UPDATE t SET v = 'x' || substr(v, 2, 69998) || 'y' WHERE k = 'long'")
+    assert check("t") == "diverged"
+    out.execute("UPDATE t SET v = ? WHERE k = 'long'", ("x" * 70_000,))
+    assert check("t") == "equal"
+    # a key equal to another under the NOCASE collation, in place of it
+    out.execute("UPDATE big SET k = 'k000001' WHERE k = 'K000001'")
+    assert check("big") == "diverged"
+    out.execute("UPDATE big SET k = 'K000001' WHERE k = 'k000001'")
+    assert check("big") == "equal"
     # read in chunks: one row swapped for another far away, the count unchanged
     out.execute("DELETE FROM big WHERE k = 'K005000'")
     out.execute("INSERT INTO big VALUES ('K999999', 2500.0)")
