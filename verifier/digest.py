@@ -78,9 +78,13 @@ def attach_target(legacy: str, target: str, busy_timeout_ms: int) -> apsw.Connec
     JOINED, both schemas parsed now (before a fence: a connection's first statement parses
     the whole schema, which under the fence would be pause)."""
     conn = apsw.Connection(legacy, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-    conn.set_busy_timeout(busy_timeout_ms)
-    uri = "file:" + urllib.parse.quote(os.path.abspath(target)) + "?mode=ro"
-    conn.execute(f"ATTACH ? AS {JOINED}", (uri,))
+    try:
+        conn.set_busy_timeout(busy_timeout_ms)
+        uri = "file:" + urllib.parse.quote(os.path.abspath(target)) + "?mode=ro"
+        conn.execute(f"ATTACH ? AS {JOINED}", (uri,))
+    except apsw.Error:  # e.g. a UTF-16 legacy file: attached files share its encoding
+        conn.close()
+        raise
     conn.execute(
         f"SELECT (SELECT count(*) FROM main.sqlite_master), (SELECT count(*) FROM {JOINED}.sqlite_master)"
     ).fetchall()

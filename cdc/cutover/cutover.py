@@ -245,7 +245,15 @@ class Connections:
             t = apsw.Connection(plan.targets[target], flags=apsw.SQLITE_OPEN_READONLY)
             t.set_busy_timeout(busy)
             self.target[source] = self._keep(t)
-            self.joined[source] = self._keep(attach_target(path, plan.targets[target], busy))
+            self.joined[source] = self._joined(path, plan.targets[target], busy)
+
+    def _joined(self, legacy: str, target: str, busy: int) -> apsw.Connection | None:
+        """None where SQLite will not attach the target (a UTF-16 legacy file: attached
+        files must share the main file's text encoding): the proof digests instead."""
+        try:
+            return self._keep(attach_target(legacy, target, busy))
+        except apsw.Error:
+            return None
 
     def _keep(self, conn: apsw.Connection) -> apsw.Connection:
         self.closing.append(conn)

@@ -47,7 +47,7 @@ def final_verification(cfg: Config, plan: Plan, rec: CutoverRecord, tables, conn
 
     def digests(ms: list[TableMapping]) -> list[TableResult]:  # one thread per legacy file
         source = ms[0].source
-        src, tgt, joined = conns.legacy[source], conns.target[source], conns.joined[source]
+        src, tgt, joined = conns.legacy[source], conns.target[source], conns.joined.get(source)
         return [digest_check(src, tgt, m, cfg.verify, joined) for m in ms]
 
     proven: list[TableResult] = []

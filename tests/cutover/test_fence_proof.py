@@ -159,6 +159,36 @@ def test_a_blob_too_big_for_the_join_is_digested_instead(tmp_path: Path, pipelin
             conn.close()
 
 
+def test_a_utf16_legacy_file_is_proved_by_the_digests(tmp_path: Path, pipeline_for) -> None:
+    """SQLite attaches only files of the main file's text encoding: the connections opened
+    before the fence go without the joined one for a UTF-16 legacy file, whose tables the
+    digests prove instead."""
+    from cdc.cutover.cutover import Connections
+    from verifier.digest import digest_check
+
+    (tmp_path / "legacy").mkdir()
+    c = sqlite3.connect(tmp_path / "legacy" / "a.db", isolation_level=None)
+    c.execute("PRAGMA encoding = 'UTF-16le'")
+    c.execute("CREATE TABLE u(k TEXT PRIMARY KEY, v)")
+    c.executemany("INSERT INTO u VALUES (?, ?)", [("é", 1.5), ("b", "ünï")])
+    c.close()
+    cfg = tmp_path / "cdc.toml"
+    cfg.write_text(
+        'state_dir = "state"\n[targets]\nout = "out.db"\n'
+        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "out"\n'
+    )
+    assert cdc_cmd("install", "-c", str(cfg), cwd=tmp_path).returncode == 0
+    pipeline_for(cfg).sync()
+    conf = load_config(cfg)
+    plan = resolve_plan(conf)
+    tables = plan.stage("out")
+    with Connections(conf, plan, "out", tables) as conns:
+        assert conns.joined == {"a": None}
+        res = digest_check(conns.legacy["a"], conns.target["a"], tables[0], conf.verify, None)
+        assert (res.state, res.source_rows) == ("equal", 2)
+
+
 @pytest.mark.parametrize("compared_by", ["join", "digest"])
 def test_the_proof_tells_every_storage_class_and_bit(
     tmp_path: Path, pipeline_for, monkeypatch, compared_by: str
