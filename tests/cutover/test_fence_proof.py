@@ -38,6 +38,22 @@ def _setup(root: Path, cycle_pause: float = 600.0) -> Path:
     return workload.setup(root, config, live_seed(200))
 
 
+def _replicated(root: Path, pipeline_for):  # noqa: ANN001, ANN202
+    """legacy/a.db (made by the test) mapped whole to out.db, installed and replicated by
+    the in-process pipeline; its config and plan."""
+    cfg = root / "cdc.toml"
+    cfg.write_text(
+        'state_dir = "state"\n[targets]\nout = "out.db"\n'
+        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "out"\n'
+    )
+    r = cdc_cmd("install", "-c", str(cfg), cwd=root)
+    assert r.returncode == 0, r.stderr
+    pipeline_for(cfg).sync()
+    conf = load_config(cfg)
+    return conf, resolve_plan(conf)
+
+
 def _synced(cfg: Path, daemons):  # noqa: ANN001, ANN202
     d = daemons(cfg)
     d.wait_synced()
@@ -133,16 +149,7 @@ def test_a_blob_too_big_for_the_join_is_digested_instead(tmp_path: Path, pipelin
     c.execute("CREATE TABLE b(k INTEGER PRIMARY KEY, v BLOB)")
     c.execute("INSERT INTO b VALUES (1, zeroblob(9 << 20)), (2, X'01')")
     c.close()
-    cfg = tmp_path / "cdc.toml"
-    cfg.write_text(
-        'state_dir = "state"\n[targets]\nout = "out.db"\n'
-        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
-        '[[rules]]\ntable = "*"\ntarget = "out"\n'
-    )
-    assert cdc_cmd("install", "-c", str(cfg), cwd=tmp_path).returncode == 0
-    pipeline_for(cfg).sync()
-    conf = load_config(cfg)
-    plan = resolve_plan(conf)
+    conf, plan = _replicated(tmp_path, pipeline_for)
     m = plan.mapping("a", "b")
     legacy, target = plan.source("a").path, plan.targets["out"]
     src = apsw.Connection(legacy, flags=apsw.SQLITE_OPEN_READONLY)
@@ -172,16 +179,7 @@ def test_a_utf16_legacy_file_is_proved_by_the_digests(tmp_path: Path, pipeline_f
     c.execute("CREATE TABLE u(k TEXT PRIMARY KEY, v)")
     c.executemany("INSERT INTO u VALUES (?, ?)", [("é", 1.5), ("b", "ünï")])
     c.close()
-    cfg = tmp_path / "cdc.toml"
-    cfg.write_text(
-        'state_dir = "state"\n[targets]\nout = "out.db"\n'
-        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
-        '[[rules]]\ntable = "*"\ntarget = "out"\n'
-    )
-    assert cdc_cmd("install", "-c", str(cfg), cwd=tmp_path).returncode == 0
-    pipeline_for(cfg).sync()
-    conf = load_config(cfg)
-    plan = resolve_plan(conf)
+    conf, plan = _replicated(tmp_path, pipeline_for)
     tables = plan.stage("out")
     with Connections(conf, plan, "out", tables) as conns:
         assert conns.joined == {"a": None}
@@ -220,19 +218,8 @@ def test_the_proof_tells_every_storage_class_and_bit(
         c.execute("BEGIN")
         c.executemany("INSERT INTO big VALUES (?, ?)", [(f"K{i:06}", i / 2) for i in range(12001)])
     c.close()
-    cfg = tmp_path / "cdc.toml"
-    cfg.write_text(
-        'state_dir = "state"\n[targets]\nout = "out.db"\n'
-        '[[sources]]\nname = "a"\npath = "legacy/a.db"\n'
-        '[[rules]]\ntable = "*"\ntarget = "out"\n'
-    )
-    r = cdc_cmd("install", "-c", str(cfg), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    pipeline_for(cfg).sync()
+    conf, plan = _replicated(tmp_path, pipeline_for)
     from verifier.digest import attach_target, digest_check
-
-    conf = load_config(cfg)
-    plan = resolve_plan(conf)
 
     def check(table: str) -> str:
         m = plan.mapping("a", table)
