@@ -125,6 +125,7 @@ def _pool_families(st: Status) -> list:
     p_wait_max = _g("cdc_pool_wait_seconds_max", "longest wait for a connection", pl)
     p_timeouts = _c("cdc_pool_timeouts", "borrowers that gave up", pl)
     p_errors = _c("cdc_pool_errors", "checkouts that ended badly", pl)
+    p_fenced = _c("cdc_pool_fenced_writes", "writes a cutover's fence refused (a stale bot)", pl)
     p_open = _g("cdc_pool_open_connections", "connections open", pl)
     p_in_use = _g("cdc_pool_in_use_connections", "connections lent out now", pl)
     p_hold = _g("cdc_pool_longest_hold_seconds", "longest time one borrower held one", pl)
@@ -135,10 +136,14 @@ def _pool_families(st: Status) -> list:
         p_wait_max.add_metric(lab, m.wait_seconds_max)
         p_timeouts.add_metric(lab, float(m.timeouts))
         p_errors.add_metric(lab, float(m.errors))
+        p_fenced.add_metric(lab, float(m.fenced))
         p_open.add_metric(lab, float(m.open))
         p_in_use.add_metric(lab, float(m.in_use))
         p_hold.add_metric(lab, m.longest_hold_seconds)
-    return [p_checkouts, p_waits, p_wait_max, p_timeouts, p_errors, p_open, p_in_use, p_hold]
+    return [
+        *(p_checkouts, p_waits, p_wait_max, p_timeouts, p_errors, p_fenced),
+        *(p_open, p_in_use, p_hold),
+    ]
 
 
 def _problem_families(st: Status) -> list:

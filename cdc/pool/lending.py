@@ -244,6 +244,7 @@ class Pool:
             held = now - self._lent.pop(id(conn))
             m = self._m
             m.longest_hold_seconds = max(m.longest_hold_seconds, held)
+            m.fenced, conn.fenced = m.fenced + conn.fenced, 0
             if captured is not None:  # a hooks capture counts the capture rows it wrote
                 new = captured - self._captured_seen.get(id(conn), 0)
                 self._captured_seen[id(conn)] = captured

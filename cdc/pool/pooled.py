@@ -31,16 +31,25 @@ class PooledConnection:
     def __init__(self, raw: apsw.Connection, capture: Any = None) -> None:
         self.raw = raw
         self.capture = capture
+        self.fenced = 0  # writes a fence refused since the pool last counted (`PoolMetrics`)
         if capture is None:  # apsw's own methods, only a fence's refusal told apart
-            self.execute = _telling_fences(raw.execute)  # type: ignore[method-assign]
-            self.executemany = _telling_fences(raw.executemany)  # type: ignore[method-assign]
+            self.execute = _telling_fences(raw.execute, self)  # type: ignore[method-assign]
+            self.executemany = _telling_fences(raw.executemany, self)  # type: ignore[method-assign]
             self.cursor = raw.cursor  # type: ignore[method-assign]
 
     def execute(self, statements: str, bindings: Any = None) -> Iterator[Any]:
-        return self.capture.execute(self.raw, statements, bindings)
+        try:
+            return self.capture.execute(self.raw, statements, bindings)
+        except FencedWrite:
+            self.fenced += 1
+            raise
 
     def executemany(self, statements: str, sequenceofbindings: Iterable[Any]) -> Iterator[Any]:
-        return self.capture.executemany(self.raw, statements, sequenceofbindings)
+        try:
+            return self.capture.executemany(self.raw, statements, sequenceofbindings)
+        except FencedWrite:
+            self.fenced += 1
+            raise
 
     def cursor(self) -> _CapturingCursor:
         return _CapturingCursor(self)
@@ -101,12 +110,15 @@ class _CapturingCursor:
         return self._conn.executemany(statements, sequenceofbindings)
 
 
-def _telling_fences(method: Callable[..., Any]) -> Callable[..., Any]:
+def _telling_fences(method: Callable[..., Any], owner: PooledConnection) -> Callable[..., Any]:
     def call(statements: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(statements, *args, **kwargs)
         except apsw.ConstraintError as e:
-            if isinstance(e, FencedWrite) or not str(e).startswith(PREFIX):
+            if not str(e).startswith(PREFIX):
+                raise
+            owner.fenced += 1
+            if isinstance(e, FencedWrite):
                 raise
             raise FencedWrite(str(e), hint=FENCED_HINT) from e
 

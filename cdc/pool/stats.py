@@ -41,6 +41,7 @@ class PoolMetrics(msgspec.Struct):
     wait_seconds_max: float = 0.0
     timeouts: int = 0  # borrowers that gave up (`PoolTimeout`)
     errors: int = 0  # exceptions out of a `with`, transactions left open, failed opens
+    fenced: int = 0  # writes a cutover's fence refused (`FencedWrite`): a stale bot
     longest_hold_seconds: float = 0.0  # over every returned checkout
     current_longest_hold_seconds: float = 0.0  # of a connection still lent out
     created_at: float = 0.0

@@ -84,9 +84,11 @@ def test_a_pool_connection_is_refused_by_a_fence_like_any_bot(tmp_path: Path, ho
     raw = apsw.Connection(str(db))
     conn = PooledConnection(raw, HookCapture(raw, "bot") if hooks else None)
     seq = raw.execute("SELECT max(seq) FROM _cdc_changes").fetchone()
-    for name, e in _attempts(conn).items():
+    attempts = _attempts(conn)
+    for name, e in attempts.items():
         assert isinstance(e, FencedWrite), (name, e)
         assert isinstance(e, CdcError) and str(e) == message, name
+    assert conn.fenced == len(attempts)  # each refusal counted once, for the pool's metric
     assert raw.execute("SELECT * FROM kv").fetchall() == [("a", "legacy")]
     # whole transactions refused; a plain connection's script committed its first statement
     free = raw.execute("SELECT k FROM free").fetchall()

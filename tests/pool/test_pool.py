@@ -305,3 +305,28 @@ def test_a_missing_legacy_file_is_an_error_and_never_created(tmp_path):
     p.close()
     assert not missing.exists() and not missing.parent.exists()
     assert m.errors == 1 and m.open == 0 and m.checkouts == 0
+
+
+def test_writes_a_fence_refuses_are_counted(tmp_path):
+    """A stale bot on the pool: every write a cutover's fence refuses is in the pool's
+    `fenced` count (cdc_pool_fenced_writes_total), whether the bot catches it or not."""
+    from cdc.capture import fence
+    from cdc.capture import triggers as capture
+    from cdc.errors import FencedWrite
+    from cdc.inventory import list_tables
+
+    db = make_db(tmp_path / "core.db", "CREATE TABLE kv(k TEXT PRIMARY KEY, v);")
+    with _raw_conn(str(db)) as c:
+        capture.install(c, list_tables(c), str(db))
+        fence.fence(c, "bot", str(db), {"kv": "elsewhere"}, stage="core")
+    p = _target_pool(tmp_path)
+    try:
+        for _ in range(2):  # caught inside the `with`: the checkout itself ends well
+            with p.connection() as conn, pytest.raises(FencedWrite):
+                conn.execute("INSERT INTO kv VALUES ('a', 1)")
+        with pytest.raises(FencedWrite), p.connection() as conn:  # out of the `with`
+            conn.executemany("INSERT INTO kv VALUES (?, ?)", [("b", 2)])
+        m = p.metrics()
+        assert (m.fenced, m.checkouts) == (3, 3), m
+    finally:
+        p.close()
