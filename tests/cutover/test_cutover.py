@@ -286,9 +286,10 @@ def test_cutover_commands_refuse_clearly(tmp_path: Path, live_cfg: Path) -> None
 def test_a_finalize_killed_mid_way_completes_when_run_again(
     tmp_path: Path, daemons, live_cfg: Path
 ) -> None:
-    """SIGKILL after the first file is archived (its capture already removed), then after
-    the record says finalized (before the guards): each run again completes, every file is
-    archived once, guarded, and the rollback window is closed."""
+    """SIGKILL once the record says finalizing (the way back closed: a rollback is refused),
+    after the first file is archived (its capture already removed), then after the record
+    says finalized (before the guards): each run again completes, every file is archived
+    once, guarded, and the rollback window is closed."""
     cfg = live_cfg
     d = daemons(cfg)
     d.wait_synced()
@@ -296,6 +297,12 @@ def test_a_finalize_killed_mid_way_completes_when_run_again(
         assert cutover_cmd(cfg, target).returncode == 0
     r = cdc_cmd("finalize", "analytics", "-c", str(cfg))  # every file also feeds core
     assert r.returncode == 0 and "0 files archived, 3 waiting" in r.stdout, r.stdout + r.stderr
+    r = cdc_step("finalize", cfg, "core", kill_at="finalizing")
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    # the way back closed before anything was archived: a rollback now is refused
+    r = cdc_cmd("rollback", "core", "-c", str(cfg))
+    assert r.returncode != 0 and "the way back is closed" in r.stderr, r.stdout + r.stderr
+    assert "run `cdc finalize core` again" in r.stderr, r.stderr
     for step in ("archived", "finalized"):
         r = cdc_step("finalize", cfg, "core", kill_at=step)
         assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
