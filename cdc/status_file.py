@@ -196,9 +196,10 @@ def daemon_state(ds: DaemonStatus | None, now: float) -> DaemonState:
     if ds is None:
         return DaemonState("not started")
     state = ds.state
-    if state == "running" and not _pid_alive(ds.pid):
+    live = state in ("running", "restarting")  # the process says it goes on
+    if live and not _pid_alive(ds.pid):
         state = "dead"
-    elif state == "running" and now - ds.updated_at > 10:
+    elif live and now - ds.updated_at > 10:
         state = "stalled"
     return DaemonState(state, ds.pid, ds.updated_at, ds.error, ds.started_at)
 

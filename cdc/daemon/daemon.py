@@ -463,8 +463,10 @@ class Daemon:
             self.applier.close()
         failed = self.fatal is not None and not isinstance(self.fatal, PanicStop)
         again = self.replan and not failed and not self.requested_stop.is_set()
-        # Starting over to capture a new table: the process goes on, so does "running".
-        self.write_status("running" if again else "failed" if failed else "stopped")
+        # Starting over to capture a new table: not "stopped" (the process goes on), nor
+        # "running" (its figures are the old daemon's: a caller waiting for "synced" would
+        # take them for the new one's).
+        self.write_status("restarting" if again else "failed" if failed else "stopped")
         self.writer.close()
         os.close(self._lock_fd)
 
