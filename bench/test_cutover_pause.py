@@ -67,7 +67,7 @@ GOAL_P99_MS = 100.0
 GAP_S = 0.5  # between two stages' cutovers
 ROUNDS = max(1, round(10 * min(1.0, SCALE)))  # each one a fresh copy of the corpus
 STAGES = ("analytics", "cache", "core")
-STEPS = ("fence", "record", "drain", "sequences", "verify")
+STEPS = ("fence", "proofs", "record", "drain", "sequences", "verify", "cpu")
 
 
 # -- the bot ----------------------------------------------------------------------------------

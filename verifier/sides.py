@@ -202,11 +202,13 @@ class TableSides:
         return SourcePosition(iid, hi, complete, keys)
 
     # -- both sides in one connection: the target attached as `schema` (the fence proof) ----
-    def join_sql(self, schema: str, big: int) -> tuple[str, list]:
+    def join_sql(self, schema: str, big: int, go: bool = True) -> tuple[str, list]:
         """One query over both quiet sides: the legacy and target row counts (NULL keys
         apart), the rows joined on the key, and in one figure how many are exactly equal,
         key and every column (`exact_same`), plus 2^32 for each that could not be judged
-        (a BLOB over `big` bytes: the caller reads such a table its own way)."""
+        (a BLOB over `big` bytes: the caller reads such a table its own way).
+        `go` False: the same statement, reading nothing (its first argument is 0), to have
+        SQLite compile it ahead (`verifier.digest.compile_join`)."""
         tag_cond, tag_args = self._tag
         keys = list(zip(self._src_keys, self._tgt_keys, strict=True))
         pairs = [(f"s.{sk}", f"t.{tk}") for sk, tk in keys if sk not in self._cols]
@@ -215,24 +217,23 @@ class TableSides:
             [f"t.{tk} = s.{sk}" for sk, tk in keys] + ([f"t.{tag_cond}"] if tag_cond else [])
         )
         same = " AND ".join(exact_same(x, y, big) for x, y in pairs)
-        src_where = tgt_where = join_where = ""
+        src_conds, tgt_conds, join_conds = ["?1"], ["?1"], ["?1"]
+        if tag_cond:
+            tgt_conds.append(tag_cond.replace("?", "?2"))
+            on = on.replace("?", "?2")
         if self.nullable_key:
-            src_where = f" WHERE NOT ({self._src_null})"
-            join_where = f" WHERE NOT ({' OR '.join(f's.{k} IS NULL' for k in self._src_keys)})"
-        tgt_conds = [tag_cond] if tag_cond else []
-        if self.nullable_key:
+            src_conds.append(f"NOT ({self._src_null})")
             tgt_conds.append(f"NOT ({self._tgt_null})")
-        if tgt_conds:
-            tgt_where = f" WHERE {' AND '.join(tgt_conds)}"
+            join_conds.append(f"NOT ({' OR '.join(f's.{k} IS NULL' for k in self._src_keys)})")
         table, target = f"main.{q(self.info.name)}", f"{schema}.{q(self.shape.target_table)}"
         sql = (
-            f"SELECT (SELECT count(*) FROM {table}{src_where}), "
-            f"(SELECT count(*) FROM {target}{tgt_where}), "
+            f"SELECT (SELECT count(*) FROM {table} WHERE {' AND '.join(src_conds)}), "
+            f"(SELECT count(*) FROM {target} WHERE {' AND '.join(tgt_conds)}), "
             # judged once per row: 1 equal, 0 not, NULL not judged (counted above 2^32)
             f"count(*), sum(CASE {same} WHEN 1 THEN 1 WHEN 0 THEN 0 ELSE {1 << 32} END) "
-            f"FROM {table} s JOIN {target} t ON {on}{join_where}"
+            f"FROM {table} s JOIN {target} t ON {on} WHERE {' AND '.join(join_conds)}"
         )
-        return sql, tag_args + tag_args
+        return sql, [int(go)] + tag_args
 
     # -- target side (call inside a read transaction) ----------------------------------------
     def target_rows(self, conn: apsw.Connection, lo, hi, cap: int) -> list[tuple]:  # noqa: ANN001
@@ -306,14 +307,17 @@ def exact_same(a: str, b: str, big: int) -> str:
     """SQL true exactly when values `a` and `b` encode equal for the verifier
     (`verifier.values`): the same storage class; an INTEGER or REAL equal as a number, a
     zero's sign included (`atan2`); a TEXT or BLOB equal byte for byte (never under a
-    collation). NULL, not judged, when a BLOB is over `big` bytes (comparing it would
-    hold it in memory whole; the verifier streams such BLOBs, `cdc.changelog.bigrows`):
-    the caller reads such a table its own way. A TEXT is compared whole, as the verifier
-    reads it."""
+    collation, nor an affinity: `CAST(... AS BLOB)`). NULL, not judged, when a BLOB is over
+    `big` bytes (comparing it would hold it in memory whole; the verifier streams such
+    BLOBs, `cdc.changelog.bigrows`): the caller reads such a table its own way. A TEXT is
+    compared whole, as the verifier reads it. One CASE on `a`'s class, the commonest
+    first: 10-15% faster than testing both classes first (bench/README.md)."""
     return (
-        f"(typeof({a}) = typeof({b}) AND CASE typeof({a}) WHEN 'null' THEN 1"
-        f" WHEN 'integer' THEN {a} = {b}"
-        f" WHEN 'real' THEN {a} = {b} AND ({a} <> 0 OR atan2({a}, -1) = atan2({b}, -1))"
-        f" WHEN 'text' THEN CAST({a} AS BLOB) = CAST({b} AS BLOB)"
-        f" ELSE iif(length({a}) > {big} OR length({b}) > {big}, NULL, {a} = {b}) END)"
+        f"CASE typeof({a}) WHEN 'integer' THEN typeof({b}) = 'integer' AND {a} = {b}"
+        f" WHEN 'text' THEN typeof({b}) = 'text' AND CAST({a} AS BLOB) = CAST({b} AS BLOB)"
+        f" WHEN 'real' THEN typeof({b}) = 'real' AND {a} = {b}"
+        f" AND ({a} <> 0 OR atan2({a}, -1) = atan2({b}, -1))"
+        f" WHEN 'null' THEN {b} IS NULL"
+        f" ELSE typeof({b}) = 'blob'"
+        f" AND iif(length({a}) > {big} OR length({b}) > {big}, NULL, {a} = {b}) END"
     )

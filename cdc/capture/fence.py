@@ -48,6 +48,12 @@ class FenceMark(msgspec.Struct, frozen=True):
     # AUTOINCREMENT counters of the fenced tables, read in the fencing transaction: final,
     # since no bot can write them after it (read here, they cost the pause nothing more)
     sequences: dict[str, int] = {}
+    # The file's schema cookie just before and just after the fence's triggers, read in
+    # the fencing transaction: the proof under the fence, built before it, is still the
+    # file's exactly when the cookie went from the one it was built at to `schema_after`
+    # and stayed there (`cdc.cutover.fence_proof`). -1: not known (an older mark).
+    schema_before: int = -1
+    schema_after: int = -1
 
 
 # Decoders are built once, at import: msgspec 0.22 can crash when several threads make
@@ -135,6 +141,7 @@ def fence(
     try:
         with write_transaction(conn):
             tids = capture.installed_tables(conn)
+            before = _cookie(conn)
             missing = [t for t in moved if t not in tids]
             if missing:
                 raise SourceError(
@@ -157,6 +164,8 @@ def fence(
                 old.fence_seq if keep else seq,
                 old.fenced_at if keep else time.time(),
                 old.sequences if keep else _sequences(conn, tables),
+                before,
+                _cookie(conn),
             )
             conn.execute(
                 f"INSERT OR REPLACE INTO {capture.META}(k, v) VALUES (?, ?)",
@@ -168,6 +177,10 @@ def fence(
             f"{path}: stayed locked while fencing: {e}",
             hint="a bot held the write lock longer than the busy timeout; run the cutover again",
         ) from e
+
+
+def _cookie(conn: apsw.Connection) -> int:
+    return conn.execute("PRAGMA schema_version").fetchone()[0]
 
 
 def _sequences(conn: apsw.Connection, tables: list[str]) -> dict[str, int]:

@@ -16,19 +16,82 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import apsw
 import msgspec
 
+from cdc.capture.fence import FenceMark
 from cdc.config import Config
 from cdc.planning.plan import Plan, TableMapping
 from cdc.stages.record import CutoverRecord
 from verifier import verify_tables
-from verifier.digest import digest_check
+from verifier.digest import Prepared, compile_join, cookies, digest_check
 from verifier.model import TableResult, VerifyReport
+from verifier.table import TableVerifier
 
 
-def final_verification(cfg: Config, plan: Plan, rec: CutoverRecord, tables, conns):  # noqa: ANN001, ANN201
+def prepare_proofs(cfg: Config, tables: list[TableMapping], conns) -> dict:  # noqa: ANN001
+    """Each table's join built before the fence (`verifier.digest.Prepared`), by (source,
+    table): reading both schemas for it is most of a table's fixed cost, and under the
+    fence it would be pause. Only where the legacy file has its target attached."""
+    out: dict[tuple[str, str], Prepared] = {}
+    for m in tables:
+        joined = conns.joined.get(m.source)
+        if joined is None:
+            continue
+        legacy_cookie, target_cookie = cookies(joined)  # first: see `cookies`
+        v = TableVerifier(conns.legacy[m.source], conns.target[m.source], m, cfg.verify)
+        if v.prepare() is None:
+            out[(m.source, m.table)] = Prepared(v.sides, legacy_cookie, target_cookie)
+    return out
+
+
+def compile_proofs(conns, source: str) -> None:  # noqa: ANN001
+    """Compile the joins built ahead for one legacy file, right after its fence commits
+    (`verifier.digest.compile_join`). A failure only leaves the compiling to the proof."""
+    joined = conns.joined.get(source)
+    for (src, _table), p in conns.prepared.items():
+        if src == source and joined is not None:
+            try:
+                compile_join(p.sides, joined)
+            except apsw.Error:
+                return
+
+
+def early_proofs(cfg: Config, rec: CutoverRecord, conns, mark: FenceMark) -> list[TableResult]:  # noqa: ANN001
+    """One file's proofs, in its fencing thread, once the target has applied it up to its
+    fence (the caller waited): its tables need not wait for the other files' fences and
+    drains, and their reads overlap the others' commits. Only the tables the pass before
+    the fence proved; `final_verification` decides what else each table needs."""
+    source = mark.source
+    src, tgt, joined = conns.legacy[source], conns.target[source], conns.joined.get(source)
+    out = []
+    for (s, table), _p in conns.prepared.items():
+        m = _p.sides.m
+        if s == source and f"{s}.{table}" in rec.pre_verified:
+            out.append(
+                digest_check(src, tgt, m, cfg.verify, joined, _ahead(mark, conns.prepared, m))
+            )
+    return out
+
+
+def _ahead(mark: FenceMark | None, prepared: dict, m: TableMapping) -> tuple[Prepared, int] | None:
+    """A join built ahead and the legacy cookie its file must have now: the one the fence
+    left (`FenceMark.schema_after`), when it was built at the cookie the fence found or
+    the one it left; else None (the shapes are read again)."""
+    p = prepared.get((m.source, m.table))
+    if p is None or mark is None or mark.schema_after < 0:
+        return None
+    if p.legacy_cookie not in (mark.schema_before, mark.schema_after):
+        return None
+    return p, mark.schema_after
+
+
+def final_verification(cfg: Config, plan: Plan, rec: CutoverRecord, tables, conns, early=None):  # noqa: ANN001, ANN201
     """Every table of the stage, judged with the legacy side fenced and drained.
-    `conns`: the connections opened before the fence (`cdc.cutover.Connections`)."""
+    `conns`: the connections opened before the fence (`cdc.cutover.Connections`);
+    `early`: proofs made already, under this fence, by (source, table) (`early_proofs`)."""
+    early = early or {}
+    marks = {f.source: f for f in rec.fences}
     changed = changed_keys(cfg, rec.pre_offset, tables)
     quick = (
         []
@@ -48,7 +111,13 @@ def final_verification(cfg: Config, plan: Plan, rec: CutoverRecord, tables, conn
     def digests(ms: list[TableMapping]) -> list[TableResult]:  # one thread per legacy file
         source = ms[0].source
         src, tgt, joined = conns.legacy[source], conns.target[source], conns.joined.get(source)
-        return [digest_check(src, tgt, m, cfg.verify, joined) for m in ms]
+        return [
+            early.get((source, m.table))
+            or digest_check(
+                src, tgt, m, cfg.verify, joined, _ahead(marks.get(source), conns.prepared, m)
+            )
+            for m in ms
+        ]
 
     proven: list[TableResult] = []
     if by_source:

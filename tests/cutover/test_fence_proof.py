@@ -187,6 +187,61 @@ def test_a_utf16_legacy_file_is_proved_by_the_digests(tmp_path: Path, pipeline_f
         assert (res.state, res.source_rows) == ("equal", 2)
 
 
+@pytest.mark.parametrize("change", [None, "legacy before the fence", "legacy under it", "target"])
+def test_a_join_built_before_the_fence_stands_only_while_both_schemas_do(
+    tmp_path: Path, pipeline_for, monkeypatch, change: str | None
+) -> None:
+    """The proof's joins are built before the fence, from both files' schemas. A DDL by
+    any process after that, on either file, before or under the fence, must send the
+    table back to reading its shapes: a join built for the old columns would call a
+    table with a new column equal."""
+    import msgspec
+
+    from cdc.capture import fence
+    from cdc.cutover.cutover import Connections
+    from cdc.cutover.fence_proof import _ahead, prepare_proofs
+    from verifier.digest import digest_check
+    from verifier.table import TableVerifier
+
+    (tmp_path / "legacy").mkdir()
+    c = sqlite3.connect(tmp_path / "legacy" / "a.db", isolation_level=None)
+    c.execute("CREATE TABLE b(k INTEGER PRIMARY KEY, v)")
+    c.executemany("INSERT INTO b VALUES (?, ?)", [(i, f"v{i}") for i in range(50)])
+    c.close()
+    conf, plan = _replicated(tmp_path, pipeline_for)
+    settings = msgspec.structs.replace(conf.verify, settle_timeout=0.2)
+    m = plan.mapping("a", "b")
+    legacy, target = plan.source("a").path, plan.targets["out"]
+    ddl = "ALTER TABLE b ADD COLUMN w DEFAULT 7"
+    with Connections(conf, plan, "out", [m]) as conns:
+        prepared = prepare_proofs(conf, [m], conns)
+        assert set(prepared) == {("a", "b")}
+        if change == "legacy before the fence":
+            with sqlite3.connect(legacy, isolation_level=None) as stale:
+                stale.execute(ddl)
+        mark = fence.fence(conns.legacy["a"], "a", legacy, {"b": "out.db (table b)"})
+        assert mark.schema_after > mark.schema_before >= 0
+        if change == "legacy under it":  # the fence's triggers do not stop a DDL
+            with sqlite3.connect(legacy, isolation_level=None) as stale:
+                stale.execute(ddl)
+        if change == "target":
+            with sqlite3.connect(target, isolation_level=None) as stale:
+                stale.execute("CREATE INDEX b_v ON b(v)")
+        reads = []
+        real = TableVerifier.prepare
+        monkeypatch.setattr(TableVerifier, "prepare", lambda self: reads.append(1) or real(self))
+        ahead = _ahead(mark, prepared, m)
+        assert (ahead is None) == (change == "legacy before the fence")
+        res = digest_check(
+            conns.legacy["a"], conns.target["a"], m, settings, conns.joined["a"], ahead
+        )
+    assert reads == ([] if change is None else [1])  # the shapes read again after any DDL
+    if change in (None, "target"):
+        assert (res.state, res.source_rows, res.target_rows) == ("equal", 50, 50), res
+    else:
+        assert res.state != "equal", res
+
+
 @pytest.mark.parametrize("compared_by", ["join", "digest"])
 def test_the_proof_tells_every_storage_class_and_bit(
     tmp_path: Path, pipeline_for, monkeypatch, compared_by: str
