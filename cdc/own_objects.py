@@ -29,13 +29,17 @@ TARGET_TABLES = (
     "_cdc_schemas",
     "_cdc_touched",
 )
-TABLES = frozenset(CAPTURE_TABLES + CAPTURE_EXTRAS + TARGET_TABLES)
+# Beside a file's fences (cdc.capture.fence): the tables they are armed for. Kept with the
+# fences by a finalized file, which drops the capture tables.
+FENCE_TABLES = ("_cdc_fenced",)
+TABLES = frozenset(CAPTURE_TABLES + CAPTURE_EXTRAS + TARGET_TABLES + FENCE_TABLES)
 
 _TID = "(?:0|[1-9][0-9]*)"  # a tid as Python formats an int
 # cdc.capture.trigger_names: capture triggers, which exist only next to the capture tables.
 _CAPTURE_TRIGGER = re.compile(rf"_cdc_t{_TID}_(?:ins|upd|updkey|del|uniq|uniqupd)", re.I)
 # cdc.fence.trigger_names: fences, which a finalized file keeps without the capture tables.
-_FENCE_TRIGGER = re.compile(rf"_cdc_fence{_TID}_(?:ins|upd|del)", re.I)
+# and the two that keep a stale writer from disarming them (`_cdc_fenced_del`, `_upd`).
+_FENCE_TRIGGER = re.compile(rf"_cdc_fence{_TID}_(?:ins|upd|del)|_cdc_fenced_(?:del|upd)", re.I)
 
 # The leading columns each of our tables is created with: a bot's table of the same name
 # and another shape is not ours (columns added later, like `k2`, come after these).
@@ -49,6 +53,7 @@ _SHAPES = {
     "_cdc_snapshot_done": ("consumer", "source", "tbl"),
     "_cdc_schemas": ("source", "tbl", "shape"),
     "_cdc_touched": ("tid", "k1"),
+    "_cdc_fenced": ("tid",),
 }
 
 

@@ -20,6 +20,13 @@ refused too ("unsafe use of virtual table"), only with a less helpful message.
 Fencing a source is one write transaction that also reads the newest capture sequence:
 every change the bots committed to those tables has a sequence at most that, so the
 cutover knows exactly how far the targets must get (`FenceMark`).
+
+The triggers refuse only while their table's `tid` is a row of `_cdc_fenced`, so that a
+cutover can create them ahead (`stand`) and fence by inserting rows: no schema change at
+the fence instant, which would make every prepared statement of every connection to the
+file compile again (the cutover's proof: 25-35 ms more of the corpus's analytics pause,
+bench/README.md). An arming row cannot be deleted while its fence's triggers exist, nor
+updated (`_cdc_fenced_del`, `_cdc_fenced_upd`): lifting a fence drops its triggers first.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import msgspec
 
 from cdc.capture import triggers as capture
 from cdc.errors import FENCE_PREFIX, SourceError
+from cdc.own_objects import FENCE_TABLES
 from cdc.sqlconn import NOT_OURS, allow_writes, write_transaction
 from cdc.sqlident import lit, q
 
@@ -75,12 +83,15 @@ class Fence(NamedTuple):
     tid: int
     table: str
     message: str
+    armed_by_row: bool = False  # refuses only while `tid` is in `_cdc_fenced` (`stand`)
 
 
-def fences_in(conn: apsw.Connection, schema: str = "main") -> list[Fence]:
+def fences_in(conn: apsw.Connection, schema: str = "main", armed: bool = True) -> list[Fence]:
     """The fences of one schema, read from their triggers: a connection with triggers off
     (hook capture, `cdc.hooks`) checks its writes against them itself. The triggers, not
-    the fence mark: they are what refuses every other writer, and they carry the message."""
+    the fence mark: they are what refuses every other writer, and they carry the message.
+    `armed` False: also those that refuse only once armed (`Fence.armed_by_row`), which
+    a caller that keeps them across writes checks with `armed_tids` each time."""
     rows = conn.execute(
         f"SELECT name, tbl_name, sql FROM {q(schema)}.sqlite_master "
         "WHERE type = 'trigger' AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
@@ -89,7 +100,11 @@ def fences_in(conn: apsw.Connection, schema: str = "main") -> list[Fence]:
     for name, table, sql in rows:
         m, r = _NAME.fullmatch(name), _RAISE.search(sql or "")
         if m and r:
-            out[int(m.group(1))] = Fence(int(m.group(1)), table, r.group(1).replace("''", "'"))
+            tid = int(m.group(1))
+            out[tid] = Fence(tid, table, r.group(1).replace("''", "'"), ARMED in sql)
+    if armed and any(f.armed_by_row for f in out.values()):
+        on = armed_tids(conn, schema)
+        return [f for f in out.values() if not f.armed_by_row or f.tid in on]
     return list(out.values())
 
 
@@ -102,13 +117,99 @@ def fence_message(
     return f"{PREFIX} table {table} of {path} moved to {where}{by}; {note}"
 
 
+ARMED = FENCE_TABLES[0]  # the tids whose fences refuse (`stand`, `fence`)
+
+
 def fence_sql(tid: int, table: str, message: str) -> list[str]:
-    when = NOT_OURS
+    """The fence's three triggers, as SQLite keeps their text in the schema."""
+    when = f"EXISTS (SELECT 1 FROM {ARMED} WHERE tid = {int(tid)}) AND {NOT_OURS}"
     body = f"BEGIN SELECT RAISE(ROLLBACK, {lit(message)}); END"
     return [
-        f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {op} ON {q(table)} WHEN {when} {body}"
+        f"CREATE TRIGGER {name} BEFORE {op} ON {q(table)} WHEN {when} {body}"
         for name, op in zip(trigger_names(tid), ("INSERT", "UPDATE", "DELETE"), strict=True)
     ]
+
+
+def _armed_sql() -> list[str]:
+    guard = f"{PREFIX} a fence is lifted by `cdc cutover --abort` or a rollback, not by a write"
+    lifted = (
+        "NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cdc_fence' || old.tid || '_ins')"
+    )
+    return [
+        f"CREATE TABLE IF NOT EXISTS {ARMED}(tid INTEGER PRIMARY KEY)",
+        f"CREATE TRIGGER IF NOT EXISTS _cdc_fenced_del BEFORE DELETE ON {ARMED} "
+        f"WHEN NOT {lifted} BEGIN SELECT RAISE(ABORT, {lit(guard)}); END",
+        f"CREATE TRIGGER IF NOT EXISTS _cdc_fenced_upd BEFORE UPDATE ON {ARMED} "
+        f"BEGIN SELECT RAISE(ABORT, {lit(guard)}); END",
+    ]
+
+
+def _stand_in(
+    conn: apsw.Connection, tids: dict[str, int], moved: dict[str, str], path: str, note: str, stage
+) -> None:  # noqa: ANN001
+    """Create what is missing (or different) of the fences of `moved`, unarmed; inside the
+    caller's write transaction. Nothing, when they stand already: no schema change."""
+    have = dict(
+        conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_cdc\\_fence%' ESCAPE '\\'"
+        ).fetchall()
+    )
+    if (
+        ARMED
+        not in {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        or "_cdc_fenced_upd" not in have
+    ):
+        for sql in _armed_sql():
+            conn.execute(sql)
+    for table, where in sorted(moved.items()):
+        message = fence_message(table, path, where, note, stage)
+        for name, sql in zip(
+            trigger_names(tids[table]), fence_sql(tids[table], table, message), strict=True
+        ):
+            if have.get(name) == sql:
+                continue
+            if name in have:  # an older fence's text (another message, or unarmed form)
+                conn.execute(f"DROP TRIGGER {name}")
+            conn.execute(sql)
+
+
+def _installed(conn: apsw.Connection, path: str, moved: dict[str, str]) -> dict[str, int]:
+    tids = capture.installed_tables(conn)
+    missing = [t for t in moved if t not in tids]
+    if missing:
+        raise SourceError(
+            f"{path}: cannot fence {', '.join(missing)}: capture is not installed",
+            hint="run `cdc install` first",
+        )
+    return tids
+
+
+def stand(
+    conn: apsw.Connection,
+    path: str,
+    moved: dict[str, str],
+    note: str = LEGACY_NOTE,
+    *,
+    stage: str | None = None,
+) -> None:
+    """Create the fences of `moved` ahead, unarmed (a bot's write passes them), in one
+    write transaction: `fence` with the same arguments then only arms them."""
+    try:
+        with write_transaction(conn):
+            _stand_in(conn, _installed(conn, path, moved), moved, path, note, stage)
+    except apsw.BusyError as e:
+        raise SourceError(
+            f"{path}: stayed locked while fencing: {e}",
+            hint="a bot held the write lock longer than the busy timeout; run the cutover again",
+        ) from e
+
+
+def armed_tids(conn: apsw.Connection, schema: str = "main") -> set[int]:
+    """The tids whose fences refuse now, in `schema` (none: no fence was ever armed)."""
+    try:
+        return {r[0] for r in conn.execute(f"SELECT tid FROM {q(schema)}.{ARMED}")}
+    except apsw.SQLError:  # no such table
+        return set()
 
 
 __all__ = [
@@ -117,6 +218,8 @@ __all__ = [
     "fence",
     "fence_message",
     "fence_sql",
+    "stand",
+    "armed_tids",
     "fences_in",
     "fenced_tables",
     "trigger_names",
@@ -140,18 +243,12 @@ def fence(
     key = "fence"
     try:
         with write_transaction(conn):
-            tids = capture.installed_tables(conn)
             before = _cookie(conn)
-            missing = [t for t in moved if t not in tids]
-            if missing:
-                raise SourceError(
-                    f"{path}: cannot fence {', '.join(missing)}: capture is not installed",
-                    hint="run `cdc install` first",
-                )
-            for table, where in sorted(moved.items()):
-                message = fence_message(table, path, where, note, stage)
-                for sql in fence_sql(tids[table], table, message):
-                    conn.execute(sql)
+            tids = _installed(conn, path, moved)
+            _stand_in(conn, tids, moved, path, note, stage)  # nothing when `stand` did it
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {ARMED}(tid) VALUES (?)", [(tids[t],) for t in moved]
+            )
             row = conn.execute(f"SELECT v FROM {capture.META} WHERE k=?", (key,)).fetchone()
             old = _MARK.decode(row[0]) if row else None
             seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.CHANGES}").fetchone()[0]
@@ -208,10 +305,14 @@ def unfence(conn: apsw.Connection, path: str, tables: list[str] | None = None) -
         mark = _MARK.decode(row[0]) if row else None
         fenced = mark.tables if mark else []
         lift = [t for t in fenced if tables is None or t in tables]
-        for t in lift:
+        for t in sorted(set(lift) | set(tables or [])):  # and fences stood, never armed
             if t in tids:
                 for name in trigger_names(tids[t]):
                     conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        if armed_tids(conn):  # after the triggers: `_cdc_fenced_del` refuses before
+            conn.executemany(
+                f"DELETE FROM {ARMED} WHERE tid = ?", [(tids[t],) for t in lift if t in tids]
+            )
         rest = [t for t in fenced if t not in lift]
         if rest:
             conn.execute(

@@ -92,7 +92,7 @@ class HookCapture:
         self.unknown: list[tuple] = []  # (table, opcode, old, new, rowid, rowid_new)
         self.tables: dict[str, _Table] = {}
         self.elsewhere: set[tuple[str, str]] = set()  # (schema, table) written outside main
-        self.fences: dict[int, str] = {}  # tid -> the fence's message
+        self.fences: dict[int, fence.Fence] = {}  # by tid, armed or not (`_refuse_fenced`)
         self.changes = 0  # capture rows written, for the pool's metrics
         self._stale = True
         self._version = -1
@@ -250,18 +250,27 @@ class HookCapture:
             if self.unknown or self._stale:
                 self._resolve(raw, version)
             if version != self._fence_version:
-                self.fences = {f.tid: f.message for f in fence.fences_in(raw)}
+                self.fences = {f.tid: f for f in fence.fences_in(raw, armed=False)}
                 self._fence_version = version
             if self.fences:
-                for p in self.pending:
-                    if p[0] in self.fences:
-                        raise FencedWrite(self.fences[p[0]], hint=FENCED_HINT)
+                self._refuse_fenced(raw)
             self._write(raw)
         except BaseException:
             self.discard()
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
             raise
+
+    def _refuse_fenced(self, raw: apsw.Connection) -> None:
+        """A fence armed by a row (`fence.stand`) is armed without a schema change: which
+        ones are is read at each write that meets one."""
+        hit = [self.fences[p[0]] for p in self.pending if p[0] in self.fences]
+        if not hit:
+            return
+        armed = fence.armed_tids(raw) if any(f.armed_by_row for f in hit) else set()
+        for f in hit:
+            if not f.armed_by_row or f.tid in armed:
+                raise FencedWrite(f.message, hint=FENCED_HINT)
 
     def _check_elsewhere(self, raw: apsw.Connection) -> None:
         """A write to another schema (an attached file, temp) fired none of that table's

@@ -25,7 +25,7 @@ from cdc.changelog import bigrows
 from cdc.errors import SourceError
 from cdc.events import Op, RowBatch, RowEvent
 from cdc.inventory import TableInfo
-from cdc.own_objects import is_fence_trigger
+from cdc.own_objects import FENCE_TABLES, is_fence_trigger
 from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 
@@ -483,6 +483,8 @@ def uninstall(conn: apsw.Connection, keep_fences: bool = False) -> int:
                 conn.execute(f"DROP TRIGGER IF EXISTS {q(name)}")  # a name read from the file
             for t in (CHANGES, TABLES, META, VACUUM_MARK):
                 conn.execute(f"DROP TABLE IF EXISTS {t}")
+            if not keep_fences:  # what arms the fences (`cdc.capture.fence`) goes with them
+                conn.execute(f"DROP TABLE IF EXISTS {FENCE_TABLES[0]}")
     except apsw.BusyError as e:
         raise SourceError(
             f"{conn.filename}: database stayed locked during uninstall: {e}",

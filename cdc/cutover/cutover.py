@@ -168,6 +168,8 @@ def _fence_and_finish(
 ) -> None:
     try:
         with Connections(cfg, plan, target, tables) as conns:
+            if rec.state == "fencing":
+                _stand(plan, rec, tables, conns)
             conns.prepared = prepare_proofs(cfg, tables, conns)
             early = {}
             if rec.state == "fencing":
@@ -296,17 +298,37 @@ def _checkpoint_target(cfg: Config, path: str) -> None:
         conn.close()
 
 
+def _moved(plan: Plan, tables: list[TableMapping]) -> dict[str, dict[str, str]]:
+    """By legacy file, each table's new home, as a fence's message names it."""
+    by_source: dict[str, dict[str, str]] = {}
+    for m in tables:
+        where = f"{plan.targets[m.target]} (table {m.target_table}"
+        where += f", {m.tag_column} = '{m.tag}')" if m.tag_column else ")"
+        by_source.setdefault(m.source, {})[m.table] = where
+    return by_source
+
+
+def _stand(plan: Plan, rec: CutoverRecord, tables: list[TableMapping], conns) -> None:  # noqa: ANN001
+    """The fences created ahead, unarmed (`fence.stand`), all files at once: fencing then
+    only inserts rows, and changes no schema (which would have every statement prepared
+    on these files compiled again under the fence: the proof's joins, the bots' own)."""
+
+    def one(item: tuple[str, dict[str, str]]) -> None:
+        source, moved = item
+        fence.stand(conns.legacy[source], plan.source(source).path, moved, stage=rec.target)
+
+    by_source = _moved(plan, tables)
+    with ThreadPoolExecutor(max_workers=min(32, len(by_source))) as pool:
+        list(pool.map(one, sorted(by_source.items())))
+
+
 def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns, deadline) -> dict:  # noqa: ANN001
     """Fence every file of the stage at once, each in its own thread, which then waits
     for the target to apply that file up to its fence and proves its tables there
     (`fence_proof.early_proofs`); returns those proofs by (source, table)."""
     # Normally in place since the preflight (a cheap check then): the way back needs it.
     target_capture.capture_target(cfg, rec.path, [m.target_table for m in tables])
-    by_source: dict[str, dict[str, str]] = {}
-    for m in tables:
-        where = f"{plan.targets[m.target]} (table {m.target_table}"
-        where += f", {m.tag_column} = '{m.tag}')" if m.tag_column else ")"
-        by_source.setdefault(m.source, {})[m.table] = where
+    by_source = _moved(plan, tables)
     t0 = time.monotonic()
     conns.cpu0 = time.process_time()
 

@@ -13,6 +13,7 @@ digests differ is verified in full as well, so that the cutover's error names it
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +43,9 @@ def prepare_proofs(cfg: Config, tables: list[TableMapping], conns) -> dict:  # n
         v = TableVerifier(conns.legacy[m.source], conns.target[m.source], m, cfg.verify)
         if v.prepare() is None:
             out[(m.source, m.table)] = Prepared(v.sides, legacy_cookie, target_cookie)
+            # compiled now, with the fences standing: arming them changes no schema
+            with contextlib.suppress(apsw.Error):  # else compiled at its first run
+                compile_join(v.sides, joined)
     return out
 
 

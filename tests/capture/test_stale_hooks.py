@@ -113,6 +113,46 @@ def test_a_hook_connection_sees_a_fence_made_after_it_opened(tmp_path: Path):
     assert raw.execute("SELECT k FROM kv").fetchall() == [("before",)]
 
 
+def test_a_fence_stood_ahead_refuses_from_the_row_that_arms_it(tmp_path: Path):
+    """A cutover creates its fences ahead, unarmed, and fences by inserting rows: no
+    schema change at the fence instant. Before the row, every writer passes; from it,
+    a plain bot and a hook connection that opened before (its fences cached by schema
+    version, which arming does not change) are refused alike; and a stale process can
+    neither delete nor change the row while the fence stands."""
+    db = tmp_path / "bot.db"
+    make_db(db, SCHEMA)
+    ours = apsw.Connection(str(db))
+    capture.install(ours, list_tables(ours), str(db))
+    raw = apsw.Connection(str(db))
+    pooled = PooledConnection(raw, HookCapture(raw, "bot"))
+    bot = sqlite3.connect(db, isolation_level=None)
+    fence.stand(ours, str(db), {"kv": WHERE}, stage="core")
+    cookie = ours.execute("PRAGMA schema_version").fetchone()[0]
+    bot.execute("INSERT INTO kv VALUES ('stood', 1)")
+    pooled.execute("INSERT INTO kv VALUES ('stood hooks', 1)")
+    mark = fence.fence(ours, "bot", str(db), {"kv": WHERE}, stage="core")
+    assert mark.schema_before == mark.schema_after == cookie  # armed by a row only
+    with pytest.raises(sqlite3.IntegrityError, match="moved to /t/core.db"):
+        bot.execute("INSERT INTO kv VALUES ('armed', 1)")
+    with pytest.raises(FencedWrite, match="moved to /t/core.db"):
+        pooled.execute("INSERT INTO kv VALUES ('armed hooks', 1)")
+    for stale in ("DELETE FROM _cdc_fenced", "UPDATE _cdc_fenced SET tid = tid + 100"):
+        with pytest.raises(sqlite3.IntegrityError, match="lifted by `cdc cutover --abort`"):
+            bot.execute(stale)
+    assert [r[0] for r in raw.execute("SELECT k FROM kv ORDER BY k")] == ["stood", "stood hooks"]
+    assert fence.unfence(ours, str(db)) == ["kv"]
+    assert fence.armed_tids(ours) == set()
+    bot.execute("INSERT INTO kv VALUES ('lifted', 1)")
+    pooled.execute("INSERT INTO kv VALUES ('lifted hooks', 1)")
+    # A fence stood and never armed (a cutover stopped before its fence) is lifted too.
+    fence.stand(ours, str(db), {"kv": WHERE}, stage="core")
+    assert fence.unfence(ours, str(db), ["kv"]) == []
+    names = {r[0] for r in ours.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    assert not [n for n in names if n.startswith("_cdc_fence") and n[10:11].isdigit()], names
+    bot.close()
+    raw.close()
+
+
 def _two_sources(root: Path) -> Path:
     make_db(root / "bot.db", SCHEMA)
     make_db(root / "other.db", SCHEMA + "INSERT INTO kv VALUES ('o', 0);")
