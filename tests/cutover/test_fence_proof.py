@@ -170,7 +170,7 @@ def test_a_utf16_legacy_file_is_proved_by_the_digests(tmp_path: Path, pipeline_f
     """SQLite attaches only files of the main file's text encoding: the connections opened
     before the fence go without the joined one for a UTF-16 legacy file, whose tables the
     digests prove instead."""
-    from cdc.cutover.cutover import Connections
+    from cdc.cutover.connections import Connections
     from verifier.digest import digest_check
 
     (tmp_path / "legacy").mkdir()
@@ -198,7 +198,7 @@ def test_a_join_built_before_the_fence_stands_only_while_both_schemas_do(
     import msgspec
 
     from cdc.capture import fence
-    from cdc.cutover.cutover import Connections
+    from cdc.cutover.connections import Connections
     from cdc.cutover.fence_proof import _ahead, prepare_proofs
     from verifier.digest import digest_check
     from verifier.table import TableVerifier
