@@ -55,12 +55,46 @@ class AppliedShape(msgspec.Struct, frozen=True):
     indexes: list[AppliedIndex] | None = None  # created for it here; None: not recorded
     # the key is the rowid alias: equal keys are identical, so an upsert need not rewrite it
     rowid_key: bool = False
+    # a merged member's key collations in its legacy table (None: not merged, or BINARY
+    # throughout): the merged target's key has none of its own (`apply.respell_sql`)
+    key_collations: list[str] | None = None
 
     def key_columns(self) -> list[str]:
         return list(self.key) if self.key else [self.rowid_alias]
 
 
 _shape_decoder = msgspec.msgpack.Decoder(AppliedShape)
+
+
+def legacy_key_collations(schema: TableSchema) -> list[str] | None:
+    """The collation of each key column in the legacy table, read from its definition
+    made again in a scratch in-memory database (a COLLATE may sit on the column or in the
+    PRIMARY KEY clause); None when all are BINARY, or the definition cannot be made here
+    (a collation only the application registers: the merged target then compares keys
+    byte for byte, docs/architecture.md, Limits)."""
+    if not schema.key or not schema.create_sql:
+        return None
+    scratch = apsw.Connection(":memory:")
+    try:
+        scratch.execute(schema.create_sql)
+        (name,) = scratch.execute("SELECT name FROM sqlite_schema WHERE type='table'").fetchone()
+        idx = scratch.execute(
+            "SELECT name FROM pragma_index_list(?) WHERE origin='pk'", (name,)
+        ).fetchone()
+        if idx is None:  # INTEGER PRIMARY KEY: the rowid, BINARY
+            return None
+        colls = dict(
+            scratch.execute(
+                "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key AND name IS NOT NULL",
+                (idx[0],),
+            ).fetchall()
+        )
+    except apsw.Error:
+        return None
+    finally:
+        scratch.close()
+    out = [(colls.get(k) or "BINARY").upper() for k in schema.key]
+    return None if all(c == "BINARY" for c in out) else out
 
 
 def is_rowid_key(schema: TableSchema) -> bool:
@@ -238,6 +272,7 @@ class TargetDB:
             rowid_key=is_rowid_key(schema),
             create_sql=schema.create_sql,
             indexes=indexes if m.tag_column is None else None,
+            key_collations=legacy_key_collations(schema) if m.tag_column is not None else None,
         )
         self.conn.execute(
             f"INSERT OR REPLACE INTO {SCHEMAS} VALUES (?, ?, ?)",

@@ -136,6 +136,30 @@ def test_merged_nocase_key_update(tmp_path, pipeline_for):
     check_equal(p, a, target, "t", "WHERE source = 'a'")
 
 
+@pytest.mark.parametrize("coll", ["NOCASE", "RTRIM"])
+def test_merged_replace_by_a_collation_equal_key(tmp_path, pipeline_for, coll):
+    """F3 (docs/fuzzing.md): `REPLACE` by a key equal to a row's under the legacy key's
+    collation deletes that row in the legacy table without a trigger; the merged target's
+    key has no collation of its own (members may differ), so its upsert must remove the
+    other spelling itself, and only within the member's tag."""
+    schema = f"CREATE TABLE t(k TEXT PRIMARY KEY COLLATE {coll}, v);"
+    a = make_db(tmp_path / "legacy" / "a.db", schema)
+    other = make_db(tmp_path / "legacy" / "b.db", "CREATE TABLE t(k TEXT PRIMARY KEY, v);")
+    p = pipeline_for(write_config(tmp_path, MERGED))
+    target = tmp_path / "out" / "core.db"
+    b, ob = bot(a), bot(other)
+    b.execute("INSERT INTO t VALUES ('a', 1), ('b', 2)")
+    ob.execute("INSERT INTO t VALUES ('a', 'b'), ('A', 'b'), ('a ', 'b')")  # BINARY member
+    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    new = "'A'" if coll == "NOCASE" else "'a  '"
+    b.execute(f"INSERT OR REPLACE INTO t VALUES ({new}, 3)")
+    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    assert image(target, "t", "WHERE source = 'b'") == image(other, "t")
+    b.execute("REPLACE INTO t VALUES ('b', 4)")  # the same spelling: updated in place
+    b.execute("UPDATE t SET k = 'B' WHERE k = 'b'")  # then respelt, in one harvest
+    check_equal(p, a, target, "t", "WHERE source = 'a'")
+
+
 # -- 4. REPLACE through a unique index with its own collation --------------------------------
 
 

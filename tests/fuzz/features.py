@@ -70,7 +70,8 @@ KNOWN_DEFECTS: dict[str, str] = {
 FOUND: dict[str, str] = {
     "merge_defaults": "F1: a merged target keeps a DEFAULT unconverted; F2: one DEFAULT for "
     "every member (others' rows and rows after a drop get it, or a member's is lost)",
-    "merge_collation": "F3: REPLACE by a key equal under the key's collation leaves two rows",
+    "merge_collation": "F3: REPLACE by a key equal under the key's collation, then a delete "
+    "of the new key before the harvest, leaves the old spelling (half fixed: the upsert)",
     "reset_null_keys": "F4: a reset between two rows holding NULL in different key columns "
     "loses the new row",
     "numeric_replace": "F6: REPLACE 2 by 2.0, then UPDATE of the key: the target keeps 2",
