@@ -73,7 +73,17 @@ class RowEvent(msgspec.Struct, frozen=True, array_like=True):
     op: Op
     seq: int
     key: list[Value]
+    # A delete's row is nil, or an empty list for a delete of every spelling (below): a
+    # field of its own would have changed every event's bytes in the log.
     row: list[Value] | None = None
+
+    @property
+    def every_spelling(self) -> bool:
+        """A delete whose key had no equal under the legacy table's own comparison
+        (collation, numbers of either class) when it was read: the target deletes every
+        such spelling, not only this exact key (`replicator.apply.every_spelling_sql`).
+        Otherwise a row spelled differently is there, and it has its own event."""
+        return self.op == Op.DELETE and self.row is not None and not self.row
 
 
 class RowBatch(msgspec.Struct, frozen=True, tag="rows", array_like=True):

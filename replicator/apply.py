@@ -258,6 +258,11 @@ def _flush(conn: apsw.Connection, target: TargetDB, batches: list[RowBatch]) -> 
         # a row holding a TEXT that is not valid UTF-8 is bound with CAST (cdc.exact_text)
         if dels:
             exact_text.executemany(conn, delete_sql, dels)
+            every = every_spelling_sql(shape)
+            wide = [e.key for e in events if e.op is Op.DELETE and e.every_spelling]
+            if every and wide:
+                tag = [shape.tag] if shape.tag_column is not None else []
+                exact_text.executemany(conn, every, [[*tag, *k] for k in wide])
         if nulls and shape.tag_column is not None:
             raise TargetError(
                 f"{target.path}: {b.source}.{b.table} has a row whose key holds NULL "
@@ -350,6 +355,25 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
         # whose own newer event comes later in the log.
         upsert = f"INSERT OR REPLACE INTO {table} {values}"
     return upsert, f"DELETE FROM {table} WHERE {' AND '.join(conds)}"
+
+
+def every_spelling_sql(shape: AppliedShape) -> str | None:
+    """The delete of every row whose key equals the event's under the legacy key's own
+    comparison (`RowEvent.every_spelling`: the legacy table held none of them). A copied
+    table's key compares as the legacy one does (same definition); a merged member's under
+    its legacy collations. None where equal keys are identical (the rowid alias)."""
+    if not shape.key or shape.rowid_key:
+        return None
+    keys = [q(k) for k in shape.key]
+    if shape.tag_column is None:
+        conds = [f"{k} = ?{i}" for i, k in enumerate(keys, 1)]
+    else:
+        colls = shape.key_collations or ["BINARY"] * len(keys)
+        conds = [f"{q(shape.tag_column)} IS ?1"] + [
+            f"{k} = ?{i} COLLATE {q(c)}"
+            for i, (k, c) in enumerate(zip(keys, colls, strict=True), 2)
+        ]
+    return f"DELETE FROM {q(shape.target_table)} WHERE {' AND '.join(conds)}"
 
 
 def respell_sql(shape: AppliedShape) -> str | None:

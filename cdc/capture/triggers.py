@@ -430,6 +430,16 @@ def _changes(
     else:
         join = f"t.{info.rowid_alias()} = c.k1"
         present = f"t.{info.rowid_alias()} IS NOT NULL"
+    # Gone: is a row equal to the key under the table's own comparison there instead ('a'
+    # after a REPLACE of 'A' under NOCASE, 2.0 for 2)? Not: the delete takes every spelling.
+    equal = (
+        " AND ".join(
+            f"e.{q(k)} = c.{kc}" for k, kc in zip(info.key, kcols[: len(info.key)], strict=True)
+        )
+        if info.key
+        else f"e.{info.rowid_alias()} = c.k1"
+    )
+    other = f"CASE WHEN {present} THEN 0 ELSE EXISTS (SELECT 1 FROM {q(info.name)} AS e WHERE {equal}) END"
     tail = (
         f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {CHANGES} "
         f"WHERE seq > ? AND seq <= ? AND tid = ? "
@@ -438,7 +448,7 @@ def _changes(
     )
     rows, streamed = bigrows.read_rows(
         conn,
-        ["c.s", present, *(f"c.{k}" for k in kcols)],
+        ["c.s", present, other, *(f"c.{k}" for k in kcols)],
         [f"t.{q(c)}" for c in info.column_names],
         tail,
         (lo, hi, tid),
@@ -447,14 +457,16 @@ def _changes(
         None if info.without_rowid else f"t.{info.rowid_alias()}",
         spool,
     )
-    kend = 2 + width
+    kend = 3 + width
     upsert, delete = Op.UPSERT, Op.DELETE
     if info.null_key:  # the rowid stays in the key only where the key holds a NULL
-        keys = [list(r[2:kend]) if r[kend - 1] is not None else list(r[2 : kend - 1]) for r in rows]
+        keys = [list(r[3:kend]) if r[kend - 1] is not None else list(r[3 : kend - 1]) for r in rows]
     else:
-        keys = [list(r[2:kend]) for r in rows]
+        keys = [list(r[3:kend]) for r in rows]
     events = [
-        RowEvent(upsert, r[0], k, list(r[kend:])) if r[1] else RowEvent(delete, r[0], k)
+        RowEvent(upsert, r[0], k, list(r[kend:]))
+        if r[1]
+        else RowEvent(delete, r[0], k, None if r[2] else [])  # []: every spelling
         for r, k in zip(rows, keys, strict=True)
     ]
     return events, streamed

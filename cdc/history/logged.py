@@ -151,7 +151,7 @@ def logged_events(e: LogEntry, cols: Columns, match: Match) -> Iterator[LoggedEv
         if not match(f.source, f.table):
             return
         for ev in f.events:
-            width = len(ev.row) if ev.row is not None else 0
+            width = len(ev.row) if ev.row else 0
             yield LoggedRow(
                 e.offset,
                 e.next_offset,
@@ -162,7 +162,7 @@ def logged_events(e: LogEntry, cols: Columns, match: Match) -> Iterator[LoggedEv
                 ev.seq,
                 list(ev.key),
                 cols.of(f.source, f.table, width) if width else [],
-                None if ev.row is None else list(ev.row),
+                list(ev.row) if ev.row else None,  # a delete's [] (`every_spelling`) too
             )
     elif isinstance(f, SourceMark):
         if match(f.source, None):

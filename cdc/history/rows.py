@@ -200,7 +200,7 @@ def row_history(cfg: Config, plan: Plan, target: str, table: str, key: list[Valu
 
 
 def _change(e: LogEntry, f: RowBatch, ev, cols: Columns) -> RowChange:  # noqa: ANN001
-    width = len(ev.row) if ev.row is not None else 0
+    width = len(ev.row) if ev.row else 0
     return RowChange(
         e.offset,
         e.next_offset,
@@ -210,5 +210,5 @@ def _change(e: LogEntry, f: RowBatch, ev, cols: Columns) -> RowChange:  # noqa: 
         _OPS[ev.op],
         ev.seq,
         cols.of(f.source, f.table, width) if width else [],
-        None if ev.row is None else list(ev.row),
+        list(ev.row) if ev.row else None,  # a delete's [] (`every_spelling`) too
     )

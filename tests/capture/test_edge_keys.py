@@ -160,6 +160,39 @@ def test_merged_replace_by_a_collation_equal_key(tmp_path, pipeline_for, coll):
     check_equal(p, a, target, "t", "WHERE source = 'a'")
 
 
+@pytest.mark.parametrize(("old", "new"), [("2", "2.0"), ("0", "-0.0"), ("0", "0.0")])
+def test_replace_by_a_numerically_equal_key_then_a_key_update(tmp_path, pipeline_for, old, new):
+    """F6 (docs/fuzzing.md): an untyped key `2`, `REPLACE` by `2.0` (which deletes `2`
+    without a trigger), then an `UPDATE` of the key, all in one harvest: the event of
+    `2.0` is a delete, and the target's `2` must go with it, since the legacy table holds
+    no key equal to it any more."""
+    db, p, target = copied(tmp_path, "CREATE TABLE t(k PRIMARY KEY, v);", pipeline_for)
+    b = bot(db)
+    b.execute(f"INSERT INTO t VALUES ({old}, 'old'), (7, 'seven')")
+    check_equal(p, db, target, "t")
+    b.execute(f"INSERT OR REPLACE INTO t VALUES ({new}, 'new')")
+    b.execute(f"UPDATE t SET k = 1 WHERE k = {new}")
+    check_equal(p, db, target, "t")
+
+
+def test_merged_replace_then_delete_of_the_new_spelling(tmp_path, pipeline_for):
+    """F3's other half: the replaced key is deleted before its harvest, so its event is a
+    delete; the old spelling must go too, the member's only."""
+    schema = "CREATE TABLE t(k TEXT PRIMARY KEY COLLATE RTRIM, v);"
+    a = make_db(tmp_path / "legacy" / "a.db", schema)
+    other = make_db(tmp_path / "legacy" / "b.db", "CREATE TABLE t(k TEXT PRIMARY KEY, v);")
+    p = pipeline_for(write_config(tmp_path, MERGED))
+    target = tmp_path / "out" / "core.db"
+    b, ob = bot(a), bot(other)
+    b.execute("INSERT INTO t VALUES ('a ', 1), ('b', 2)")
+    ob.execute("INSERT INTO t VALUES ('a', 'b'), ('a ', 'b')")
+    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    b.execute("INSERT OR REPLACE INTO t VALUES ('a', 3)")
+    b.execute("DELETE FROM t WHERE k = 'a'")
+    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    assert image(target, "t", "WHERE source = 'b'") == image(other, "t")
+
+
 # -- 4. REPLACE through a unique index with its own collation --------------------------------
 
 

@@ -65,16 +65,16 @@ KNOWN_DEFECTS: dict[str, str] = {
     "recreate": "10",
 }
 
-# Families of defects the fuzzer found, open on main (docs/fuzzing.md, Findings; F5 is the
-# verifier's and shows through F4).
+# Families of defects the fuzzer found (docs/fuzzing.md, Findings; F5 is the verifier's and
+# shows through F4); the open ones are in tests/test_fuzz.py's KNOWN_OPEN.
 FOUND: dict[str, str] = {
     "merge_defaults": "F1: a merged target keeps a DEFAULT unconverted; F2: one DEFAULT for "
     "every member (others' rows and rows after a drop get it, or a member's is lost)",
-    "merge_collation": "F3: REPLACE by a key equal under the key's collation, then a delete "
-    "of the new key before the harvest, leaves the old spelling (half fixed: the upsert)",
+    "merge_collation": "F3 (fixed): REPLACE by a key equal under the key's collation "
+    "left both spellings in a merged target",
     "reset_null_keys": "F4: a reset between two rows holding NULL in different key columns "
     "loses the new row",
-    "numeric_replace": "F6: REPLACE 2 by 2.0, then UPDATE of the key: the target keeps 2",
+    "numeric_replace": "F6 (fixed): REPLACE 2 by 2.0, then UPDATE of the key: the target kept 2",
     "merge_drift_index": "F7: a unique index created beside a column rename/drop in a "
     "merged table is never probed",
 }
