@@ -342,6 +342,10 @@ REVIEWED = {
     "cdc/history/rows.py: {exact_text.marks(values)}": "placeholders only",
     "replicator/apply.py: {' AND '.join(conds)}": "capture.same() over q()-quoted keys and "
     "numbered placeholders",
+    "replicator/apply.py: {equal}": "q()-quoted keys = numbered placeholders COLLATE a "
+    "q()-quoted collation (respell_sql)",
+    "replicator/apply.py: {exact}": "capture.same() over q()-quoted keys and numbered "
+    "placeholders (respell_sql)",
     "replicator/target.py: {' AND '.join(conds)}": "q()-quoted keys IS placeholders",
     "verifier/sides.py: {' AND '.join(conds)}": "q()-quoted keys against placeholders, and "
     "the NULL-key tests built from q()-quoted keys",
