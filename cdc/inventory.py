@@ -137,6 +137,27 @@ def list_tables(conn: apsw.Connection) -> list[TableInfo]:
     return out
 
 
+def key_collations(conn: apsw.Connection, name: str, key: list[str]) -> list[str] | None:
+    """Collation of each declared key column of table `name`, upper case; None when the
+    key is the rowid itself (no key, or INTEGER PRIMARY KEY), which is BINARY and never
+    NULL. The verifier orders both sides by them; a merged target deletes other
+    spellings under them (`replicator.apply`)."""
+    if not key:
+        return None
+    idx = conn.execute(
+        "SELECT name FROM pragma_index_list(?) WHERE origin='pk'", (name,)
+    ).fetchone()
+    if idx is None:  # INTEGER PRIMARY KEY: the rowid itself
+        return None
+    colls = dict(
+        conn.execute(
+            "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key AND name IS NOT NULL",
+            (idx[0],),
+        ).fetchall()
+    )
+    return [(colls.get(k) or "BINARY").upper() for k in key]
+
+
 def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = None) -> TableInfo:
     cols = conn.execute(
         'SELECT name, type, pk, hidden, dflt_value, "notnull" FROM pragma_table_xinfo(?) '

@@ -26,6 +26,7 @@ import msgspec
 from cdc import exact_text
 from cdc.errors import TargetError
 from cdc.events import ColumnDef, TableSchema, ValueChunk
+from cdc.inventory import key_collations
 from cdc.planning import ddl
 from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import open_target, write_transaction
@@ -78,23 +79,12 @@ def legacy_key_collations(schema: TableSchema) -> list[str] | None:
     try:
         scratch.execute(schema.create_sql)
         (name,) = scratch.execute("SELECT name FROM sqlite_schema WHERE type='table'").fetchone()
-        idx = scratch.execute(
-            "SELECT name FROM pragma_index_list(?) WHERE origin='pk'", (name,)
-        ).fetchone()
-        if idx is None:  # INTEGER PRIMARY KEY: the rowid, BINARY
-            return None
-        colls = dict(
-            scratch.execute(
-                "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key AND name IS NOT NULL",
-                (idx[0],),
-            ).fetchall()
-        )
+        out = key_collations(scratch, name, list(schema.key))
     except apsw.Error:
         return None
     finally:
         scratch.close()
-    out = [(colls.get(k) or "BINARY").upper() for k in schema.key]
-    return None if all(c == "BINARY" for c in out) else out
+    return None if out is None or all(c == "BINARY" for c in out) else out
 
 
 def is_rowid_key(schema: TableSchema) -> bool:

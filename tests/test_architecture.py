@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "cdc.capture",
             "cdc.capture.triggers",
+            "cdc.capture.changes",
             "cdc.capture.fence",
             "cdc.capture.hooks",
             "cdc.capture.harvester",

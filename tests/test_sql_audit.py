@@ -333,7 +333,7 @@ REVIEWED = {
     "text as above, evaluated once in a temp table of the member's declared type",
     "cdc/capture/triggers.py: {', '.join(terms)}": "a unique index's own terms as SQLite parsed them "
     "(sqlident.index_terms splits them at top-level commas): each one expression",
-    "cdc/capture/triggers.py: {join}": "capture.same() over q()-quoted columns and k<n> constants",
+    "cdc/capture/changes.py: {join}": "capture.same() over q()-quoted columns and k<n> constants",
     "cdc/capture/triggers.py: {probe}": "q()-quoted columns and collations, or an index's own terms",
     "cdc/capture/triggers.py: {body}": "built from {probe} and {found} above",
     "cdc/capture/snapshot.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "

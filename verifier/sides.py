@@ -20,6 +20,7 @@ from cdc import exact_text
 from cdc.capture import triggers as capture
 from cdc.changelog import bigrows
 from cdc.inventory import TableInfo, table_info
+from cdc.inventory import key_collations as inventory_key_collations
 from cdc.planning.plan import TableMapping
 from cdc.sqlident import q
 from checkpoints.store import SNAPSHOTS, SOURCES
@@ -54,22 +55,8 @@ class SourcePosition(msgspec.Struct, frozen=True):
 
 
 def key_collations(conn: apsw.Connection, info: TableInfo) -> list[str] | None:
-    """Collation of each declared key column; None when the key is the rowid itself
-    (no key, or INTEGER PRIMARY KEY), which is BINARY and never NULL."""
-    if not info.key:
-        return None
-    idx = conn.execute(
-        "SELECT name FROM pragma_index_list(?) WHERE origin='pk'", (info.name,)
-    ).fetchone()
-    if idx is None:  # INTEGER PRIMARY KEY: the rowid itself
-        return None
-    colls = dict(
-        conn.execute(
-            "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key AND name IS NOT NULL",
-            (idx[0],),
-        ).fetchall()
-    )
-    return [(colls.get(k) or "BINARY").upper() for k in info.key]
+    """Collation of each declared key column (`cdc.inventory.key_collations`)."""
+    return inventory_key_collations(conn, info.name, info.key)
 
 
 class TableSides:

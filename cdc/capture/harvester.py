@@ -27,6 +27,7 @@ import msgspec
 import msgspec.structs
 
 from cdc import shapes
+from cdc.capture import changes
 from cdc.capture import triggers as capture
 from cdc.capture.hooks import HOOK_OP
 from cdc.capture.schema_look import SchemaLook
@@ -377,7 +378,7 @@ class Harvester(SchemaLook):
         self, info: TableInfo, tid: int, lo: int, hi: int, now: float
     ) -> list[RowBatch]:
         spool = self.writer.log_dir  # BLOBs too big for a row wait there (cdc.bigrows)
-        return capture.change_batches(self.conn, self.plan.name, info, tid, lo, hi, now, spool)
+        return changes.change_batches(self.conn, self.plan.name, info, tid, lo, hi, now, spool)
 
     @property
     def trim_error(self) -> str | None:

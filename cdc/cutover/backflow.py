@@ -32,6 +32,7 @@ import apsw
 import msgspec
 
 from cdc import exact_text
+from cdc.capture import changes
 from cdc.capture import triggers as capture
 from cdc.config import Config
 from cdc.cutover.target_capture import TOUCHED, BackflowError, key_columns
@@ -169,7 +170,7 @@ class Backflow:
                     tid = tids.get(name)
                     if tid is None:
                         raise BackflowError(f"{self.path}: table {name!r} is not captured")
-                    evs = capture.read_changes(t, self._tinfos[name], tid, self.read_through, hi)
+                    evs = changes.read_changes(t, self._tinfos[name], tid, self.read_through, hi)
                     if evs:
                         changed.append((self._tinfos[name], evs))
         through = hi if hi is not None else self.read_through

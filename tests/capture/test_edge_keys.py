@@ -136,21 +136,29 @@ def test_merged_nocase_key_update(tmp_path, pipeline_for):
     check_equal(p, a, target, "t", "WHERE source = 'a'")
 
 
+def merged_beside_binary(tmp_path, coll: str, pipeline_for, keys: list[str]):  # noqa: ANN201
+    """Member a of merged `t` keyed under `coll`, holding `keys`; member b keyed BINARY,
+    holding spellings a's collation would call equal; replicated and proven equal."""
+    a = make_db(
+        tmp_path / "legacy" / "a.db", f"CREATE TABLE t(k TEXT PRIMARY KEY COLLATE {coll}, v);"
+    )
+    other = make_db(tmp_path / "legacy" / "b.db", "CREATE TABLE t(k TEXT PRIMARY KEY, v);")
+    p = pipeline_for(write_config(tmp_path, MERGED))
+    target = tmp_path / "out" / "core.db"
+    bot(a).executemany("INSERT INTO t VALUES (?, ?)", [(k, i) for i, k in enumerate(keys)])
+    bot(other).execute("INSERT INTO t VALUES ('a', 'b'), ('A', 'b'), ('a ', 'b')")
+    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    return a, other, p, target
+
+
 @pytest.mark.parametrize("coll", ["NOCASE", "RTRIM"])
 def test_merged_replace_by_a_collation_equal_key(tmp_path, pipeline_for, coll):
     """F3 (docs/fuzzing.md): `REPLACE` by a key equal to a row's under the legacy key's
     collation deletes that row in the legacy table without a trigger; the merged target's
     key has no collation of its own (members may differ), so its upsert must remove the
     other spelling itself, and only within the member's tag."""
-    schema = f"CREATE TABLE t(k TEXT PRIMARY KEY COLLATE {coll}, v);"
-    a = make_db(tmp_path / "legacy" / "a.db", schema)
-    other = make_db(tmp_path / "legacy" / "b.db", "CREATE TABLE t(k TEXT PRIMARY KEY, v);")
-    p = pipeline_for(write_config(tmp_path, MERGED))
-    target = tmp_path / "out" / "core.db"
-    b, ob = bot(a), bot(other)
-    b.execute("INSERT INTO t VALUES ('a', 1), ('b', 2)")
-    ob.execute("INSERT INTO t VALUES ('a', 'b'), ('A', 'b'), ('a ', 'b')")  # BINARY member
-    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    a, other, p, target = merged_beside_binary(tmp_path, coll, pipeline_for, ["a", "b"])
+    b = bot(a)
     new = "'A'" if coll == "NOCASE" else "'a  '"
     b.execute(f"INSERT OR REPLACE INTO t VALUES ({new}, 3)")
     check_equal(p, a, target, "t", "WHERE source = 'a'")
@@ -178,15 +186,8 @@ def test_replace_by_a_numerically_equal_key_then_a_key_update(tmp_path, pipeline
 def test_merged_replace_then_delete_of_the_new_spelling(tmp_path, pipeline_for):
     """F3's other half: the replaced key is deleted before its harvest, so its event is a
     delete; the old spelling must go too, the member's only."""
-    schema = "CREATE TABLE t(k TEXT PRIMARY KEY COLLATE RTRIM, v);"
-    a = make_db(tmp_path / "legacy" / "a.db", schema)
-    other = make_db(tmp_path / "legacy" / "b.db", "CREATE TABLE t(k TEXT PRIMARY KEY, v);")
-    p = pipeline_for(write_config(tmp_path, MERGED))
-    target = tmp_path / "out" / "core.db"
-    b, ob = bot(a), bot(other)
-    b.execute("INSERT INTO t VALUES ('a ', 1), ('b', 2)")
-    ob.execute("INSERT INTO t VALUES ('a', 'b'), ('a ', 'b')")
-    check_equal(p, a, target, "t", "WHERE source = 'a'")
+    a, other, p, target = merged_beside_binary(tmp_path, "RTRIM", pipeline_for, ["a ", "b"])
+    b = bot(a)
     b.execute("INSERT OR REPLACE INTO t VALUES ('a', 3)")
     b.execute("DELETE FROM t WHERE k = 'a'")
     check_equal(p, a, target, "t", "WHERE source = 'a'")
