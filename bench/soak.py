@@ -279,31 +279,15 @@ def _duplicates(cfg: Path) -> tuple[int, int]:
     whose checkpoint counts more events than the log holds for it."""
     import apsw
 
-    from cdc.changelog.retained import RetainedLog
     from cdc.config import load_config
-    from cdc.events import RowBatch
     from cdc.planning.resolve import resolve_plan
     from checkpoints.store import TABLE
+    from tests.support.logcount import count_log
 
     conf = load_config(cfg)
     plan = resolve_plan(conf, strict=False)
-    last: dict[tuple[str, str], int] = {}
-    per_target = dict.fromkeys(plan.targets, 0)
-    events = dup = 0
-    for batch in RetainedLog.of(conf).batches(0):
-        for e in batch:
-            f = e.frame
-            if not isinstance(f, RowBatch):
-                continue
-            events += len(f.events)
-            for ev in f.events:
-                if ev.seq:
-                    k = (f.source, f.table)
-                    dup += ev.seq <= last.get(k, 0)
-                    last[k] = max(ev.seq, last.get(k, 0))
-            m = plan.mapping(f.source, f.table)
-            if m is not None:
-                per_target[m.target] += len(f.events)
+    counted = count_log(conf, plan)
+    events, dup, per_target = counted.events, len(counted.repeats), counted.per_target
     for name, path in plan.targets.items():
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         applied = conn.execute(f"SELECT events FROM {TABLE}").fetchone()[0]

@@ -67,6 +67,11 @@ class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     poll_interval: float = 0.5
     harvest_batch: int = 20000
     snapshot_chunk: int = 2000
+    # "reference": a chunk goes through the log as its key range, and the apply side copies
+    # its rows from the legacy file inside SQLite (fast); "log": the rows go through the
+    # log (`cdc rebuild` can then rebuild the initial copy from the log alone); "auto":
+    # by reference for tables of more than 100,000 rows, through the log for the others
+    snapshot_copy: str = "auto"
     apply_batch: int = 20000
     segment_bytes: int = 64 * 1024 * 1024
     trim_interval: float = 1.0
@@ -368,6 +373,10 @@ def _check_settings(cfg: Config) -> list[str]:
             problems.append(f"`daemon.{field}` must be positive")
     if d.poll_interval <= 0:
         problems.append("`daemon.poll_interval` must be positive")
+    if d.snapshot_copy not in ("auto", "reference", "log"):
+        problems.append(
+            f'`daemon.snapshot_copy` {d.snapshot_copy!r}: use "auto", "reference" or "log"'
+        )
     if cfg.log.retention not in ("delete", "archive"):
         problems.append(f'`log.retention` {cfg.log.retention!r}: use "delete" or "archive"')
     p = cfg.pool

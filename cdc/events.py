@@ -120,6 +120,36 @@ class StreamedRowBatch(RowBatch, frozen=True, tag="streamed"):
     streamed: list[StreamedValue]
 
 
+class CopyRange(msgspec.Struct, frozen=True, tag="copy", array_like=True):
+    """A snapshot chunk copied by reference: not its rows, but the key range they are in.
+
+    The apply side reads the rows from the legacy file itself when it reaches this frame
+    (`replicator.copy_range`), inside SQLite, with `INSERT ... SELECT`. Its images are
+    then newer than the frame, never older: a change committed in between was harvested
+    after the frame (its capture row is newer than the harvest's read), so its batch
+    follows in the log and ends at the newest image, like any later batch. Until then a
+    batch read between the frame and the copy may hold an older image of a copied key;
+    the key has a capture row newer than that batch, so it is in flight, not lost.
+
+    `after` (exclusive; None: from the first key) and `until` (inclusive) bound the range
+    in `order`, the key expressions the snapshot orders by (`cdc.capture.snapshot`);
+    `columns` are the row image's columns and `key` its key expressions, as a `RowBatch`
+    of this table would carry them; `shape` is the table's shape mark
+    (`cdc.shapes.mark`) when the range was read, which the apply compares with the table
+    it finds; `rows` the number of rows the range held then (for counts only)."""
+
+    source: str
+    table: str
+    observed_at: float
+    key: list[str]
+    order: list[str]
+    columns: list[str]
+    after: list[Value] | None
+    until: list[Value]
+    shape: str
+    rows: int
+
+
 class SnapshotCursor(msgspec.Struct, frozen=True, array_like=True):
     """How far the initial copy of one table has got.
 
@@ -194,7 +224,14 @@ class ValueChunk(msgspec.Struct, frozen=True, tag="chunk", array_like=True):
 
 
 Frame = Union[  # noqa: UP007
-    TableSchema, RowBatch, SourceMark, SegmentStart, TableReset, StreamedRowBatch, ValueChunk
+    TableSchema,
+    RowBatch,
+    SourceMark,
+    SegmentStart,
+    TableReset,
+    StreamedRowBatch,
+    ValueChunk,
+    CopyRange,
 ]
 
 _encoder = exact_text.ENCODER

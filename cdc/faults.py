@@ -28,6 +28,7 @@ POINTS = (
     "appended",  # batch durable in the log, the harvester's position not yet moved
     "trim",  # inside the trim's write transaction on the legacy file, before COMMIT
     "install",  # capture (re)installed on a new or re-created table, before its snapshot
+    "staged",  # copied ranges' rows read from their legacy files, apply not begun
     "apply",  # rows applied in the target transaction, checkpoint not yet written
     "checkpoint",  # checkpoint written in the same transaction, before COMMIT
     "committed",  # target transaction committed, the replicator's memory not updated

@@ -132,8 +132,11 @@ def open_target(path: str, busy_timeout_ms: int = 5000) -> apsw.Connection:
         create_private(path)
     except OSError as e:
         raise TargetError(f"{path}: cannot create target database: {e.strerror or e}") from e
+    # URI names for the legacy files a copied range attaches read-only (`replicator.
+    # copy_range`); a target path is never one (`./` keeps a name starting "file:" a path)
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
     try:
-        conn = apsw.Connection(path)
+        conn = apsw.Connection(path if not path.startswith("file:") else "./" + path, flags=flags)
         set_busy_timeout(conn, busy_timeout_ms)
         set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")

@@ -20,6 +20,7 @@ from cdc.capture import triggers as capture
 from cdc.changelog.segments import LogEntry
 from cdc.errors import TargetBusyError, TargetError
 from cdc.events import (
+    CopyRange,
     Op,
     RowBatch,
     RowEvent,
@@ -37,6 +38,7 @@ from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 from cdc.stages import kept_out_apply as moved_apply
 from checkpoints import Checkpoint, SourceApplied
+from replicator.copy_range import LegacyFiles, copy_staged, reset_follows
 from replicator.target import AppliedShape, TargetDB
 
 
@@ -67,7 +69,12 @@ def apply_batch(
             f"{target.path}: batch starts at {entries[0].offset}, checkpoint is {old.offset}"
         )
     try:
-        return _apply_committed(target, plan, entries, old, more)
+        staged = _stage_copies(target, plan, entries, more)
+        try:
+            return _apply_committed(target, plan, entries, old, more, staged)
+        finally:
+            if target.legacy is not None:
+                target.legacy.drop_staged()
     except apsw.FullError as e:
         raise TargetBusyError(
             f"{target.path}: disk full while applying: {e}",
@@ -82,12 +89,45 @@ def apply_batch(
         raise TargetError(f"{target.path}: apply failed at offset {old.offset}: {e}") from e
 
 
+def _stage_copies(
+    target: TargetDB,
+    plan: Plan,
+    entries: list[LogEntry],
+    more: Callable[[int], list[LogEntry]] | None,
+) -> dict[int, str | None]:
+    """Before the apply transaction: the rows of the batch's copied ranges, each read
+    from its legacy file in a short read transaction of its own (`replicator.copy_range`).
+    Keyed by the frame's id; None: skipped."""
+    copies = [
+        (i, e.frame)
+        for i, e in enumerate(entries)
+        if isinstance(e.frame, CopyRange) and _maps_here(plan, e.frame, target)
+    ]
+    if not copies:
+        return {}
+    read_on = more or (lambda _offset: [])
+    after = {id(f): i + 1 for i, f in copies}
+    if target.legacy is None:
+        target.legacy = LegacyFiles(target.conn, plan, target.busy_timeout_ms)
+    staged = target.legacy.stage_all(
+        [f for _, f in copies], lambda f: reset_follows(f, entries[after[id(f)] :], read_on)
+    )
+    crash_point("staged")
+    return staged
+
+
+def _maps_here(plan: Plan, f: CopyRange, target: TargetDB) -> bool:
+    m = plan.mapping(f.source, f.table)
+    return m is not None and m.target == target.name
+
+
 def _apply_committed(
     target: TargetDB,
     plan: Plan,
     entries: list[LogEntry],
     old: Checkpoint,
     more: Callable[[int], list[LogEntry]] | None,
+    staged: dict[int, str | None],
 ) -> ApplyResult:
     """The rows, the sources' marks and the checkpoint commit together, so a crash
     anywhere leaves the target either before the batch or after all of it."""
@@ -101,7 +141,7 @@ def _apply_committed(
         try:
             for e in _read_on(entries, more, target):
                 end = e.next_offset
-                applied += _apply_frame(e.frame, conn, target, plan, runs, marks)
+                applied += _apply_frame(e.frame, conn, target, plan, runs, marks, staged)
         finally:
             target.close_value()  # before COMMIT or ROLLBACK
         rebuilds = _record_marks(target, marks)
@@ -121,7 +161,8 @@ def _apply_committed(
 
 def _record_marks(target: TargetDB, marks: dict[str, SourcePosition]) -> list[tuple[str, str]]:
     """Returns the tables whose initial copy completed in this batch: the moment to
-    rebuild their full-text indexes, once."""
+    create their deferred indexes (`TargetDB.create_deferred_indexes`) and rebuild their
+    full-text indexes, once."""
     now = time.time()
     rebuilds: list[tuple[str, str]] = []
     for source, p in marks.items():
@@ -131,6 +172,8 @@ def _record_marks(target: TargetDB, marks: dict[str, SourcePosition]) -> list[tu
         fresh = target.checkpoints.record_snapshots_done(
             source, [c.table for c in p.snapshots if c.done]
         )
+        for t in fresh:
+            target.create_deferred_indexes(source, t)
         rebuilds += [(source, t) for t in fresh]
     return rebuilds
 
@@ -166,6 +209,7 @@ def _apply_frame(
     plan: Plan,
     runs: dict[tuple[str, str], list[RowBatch]],
     marks: dict[str, SourcePosition],
+    staged: dict[int, str | None],
 ) -> int:
     """One frame of `apply_batch`: rows are queued per table (`runs`), written when
     something must follow them (a schema change, a reset, a streamed value's chunk) or at
@@ -196,20 +240,54 @@ def _apply_frame(
             # Its row (a zeroblob so far) may still be queued: write it first.
             applied += _flush(conn, target, runs.pop((f.source, f.table), []))
             target.write_chunk(f)
+    elif isinstance(f, CopyRange):
+        if _maps_here(plan, f, target):
+            applied += _flush(conn, target, runs.pop((f.source, f.table), []))
+            target.close_value()
+            applied += _copy(conn, target, f, staged, runs)
     elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
         marks[f.source] = f.position  # only the newest per source matters
     return applied
 
 
+def _copy(
+    conn: apsw.Connection,
+    target: TargetDB,
+    f: CopyRange,
+    staged: dict[int, str | None],
+    runs: dict[tuple[str, str], list[RowBatch]],
+) -> int:
+    """A copied range's staged rows into the target (none when it was skipped). Counts
+    the frame's `rows` whatever was copied: the checkpoint's `events` count what the log
+    holds (the harvester's position counts the same), and the file may hold more or
+    fewer rows in the range by now."""
+    if id(f) not in staged:  # `_read_on` reads on only to a value's end: cannot happen
+        raise TargetError(f"{target.path}: a copied range of {f.source}.{f.table} not staged")
+    name = staged[id(f)]
+    if name is None:
+        return f.rows
+    shape = target.shapes.get((f.source, f.table))
+    if shape is None:
+        raise TargetError(f"{target.path}: rows of {f.source}.{f.table} arrived before its schema")
+    out = copy_staged(conn, shape, f, name, upsert_sql)
+    if isinstance(out, RowBatch):
+        runs[(f.source, f.table)].append(out)
+        return f.rows - len(out.events)  # `_flush` counts the batch's events
+    return f.rows
+
+
 def _read_on(
     entries: list[LogEntry], more: Callable[[int], list[LogEntry]] | None, target: TargetDB
 ) -> Iterator[LogEntry]:
-    """`entries`, then, while a streamed value is half written, the log after them."""
-    while entries:
-        yield from entries
-        if more is None or not target.value_open():
-            return
+    """`entries`, then, while a streamed value is half written, the log after them up to
+    the value's end (not further: a copied range after it was not staged)."""
+    yield from entries
+    while entries and more is not None and target.value_open():
         entries = more(entries[-1].next_offset)
+        for e in entries:
+            yield e
+            if not target.value_open():
+                return
 
 
 def _feeds(plan: Plan, source: str, target: str) -> bool:
@@ -336,8 +414,33 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
         conds.append(f"{shape.rowid_alias} = ?{len(conds) + 1}")
     if shape.tag_column is not None:
         cols = [q(shape.tag_column), *cols]
+    head, conflict = _upsert_clauses(shape, cols)
+    values = f"VALUES ({', '.join('?' * len(cols))})"
     table = q(shape.target_table)
-    values = f"({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    return f"{head} {values}{conflict}", f"DELETE FROM {table} WHERE {' AND '.join(conds)}"
+
+
+def upsert_columns(shape: AppliedShape) -> list[str]:
+    """The columns an upsert of `shape` binds, in order: the tag, the rowid where it is
+    the identity, the row image's columns."""
+    cols = [q(c) for c in shape.columns]
+    if not shape.key:
+        cols = [shape.rowid_alias, *cols]
+    if shape.tag_column is not None:
+        cols = [q(shape.tag_column), *cols]
+    return cols
+
+
+def upsert_sql(shape: AppliedShape, rows: str) -> str:
+    """The upsert of `statements` with `rows` (a `SELECT ... WHERE ...`: SQLite needs the
+    WHERE to tell the upsert's ON from a join's) in place of its VALUES."""
+    head, conflict = _upsert_clauses(shape, upsert_columns(shape))
+    return f"{head} {rows}{conflict}"
+
+
+def _upsert_clauses(shape: AppliedShape, cols: list[str]) -> tuple[str, str]:
+    """`INSERT ... INTO table (cols)` and the conflict clause after the rows."""
+    table = q(shape.target_table)
     if shape.key and not shape.other_unique:
         # Only the key can conflict: an upsert updates in place, about 1.7x faster than
         # REPLACE's delete + insert (bench/README.md).
@@ -347,14 +450,13 @@ def statements(shape: AppliedShape) -> tuple[str, str]:
         fixed = keys if shape.rowid_key else keys[:1] if shape.tag_column else []
         rest = [c for c in cols if c not in fixed]
         action = ", ".join(f"{c} = excluded.{c}" for c in rest) if rest else None
-        upsert = f"INSERT INTO {table} {values} ON CONFLICT ({', '.join(keys)}) " + (
-            f"DO UPDATE SET {action}" if action else "DO NOTHING"
+        return f"INSERT INTO {table} ({', '.join(cols)})", (
+            f" ON CONFLICT ({', '.join(keys)}) "
+            + (f"DO UPDATE SET {action}" if action else "DO NOTHING")
         )
-    else:
-        # REPLACE also removes a row holding one of our UNIQUE values: a stale image
-        # whose own newer event comes later in the log.
-        upsert = f"INSERT OR REPLACE INTO {table} {values}"
-    return upsert, f"DELETE FROM {table} WHERE {' AND '.join(conds)}"
+    # REPLACE also removes a row holding one of our UNIQUE values: a stale image whose
+    # own newer event comes later in the log.
+    return f"INSERT OR REPLACE INTO {table} ({', '.join(cols)})", ""
 
 
 def every_spelling_sql(shape: AppliedShape) -> str | None:

@@ -339,6 +339,9 @@ REVIEWED = {
     "cdc/capture/snapshot.py: {' AND '.join(conds)}": "q()-quoted keys compared with placeholders "
     "(exact_text.marks: '?' or 'CAST(? AS TEXT)')",
     "cdc/capture/snapshot.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
+    "cdc/capture/snapshot.py: {upto}": "the snapshot's order expressions (q()-quoted keys or "
+    "a rowid name) against placeholders (exact_text.marks)",
+    "cdc/capture/snapshot.py: {bigs}": "bigrows.big_blob over q()-quoted columns",
     "cdc/history/rows.py: {exact_text.marks(values)}": "placeholders only",
     "replicator/apply.py: {' AND '.join(conds)}": "capture.same() over q()-quoted keys and "
     "numbered placeholders",
@@ -352,6 +355,11 @@ REVIEWED = {
     "verifier/sides.py: {tail}": "FROM/WHERE built from q()-quoted names and placeholders",
     "verifier/sides.py: {where}": "built from the conds above",
     "cdc/cutover/backflow.py: {where}": "q()-quoted keys IS placeholders (exact_text.mark)",
+    "replicator/copy_range.py: {' AND '.join(conds)}": "key expressions checked by "
+    "_key_expr (a rowid name or a q()-quoted column) against placeholders (exact_text.marks)",
+    "replicator/copy_range.py: {', '.join(exprs)}": "key expressions checked by _key_expr, "
+    "then q()-quoted columns",
+    "replicator/copy_range.py: {', '.join(order)}": "key expressions checked by _key_expr",
 }
 KNOWN_RAW: set[str] = set()  # raw and wrong: none left
 

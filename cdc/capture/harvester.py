@@ -31,13 +31,14 @@ from cdc.capture import changes
 from cdc.capture import triggers as capture
 from cdc.capture.hooks import HOOK_OP
 from cdc.capture.schema_look import SchemaLook
-from cdc.capture.snapshot import read_chunk, read_keys
+from cdc.capture.snapshot import AUTO_ROWS, holds_more_than, read_chunk, read_keys, read_range
 from cdc.capture.trim import CaptureTrim
 from cdc.changelog import bigrows
 from cdc.changelog.segments import LogWriter
 from cdc.config import DaemonSettings
 from cdc.errors import SourceError
 from cdc.events import (
+    CopyRange,
     Frame,
     Op,
     RowBatch,
@@ -86,6 +87,8 @@ class Harvester(SchemaLook):
         self._hold: set[str] = set()
         self._vacuum_hold = False
         self._last_count = 0
+        self._utf8: bool | None = None  # the file's text encoding is UTF-8 (`_by_reference`)
+        self._big: dict[str, bool] = {}  # tables copied by reference under "auto"
         # hook capture (cdc.hooks): capture rows the pool wrote, and rows the triggers wrote
         # for writers outside the pool (counted since the daemon started)
         self.hook_rows = 0
@@ -205,6 +208,7 @@ class Harvester(SchemaLook):
         again = [t for t in tables if t in cursors]
         for t in tables:
             cursors[t] = SnapshotCursor(t)
+            self._big.pop(t, None)  # looked at again, as it is now
         if not again:
             return
         pos = self.position
@@ -426,22 +430,28 @@ class Harvester(SchemaLook):
             if not self._copying(cur):
                 return 0  # dropped just now
             info = self.infos[cur.table]
-            chunk = read_chunk(self.conn, info, cur, limit, self.writer.log_dir)
-        rows, width, until = chunk.rows, chunk.width, chunk.until
+            by_ref = self._by_reference(cur, info)
+            copied = self._copy_range(info, cur, limit, now) if by_ref else None
+            if copied is not None:
+                frames, n, after, until = copied
+            else:
+                chunk = read_chunk(self.conn, info, cur, limit, self.writer.log_dir)
+                rows, width, until = chunk.rows, chunk.width, chunk.until
+                events = [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows]
+                frames = bigrows.batches(
+                    self.plan.name, cur.table, now, events, chunk.streamed, info.column_names
+                )
+                n = len(rows)
+                after = list(rows[-1][width - chunk.order : width]) if rows else cur.after
         src = self.plan.name
-        events = [RowEvent(Op.UPSERT, 0, list(r[:width]), list(r[width:])) for r in rows]
-        frames = bigrows.batches(src, cur.table, now, events, chunk.streamed, info.column_names)
-        after = list(rows[-1][width - chunk.order : width]) if rows else cur.after
         snaps = list(pos.snapshots)
-        done = until is None or len(rows) < limit or after == until
+        done = until is None or n < limit or after == until
         if done and info.null_key and not cur.nulls:  # the rows a key range cannot reach
             snaps[idx] = SnapshotCursor(cur.table, shape=cur.shape, nulls=True)
         else:
             snaps[idx] = SnapshotCursor(cur.table, done, after, until, cur.shape, cur.nulls)
         crash_point("snapshot")
-        self._log(
-            frames, SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + len(rows))
-        )
+        self._log(frames, SourcePosition(pos.install_id, pos.through_seq, snaps, pos.events + n))
         if snaps[idx].done:
             log.info(
                 "source %s: snapshot of %s complete",
@@ -449,7 +459,51 @@ class Harvester(SchemaLook):
                 cur.table,
                 extra={"source": src, "table": cur.table},
             )
-        return len(rows)
+        return n
+
+    def _by_reference(self, cur: SnapshotCursor, info: TableInfo) -> bool:
+        """Whether this chunk goes as a key range the apply side copies inside SQLite
+        (`CopyRange`), not as rows through the log. Not the rows whose key holds a NULL
+        (no range reaches them), nor a file whose text is not UTF-8 (SQLite attaches a
+        file only to a connection of the same encoding). `"auto"`: only a table of more
+        than `AUTO_ROWS` rows, looked at once per table (a walk of that many keys):
+        a smaller one costs the log little and stays replayable by `cdc rebuild`."""
+        mode = self.settings.snapshot_copy
+        if mode == "log" or cur.nulls:
+            return False
+        if self._utf8 is None:
+            (enc,) = self.conn.execute("PRAGMA encoding").fetchone()
+            self._utf8 = enc == "UTF-8"
+        if not self._utf8 or mode == "reference":
+            return self._utf8
+        big = self._big.get(cur.table)
+        if big is None:
+            big = self._big[cur.table] = holds_more_than(self.conn, info, AUTO_ROWS)
+        return big
+
+    def _copy_range(
+        self, info: TableInfo, cur: SnapshotCursor, limit: int, now: float
+    ) -> tuple[list, int, list | None, list | None] | None:
+        """The next chunk as a `CopyRange` frame: (frames, rows, last key, upper bound);
+        None: this chunk holds a BLOB to stream, read it through the log."""
+        r = read_range(self.conn, info, cur, limit)
+        if r.big:
+            return None
+        if r.last is None:
+            return [], 0, cur.after, r.until
+        frame = CopyRange(
+            self.plan.name,
+            info.name,
+            now,
+            r.kexpr,
+            r.order,
+            info.column_names,
+            cur.after,
+            r.last,
+            shapes.mark(info),
+            r.rows,
+        )
+        return [frame], r.rows, r.last, r.until
 
     # -- repair --------------------------------------------------------------------------
     def resync(self, table: str, keys: list[list]) -> int:

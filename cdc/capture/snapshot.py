@@ -80,6 +80,84 @@ def read_chunk(
     return Chunk(rows, streamed, until, len(kexpr), len(order))
 
 
+AUTO_ROWS = 100_000  # `snapshot_copy = "auto"`: tables above this many rows go by reference
+
+
+def holds_more_than(conn: apsw.Connection, info: TableInfo, n: int) -> bool:
+    """Whether the table holds more than `n` rows whose key has no NULL: a walk of at
+    most `n` keys in the key's order, not a count of the whole table."""
+    _, order, nulls = snapshot_keys(info, False)
+    sql = (
+        f"SELECT 1 FROM {q(info.name)} {nulls} ORDER BY {', '.join(order)} LIMIT 1 OFFSET {int(n)}"
+    )
+    return conn.execute(sql).fetchone() is not None
+
+
+class Range(NamedTuple):
+    """One chunk bounded, not read: the key range (`after`, `last`] of the next `rows`
+    rows after `cur` (`last` None: no row left); `until` as in `Chunk`."""
+
+    last: list | None
+    rows: int
+    until: list | None
+    kexpr: list[str]
+    order: list[str]
+    big: bool = False  # a BLOB the log streams is in the range: read the chunk instead
+
+
+def read_range(conn: apsw.Connection, info: TableInfo, cur: SnapshotCursor, limit: int) -> Range:
+    """The bounds of the chunk `read_chunk` would read, found by walking its keys only
+    (in the key's index, or the table's b-tree for a rowid): the rows themselves are
+    copied by the apply side, inside SQLite (`cdc.events.CopyRange`). Not for the rows
+    whose key holds a NULL (`cur.nulls`): they are not reached by a range."""
+    kexpr, order, nulls = snapshot_keys(info, cur.nulls)
+    until = cur.until
+    if until is None:
+        top = exact_text.fetchone(
+            conn,
+            order,
+            f"FROM {q(info.name)} {nulls} ORDER BY {', '.join(k + ' DESC' for k in order)} LIMIT 1",
+        )
+        until = list(top) if top and top[0] is not None else None
+    if until is None:
+        return Range(None, 0, None, kexpr, order)
+    marks, keys = exact_text.marks, ", ".join(order)
+    conds, args = [f"({keys}) <= ({marks(until)})"], exact_text.binds(until)
+    if cur.after is not None:
+        conds.append(f"({keys}) > ({marks(cur.after)})")
+        args += exact_text.binds(cur.after)
+    where = f"FROM {q(info.name)} {nulls or 'WHERE 1'} AND {' AND '.join(conds)}"
+    nth = exact_text.fetchone(
+        conn, order, f"{where} ORDER BY {keys} LIMIT 1 OFFSET {int(limit) - 1}", args
+    )
+    if nth is not None:
+        last, n = list(nth), int(limit)
+    else:
+        (n,) = conn.execute(f"SELECT count(*) {where}", args).fetchone()
+        last = until if n else None
+    if last is not None and _holds_big(conn, info, where, args, order, last):
+        return Range(None, 0, until, kexpr, order, big=True)
+    return Range(last, n, until, kexpr, order)
+
+
+def _holds_big(
+    conn: apsw.Connection, info: TableInfo, where: str, args: list, order: list[str], last: list
+) -> bool:
+    """Whether a row of the range up to `last` holds a BLOB the log streams
+    (`bigrows.STREAM_ABOVE`): copied inside SQLite, it would be held whole in memory, so
+    such a chunk goes through the log. `typeof` and `length` read no BLOB's bytes."""
+    names = info.column_names
+    upto = f"({', '.join(order)}) <= ({exact_text.marks(last)})"
+    for i in range(0, len(names), 100):  # an OR of each column: 100 at a time (depth)
+        bigs = " OR ".join(f"({bigrows.big_blob(q(c))})" for c in names[i : i + 100])
+        found = conn.execute(
+            f"SELECT 1 {where} AND {upto} AND ({bigs}) LIMIT 1", [*args, *exact_text.binds(last)]
+        ).fetchone()
+        if found is not None:
+            return True
+    return False
+
+
 def read_keys(conn: apsw.Connection, info: TableInfo, keys: list[list]) -> list[RowEvent]:
     """The current image of each of `keys` (once each), or its deletion if it is gone."""
     kexpr = [q(k) for k in info.key] or [info.rowid_alias()]

@@ -137,7 +137,8 @@ class _LengthLimit:
         self.conn.limit(apsw.SQLITE_LIMIT_LENGTH, self.old)
 
 
-def _big(expr: str) -> str:
+def big_blob(expr: str) -> str:
+    """SQL: `expr` is a BLOB this module streams (neither function reads its bytes)."""
     return f"typeof({expr}) = 'blob' AND length({expr}) > {STREAM_ABOVE}"
 
 
@@ -166,8 +167,8 @@ def read_rows(
             return select_wide(conn, exprs, tail, args), []
     except apsw.TooBigError:
         pass  # some value is too big to load: read again, guarded
-    guarded = [f"CASE WHEN {_big(c)} THEN NULL ELSE {c} END" for c in cols]
-    sizes = [f"CASE WHEN {_big(c)} THEN length({c}) END" for c in cols]
+    guarded = [f"CASE WHEN {big_blob(c)} THEN NULL ELSE {c} END" for c in cols]
+    sizes = [f"CASE WHEN {big_blob(c)} THEN length({c}) END" for c in cols]
     rows = select_wide(conn, [rowid, *lead, *guarded, *sizes], tail, args)
     n = len(cols)
     out, found = [], []

@@ -16,7 +16,7 @@ import msgspec
 
 from cdc.changelog.segments import LogEntry
 from cdc.config import Config
-from cdc.events import Op, RowBatch, SegmentStart, SourceMark, TableSchema, Value
+from cdc.events import CopyRange, Op, RowBatch, SegmentStart, SourceMark, TableSchema, Value
 from replicator.target import SCHEMAS, AppliedShape
 
 Match = Callable[[str | None, str | None], bool]  # (source, table) -> shown?
@@ -61,6 +61,22 @@ class LoggedMark(msgspec.Struct, frozen=True, tag="mark", tag_field="kind"):
     copying: list[str] = []  # tables whose initial copy is not done yet
 
 
+class LoggedCopy(msgspec.Struct, frozen=True, tag="copy", tag_field="kind"):
+    """A chunk of an initial copy that went by reference (`cdc.events.CopyRange`): the
+    key range (`after`, `until`] in the snapshot's order (`after` None: from the first
+    key), whose `rows` rows the apply read from the legacy file; they are not in the log."""
+
+    offset: int
+    next_offset: int
+    source: str
+    table: str
+    observed_at: float
+    order: list[str]
+    after: list[Value] | None
+    until: list[Value]
+    rows: int
+
+
 class LoggedSegment(msgspec.Struct, frozen=True, tag="segment", tag_field="kind"):
     offset: int
     next_offset: int
@@ -68,7 +84,7 @@ class LoggedSegment(msgspec.Struct, frozen=True, tag="segment", tag_field="kind"
     created_at: float
 
 
-LoggedEvent = LoggedRow | LoggedSchema | LoggedMark | LoggedSegment
+LoggedEvent = LoggedRow | LoggedSchema | LoggedMark | LoggedCopy | LoggedSegment
 
 
 class RowChange(msgspec.Struct, frozen=True):
@@ -163,6 +179,19 @@ def logged_events(e: LogEntry, cols: Columns, match: Match) -> Iterator[LoggedEv
                 list(ev.key),
                 cols.of(f.source, f.table, width) if width else [],
                 list(ev.row) if ev.row else None,  # a delete's [] (`every_spelling`) too
+            )
+    elif isinstance(f, CopyRange):
+        if match(f.source, f.table):
+            yield LoggedCopy(
+                e.offset,
+                e.next_offset,
+                f.source,
+                f.table,
+                f.observed_at,
+                list(f.order),
+                None if f.after is None else list(f.after),
+                list(f.until),
+                f.rows,
             )
     elif isinstance(f, SourceMark):
         if match(f.source, None):

@@ -25,7 +25,7 @@ import msgspec
 
 from cdc.config import Config
 from cdc.errors import ConfigError, TargetError
-from cdc.events import RowBatch, SegmentStart, SourceMark
+from cdc.events import CopyRange, RowBatch, SegmentStart, SourceMark
 from cdc.fsutil import fsync_dir
 from cdc.history.rows import RETENTION_HINT, HistoryIncomplete, RetainedLog, incomplete_note
 from cdc.own_objects import is_own_table
@@ -166,7 +166,7 @@ def _resolve(log: RetainedLog, as_of: AsOf, start: int, end: int) -> int:
 
 
 def _frame_time(f: object) -> float:
-    if isinstance(f, RowBatch):
+    if isinstance(f, RowBatch | CopyRange):
         return f.observed_at
     if isinstance(f, SourceMark):
         return f.written_at
@@ -191,6 +191,7 @@ def _replay(
             entries = [e for e in entries if e.next_offset <= stop]
             if not entries:
                 break  # `stop` falls inside the next frame
+            _no_copied_range(plan, target, entries)
             res = apply_batch(tdb, plan, entries, cp)
             cp = res.checkpoint
             frames += len(entries)
@@ -199,6 +200,22 @@ def _replay(
         return cp.offset, frames, events, newest
     finally:
         tdb.close()
+
+
+def _no_copied_range(plan: Plan, target: str, entries: list) -> None:
+    """A range copied by reference holds no rows in the log: the apply would read the
+    legacy file as it is now, not as it was (`cdc.events.CopyRange`)."""
+    for e in entries:
+        f = e.frame
+        if isinstance(f, CopyRange):
+            m = plan.mapping(f.source, f.table)
+            if m is not None and m.target == target:
+                raise HistoryIncomplete(
+                    f"cannot rebuild {target}: the initial copy of {f.source}.{f.table} "
+                    f"went by reference (offset {e.offset}): its rows are not in the log",
+                    hint='`daemon.snapshot_copy = "log"` before an initial copy keeps its '
+                    "rows in the log (`cdc docs history`)",
+                )
 
 
 def _clean(path: str) -> tuple[list[str], list[RebuiltTable]]:

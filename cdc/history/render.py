@@ -8,7 +8,14 @@ import msgspec
 
 from cdc import exact_text
 from cdc.events import Value
-from cdc.history.logged import LoggedEvent, LoggedMark, LoggedRow, LoggedSchema, RowHistory
+from cdc.history.logged import (
+    LoggedCopy,
+    LoggedEvent,
+    LoggedMark,
+    LoggedRow,
+    LoggedSchema,
+    RowHistory,
+)
 from verifier.values import render, render_row
 
 
@@ -39,13 +46,20 @@ def format_event(e: LoggedEvent) -> str:
         line = f"{e.offset}  {iso(e.written_at)}  {e.source}  mark  "
         line += f"through_seq={e.through_seq} events={e.events}"
         return line + (f" copying={','.join(e.copying)}" if e.copying else "")
+    if isinstance(e, LoggedCopy):
+        after = "start" if e.after is None else ", ".join(render_row(e.after))
+        return (
+            f"{e.offset}  {iso(e.observed_at)}  {e.source}.{e.table}  copy  "
+            f"({', '.join(e.order)}) in ({after}]..[{', '.join(render_row(e.until))}]  "
+            f"rows={e.rows} (by reference: not in the log)"
+        )
     return f"{e.offset}  {iso(e.created_at)}  -  segment  base={e.base_offset}"
 
 
 def _jsonable(s: msgspec.Struct) -> dict:
     """Builtins for JSON, with values as SQL literals (JSON has no blobs, and 1.0 == 1)."""
     d = exact_text.builtins(s)  # key and row, which may hold a RawText, are replaced
-    for field in ("key", "row"):
+    for field in ("key", "row", "after", "until"):
         if d.get(field) is not None:
             d[field] = render_row(getattr(s, field))
     return d

@@ -36,7 +36,7 @@ from cdc.changelog.retained import (  # noqa: F401 - re-exported: the history AP
 from cdc.changelog.segments import LogEntry
 from cdc.config import Config
 from cdc.errors import ConfigError
-from cdc.events import RowBatch, TableSchema, Value
+from cdc.events import CopyRange, RowBatch, TableSchema, Value
 from cdc.history.logged import (  # noqa: F401 - re-exported: the history API's names
     _OPS,
     Columns,
@@ -176,11 +176,14 @@ def row_history(cfg: Config, plan: Plan, target: str, table: str, key: list[Valu
     cols = Columns.from_targets(cfg)
     start = end = log.start()
     changes: list[RowChange] = []
+    copied: list[str] = []  # ranges copied by reference: their images are not in the log
     for batch in log.batches(start):
         for e in batch:
             f = e.frame
             if isinstance(f, TableSchema):
                 cols.see(f)
+            elif isinstance(f, CopyRange) and (f.source, f.table) in wanted:
+                copied.append(f"{f.source}.{f.table} at offset {e.offset}")
             elif isinstance(f, RowBatch) and (f.source, f.table) in wanted:
                 for ev in f.events:
                     if encode(ev.key) == want:
@@ -193,10 +196,21 @@ def row_history(cfg: Config, plan: Plan, target: str, table: str, key: list[Valu
         [f"{s}.{t}" for s, t in sorted(wanted)],
         start,
         end,
-        start == 0,
+        start == 0 and not copied,
         changes,
-        incomplete_note(cfg, start),
+        _note(incomplete_note(cfg, start), copied),
     )
+
+
+def _note(incomplete: str | None, copied: list[str]) -> str | None:
+    if not copied:
+        return incomplete
+    more = f" (and {len(copied) - 1} more)" if len(copied) > 1 else ""
+    by_ref = (
+        f"the initial copy went by reference ({copied[0]}{more}): an image it copied is "
+        'not in the log (`daemon.snapshot_copy = "log"` keeps them)'
+    )
+    return by_ref if incomplete is None else f"{incomplete}; {by_ref}"
 
 
 def _change(e: LogEntry, f: RowBatch, ev, cols: Columns) -> RowChange:  # noqa: ANN001

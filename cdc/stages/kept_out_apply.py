@@ -27,7 +27,7 @@ import apsw
 import msgspec
 
 from cdc.capture import triggers as capture
-from cdc.events import RowBatch, TableReset, TableSchema, ValueChunk
+from cdc.events import CopyRange, RowBatch, TableReset, TableSchema, ValueChunk
 from cdc.planning.plan import Plan
 from cdc.stages.kept_out import KeptOut, RecordWatch, describe, not_moved, read_kept
 
@@ -46,7 +46,9 @@ def watch(state_dir: str) -> None:
 
 def refuses(f: object, conn: apsw.Connection, target, plan: Plan) -> bool:  # noqa: ANN001
     """True: skip frame `f` (its table is cut over); a change is recorded in the target."""
-    if not _WATCH or not isinstance(f, RowBatch | TableSchema | TableReset | ValueChunk):
+    if not _WATCH or not isinstance(
+        f, RowBatch | TableSchema | TableReset | ValueChunk | CopyRange
+    ):
         return False
     m = plan.mapping(f.source, f.table)
     if m is None or m.target != target.name:

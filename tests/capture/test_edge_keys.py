@@ -16,6 +16,7 @@ import pytest
 
 from cdc.errors import TargetError
 from tests.conftest import cdc_cmd, cdc_step, make_db, write_config
+from tests.support.images import bot, image
 
 COPIED = """
 state_dir = "state"
@@ -48,22 +49,6 @@ table = "t"
 target = "core"
 merge = true
 """
-
-
-def image(db: Path, table: str, where: str = "") -> list[tuple]:
-    """Every row as (typeof, hex) pairs, sorted: identical bytes and storage classes only."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        cols = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
-        cols = [c for c in cols if c != "source"]
-        sel = ", ".join(f'typeof("{c}"), hex("{c}")' for c in cols)
-        return sorted(con.execute(f'SELECT {sel} FROM "{table}" {where}').fetchall())
-    finally:
-        con.close()
-
-
-def bot(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, isolation_level=None, timeout=5)
 
 
 def copied(tmp_path: Path, schema: str, pipeline_for):

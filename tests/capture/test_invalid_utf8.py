@@ -122,6 +122,13 @@ def _setup(root: Path, wal: bool = False) -> Path:
     return write_config(root, CONFIG)
 
 
+def _log_copy(cfg: Path) -> Path:
+    """The initial copy's rows in the log too, for a history that shows them (by
+    reference, the default, they are not: tests/capture/test_copy_range.py)."""
+    cfg.write_text(cfg.read_text().replace("[daemon]\n", '[daemon]\nsnapshot_copy = "log"\n'))
+    return cfg
+
+
 def _write(root: Path, name: str, sqls: list[str]) -> None:
     c = sqlite3.connect(root / "legacy" / f"{name}.db", isolation_level=None, timeout=10)
     try:
@@ -205,7 +212,7 @@ def test_a_daemon_replicates_verifies_and_repairs_them(tmp_path, daemons):
 
 
 def test_history_tail_and_rebuild_show_them(tmp_path, pipeline_for):
-    cfg = _setup(tmp_path)
+    cfg = _log_copy(_setup(tmp_path))
     p = pipeline_for(cfg)
     p.sync()
     _write(tmp_path, "a", STREAM)
@@ -295,7 +302,7 @@ def test_a_utf16_file_is_refused_by_name(tmp_path):
 
 
 def test_key_json_takes_bytes_that_are_not_utf8(tmp_path, pipeline_for):
-    cfg = _setup(tmp_path)
+    cfg = _log_copy(_setup(tmp_path))
     pipeline_for(cfg).sync()
     key = json.dumps([b"\xff\x01".decode("utf-8", "surrogateescape")], ensure_ascii=False)
     r = cdc_cmd("history", "-c", str(cfg), "--json", "core.tags", "--key-json", key)

@@ -36,6 +36,8 @@ CONFIG = """\
 state_dir = "state"
 [targets]
 core = "out/core.db"
+[daemon]
+snapshot_copy = "log"  # rebuilt below: the initial copy's rows from the log
 [[sources]]
 name = "a"
 path = "legacy/a.db"

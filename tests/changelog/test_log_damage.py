@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 
 from cdc.changelog.segments import HEADER, LogReader, list_segments, segment_name
 from cdc.config import load_config
@@ -76,8 +77,14 @@ def test_damage_in_the_middle_stops_the_daemon_and_log_check_names_it(tmp_path, 
     cfg = _setup(tmp_path)
     assert cdc_cmd("pause", "--apply", "-c", str(cfg), "core").returncode == 0
     d = daemons(cfg)  # harvests, applies nothing: the segments stay in the log
-    _write(tmp_path, 300)
     log_dir = tmp_path / "state" / "log"
+    # Rounds of writes until the log has three segments: written before the daemon's first
+    # harvest, 300 rows are one batch, and the initial copy's range carries no rows.
+    for r in range(20):
+        _write(tmp_path, 100, start=r * 100)
+        if len(list_segments(str(log_dir))) >= 3:
+            break
+        time.sleep(0.3)
     wait_until(lambda: len(list_segments(str(log_dir))) >= 3, 30, what="three log segments")
     assert d.stop() == 0, d.output()
     segs = list_segments(str(log_dir))

@@ -33,6 +33,7 @@ spare = "out/spare.db"
 retention = "archive"
 [daemon]
 segment_bytes = 1024
+snapshot_copy = "log"  # rebuilt after finalize: the initial copy's rows from the log
 [[sources]]
 name = "alpha"
 path = "legacy/alpha.db"

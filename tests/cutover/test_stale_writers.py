@@ -51,6 +51,7 @@ table = "*"
 target = "core"
 [daemon]
 poll_interval = 0.1
+snapshot_copy = "log"  # a row's history, complete from its initial copy on
 [verify]
 continuous = false
 [log]

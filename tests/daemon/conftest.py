@@ -11,11 +11,11 @@ import pytest
 
 from cdc.changelog.retained import RetainedLog
 from cdc.config import load_config
-from cdc.events import RowBatch
 from cdc.planning.resolve import resolve_plan
 from checkpoints.store import TABLE
 from tests.conftest import cdc_cmd, make_db, write_config
 from tests.support import workload
+from tests.support.logcount import count_log
 from tests.support.workload import SCHEMA
 from verifier import compare_plan
 
@@ -147,19 +147,10 @@ def assert_log_sound(cfg: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     conf = load_config(cfg)
     plan = resolve_plan(conf)
-    log = RetainedLog.of(conf)  # the archive (outside the full disk) and the live log
-    assert log.start() == 0, "the archive must hold the whole history"
-    last: dict[tuple[str, str], int] = {}
-    per_target = dict.fromkeys(plan.targets, 0)
-    for e in (e for batch in log.batches(0) for e in batch):
-        f = e.frame
-        if not isinstance(f, RowBatch):
-            continue
-        for ev in f.events:
-            if ev.seq:
-                assert ev.seq > last.get((f.source, f.table), 0), (f.source, f.table, ev.seq)
-                last[(f.source, f.table)] = ev.seq
-        per_target[plan.mapping(f.source, f.table).target] += len(f.events)
+    assert RetainedLog.of(conf).start() == 0, "the archive must hold the whole history"
+    counted = count_log(conf, plan)
+    assert counted.repeats == [], counted.repeats[:3]
+    per_target = counted.per_target
     for name, path in plan.targets.items():
         c = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:

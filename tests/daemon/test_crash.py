@@ -23,13 +23,13 @@ import pytest
 
 from cdc.changelog.retained import RetainedLog
 from cdc.config import load_config
-from cdc.events import RowBatch
 from cdc.faults import POINTS
 from cdc.planning.resolve import resolve_plan
 from checkpoints.store import TABLE
 from replicator.worker import read_apply_status
 from tests.conftest import SOAK_SCALE, wait_until
 from tests.support import workload
+from tests.support.logcount import count_log
 from verifier import compare_plan
 
 CONFIG = """
@@ -90,21 +90,10 @@ def _setup(root: Path) -> Path:
 def _assert_no_duplicates(cfg_path: Path) -> None:
     cfg = load_config(cfg_path)
     plan = resolve_plan(cfg)
-    retained = RetainedLog.of(cfg)
-    assert retained.start() == 0, "the archive lost a segment"
-    last_seq: dict[tuple[str, str], int] = {}
-    per_target: dict[str, int] = {t: 0 for t in plan.targets}
-    for e in (e for batch in retained.batches(0) for e in batch):
-        f = e.frame
-        if not isinstance(f, RowBatch):
-            continue
-        for ev in f.events:
-            if ev.seq:  # stream events: each source sequence is harvested once, in order
-                k = (f.source, f.table)
-                assert ev.seq > last_seq.get(k, 0), f"duplicate harvest {k} seq {ev.seq}"
-                last_seq[k] = ev.seq
-        m = plan.mapping(f.source, f.table)
-        per_target[m.target] += len(f.events)
+    assert RetainedLog.of(cfg).start() == 0, "the archive lost a segment"
+    counted = count_log(cfg, plan)
+    assert counted.repeats == [], f"duplicate harvest {counted.repeats[:3]}"
+    per_target = counted.per_target
     import apsw
 
     for name, path in plan.targets.items():

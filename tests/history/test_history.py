@@ -44,6 +44,7 @@ state_dir = "state"
 core = "out/core.db"
 [daemon]
 segment_bytes = 700
+snapshot_copy = "log"  # rebuilds replay the initial copy's rows from the log
 snapshot_chunk = 4
 [[sources]]
 name = "a"

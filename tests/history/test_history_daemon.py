@@ -30,6 +30,7 @@ state_dir = "state"
 core = "out/core.db"
 [daemon]
 segment_bytes = 1024
+snapshot_copy = "log"  # rebuilds replay the initial copy's rows from the log
 [[sources]]
 name = "a"
 path = "legacy/a.db"
