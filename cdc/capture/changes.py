@@ -12,7 +12,7 @@ import apsw
 from cdc.capture.triggers import CHANGES, key_width, same
 from cdc.changelog import bigrows
 from cdc.events import Op, RowBatch, RowEvent
-from cdc.inventory import TableInfo
+from cdc.inventory import TableInfo, affinity, key_collations
 from cdc.sqlident import q
 
 
@@ -70,6 +70,7 @@ def _changes(
         present = f"t.{info.rowid_alias()} IS NOT NULL"
     # Gone: is a row equal to the key under the table's own comparison there instead ('a'
     # after a REPLACE of 'A' under NOCASE, 2.0 for 2)? Not: the delete takes every spelling.
+    # A key with one spelling only has none other to find: its delete is exact (1).
     equal = (
         " AND ".join(
             f"e.{q(k)} = c.{kc}" for k, kc in zip(info.key, kcols[: len(info.key)], strict=True)
@@ -77,7 +78,12 @@ def _changes(
         if info.key
         else f"e.{info.rowid_alias()} = c.k1"
     )
-    other = f"CASE WHEN {present} THEN 0 ELSE EXISTS (SELECT 1 FROM {q(info.name)} AS e WHERE {equal}) END"
+    other = (
+        "1"
+        if one_spelling(conn, info)
+        else f"CASE WHEN {present} THEN 0 ELSE EXISTS (SELECT 1 FROM {q(info.name)} AS e "
+        f"WHERE {equal}) END"
+    )
     tail = (
         f"FROM (SELECT max(seq) AS s, {', '.join(kcols)} FROM {CHANGES} "
         f"WHERE seq > ? AND seq <= ? AND tid = ? "
@@ -108,3 +114,27 @@ def _changes(
         for r, k in zip(rows, keys, strict=True)
     ]
     return events, streamed
+
+
+_ONE_SPELLING: dict[tuple[str, str], bool] = {}
+
+
+def one_spelling(conn: apsw.Connection, info: TableInfo) -> bool:
+    """Whether two keys of the table that are equal under its own comparison are always
+    identical: the rowid, or every key column BINARY with INTEGER affinity (an integral
+    REAL is stored as an INTEGER, text as a number where it looks like one) or TEXT (a
+    number is stored as text). Then a key that is gone has no other spelling to look
+    for, and its delete needs no search and no wider delete (`RowEvent.every_spelling`):
+    the search cost the drain a tenth of its speed (bench/README.md). Any other affinity
+    or collation may hold both (2 and 2.0 untyped, 'a' and 'A' under NOCASE): searched."""
+    key = (info.name, info.create_sql)
+    got = _ONE_SPELLING.get(key)
+    if got is None:
+        colls = key_collations(conn, info.name, info.key) if info.key else None
+        decl = {c.name.lower(): c.decl_type for c in info.columns}
+        got = colls is None or all(
+            coll == "BINARY" and affinity(decl.get(k.lower(), "")) in ("INTEGER", "TEXT")
+            for k, coll in zip(info.key, colls, strict=True)
+        )
+        _ONE_SPELLING[key] = got
+    return got

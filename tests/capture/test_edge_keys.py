@@ -439,3 +439,47 @@ def test_null_key_rows_with_streamed_blobs(tmp_path, pipeline_for):
     check_equal(p, db, target, "t")
     b.execute("UPDATE t SET b = randomblob(9 << 20) WHERE rowid = 2")
     check_equal(p, db, target, "t")
+
+
+@pytest.mark.parametrize(
+    ("decl", "searched"),
+    [
+        ("k INTEGER PRIMARY KEY", False),  # the rowid
+        ("k TEXT PRIMARY KEY", False),
+        ("k INT NOT NULL PRIMARY KEY", False),
+        ("k TEXT PRIMARY KEY COLLATE NOCASE", True),
+        ("k TEXT, PRIMARY KEY(k COLLATE RTRIM)", True),
+        ("k PRIMARY KEY", True),  # untyped: 2 and 2.0
+        ("k NUMERIC PRIMARY KEY", True),
+        ("k REAL PRIMARY KEY", True),
+        ("a INTEGER, b TEXT, PRIMARY KEY(a, b)", False),
+        ("a INTEGER, b, PRIMARY KEY(a, b)", True),
+    ],
+)
+def test_a_delete_searches_other_spellings_only_where_a_key_has_them(
+    tmp_path, pipeline_for, decl, searched
+):
+    """A deleted key whose table may hold it under another spelling is searched for in the
+    harvest (`RowEvent.every_spelling` when none is found); a key with one spelling only
+    (the rowid, BINARY INTEGER or TEXT) is not: its delete is exact, at no extra cost."""
+    from cdc.changelog.segments import LogReader
+    from cdc.events import Op, RowBatch
+
+    db, p, target = copied(tmp_path, f"CREATE TABLE t(v, {decl});", pipeline_for)
+    cols = "k" if "PRIMARY KEY(a, b)" not in decl else "a, b"
+    vals = "1" if cols == "k" else "1, 'x'"
+    b = bot(db)
+    b.execute(f"INSERT INTO t({cols}, v) VALUES ({vals}, 'one')")
+    check_equal(p, db, target, "t")
+    b.execute("DELETE FROM t")
+    check_equal(p, db, target, "t")
+    log = LogReader(str(tmp_path / "state" / "log")).read(0, None, max_frames=10_000)
+    deletes = [
+        ev
+        for e in log
+        if isinstance(e.frame, RowBatch)
+        for ev in e.frame.events
+        if ev.op is Op.DELETE
+    ]
+    assert len(deletes) == 1
+    assert deletes[0].every_spelling is searched

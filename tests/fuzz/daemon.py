@@ -117,6 +117,7 @@ def run_case(
     specs = data.draw(schemas(features), label="schema")
     sources = ["a", "b"] if "two_sources" in features else ["a"]
     daemon = {"snapshot_chunk": 3, "harvest_batch": 7, "trim_interval": 0.2, "apply_batch": 5}
+    daemon["snapshot_copy"] = data.draw(st.sampled_from(["reference", "log"]), label="copy")
     daemon["segment_bytes"] = 16384
     scratch = World(features, specs, sources, set(), daemon)
     world = World(features, specs, sources, {"b"}, daemon)

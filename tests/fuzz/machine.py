@@ -58,6 +58,8 @@ class _Machine(RuleBasedStateMachine):
         daemon = {
             "snapshot_chunk": data.draw(st.sampled_from([1, 2, 5, 1000]), label="chunk"),
             "harvest_batch": data.draw(st.sampled_from([1, 3, 1000]), label="harvest_batch"),
+            # the initial copy through the log, or by reference (the apply reads the file)
+            "snapshot_copy": data.draw(st.sampled_from(["reference", "log"]), label="copy"),
         }
         self.world = World(f, specs, sources, wal, daemon)
         for _ in range(data.draw(st.integers(0, 4), label="rows before install")):
