@@ -135,25 +135,34 @@ def read_range(conn: apsw.Connection, info: TableInfo, cur: SnapshotCursor, limi
     else:
         (n,) = conn.execute(f"SELECT count(*) {where}", args).fetchone()
         last = until if n else None
-    if last is not None and _holds_big(conn, info, where, args, order, last):
+    if last is not None and _holds_big(conn, info, cur, nulls, order, last):
         return Range(None, 0, until, kexpr, order, big=True)
     return Range(last, n, until, kexpr, order)
 
 
 def _holds_big(
-    conn: apsw.Connection, info: TableInfo, where: str, args: list, order: list[str], last: list
+    conn: apsw.Connection,
+    info: TableInfo,
+    cur: SnapshotCursor,
+    nulls: str,
+    order: list[str],
+    last: list,
 ) -> bool:
-    """Whether a row of the range up to `last` holds a BLOB the log streams
+    """Whether a row of the range (`cur.after`, `last`] holds a BLOB the log streams
     (`bigrows.STREAM_ABOVE`): copied inside SQLite, it would be held whole in memory, so
-    such a chunk goes through the log. `typeof` and `length` read no BLOB's bytes."""
+    such a chunk goes through the log. `typeof` and `length` read no BLOB's bytes. Bound
+    by `last` alone above: given the copy's `until` too, SQLite searched up to that one,
+    a scan to the table's end for every chunk (measured: 90% of the read side)."""
+    keys, marks = ", ".join(order), exact_text.marks
+    conds, args = [f"({keys}) <= ({marks(last)})"], exact_text.binds(last)
+    if cur.after is not None:
+        conds.append(f"({keys}) > ({marks(cur.after)})")
+        args += exact_text.binds(cur.after)
+    where = f"FROM {q(info.name)} {nulls or 'WHERE 1'} AND {' AND '.join(conds)}"
     names = info.column_names
-    upto = f"({', '.join(order)}) <= ({exact_text.marks(last)})"
     for i in range(0, len(names), 100):  # an OR of each column: 100 at a time (depth)
         bigs = " OR ".join(f"({bigrows.big_blob(q(c))})" for c in names[i : i + 100])
-        found = conn.execute(
-            f"SELECT 1 {where} AND {upto} AND ({bigs}) LIMIT 1", [*args, *exact_text.binds(last)]
-        ).fetchone()
-        if found is not None:
+        if conn.execute(f"SELECT 1 {where} AND ({bigs}) LIMIT 1", args).fetchone():
             return True
     return False
 
