@@ -43,22 +43,30 @@ class Pipeline:
         return n
 
     def apply(self) -> int:
+        """Apply up to the log's end, or as far as the targets can go now: a target that
+        fails without moving (busy, or a copied range waiting for the harvester's reset
+        of its table, which only a harvest can bring) is left for the next call."""
         n = 0
         while True:
+            before = {t: c.offset for t, c in self.replicator.checkpoints.items()}
             got = self.replicator.step(self.writer.end_offset)
             n += got
-            if all(
-                c.offset >= self.writer.end_offset for c in self.replicator.checkpoints.values()
-            ):
+            now = self.replicator.checkpoints
+            if all(c.offset >= self.writer.end_offset for c in now.values()):
+                return n
+            if self.replicator.errors and all(now[t].offset == o for t, o in before.items()):
                 return n
 
     def sync(self) -> None:
-        self.snapshot()
-        self.harvest()
-        if any(h.snapshot_pending for h in self.harvesters):  # a harvest reset a table
+        for _ in range(3):  # again while a target waits for what a harvest brings
             self.snapshot()
             self.harvest()
-        self.apply()
+            if any(h.snapshot_pending for h in self.harvesters):  # a harvest reset a table
+                self.snapshot()
+                self.harvest()
+            self.apply()
+            if not self.replicator.errors:
+                return
 
     def diffs(self):
         return [d for d in compare_plan(self.plan) if not d.equal]
