@@ -38,7 +38,7 @@ from cdc.sqlconn import write_transaction
 from cdc.sqlident import q
 from cdc.stages import kept_out_apply as moved_apply
 from checkpoints import Checkpoint, SourceApplied
-from replicator.copy_range import LegacyFiles, copy_staged, reset_follows
+from replicator.copy_range import copy, maps_here, stage_copies
 from replicator.target import AppliedShape, TargetDB
 
 
@@ -69,7 +69,7 @@ def apply_batch(
             f"{target.path}: batch starts at {entries[0].offset}, checkpoint is {old.offset}"
         )
     try:
-        staged = _stage_copies(target, plan, entries, more)
+        staged = stage_copies(target, plan, entries, more)
         try:
             return _apply_committed(target, plan, entries, old, more, staged)
         finally:
@@ -87,38 +87,6 @@ def apply_batch(
         ) from e
     except apsw.Error as e:
         raise TargetError(f"{target.path}: apply failed at offset {old.offset}: {e}") from e
-
-
-def _stage_copies(
-    target: TargetDB,
-    plan: Plan,
-    entries: list[LogEntry],
-    more: Callable[[int], list[LogEntry]] | None,
-) -> dict[int, str | None]:
-    """Before the apply transaction: the rows of the batch's copied ranges, each read
-    from its legacy file in a short read transaction of its own (`replicator.copy_range`).
-    Keyed by the frame's id; None: skipped."""
-    copies = [
-        (i, e.frame)
-        for i, e in enumerate(entries)
-        if isinstance(e.frame, CopyRange) and _maps_here(plan, e.frame, target)
-    ]
-    if not copies:
-        return {}
-    read_on = more or (lambda _offset: [])
-    after = {id(f): i + 1 for i, f in copies}
-    if target.legacy is None:
-        target.legacy = LegacyFiles(target.conn, plan, target.busy_timeout_ms)
-    staged = target.legacy.stage_all(
-        [f for _, f in copies], lambda f: reset_follows(f, entries[after[id(f)] :], read_on)
-    )
-    crash_point("staged")
-    return staged
-
-
-def _maps_here(plan: Plan, f: CopyRange, target: TargetDB) -> bool:
-    m = plan.mapping(f.source, f.table)
-    return m is not None and m.target == target.name
 
 
 def _apply_committed(
@@ -241,39 +209,13 @@ def _apply_frame(
             applied += _flush(conn, target, runs.pop((f.source, f.table), []))
             target.write_chunk(f)
     elif isinstance(f, CopyRange):
-        if _maps_here(plan, f, target):
+        if maps_here(plan, f, target):
             applied += _flush(conn, target, runs.pop((f.source, f.table), []))
             target.close_value()
-            applied += _copy(conn, target, f, staged, runs)
+            applied += copy(conn, target, f, staged, runs, upsert_sql)
     elif isinstance(f, SourceMark) and _feeds(plan, f.source, target.name):
         marks[f.source] = f.position  # only the newest per source matters
     return applied
-
-
-def _copy(
-    conn: apsw.Connection,
-    target: TargetDB,
-    f: CopyRange,
-    staged: dict[int, str | None],
-    runs: dict[tuple[str, str], list[RowBatch]],
-) -> int:
-    """A copied range's staged rows into the target (none when it was skipped). Counts
-    the frame's `rows` whatever was copied: the checkpoint's `events` count what the log
-    holds (the harvester's position counts the same), and the file may hold more or
-    fewer rows in the range by now."""
-    if id(f) not in staged:  # `_read_on` reads on only to a value's end: cannot happen
-        raise TargetError(f"{target.path}: a copied range of {f.source}.{f.table} not staged")
-    name = staged[id(f)]
-    if name is None:
-        return f.rows
-    shape = target.shapes.get((f.source, f.table))
-    if shape is None:
-        raise TargetError(f"{target.path}: rows of {f.source}.{f.table} arrived before its schema")
-    out = copy_staged(conn, shape, f, name, upsert_sql)
-    if isinstance(out, RowBatch):
-        runs[(f.source, f.table)].append(out)
-        return f.rows - len(out.events)  # `_flush` counts the batch's events
-    return f.rows
 
 
 def _read_on(

@@ -40,13 +40,14 @@ from cdc import exact_text, shapes
 from cdc.changelog.segments import LogEntry
 from cdc.errors import SourceError, TargetBusyError, TargetError
 from cdc.events import CopyRange, Op, RowBatch, RowEvent, TableReset
+from cdc.faults import crash_point
 from cdc.inventory import ROWID_NAMES, table_info
 from cdc.planning.plan import Plan
 from cdc.sqlconn import open_legacy, read_transaction
 from cdc.sqlident import q
 
 if TYPE_CHECKING:  # annotations only: the target module holds a `LegacyFiles`
-    from replicator.target import AppliedShape
+    from replicator.target import AppliedShape, TargetDB
 
 log = logging.getLogger(__name__)
 
@@ -272,3 +273,63 @@ def copy_staged(
     rows = f"SELECT {', '.join(cols)} FROM temp.{q(staged)} WHERE 1 ORDER BY rowid"
     conn.execute(upsert(shape, rows), args)
     return conn.changes()
+
+
+# -- the apply's side (`replicator.apply`) ------------------------------------------------
+def stage_copies(
+    target: TargetDB,
+    plan: Plan,
+    entries: list[LogEntry],
+    more: Callable[[int], list[LogEntry]] | None,
+) -> dict[int, str | None]:
+    """Before the apply transaction: the rows of the batch's copied ranges, each read
+    from its legacy file in a short read transaction of its own (`replicator.copy_range`).
+    Keyed by the frame's id; None: skipped."""
+    copies = [
+        (i, e.frame)
+        for i, e in enumerate(entries)
+        if isinstance(e.frame, CopyRange) and maps_here(plan, e.frame, target)
+    ]
+    if not copies:
+        return {}
+    read_on = more or (lambda _offset: [])
+    after = {id(f): i + 1 for i, f in copies}
+    if target.legacy is None:
+        target.legacy = LegacyFiles(target.conn, plan, target.busy_timeout_ms)
+    staged = target.legacy.stage_all(
+        [f for _, f in copies], lambda f: reset_follows(f, entries[after[id(f)] :], read_on)
+    )
+    crash_point("staged")
+    return staged
+
+
+def maps_here(plan: Plan, f: CopyRange, target: TargetDB) -> bool:
+    m = plan.mapping(f.source, f.table)
+    return m is not None and m.target == target.name
+
+
+def copy(
+    conn: apsw.Connection,
+    target: TargetDB,
+    f: CopyRange,
+    staged: dict[int, str | None],
+    runs: dict[tuple[str, str], list[RowBatch]],
+    upsert: Callable[[AppliedShape, str], str],
+) -> int:
+    """A copied range's staged rows into the target (none when it was skipped). Counts
+    the frame's `rows` whatever was copied: the checkpoint's `events` count what the log
+    holds (the harvester's position counts the same), and the file may hold more or
+    fewer rows in the range by now."""
+    if id(f) not in staged:  # `_read_on` reads on only to a value's end: cannot happen
+        raise TargetError(f"{target.path}: a copied range of {f.source}.{f.table} not staged")
+    name = staged[id(f)]
+    if name is None:
+        return f.rows
+    shape = target.shapes.get((f.source, f.table))
+    if shape is None:
+        raise TargetError(f"{target.path}: rows of {f.source}.{f.table} arrived before its schema")
+    out = copy_staged(conn, shape, f, name, upsert)
+    if isinstance(out, RowBatch):
+        runs[(f.source, f.table)].append(out)
+        return f.rows - len(out.events)  # `_flush` counts the batch's events
+    return f.rows

@@ -101,6 +101,15 @@ def _frames(root: Path) -> list:
     return [e.frame for e in r.read(0, None, max_frames=1_000_000)]
 
 
+def _logged_not_copied(tmp_path: Path, pipeline_for, wal: bool):
+    """Every range of the initial copy by reference in the log, none copied yet."""
+    root = tmp_path / "r"
+    a = _files(root, wal=wal)
+    p = pipeline_for(write_config(root, CONFIG.format(copy="reference")))
+    p.snapshot()
+    return root, a, p
+
+
 def _copy(tmp_path: Path, pipeline_for, copy: str, wal: bool = False):
     root = tmp_path / copy
     a = _files(root, wal)
@@ -135,10 +144,7 @@ def test_writes_between_the_range_and_its_copy(tmp_path, pipeline_for):
     """Rows changed after the range was logged and before the apply read it: the copy
     reads them newer, and the harvest that follows (with images read before the copy, or
     after) ends at the legacy table's newest image either way."""
-    root = tmp_path / "r"
-    a = _files(root, wal=True)
-    p = pipeline_for(write_config(root, CONFIG.format(copy="reference")))
-    p.snapshot()  # ranges logged, nothing copied yet
+    root, a, p = _logged_not_copied(tmp_path, pipeline_for, wal=True)
     c = bot(a)
     c.execute("UPDATE typed SET t = 'changed', r = -0.0 WHERE id IN (1, 12)")
     c.execute("DELETE FROM typed WHERE id IN (2, 13)")
@@ -156,10 +162,7 @@ def test_writes_between_the_range_and_its_copy(tmp_path, pipeline_for):
 
 
 def test_a_column_added_between_the_range_and_its_copy(tmp_path, pipeline_for):
-    root = tmp_path / "r"
-    a = _files(root, wal=False)
-    p = pipeline_for(write_config(root, CONFIG.format(copy="reference")))
-    p.snapshot()
+    root, a, p = _logged_not_copied(tmp_path, pipeline_for, wal=False)
     c = bot(a)
     c.execute("ALTER TABLE typed ADD COLUMN extra TEXT DEFAULT 'd'")
     c.execute("UPDATE typed SET extra = 'set' WHERE id = 3")
@@ -173,10 +176,7 @@ def test_a_reshaped_table_waits_for_its_reset(tmp_path, pipeline_for):
     """A column renamed after the range was logged: the copy must not read the renamed
     table by the old names. The apply waits (a retry) until the harvester's reset is in
     the log, then skips the range; the reset's fresh copy makes the target exact."""
-    root = tmp_path / "r"
-    a = _files(root, wal=False)
-    p = pipeline_for(write_config(root, CONFIG.format(copy="reference")))
-    p.snapshot()
+    root, a, p = _logged_not_copied(tmp_path, pipeline_for, wal=False)
     bot(a).execute("ALTER TABLE typed RENAME COLUMN t TO tt")
     p.replicator.step(p.writer.end_offset)
     err = p.replicator.errors.get("core")
@@ -189,10 +189,7 @@ def test_a_reshaped_table_waits_for_its_reset(tmp_path, pipeline_for):
 
 
 def test_a_table_dropped_between_the_range_and_its_copy(tmp_path, pipeline_for):
-    root = tmp_path / "r"
-    a = _files(root, wal=True)
-    p = pipeline_for(write_config(root, CONFIG.format(copy="reference")))
-    p.snapshot()
+    root, a, p = _logged_not_copied(tmp_path, pipeline_for, wal=True)
     bot(a).execute("DROP TABLE uniq")
     p.apply()  # skipped, not failed: the other tables are copied
     target = root / "out" / "core.db"
