@@ -7,6 +7,8 @@ out of row images because no one may write them; the target computes them again.
 
 from __future__ import annotations
 
+import re
+
 import apsw
 import msgspec
 
@@ -108,6 +110,19 @@ def affinity(decl_type: str) -> str:
     if "REAL" in t or "FLOA" in t or "DOUB" in t:
         return "REAL"
     return "NUMERIC"
+
+
+def is_strict(create_sql: str) -> bool:
+    """Whether a CREATE TABLE declares STRICT (among the options after its columns)."""
+    options = create_sql[create_sql.rfind(")") + 1 :]
+    return bool(re.search(r"\bSTRICT\b", options, re.IGNORECASE))
+
+
+def stored_type(decl_type: str, strict: bool) -> str:
+    """The declared type a table that is not STRICT needs to store a column's values as
+    this one does: the same, but for a STRICT table's `ANY`, which converts nothing
+    (elsewhere `ANY` has NUMERIC affinity and would turn 0.0 into 0)."""
+    return "" if strict and decl_type.upper() == "ANY" else decl_type
 
 
 def is_internal(name: str) -> bool:

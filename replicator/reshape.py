@@ -10,7 +10,9 @@ narrows a table still holding rows (a log written before re-copies existed) is r
 name: applying it would keep old values in a column the source no longer has.
 
 A merged table is never rebuilt (other sources' rows live in it): a column one member
-lost stays in the union, where that member's rows, re-copied after the reset, hold NULL.
+lost stays in the union, where that member's rows, re-copied after the reset, hold NULL;
+a member whose column changes affinity is refused by name (the merged column's declared
+type would store its values differently).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import msgspec
 from cdc.capture import triggers as capture
 from cdc.errors import TargetError
 from cdc.events import TableSchema
-from cdc.inventory import table_info
+from cdc.inventory import affinity, is_strict, stored_type, table_info
 from cdc.planning import ddl
 from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlident import created_name, q
@@ -75,6 +77,18 @@ def check_merged(
             f"{m.target_table} is keyed ({', '.join(key)})",
             hint="a merged table keeps its members' key: map this table elsewhere",
         )
+    declared = {n.lower(): d for n, d in columns_of(conn, m.target_table)}
+    strict = is_strict(schema.create_sql)
+    for c in schema.columns:
+        have = declared.get(c.name.lower())
+        if have and affinity(have) != affinity(stored_type(c.decl_type, strict)):
+            raise TargetError(
+                f"{path}: column {c.name} of {m.source}.{m.table} is now declared "
+                f"{c.decl_type or '(no type)'} ({affinity(c.decl_type)} affinity), the merged "
+                f"{m.target_table}.{c.name} is {have} ({affinity(have)}): its values would "
+                "be stored differently",
+                hint="a merged table keeps its members' column types: map this table elsewhere",
+            )
     now = {c.name.lower() for c in schema.columns}
     gone = [c for c in old or [] if c.lower() not in now]
     if gone and holds_rows(conn, m):

@@ -26,7 +26,7 @@ import msgspec
 from cdc import exact_text
 from cdc.errors import TargetError
 from cdc.events import ColumnDef, TableSchema, ValueChunk
-from cdc.inventory import key_collations
+from cdc.inventory import is_strict, key_collations, stored_type
 from cdc.planning import ddl
 from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlconn import open_target, write_transaction
@@ -282,7 +282,8 @@ class TargetDB:
             raise TargetError(f"{self.path}: no definition for {m.source}.{m.table}")
         taken = {r[0].lower() for r in self.conn.execute("SELECT name FROM sqlite_schema")}
         if m.tag_column is not None:
-            self.conn.execute(ddl.merged_table_statement(plan, m, schema))
+            for sql in ddl.table_statements(plan, m, schema):
+                self.conn.execute(sql)  # the members' indexes too: they share one table
             indexes = []
         else:
             self.conn.execute(ddl.create_table_statement(plan, m, schema))
@@ -322,7 +323,9 @@ class TargetDB:
         for c in schema.columns:
             if c.name.lower() in present:
                 continue
-            decl = _decl(c) if m.tag_column is None else ""
+            # a merged member's too: its rows keep their affinity (`ddl.declared`)
+            strict = m.tag_column is not None and is_strict(schema.create_sql)
+            decl = ddl.declared(stored_type(c.decl_type, strict))
             if c.default is not None and m.tag_column is None:
                 decl += f" DEFAULT {c.default}"  # SQL text from the source's own schema
             self.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {decl}")

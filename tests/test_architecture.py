@@ -42,7 +42,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("change log", ["cdc.changelog*"]),
     ("planning", ["cdc.planning*"]),
-    ("state files", ["cdc.control", "cdc.control.*", "cdc.pool.stats", "checkpoints*"]),
+    (
+        "state files",
+        ["cdc.control", "cdc.control.*", "cdc.pool.stats", "cdc.pool.recorded", "checkpoints*"],
+    ),
     (
         "capture",
         [
@@ -78,6 +81,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "cdc.cutover*",
             "cdc.daemon*",
             "cdc.pool*",
+            "cdc.application*",
         ],
     ),
     ("demo", ["cdc.demo*"]),

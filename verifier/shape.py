@@ -12,15 +12,17 @@ pass unseen.
 - A copied table must have the legacy table's unique constraints (columns and each
   index's collations, the key excluded): one more in the target refuses a row the legacy
   file holds, one fewer lets through rows the legacy file refuses.
-- A merged table is the union of its members' untyped columns: every legacy column must be
-  in it; columns other members have are expected.
+- A merged table is the union of its members' columns: every legacy column must be in
+  it, of the same affinity (an untyped column of a merged table made before it carried
+  types stores a bot's '5' as TEXT where the legacy table stores 5); columns other
+  members have are expected.
 """
 
 from __future__ import annotations
 
 import apsw
 
-from cdc.inventory import TableInfo, unique_indexes
+from cdc.inventory import TableInfo, affinity, is_strict, stored_type, unique_indexes
 from cdc.planning.plan import TableMapping
 from cdc.sqlident import q
 
@@ -42,12 +44,7 @@ def shape_differences(info: TableInfo, tgt: apsw.Connection, m: TableMapping) ->
     if not cols:
         return [f"the target table {q(m.target_table)} does not exist"]
     if m.tag_column is not None:
-        union = {n.lower() for n, _, _ in cols}
-        return [
-            f"column {q(c.name)}: legacy only (the merged table lacks it)"
-            for c in info.columns
-            if c.name.lower() not in union
-        ]
+        return _merged_differences(info, cols)
     want = [(c.name, c.decl_type) for c in info.columns]
     have = [(n, d) for n, d, _ in cols]
     out = []
@@ -69,6 +66,24 @@ def shape_differences(info: TableInfo, tgt: apsw.Connection, m: TableMapping) ->
     if key != list(info.key):
         out.append(f"key differs: legacy ({', '.join(info.key)}), target ({', '.join(key)})")
     return out + _unique_differences(info, tgt, m)
+
+
+def _merged_differences(info: TableInfo, cols: list[tuple[str, str, int]]) -> list[str]:
+    """A merged table has every column of the member, each of the member's affinity
+    (members may spell a type differently: `INT` and `INTEGER` store alike)."""
+    union = {n.lower(): d for n, d, _ in cols}
+    strict = is_strict(info.create_sql)
+    out = []
+    for c in info.columns:
+        have = union.get(c.name.lower())
+        if have is None:
+            out.append(f"column {q(c.name)}: legacy only (the merged table lacks it)")
+        elif affinity(have) != affinity(stored_type(c.decl_type, strict)):
+            out.append(
+                f"column {q(c.name)}: declared {_type(c.decl_type)} in legacy, "
+                f"{_type(have)} in target"
+            )
+    return out
 
 
 def _unique_differences(info: TableInfo, tgt: apsw.Connection, m: TableMapping) -> list[str]:

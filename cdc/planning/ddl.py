@@ -12,8 +12,10 @@ Decisions (docs/config.md, "Target tables"):
   `CREATE INDEX IF NOT EXISTS` at start-up then finds it, instead of building a second copy);
   otherwise it becomes `<target table>__<index>`. The choice is made over the whole plan of
   the target, so it does not depend on which table the replicator happens to create first.
-- A merged table is built: the tag column, the union of every member's columns *without
-  declared types*, PRIMARY KEY(tag, key); no constraints, defaults or indexes.
+- A merged table is built: the tag column, the union of every member's columns with
+  their declared types (and the DEFAULT its members agree on), PRIMARY KEY(tag, key),
+  and the members' indexes and UNIQUE constraints with the tag column leading
+  (`merged_index_statements`).
 - An external-content FTS table is re-created from its declaration (its `content` option
   following a renamed content table), with the application's triggers that keep it current,
   and rebuilt from its content once that table's initial copy is in (`fts_rebuild`).
@@ -21,19 +23,24 @@ Decisions (docs/config.md, "Target tables"):
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from cdc.events import TableSchema
-from cdc.inventory import TableInfo
+from cdc.events import ColumnDef, TableSchema
+from cdc.inventory import TableInfo, is_strict, stored_type
 from cdc.sqlident import (
     created_name,
     fts_options,
+    index_terms,
+    lit,
     q,
     rename_create_index,
     rename_create_table,
     rename_trigger,
     rename_virtual_table,
     rewrite_foreign_keys,
+    tokens,
+    unquote,
 )
 
 if TYPE_CHECKING:
@@ -129,7 +136,7 @@ def table_statements(
     last described it) and its indexes. `taken`: lowercased names the target already holds,
     for an index the plan did not know about (a bot created it after the plan)."""
     if m.tag_column is not None:
-        return [merged_table_statement(plan, m, schema)]
+        return [merged_table_statement(plan, m, schema), *merged_index_statements(plan, m)]
     return [create_table_statement(plan, m, schema)] + [
         sql for _, _, sql in index_statements(plan, m, schema, taken)
     ]
@@ -182,29 +189,135 @@ def _parent_name(sp: SourcePlan, m: TableMapping):  # noqa: ANN202
     return parent
 
 
-def merged_table_statement(plan: Plan, m: TableMapping, schema: TableSchema | None) -> str:
-    """Every member's columns at once (members in source order, then any column the live
-    schema has that the plan did not), so the table does not depend on arrival order."""
-    cols: list[str] = []
-    low: set[str] = set()
-    key = list(schema.key) if schema else []
-    members = [
-        (sp.name, mm, sp.info(mm.table))
+def _members(plan: Plan, m: TableMapping) -> list[tuple[TableMapping, TableInfo | None]]:
+    return [
+        (mm, sp.info(mm.table))
         for sp in plan.sources
         for mm in sp.tables
         if mm.target == m.target and mm.target_table.lower() == m.target_table.lower()
     ]
-    extra = [c.name for c in schema.columns] if schema else []
-    for _, _, info in members:
+
+
+def merged_table_statement(plan: Plan, m: TableMapping, schema: TableSchema | None) -> str:
+    """Every member's columns at once (members in source order, then any column the live
+    schema has that the plan did not), so the table does not depend on arrival order.
+
+    Each column keeps its declared type (members of a merge agree on affinity, the plan
+    checks it), so a bot writing after cutover stores what the legacy table would have
+    stored; and the DEFAULT every member that has the column declares alike (members
+    that disagree get none: no one value is right for both)."""
+    key = list(schema.key) if schema else []
+    members = _members(plan, m)
+    for _, info in members:
         if info is not None and not key:
             key = list(info.key)
-    for name in [c.name for _, _, i in members if i for c in i.columns] + extra:
-        if name.lower() not in low:
-            low.add(name.lower())
-            cols.append(name)
-    defs = [q(m.tag_column) + " NOT NULL"] + [q(c) for c in cols]
+    cols: dict[str, ColumnDef] = {}
+    defaults: dict[str, set[str | None]] = {}
+    every = [(c, is_strict(i.create_sql)) for _, i in members if i for c in i.columns]
+    if schema:
+        every += [(c, is_strict(schema.create_sql)) for c in schema.columns]
+    for c, strict in every:
+        low = c.name.lower()
+        cols.setdefault(low, ColumnDef(c.name, stored_type(c.decl_type, strict), c.default))
+        defaults.setdefault(low, set()).add(c.default)
+    defs = [q(m.tag_column) + " NOT NULL"]
+    for low, c in cols.items():
+        (default,) = defaults[low] if len(defaults[low]) == 1 else (None,)
+        words = (q(c.name), declared(c.decl_type), f"DEFAULT {default}" if default else "")
+        defs.append(" ".join(w for w in words if w))
     pk = ", ".join(q(k) for k in [m.tag_column, *key])
     return f"CREATE TABLE IF NOT EXISTS {q(m.target_table)} ({', '.join(defs)}, PRIMARY KEY ({pk}))"
+
+
+_PLAIN_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*(\(\s*[+-]?\d+(\s*,\s*[+-]?\d+)?\s*\))?")
+_CLAUSE_WORDS = {
+    "PRIMARY", "KEY", "NOT", "NULL", "UNIQUE", "CHECK", "DEFAULT", "COLLATE", "REFERENCES",
+    "GENERATED", "AS", "CONSTRAINT", "ON", "CONFLICT", "AUTOINCREMENT", "ALWAYS", "STORED",
+    "VIRTUAL", "ASC", "DESC",
+}  # fmt: skip
+
+
+def declared(decl_type: str) -> str:
+    """A declared type as a column definition writes it. PRAGMA table_info gives it
+    unquoted (`x "INT; DROP TABLE t"` has the type `INT; DROP TABLE t`), so anything but
+    plain words (`VARCHAR(20)`, `UNSIGNED BIG INT`) is quoted back as one identifier:
+    SQLite keeps that text as the type, and takes the affinity from it."""
+    if not decl_type:
+        return ""
+    plain = _PLAIN_TYPE.fullmatch(decl_type) and not (
+        {w.upper() for w in re.findall(r"\w+", decl_type)} & _CLAUSE_WORDS
+    )
+    return decl_type if plain else q(decl_type)
+
+
+def merged_index_statements(plan: Plan, m: TableMapping) -> list[str]:
+    """The members' indexes on the merged table, the tag column leading (a member's
+    query then reads its own slice of the index, as it read its own table's).
+
+    A UNIQUE constraint (declared inline or as an index) every member has becomes one
+    UNIQUE index: with the tag leading it binds each member's rows among themselves, as
+    in the legacy files. One only some members have binds only their rows (a partial
+    index on their tags): the others' legacy rows may repeat those values, and a REPLACE
+    through a constraint they never had would delete their rows. A partial UNIQUE index
+    of a member becomes a plain index here (its predicate is the member's own). The same
+    terms from several members make one index."""
+    members = [(mm, i) for mm, i in _members(plan, m) if i is not None and i.kind == "table"]
+    tags = {mm.tag for mm, _ in members}
+    tt, tag = m.target_table, q(m.tag_column)
+    uniques: dict[str, tuple[str, list[str], list[str]]] = {}  # terms -> (name, terms, tags)
+    plain: dict[str, str] = {}  # what follows ON, lowercased -> statement
+    for mm, info in members:
+        for name, terms in _unique_terms(info):
+            k = ",".join(" ".join(tokens(t)).lower() for t in terms)
+            uniques.setdefault(k, (name, terms, []))[2].append(mm.tag)
+        for isql in info.index_sql:
+            if _unique_index(isql) and not _partial(isql):
+                continue
+            sql = rename_create_index(isql, f"{tt}__{created_name(isql)}", tt)
+            sql = sql.replace("CREATE UNIQUE INDEX", "CREATE INDEX", 1)
+            on = sql.index(f" ON {q(tt)}") + len(f" ON {q(tt)}")
+            sql = sql[:on] + sql[on:].replace("(", f"({tag}, ", 1)
+            plain.setdefault(sql[on:].lower(), sql)
+    out = []
+    for name, terms, having in uniques.values():
+        where = "" if set(having) == tags else f" WHERE {tag} IN ({', '.join(map(lit, having))})"
+        out.append(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {q(f'{tt}__{name}')} ON {q(tt)} "
+            f"({', '.join([tag, *terms])}){where}"
+        )
+    return out + list(plain.values())
+
+
+def _unique_terms(info: TableInfo) -> list[tuple[str, list[str]]]:
+    """(name, terms as written) of each UNIQUE that binds all of a table's rows: its
+    non-partial unique indexes, then its inline constraints (`unique_sets` has both;
+    a set whose columns an index names is that index's)."""
+    out: list[tuple[str, list[str]]] = []
+    named: set[tuple[str, ...]] = set()
+    for isql in info.index_sql:
+        if _unique_index(isql):
+            terms = index_terms(isql)
+            named.add(tuple(unquote(tokens(t)[0]).lower() for t in terms if tokens(t)))
+            if not _partial(isql):
+                out.append((created_name(isql), terms))
+    colls = info.unique_collations or [["BINARY"] * len(c) for c in info.unique_sets]
+    for cols, cs in zip(info.unique_sets, colls, strict=False):
+        if tuple(c.lower() for c in cols) in named:
+            continue
+        terms = [
+            q(c) + ("" if k.upper() == "BINARY" else f" COLLATE {k}")
+            for c, k in zip(cols, cs, strict=False)
+        ]
+        out.append(("unique_" + "_".join(cols), terms))
+    return out
+
+
+def _unique_index(sql: str) -> bool:
+    return "UNIQUE" in (w.upper() for w in tokens(sql)[:3])
+
+
+def _partial(sql: str) -> bool:
+    return any(w.upper() == "WHERE" for w in tokens(sql))
 
 
 def fts_statements(plan: Plan, fm: TableMapping) -> list[str]:
@@ -261,8 +374,12 @@ def target_statements(plan: Plan, target: str) -> list[tuple[str, list[str]]]:
                 if m.target_table.lower() in done:
                     continue
                 done.add(m.target_table.lower())
+                statements = [merged_table_statement(plan, m, None)]
                 out.append(
-                    (f"merged table {m.target_table}", [merged_table_statement(plan, m, None)])
+                    (
+                        f"merged table {m.target_table}",
+                        statements + merged_index_statements(plan, m),
+                    )
                 )
                 continue
             out.append((f"{sp.name}.{m.table}", table_statements(plan, m, _schema(sp.name, info))))
