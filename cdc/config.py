@@ -92,6 +92,7 @@ class PoolSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     legacy_synchronous: str = "FULL"
     foreign_keys: bool = False
     metrics_interval: float = 1.0  # seconds between two writes of a process's metrics file
+    record_queries: bool = False  # statements, counts, latencies: cdc.pool.recorded
 
 
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

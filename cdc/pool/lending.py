@@ -20,6 +20,7 @@ from cdc.config import PoolSettings
 from cdc.errors import CdcError, PoolTimeout
 from cdc.pool.opening import open_pooled
 from cdc.pool.pooled import PooledConnection
+from cdc.pool.recorded import RecordedStatement, Recorder
 from cdc.pool.stats import PoolMetrics
 
 log = logging.getLogger("cdc.pool")  # the package's name: where operators look for it
@@ -84,6 +85,9 @@ class Pool:
             created_at=time.time(),
             kind="target" if is_target else "legacy",
         )
+        self._recorder = (  # statements and their latency (pool.record_queries)
+            Recorder(name, self._m.kind, path) if settings.record_queries else None
+        )
 
     @contextmanager
     def connection(self) -> Iterator[PooledConnection]:
@@ -112,6 +116,10 @@ class Pool:
                 extra=dict(self._m.extra),
             )
         return m
+
+    def recorded(self) -> list[RecordedStatement]:
+        """The statements this pool's connections ran, when `pool.record_queries` is on."""
+        return self._recorder.statements() if self._recorder is not None else []
 
     def close(self) -> None:
         """Close the idle connections now and each lent one when it comes back; queued
@@ -209,6 +217,8 @@ class Pool:
 
     def _open(self) -> PooledConnection:
         raw = open_pooled(self.path, self.settings, self.is_target)
+        if self._recorder is not None:  # after the settings: their PRAGMAs are not the bot's
+            self._recorder.attach(raw)
         try:
             capture = self._capture_factory(raw) if self._capture_factory else None
         except BaseException:

@@ -14,6 +14,7 @@ import time
 from cdc.config import Config, expand_sources
 from cdc.errors import ConfigError
 from cdc.pool.lending import CaptureFactory, Pool
+from cdc.pool.recorded import write_recorded
 from cdc.pool.stats import PoolMetrics, write_pool_metrics
 
 log = logging.getLogger("cdc.pool")  # the package's name: where operators look for it
@@ -67,6 +68,10 @@ class _Registry:
         self._last_write = time.monotonic()
         try:
             write_pool_metrics(self.cfg.state_dir, self.metrics())
+            if self.cfg.pool.record_queries:
+                with self.lock:
+                    pools = list(self.pools.values())
+                write_recorded(self.cfg.state_dir, [s for p in pools for s in p.recorded()])
         except OSError as e:  # metrics must never break a bot's write
             if not self._write_failed:
                 log.warning("cannot write pool metrics to %s: %s", self.cfg.state_dir, e)
