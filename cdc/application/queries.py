@@ -347,9 +347,13 @@ def apply_indexes(cfg: Config, report: QueriesReport) -> list[AppliedIndex]:
 
 
 def exit_status(report: QueriesReport) -> str:
-    """ "wrong answer" (a wrong answer or an error), "over budget", or "ok"."""
+    """ "wrong answer" (a wrong answer or an error), "not proven" (a query that could not
+    be rewritten, so was never compared: an "ok" would claim what was not checked),
+    "over budget", or "ok"."""
     if report.wrong_answers:
         return "wrong answer"
+    if report.not_rewritable:
+        return "not proven"
     return "over budget" if report.over_budget else "ok"
 
 

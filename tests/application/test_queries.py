@@ -219,6 +219,11 @@ def test_not_rewritable_is_reported_not_skipped(env):
     rep = _report(cfg, QuerySpec("w", "trading", "UPDATE positions SET qty = 0"))
     assert rep.queries[0].status == "not rewritable" and "not a SELECT" in rep.queries[0].error
     assert rep.not_rewritable == 1
+    qfile = root / "writes.toml"
+    qfile.write_text('[[query]]\nname = "w"\nsource = "trading"\nsql = "DELETE FROM positions"\n')
+    r = _run(cfg, qfile)
+    assert r.exit_code == 11, r.output  # never compared: not an "ok"
+    assert "not proven" in r.output
 
 
 def test_a_plan_regression_is_flagged_and_the_index_restores_it(env):
