@@ -396,7 +396,7 @@ def demo(root: str, seconds: float) -> None:
 
 
 # Command groups kept in their own modules; importing them registers them on `cli`.
-from cdc.cli import controls, history, manual, planning, queries  # noqa: E402, F401
+from cdc.cli import controls, history, manual, planning, queries, refs  # noqa: E402, F401
 
 
 def main() -> None:
