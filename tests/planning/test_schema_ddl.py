@@ -100,7 +100,10 @@ def test_foreign_keys_follow_renames_and_index_names_stay_unique(shop):
     assert 'INDEX IF NOT EXISTS "idx_only_a"' in core  # unique: kept for the bots
     assert 'CREATE VIRTUAL TABLE IF NOT EXISTS "docs_fts"' in core
     analytics = (shop / "schema" / "analytics_schema.sql").read_text()
-    assert '"source" NOT NULL, "sym" TEXT, "px" REAL, "vol" INTEGER, PRIMARY KEY ("source", "sym")' in analytics
+    assert (
+        '"source" NOT NULL, "sym" TEXT, "px" REAL, "vol" INTEGER, PRIMARY KEY ("source", "sym")'
+        in analytics
+    )
     cmp = (shop / "schema" / "schema_comparison.md").read_text()
     assert "### b.users -> b_users (renamed)" in cmp
     assert "foreign key (user_id) -> `users` rewritten to `b_users`" in cmp
