@@ -96,3 +96,11 @@ class FencedWrite(CdcError, apsw.ConstraintError):
     result = apsw.SQLITE_CONSTRAINT
     extendedresult = apsw.SQLITE_CONSTRAINT_TRIGGER
     error_offset = -1
+
+
+class UnreviewedReferences(CdcError):
+    """`cdc cutover --refs`: application code still names the stage's legacy files or
+    tables and no one has reviewed it (`cdc refs`, docs/application.md): after the
+    cutover it would write to a fenced file or recreate an empty one."""
+
+    exit_code = 14

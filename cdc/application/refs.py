@@ -110,6 +110,8 @@ def find_refs(paths: list[str], names: LegacyNames, stage: str | None = None) ->
             f"--stage {stage}: no such target (targets: {', '.join(sorted(names.targets))})"
         )
     files = list(python_files(paths))
+    if not files:  # a mistyped folder must not pass a gate as "no reference"
+        raise ConfigError(f"{' '.join(paths)}: no Python file there; nothing would be checked")
     refs: list[Reference] = []
     creates: list[tuple[Reference, list[str]]] = []
     for path in files:

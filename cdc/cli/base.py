@@ -19,6 +19,12 @@ from cdc.config import Config, load_config
 from cdc.errors import CdcError
 
 EXIT_TIMEOUT = 75
+# Results that are not errors, documented in docs/cli-json.md (one table for every command).
+EXIT_DIVERGED = 10  # a verified table differs (keys named in the output)
+EXIT_NOT_PROVEN = 11  # nothing found wrong, but something could not be proven (see reason)
+EXIT_UNREVIEWED_REFS = 14  # `cdc refs`: an unreviewed reference to moved data is left
+EXIT_WRONG_ANSWER = 15  # `cdc queries`: a query answers differently on the consolidated file
+EXIT_OVER_BUDGET = 16  # `cdc queries`: right answers, a consolidated p95 over the budget
 
 T = TypeVar("T")
 

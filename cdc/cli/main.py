@@ -14,7 +14,21 @@ import click
 import msgspec
 
 from cdc.cli import base as cli_base
-from cdc.cli.base import EXIT_TIMEOUT, _fail, _load, _report, _run, cli, config_option, log_group
+from cdc.cli.base import (  # noqa: F401 - the EXIT_* results, documented in one table
+    EXIT_DIVERGED,
+    EXIT_NOT_PROVEN,
+    EXIT_OVER_BUDGET,
+    EXIT_TIMEOUT,
+    EXIT_UNREVIEWED_REFS,
+    EXIT_WRONG_ANSWER,
+    _fail,
+    _load,
+    _report,
+    _run,
+    cli,
+    config_option,
+    log_group,
+)
 from cdc.errors import ConfigError, LogCorruptError
 
 
@@ -127,10 +141,6 @@ def status(config_path: str, as_json: bool, watch: float | None) -> None:
     except KeyboardInterrupt:  # Ctrl-C ends --watch: the normal way out, exit 0
         if not as_json:
             click.echo("")
-
-
-EXIT_DIVERGED = 10  # a verified table differs (keys named in the output)
-EXIT_NOT_PROVEN = 11  # nothing found wrong, but some table could not be proven (see reason)
 
 
 def _verify_options(fn):  # noqa: ANN001, ANN202
@@ -274,8 +284,21 @@ def _no_daemon(cfg, daemon) -> str:  # noqa: ANN001 - Config, DaemonState
 @click.option("--abort", "do_abort", is_flag=True, help="Lift the fences of an unfinished cutover.")
 @click.option("--lag-timeout", type=float, default=30.0, show_default=True)
 @click.option("--drain-timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--refs",
+    "refs_src",
+    multiple=True,
+    type=click.Path(),
+    help="Application code (file or folder, repeatable): refuse while `cdc refs` finds an "
+    "unreviewed reference to this stage in it.",
+)
 def cutover(
-    config_path: str, target: str, do_abort: bool, lag_timeout: float, drain_timeout: float
+    config_path: str,
+    target: str,
+    do_abort: bool,
+    lag_timeout: float,
+    drain_timeout: float,
+    refs_src: tuple[str, ...],
 ) -> None:
     """Cut one stage over: fence its legacy tables, drain, verify, hand over to TARGET.
 
@@ -290,10 +313,33 @@ def cutover(
         _run(lambda: co.abort(cfg, plan, target, echo=click.echo))
         click.echo(f"{target}: cutover aborted; the bots may write to their legacy tables again")
         return
+    if refs_src:
+        _run(lambda: _refs_gate(cfg, target, list(refs_src)))
     rec = _run(lambda: co.cutover(cfg, plan, target, lag_timeout, drain_timeout, echo=click.echo))
     click.echo(f"{target}: cut over; the bots were fenced for {rec.pause_ms:.0f} ms")
     for line in co.instructions(plan, rec):
         click.echo(line)
+
+
+def _refs_gate(cfg, target: str, src: list[str]) -> None:  # noqa: ANN001 - a Config
+    """Before any fence: the code the stage's bots run must not still name what moves."""
+    from cdc.application.refs import refs_gate
+    from cdc.errors import UnreviewedReferences
+
+    report = refs_gate(src, cfg, target)
+    left = report.unreviewed(target)
+    if left:
+        first = left[0]
+        raise UnreviewedReferences(
+            f"{target}: {len(left)} unreviewed reference(s) to its legacy files or tables in "
+            f"{' '.join(src)} (first: {first.file}:{first.line}: {first.action}); nothing "
+            "was fenced",
+            hint=f"`cdc refs {' '.join(src)} --stage {target}` lists them: change the code, "
+            "or mark a line `# cdc-refs: reviewed` once it is right",
+        )
+    click.echo(
+        f"{target}: cdc refs: no unreviewed reference in {report.files_scanned} Python files"
+    )
 
 
 @cli.command()

@@ -9,11 +9,15 @@ import sys
 import click
 import msgspec
 
-from cdc.cli.base import _load, _run, cli, config_option
-
-EXIT_NOT_PROVEN = 11  # as `cdc verify`: nothing found wrong, but not everything compared
-EXIT_WRONG_ANSWER = 15
-EXIT_OVER_BUDGET = 16
+from cdc.cli.base import (
+    EXIT_NOT_PROVEN,
+    EXIT_OVER_BUDGET,
+    EXIT_WRONG_ANSWER,
+    _load,
+    _run,
+    cli,
+    config_option,
+)
 
 
 @cli.command()

@@ -8,9 +8,7 @@ import sys
 
 import click
 
-from cdc.cli.base import _load, _run, cli, config_option
-
-EXIT_UNREVIEWED_REFS = 14
+from cdc.cli.base import EXIT_UNREVIEWED_REFS, _load, _run, cli, config_option
 
 
 @cli.command()

@@ -319,3 +319,17 @@ def test_recorded_queries_are_run_and_writes_only_listed(env):
     assert "(3x)" in q["name"]  # counted; run with the first parameters seen ('open')
     [w] = rep["recorded_not_run"]
     assert w["sql"].startswith("UPDATE positions") and w["count"] == 1
+
+
+def test_a_merged_table_made_by_the_replicator_keeps_its_members_plans(env):
+    """Issue 18, part 3, through `cdc queries`: the merged table carries its members'
+    index (tag leading), so the member's indexed read searches there as it did in its
+    legacy file: same answer, no regression, nothing to suggest."""
+    root, cfg, qfile = env
+    r = _run(cfg, qfile, "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    for q in rep["queries"]:
+        assert q["same_answer"] and not q["regressions"] and not q["suggested_indexes"], q
+    q = next(q for q in rep["queries"] if q["name"] == "fills of a symbol")
+    assert "USING INDEX fills__fills_symbol" in "\n".join(q["consolidated_plan"]), q
