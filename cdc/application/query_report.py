@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from cdc.application.queries import QueriesReport, QueryResult, exit_status
 
-_ORDER = {"wrong answer": 0, "error": 0, "over budget": 1, "not rewritable": 2, "ok": 3}
+_ORDER = {
+    "wrong answer": 0,
+    "error": 0,
+    "over budget": 1,
+    "not rewritable": 2,
+    "fails on legacy": 2,
+    "ok": 3,
+}
 
 
 def markdown(report: QueriesReport) -> str:
@@ -19,6 +26,7 @@ def markdown(report: QueriesReport) -> str:
         f"- wrong answers or errors: {report.wrong_answers}",
         f"- over budget: {report.over_budget}",
         f"- not rewritable: {report.not_rewritable}",
+        f"- failing on their legacy file too (not compared): {report.fails_on_legacy}",
         f"- plan regressions: {report.regressions}",
         "",
         "| query | status | rows | legacy p50 / p95 / p99 ms | consolidated p50 / p95 / p99 ms |",

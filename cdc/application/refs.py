@@ -420,11 +420,14 @@ def _rename_edit(site: SqlSite, table: SqlTable, moves: list[TableMove]) -> refs
 def _schema_conflicts(
     creates: list[tuple[Reference, list[str]]], names: LegacyNames
 ) -> list[Reference]:
-    """A legacy table two modules create with different columns: after the move only one
-    of them can be right."""
-    by_table: dict[str, list[tuple[Reference, list[str]]]] = {}
+    """A legacy table two modules create with different columns: whichever runs first
+    decides its shape, and after the move only one of them can be right. One table: the
+    same name in the same legacy file (or the same candidates); two files' tables of one
+    name (merged or renamed apart) are two tables."""
+    by_table: dict[tuple, list[tuple[Reference, list[str]]]] = {}
     for ref, cols in creates:
-        by_table.setdefault((ref.table or "").lower(), []).append((ref, cols))
+        where = (ref.source,) if ref.source else tuple(ref.candidates)
+        by_table.setdefault((where, (ref.table or "").lower()), []).append((ref, cols))
     out = []
     for group in by_table.values():
         shapes = {(r.file, tuple(c)) for r, c in group}

@@ -333,3 +333,27 @@ def test_a_merged_table_made_by_the_replicator_keeps_its_members_plans(env):
         assert q["same_answer"] and not q["regressions"] and not q["suggested_indexes"], q
     q = next(q for q in rep["queries"] if q["name"] == "fills of a symbol")
     assert "USING INDEX fills__fills_symbol" in "\n".join(q["consolidated_plan"]), q
+
+
+def test_a_query_failing_only_after_the_move_is_wrong_and_one_failing_anyway_is_unproven(env):
+    """An overflow on both files is the query's own fault: nothing compared (exit 11). A
+    failure on the consolidated file only is what the move broke (exit 15)."""
+    root, cfg, _ = env
+    both = root / "both.toml"
+    both.write_text(
+        '[[query]]\nname = "overflow"\nsource = "trading"\n'
+        'sql = "SELECT sum(9223372036854775807) FROM positions"\n'
+    )
+    r = _run(cfg, both, "--json")
+    assert r.exit_code == 11, r.output
+    [q] = json.loads(r.output)["queries"]
+    assert q["status"] == "fails on legacy" and q["error"].startswith("legacy: "), q
+    _target(root, "ALTER TABLE trading_positions RENAME COLUMN qty TO quantity")
+    only = root / "only.toml"
+    only.write_text(
+        '[[query]]\nname = "qty"\nsource = "trading"\nsql = "SELECT qty FROM positions"\n'
+    )
+    r = _run(cfg, only, "--json")
+    assert r.exit_code == 15, r.output
+    [q] = json.loads(r.output)["queries"]
+    assert q["status"] == "error" and q["error"].startswith("consolidated: "), q

@@ -31,6 +31,10 @@ CHANGED = {
             'FROM "trade_orders" AS o WHERE o.filled = 0\'  # keep the quotes',
         ),
     ],
+    "services/user_sync.py": [
+        ('sqlite3.connect("data/telegram.db")', 'sqlite3.connect("data/core.db")'),
+        ('"INSERT OR REPLACE INTO users (id', '"INSERT OR REPLACE INTO tg_users (id'),
+    ],
     "common/paths.py": [
         ('TRADING_DB = DATA_DIR / "trading.db"', 'TRADING_DB = DATA_DIR / "core.db"'),
         ('    "data/telegram.db",\n', '    "data/core.db",\n'),
@@ -63,7 +67,7 @@ def test_fix_prints_the_diff_of_exactly_the_proven_references(app) -> None:
         for line in out.output.splitlines()
         if line.startswith("+") and not line.startswith("+++")
     )
-    assert len(minus) == len(plus) == 7
+    assert len(minus) == len(plus) == 9
     files = sorted(
         line.split("/app/", 1)[1] for line in out.output.splitlines() if line.startswith("+++")
     )
@@ -80,7 +84,7 @@ def test_fix_write_applies_it_and_the_references_are_gone(app) -> None:
     names = legacy_names(load_config(str(config)))
     first = find_refs([str(root)], names)
     fixable = {(r.file, r.line, r.table) for r in first.references if r.fixable}
-    assert len(fixable) == 7
+    assert len(fixable) == 9
     originals = {rel: (root / rel).read_text() for rel in CHANGED}
 
     out = _invoke(str(root), "-c", str(config), "--fix", "--write")
