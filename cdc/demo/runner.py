@@ -1,12 +1,22 @@
 """`cdc demo`: the whole product in one command, as an operator would drive it.
 
-It builds a demo tree (legacy files, `cdc.toml`), runs `check` and `install`, starts the daemon
-as a real `cdc run` process, lets the simulated bots (real processes) write and drift their
-schemas, shows the backlog converging while the daemon's continuous verifier proves the tables
-equal, cuts the cache stage over, writes to it as a switched bot would and rolls it back
-(no write lost), stops everything the way an operator would (SIGTERM) and finally runs the product's
-verifier (`cdc verify --report`) on every consolidated table against its legacy table, writing
-the validation reports into `validation/` of the demo folder.
+Its phases, as printed:
+
+1. legacy databases: the demo's generator writes them, `cdc inventory` reads them, `cdc.toml`;
+2. `cdc check`, `cdc schema`, `cdc install`;
+3. the daemon started as a real `cdc run` process; the initial snapshot; the simulated bots
+   (real processes) start writing and drifting their schemas;
+4. live: the backlog converging while the daemon's continuous verifier proves the tables
+   equal;
+5. the bots stopped (SIGTERM), the backlog drained, the continuous verifier's last word;
+6. the application side, the daemon still running (`cdc.demo.app_phase`): `cdc refs` on a
+   generated application (the bots' database code) and `cdc queries` comparing its reads on
+   the legacy and the consolidated files; a wrong answer fails the demo, an unreviewed
+   reference does not (the application is not migrated);
+7. the cache stage cut over, written to as a switched bot would and rolled back (no write
+   lost); the daemon stopped the way an operator would (SIGTERM);
+8. the product's verifier (`cdc verify --report`) on every consolidated table against its
+   legacy table, writing the validation reports into `validation/` of the demo folder.
 
 A table a bot creates while the daemon runs (the LLM cost bot's `budget_alerts`) is
 mapped by a rule: the running daemon adopts it by itself (plan resolved again, capture
@@ -27,6 +37,7 @@ from cdc.config import Config, load_config
 from cdc.daemon.status import Status, collect_status
 from cdc.daemon.status_view import render_status
 from cdc.demo import adoption
+from cdc.demo.app_phase import run_app_phase
 from cdc.demo.bots import KINDS, BotProcess, start_bots, stop_bots
 from cdc.demo.cutover_phase import run_cutover_round
 from cdc.demo.daemon import DaemonProcess, _wait
@@ -80,6 +91,7 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
         _live_phase(demo)
         _drain_phase(demo)
         if demo.st is not None:
+            _app_phase(demo)
             _cutover_phase(demo)
         _stop_daemon(demo)
         return _verify_phase(demo, t_start)
@@ -113,6 +125,7 @@ class _Demo:
         False  # the daemon's continuous verifier found every table equal before it stopped
     )
     round_trip: bool = False
+    app_failures: list[str] = field(default_factory=list)  # queries answering differently
     daemon_code: int = 0
 
     @property
@@ -126,7 +139,7 @@ class _Demo:
 
 def _legacy_phase(demo: _Demo) -> list[LegacyFile]:
     echo, path = demo.echo, demo.path
-    echo(f"[1/7] legacy databases (written by the demo's own generator, seed {SEED})")
+    echo(f"[1/8] legacy databases (written by the demo's own generator, seed {SEED})")
     files = generate_legacy(path, seed=SEED)
     write_demo_config(path, files)
     _show_files(files, echo)
@@ -139,7 +152,7 @@ def _legacy_phase(demo: _Demo) -> list[LegacyFile]:
 
 def _install_phase(demo: _Demo) -> Plan:
     echo, path = demo.echo, demo.path
-    echo(f"[2/7] $ cdc check, cdc schema --out {path / 'plan'}, cdc install  (-c {demo.cfg_path})")
+    echo(f"[2/8] $ cdc check, cdc schema --out {path / 'plan'}, cdc install  (-c {demo.cfg_path})")
     demo.cfg = cfg = load_config(demo.cfg_path)
     plan = resolve_plan(cfg)
     _show_check(plan, echo)
@@ -151,7 +164,7 @@ def _install_phase(demo: _Demo) -> Plan:
 
 def _start_phase(demo: _Demo, plan: Plan, files: list[LegacyFile]) -> None:
     echo, cfg, seconds = demo.echo, demo.cfg, demo.seconds
-    echo(f"[3/7] $ cdc run -c {demo.cfg_path}   (log: {demo.daemon_log})")
+    echo(f"[3/8] $ cdc run -c {demo.cfg_path}   (log: {demo.daemon_log})")
     demo.daemon = daemon = DaemonProcess(demo.cfg_path, demo.daemon_log)
     daemon.wait_running(cfg.state_dir)
     demo.running_plan = plan  # what that daemon captures: the files had not changed since install
@@ -183,7 +196,7 @@ def _live_phase(demo: _Demo) -> None:
     """One status line a second while the bots write. A table the bots create meanwhile is
     announced when it appears and shown captured once the daemon has adopted it."""
     echo, cfg, seconds = demo.echo, demo.cfg, demo.seconds
-    echo(f"[4/7] live: bots writing, daemon replicating (`cdc status -c {demo.cfg_path}`)")
+    echo(f"[4/8] live: bots writing, daemon replicating (`cdc status -c {demo.cfg_path}`)")
     demo.t0 = t0 = time.monotonic()
     next_tick = t0 + 1.0
     while True:
@@ -218,7 +231,7 @@ def _follow_adoption(demo: _Demo, current: Plan, missing: list[str]) -> None:
 
 def _drain_phase(demo: _Demo) -> None:
     echo, cfg = demo.echo, demo.cfg
-    echo("[5/7] stop the bots (SIGTERM), drain the backlog, stop the daemon (SIGTERM)")
+    echo("[5/8] stop the bots (SIGTERM), drain the backlog (the daemon keeps running)")
     demo.codes = stop_bots(demo.bots)
     echo(
         f"  bots stopped after {time.monotonic() - demo.t0:.1f}s of writes, exit codes {demo.codes}"
@@ -261,8 +274,14 @@ def _drain_phase(demo: _Demo) -> None:
     echo("")
 
 
+def _app_phase(demo: _Demo) -> None:
+    demo.echo("[6/8] the application side: `cdc refs` and `cdc queries`")
+    demo.app_failures = run_app_phase(demo.path, demo.cfg, demo.echo)
+    demo.echo("")
+
+
 def _cutover_phase(demo: _Demo) -> None:
-    demo.echo("[6/7] cut over the cache stage, write as a switched bot, roll it back")
+    demo.echo("[7/8] cut over the cache stage, write as a switched bot, roll it back")
     demo.round_trip = run_cutover_round(demo.cfg, resolve_plan(demo.cfg), demo.echo)
     demo.echo("")
 
@@ -281,7 +300,7 @@ def _stop_daemon(demo: _Demo) -> None:
 def _verify_phase(demo: _Demo, t_start: float) -> int:
     echo, cfg = demo.echo, demo.cfg
     validation = demo.path / "validation"
-    echo("[7/7] verify: every mapped table, legacy vs consolidated (keys, values, types)")
+    echo("[8/8] verify: every mapped table, legacy vs consolidated (keys, values, types)")
     echo(f"  $ cdc verify -c {demo.cfg_path} --report {validation}")
     report = _verify(cfg, resolve_plan(cfg), validation, echo)
     all_equal = report.verdict == "equal" and bool(report.tables)
@@ -294,6 +313,7 @@ def _verify_phase(demo: _Demo, t_start: float) -> int:
         and demo.daemon_code == 0
         and demo.st is not None
         and demo.round_trip
+        and not demo.app_failures
     )
     echo("")
     _show_next(demo.cfg_path, demo.path, cfg, echo)
@@ -325,4 +345,5 @@ def _failures(demo: _Demo, report: VerifyReport, all_equal: bool, bot_errors: in
         why.append(f"daemon exited {demo.daemon_code}")
     if demo.st is not None and not demo.round_trip:
         why.append("the cutover and rollback round did not bring every write back")
+    why.extend(demo.app_failures)
     return why

@@ -7,6 +7,7 @@ the folder-safety rules are checked without running the demo.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from cdc.config import load_config
+from cdc.demo.app_code import write_app
+from cdc.demo.app_phase import run_app_phase
 from cdc.demo.report import _verify
 from cdc.demo.runner import MARKER, DemoError, prepare_root, run_demo
 from cdc.errors import CdcError
@@ -49,8 +52,8 @@ def test_demo_passes_and_says_so(demo_run):
     assert code == 0, out
     assert lines[-1].startswith("RESULT: PASS"), out
     assert elapsed < 40, f"demo took {elapsed:.1f}s"
-    for step in range(1, 8):
-        assert _has(lines, f"[{step}/7]"), f"step {step} missing:\n{out}"
+    for step in range(1, 9):
+        assert _has(lines, f"[{step}/8]"), f"step {step} missing:\n{out}"
 
 
 def test_demo_shows_what_it_built_and_installed(demo_run):
@@ -114,12 +117,91 @@ def test_demo_cuts_a_stage_over_and_rolls_it_back_with_every_write(demo_run):
     assert _has(lines, "3 of 3 rows the switched bot wrote are in"), out
 
 
+def test_demo_shows_the_application_side(demo_run):
+    root, _, lines, _ = demo_run
+    out = "\n".join(lines)
+    start = lines.index(next(ln for ln in lines if "[6/8] the application side" in ln))
+    end = lines.index(next(ln for ln in lines if "[7/8]" in ln))
+    phase, text = lines[start:end], "\n".join(lines[start:end])
+    prose = " ".join(ln.strip() for ln in phase)  # its longer sentences are wrapped
+    assert phase.index(next(ln for ln in phase if "$ cdc refs app" in ln)) < phase.index(
+        next(ln for ln in phase if "$ cdc queries app" in ln)
+    ), text
+    # `cdc refs`: the summary, and examples naming a renamed table and the merged one
+    assert _has(phase, "$ cdc refs app -c cdc.toml --markdown app/refs.md"), text
+    assert _has(phase, "references in 8 files", "unreviewed"), text
+    assert "by kind: " in prose and "table to rename" in prose and "merged table" in prose, text
+    assert _has(phase, "by stage:", "core", "analytics", "cache"), text
+    assert _has(phase, "table users -> core.telegram_users: rename table to telegram_users"), text
+    assert _has(phase, "table trades -> core.trades [source=", "merged: reads need"), text
+    assert _has(phase, "CREATE TABLE IF NOT EXISTS of a moved table"), text
+    assert _has(phase, "sqlite3.connect(DB_PATH, timeout=5.0)", "needs review"), text
+    assert "not migrated yet" in prose and "they do not fail the demo" in prose, text
+    assert _has(phase, "$ cdc refs app -c cdc.toml --fix > app/refs-fix.diff"), text
+    # `cdc queries`: every query gave the same answer on both sides
+    assert _has(phase, "$ cdc queries app/queries.toml -c cdc.toml", "--markdown app/queries.md")
+    queries = [ln for ln in phase if "]: " in ln and ("p95" in ln or "ERROR" in ln)]
+    assert len(queries) == 8 and all("]: same answer, " in ln for ln in queries), text
+    assert _has(queries, "[trading -> core]") and _has(queries, "[buy_tracker -> core]"), text
+    assert _has(queries, "renamed users (telegram_users)", "[telegram -> core]"), text
+    assert _has(phase, "ok: 8 queries, 0 wrong answers, 0 not rewritable"), text
+    # what it wrote, next to the application
+    app = Path(root) / "app"
+    for name in ("refs.md", "refs-fix.diff", "queries.toml", "queries.md"):
+        assert (app / name).is_file(), name
+    assert len(list(app.glob("*.py"))) == 8, out
+    diff = (app / "refs-fix.diff").read_text()
+    assert '-                "UPDATE users SET' in diff, diff  # a renamed table, rewritten
+    assert '+                "UPDATE telegram_users SET' in diff, diff
+    assert "FROM x_memories" in diff, diff
+    assert "--- a/app/telegram_bot.py" in diff, diff  # names files as `cdc refs app` would
+    assert "UPDATE users SET" in (app / "telegram_bot.py").read_text()  # not applied
+    assert "| `app/telegram_bot.py:" in (app / "refs.md").read_text()
+    assert "Result: **ok**" in (app / "queries.md").read_text()
+
+
+def test_a_wrong_answer_of_an_application_query_fails_the_phase(demo_run, tmp_path):
+    """On a copy of the finished demo: one consolidated value changed, the query reading it
+    answers differently, and the phase says so and returns the reason the RESULT fails."""
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_run[0], copy)
+    with closing(sqlite3.connect(copy / "consolidated" / "core.db")) as c, c:
+        c.execute("UPDATE telegram_users SET message_count = message_count + 1000000")
+    lines: list[str] = []
+    why = run_app_phase(copy, load_config(copy / "cdc.toml"), lines.append)
+    out = "\n".join(lines)
+    assert len(why) == 1 and "renamed users (telegram_users)" in why[0], why
+    assert "answered differently" in why[0], why
+    assert _has(lines, "renamed users (telegram_users)", "WRONG ANSWER: row 0"), out
+    assert _has(lines, "wrong answer: 8 queries, 1 wrong answers"), out
+    assert "Result: **wrong answer**" in (copy / "app" / "queries.md").read_text()
+
+
+def test_the_generated_application_is_clean_python(tmp_path):
+    modules = write_app(tmp_path)
+    assert sorted(p.name for p in modules) == sorted(p.name for p in (tmp_path / "app").iterdir())
+    for path in modules:
+        text = path.read_text()
+        compile(text, str(path), "exec")
+        assert "CREATE TABLE IF NOT EXISTS" in text and "timeout=5.0" in text, path
+    if shutil.which("ruff") is None and importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed")
+    config = str(REPO / "pyproject.toml")
+    for args in (["check"], ["format", "--check"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, "--config", config, str(tmp_path / "app")],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_demo_verifies_every_table_equal(demo_run):
     _, _, lines, _ = demo_run
     out = "\n".join(lines)
     assert _has(lines, "$ cdc verify -c", "--report"), out
     assert _has(lines, "total: 24 tables, 24 EQUAL, 0 DIVERGED, 0 UNSETTLED, 0 SKIPPED"), out
-    final = lines[lines.index(next(ln for ln in lines if "[7/7]" in ln)) :]
+    final = lines[lines.index(next(ln for ln in lines if "[8/8]" in ln)) :]
     rows = [
         ln for ln in final if ln.rstrip().endswith(("EQUAL", "DIVERGED", "UNSETTLED", "SKIPPED"))
     ]
