@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "cdc.shapes",
             "cdc.status_file",
             "cdc.guard",
+            "cdc.postgres*",
             "verifier.model",
         ],
     ),

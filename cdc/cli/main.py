@@ -29,7 +29,7 @@ from cdc.cli.base import (  # noqa: F401 - the EXIT_* results, documented in one
     config_option,
     log_group,
 )
-from cdc.errors import ConfigError, LogCorruptError
+from cdc.errors import ConfigError, LogCorruptError, PlanError
 
 
 @cli.command()
@@ -65,12 +65,24 @@ def uninstall(config_path: str) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
+    from cdc.config import load_config
+    from cdc.planning.pg_fit import pg_misfits
     from cdc.planning.resolve import resolve_plan
 
-    cfg = _load(config_path)
+    cfg = cli_base._loaded = cli_base._run(lambda: load_config(config_path, postgres=True))
     plan = _run(lambda: resolve_plan(cfg))
     n = sum(len(s.tables) for s in plan.sources)
     x = sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources)
+    misfits = _run(lambda: pg_misfits(cfg, plan))
+    if misfits:
+        _fail(
+            PlanError(
+                f"{len(misfits)} kind(s) of value in legacy columns that their PostgreSQL "
+                "types cannot carry exactly:\n  - " + "\n  - ".join(m.line() for m in misfits),
+                hint="`cdc docs postgres` says what each type carries; exclude or fix those "
+                "rows, or map the table to a SQLite target",
+            )
+        )
     click.echo(f"ok: {len(plan.sources)} sources, {n} tables mapped, {x} excluded")
 
 

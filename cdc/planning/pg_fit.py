@@ -1,0 +1,177 @@
+"""Whether the values the legacy columns hold fit the PostgreSQL types they would get.
+
+SQLite keeps any value in any column; `cdc.postgres.types` says which values a column's
+PostgreSQL type carries exactly. Before anything is copied, every column of a table bound
+for a PostgreSQL target is counted by what its rows actually hold, and each kind of value
+that would not come back as it was (a TEXT in an INTEGER column, TEXT holding NUL or
+bytes that are not UTF-8, a whole-number REAL in a NUMERIC column) is reported by column,
+with its count and a few examples by key: the plan is refused on them (`cdc check`), never
+at the first failed insert, and never by a silent conversion.
+
+One pass per table counts every condition at once in SQL; only the UTF-8 check reads the
+TEXT values themselves (SQLite has no test for it), streamed.
+"""
+
+from __future__ import annotations
+
+import apsw
+import msgspec
+
+from cdc import exact_text
+from cdc.config import Config
+from cdc.inventory import TableInfo, is_strict
+from cdc.planning.plan import Plan, TableMapping
+from cdc.postgres.dsn import is_postgres
+from cdc.postgres.types import pg_type
+from cdc.sqlident import q
+
+EXAMPLES = 3
+
+# (PostgreSQL type) -> [(reason, SQL condition on `{c}` that finds such a value)]
+_CONDITIONS: dict[str, list[tuple[str, str]]] = {
+    "bigint": [(f"{k.upper()} in a bigint column", f"typeof({{c}}) = '{k}'")
+               for k in ("real", "text", "blob")],
+    "double precision": [(f"{k.upper()} in a double precision column", f"typeof({{c}}) = '{k}'")
+                         for k in ("text", "blob")],
+    "text": [(f"{k.upper()} in a text column", f"typeof({{c}}) = '{k}'")
+             for k in ("integer", "real", "blob")]
+    + [("TEXT holding NUL", "typeof({c}) = 'text' AND instr(CAST({c} AS BLOB), x'00') > 0")],
+    "bytea": [(f"{k.upper()} in a bytea column", f"typeof({{c}}) = '{k}'")
+              for k in ("integer", "real", "text")],
+    "numeric": [(f"{k.upper()} in a numeric column", f"typeof({{c}}) = '{k}'")
+                for k in ("text", "blob")]
+    + [("a whole-number REAL in a numeric column (it would come back INTEGER)",
+        "typeof({c}) = 'real' AND {c} = round({c}) AND abs({c}) < 9e999")],
+}  # fmt: skip
+NOT_UTF8 = "TEXT that is not valid UTF-8"
+
+
+class ColumnMisfit(msgspec.Struct, frozen=True):
+    """One kind of value in one legacy column that its PostgreSQL type cannot carry."""
+
+    target: str
+    source: str
+    table: str
+    column: str
+    declared: str
+    pg_type: str
+    reason: str
+    count: int
+    examples: list[str]  # "key -> value", as SQLite would print them
+
+    def line(self) -> str:
+        eg = f", e.g. {'; '.join(self.examples)}" if self.examples else ""
+        return (
+            f"{self.target}: {self.source}.{self.table}.{self.column} "
+            f"({self.declared or 'no type'} -> {self.pg_type}): {self.count} x {self.reason}{eg}"
+        )
+
+
+def pg_misfits(cfg: Config, plan: Plan) -> list[ColumnMisfit]:
+    """Every misfit of every table the plan sends to a PostgreSQL target."""
+    out: list[ColumnMisfit] = []
+    for sp in plan.sources:
+        bound = [m for m in sp.tables if is_postgres(plan.targets.get(m.target, ""))]
+        if not bound:
+            continue
+        conn = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            conn.execute("BEGIN")  # one snapshot for the counts and the examples
+            for m in bound:
+                info = sp.info(m.table)
+                if info is not None and info.kind == "table":
+                    out.extend(_table_misfits(conn, m, info))
+        finally:
+            conn.close()
+    return out
+
+
+def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> list[ColumnMisfit]:
+    strict = is_strict(info.create_sql)
+    checks = [
+        (c, pg_type(c.decl_type, strict), reason, cond.format(c=q(c.name)))
+        for c in info.columns
+        for reason, cond in _CONDITIONS[pg_type(c.decl_type, strict)]
+    ]
+    found: list[ColumnMisfit] = []
+    if checks:
+        sums = ", ".join(f"coalesce(sum({cond}), 0)" for *_, cond in checks)
+        counts = conn.execute(f"SELECT {sums} FROM {q(info.name)}").fetchone()
+        for (c, pg, reason, cond), n in zip(checks, counts, strict=True):
+            if n:
+                eg = _examples(conn, info, c.name, cond)
+                found.append(_misfit(m, c, pg, reason, n, eg))
+    for c in info.columns:
+        pg = pg_type(c.decl_type, strict)
+        if pg == "text":
+            n, eg = _not_utf8(conn, info, c.name)
+            if n:
+                found.append(_misfit(m, c, pg, NOT_UTF8, n, eg))
+    return found
+
+
+def _misfit(m: TableMapping, c, pg: str, reason: str, n: int, eg: list[str]) -> ColumnMisfit:  # noqa: ANN001
+    return ColumnMisfit(m.target, m.source, m.table, c.name, c.decl_type, pg, reason, n, eg)
+
+
+def _key(info: TableInfo) -> list[str]:
+    return [q(k) for k in info.key] if info.key else ["rowid"]
+
+
+def _examples(conn: apsw.Connection, info: TableInfo, column: str, cond: str) -> list[str]:
+    key = _key(info)
+    rows = exact_text.select(
+        conn, [*key, q(column)], f"FROM {q(info.name)} WHERE {cond} LIMIT {EXAMPLES}"
+    )
+    return [_example(info, r[:-1], r[-1]) for r in rows]
+
+
+def _not_utf8(conn: apsw.Connection, info: TableInfo, column: str) -> tuple[int, list[str]]:
+    """TEXT values that are not UTF-8, read as their bytes (a cursor: one at a time)."""
+    n, eg = 0, []
+    key = ", ".join(_key(info))
+    sql = (
+        f"SELECT CAST({q(column)} AS BLOB), {key} FROM {q(info.name)} "
+        f"WHERE typeof({q(column)}) = 'text'"
+    )
+    try:
+        rows = conn.execute(sql)
+        for data, *k in rows:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                n += 1
+                if len(eg) < EXAMPLES:
+                    eg.append(_example(info, k, exact_text.RawText(data)))
+    except UnicodeDecodeError:  # a key that is itself not UTF-8: count without examples
+        n = _count_not_utf8(conn, info, column)
+    return n, eg
+
+
+def _count_not_utf8(conn: apsw.Connection, info: TableInfo, column: str) -> int:
+    sql = f"SELECT CAST({q(column)} AS BLOB) FROM {q(info.name)} WHERE typeof({q(column)}) = 'text'"
+    n = 0
+    for (data,) in conn.execute(sql):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            n += 1
+    return n
+
+
+def _example(info: TableInfo, key, value: object) -> str:  # noqa: ANN001
+    names = info.key or ["rowid"]
+    where = ", ".join(f"{n}={_show(v)}" for n, v in zip(names, key, strict=True))
+    return f"{where} -> {_show(value)}"
+
+
+def _show(v: object) -> str:
+    if isinstance(v, exact_text.RawText):
+        return f"CAST(x'{bytes(v.data).hex()}' AS TEXT)"
+    if isinstance(v, bytes):
+        shown = v[:16].hex()
+        return f"x'{shown}'" + ("..." if len(v) > 16 else "")
+    if isinstance(v, str):
+        s = v if len(v) <= 40 else v[:40] + "..."
+        return "'" + s.replace("'", "''").replace("\x00", "\\0") + "'"
+    return repr(v)

@@ -1,0 +1,97 @@
+"""A PostgreSQL target: `cdc check` counts what each legacy column holds and refuses, by
+column with counts and examples, every kind of value its PostgreSQL type cannot carry
+exactly (issue 19, "Types, stated and proven"); every other command refuses such a
+target until it is replicated, and a URL with a password is refused everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc.config import load_config
+from cdc.errors import ConfigError
+from cdc.planning.pg_fit import pg_misfits
+from cdc.planning.resolve import resolve_plan
+from tests.conftest import cdc_cmd, make_db, write_config
+
+SCHEMA = """
+CREATE TABLE fills(id INTEGER PRIMARY KEY, qty INTEGER, px REAL, note TEXT, raw BLOB,
+                   amount NUMERIC, anything);
+INSERT INTO fills VALUES (1, 5, 1.5, 'ok', x'00ff', 7, x'01');
+INSERT INTO fills VALUES (2, 'five', 2.5, 'a' || char(0) || 'b', x'', 0.25, NULL);
+INSERT INTO fills VALUES (3, 3.25, -0.0, CAST(x'41ff' AS TEXT), 'text', 1e300, 4);
+INSERT INTO fills VALUES (4, NULL, 'cheap', 9, NULL, 'n/a', 'x');  -- 9 is stored '9'
+
+"""
+
+
+def _setup(tmp_path: Path, target: str) -> Path:
+    make_db(tmp_path / "bot.db", SCHEMA)
+    return write_config(
+        tmp_path,
+        f'state_dir = "state"\n[targets]\ncore = "{target}"\n'
+        f'[[sources]]\nname = "bot"\npath = "{tmp_path}/bot.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "core"\n',
+    )
+
+
+def test_every_misfit_is_counted_by_column_with_examples(tmp_path: Path) -> None:
+    cfg = load_config(_setup(tmp_path, "postgresql://cdc@db1/core"), postgres=True)
+    got = {(m.column, m.reason): (m.count, m.examples) for m in pg_misfits(cfg, resolve_plan(cfg))}
+    assert got == {
+        ("qty", "TEXT in a bigint column"): (1, ["id=2 -> 'five'"]),
+        ("qty", "REAL in a bigint column"): (1, ["id=3 -> 3.25"]),
+        ("px", "TEXT in a double precision column"): (1, ["id=4 -> 'cheap'"]),
+        ("note", "TEXT holding NUL"): (1, ["id=2 -> 'a\\0b'"]),
+        ("note", "TEXT that is not valid UTF-8"): (1, ["id=3 -> CAST(x'41ff' AS TEXT)"]),
+        ("raw", "TEXT in a bytea column"): (1, ["id=3 -> 'text'"]),
+        ("amount", "TEXT in a numeric column"): (1, ["id=4 -> 'n/a'"]),
+        (
+            "amount",
+            "a whole-number REAL in a numeric column (it would come back INTEGER)",
+        ): (1, ["id=3 -> 1e+300"]),
+        ("anything", "INTEGER in a bytea column"): (1, ["id=3 -> 4"]),
+        ("anything", "TEXT in a bytea column"): (1, ["id=4 -> 'x'"]),
+    }, got
+
+
+def test_check_refuses_them_and_other_commands_refuse_the_target(tmp_path: Path) -> None:
+    cfg = _setup(tmp_path, "postgresql://cdc@db1/core")
+    r = cdc_cmd("check", "-c", str(cfg))
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "10 kind(s) of value" in r.stderr, r.stderr
+    assert (
+        "core: bot.fills.qty (INTEGER -> bigint): 1 x TEXT in a bigint column, e.g. id=2 -> 'five'"
+        in r.stderr
+    )
+    r = cdc_cmd("install", "-c", str(cfg))
+    assert r.returncode == 2 and "a PostgreSQL target is not replicated yet" in r.stderr, r.stderr
+    assert not list(tmp_path.glob("postgresql*"))  # never taken for a file name
+
+
+def test_a_table_whose_values_fit_passes(tmp_path: Path) -> None:
+    make_db(
+        tmp_path / "ok.db",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, px REAL, b BLOB, n NUMERIC, s TEXT);"
+        "INSERT INTO t VALUES (9223372036854775807, -0.0, x'', 0.1, 'é');"
+        "INSERT INTO t VALUES (-9223372036854775808, 1e308, NULL, 12, NULL);",
+    )
+    cfg = write_config(
+        tmp_path,
+        f'state_dir = "state"\n[targets]\ncore = "postgresql://cdc@db1/core"\n'
+        f'[[sources]]\nname = "ok"\npath = "{tmp_path}/ok.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "core"\n',
+    )
+    r = cdc_cmd("check", "-c", str(cfg))
+    assert r.returncode == 0 and "ok: 1 sources, 1 tables mapped" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://cdc:secret@db1/core", "postgresql://cdc@db1/core?password=secret"],
+)
+def test_a_password_in_the_url_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="carries a password") as e:
+        load_config(_setup(tmp_path, url), postgres=True)
+    assert "secret" not in str(e.value)
