@@ -324,6 +324,18 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
+    "cdc/application/query_plans.py: {', '.join(cols)}": "a suggested index's terms: q()-quoted "
+    "columns, each with a q()-quoted collation and DESC (_legacy_columns)",
+    "cdc/planning/ddl.py: {', '.join([tag, *terms])}": "q(tag), then a member's unique terms: "
+    "index_terms() of its own index SQL (each one expression as SQLite parsed it) or q()-quoted "
+    "columns with a q()-quoted collation",
+    "cdc/planning/ddl.py: {', '.join(defs)}": "merged column definitions: q() names, declared() "
+    "types, DEFAULT with the members' own expression text",
+    "cdc/planning/ddl.py: {', '.join(map(lit, having))}": "lit()-quoted tags",
+    "cdc/planning/ddl.py: {where}": "q(tag) IN lit()-quoted tags, or empty",
+    "cdc/planning/pg_fit.py: {cond}": "_CONDITIONS formatted with q()-quoted columns, or "
+    "q()-quoted key columns IS NULL",
+    "cdc/planning/pg_fit.py: {sums}": "sum() over those conditions",
     "cdc/pool/opening.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
     "cdc/demo/generator.py: {spec.journal}": "the demo's own journal mode constants",
     "cdc/demo/cutover_phase.py: {target_table}": "the demo's own fixed table name",

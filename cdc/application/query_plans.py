@@ -183,7 +183,7 @@ def _legacy_columns(conn: apsw.Connection, table: str, how: str) -> list[str]:
             return []
         term = q(name)
         if coll and coll.upper() != "BINARY":
-            term += f" COLLATE {coll}"
+            term += f" COLLATE {q(coll)}"
         if desc:
             term += " DESC"
         cols.append(term)

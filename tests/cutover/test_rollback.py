@@ -229,13 +229,22 @@ def test_the_way_back_survives_kill9_of_the_daemon(tmp_path: Path, daemons, live
 def test_a_row_the_legacy_table_cannot_hold_stops_the_way_back_by_name(
     tmp_path: Path, daemons, live_cfg: Path
 ) -> None:
-    """A merged target table lacks the legacy UNIQUE(symbol): two rows the target accepts
-    cannot both go back. Writing back is refused (never one row silently dropped), the
-    error is in `cdc status`, a rollback stops with both sides fenced and can be aborted,
-    and once the rows are fixed in the target the way back resumes by itself."""
+    """A merged target table lacks the legacy UNIQUE(symbol) (one made before merged tables
+    carried their members' UNIQUE, or a UNIQUE a member added later, which is not carried:
+    docs/architecture.md, Limits): two rows the target accepts cannot both go back.
+    Writing back is refused (never one row silently dropped), the error is in `cdc status`,
+    a rollback stops with both sides fenced and can be aborted, and once the rows are fixed
+    in the target the way back resumes by itself."""
     cfg, d = _core_cut_over(live_cfg, daemons)
     core, beta = tmp_path / "out/core.db", tmp_path / "legacy/beta.db"
     with contextlib.closing(sqlite3.connect(core, timeout=10)) as c:
+        uniques = c.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'positions' "
+            "AND sql LIKE 'CREATE UNIQUE%'"
+        ).fetchall()
+        assert uniques  # the merged table carries it now: taken away for this test
+        for (name,) in uniques:
+            c.execute(f'DROP INDEX "{name}"')
         with c:  # one transaction: both rows reach the way back in one batch
             c.execute(
                 "INSERT INTO positions(bot, id, symbol, qty) VALUES ('beta', 5001, 'DUP', 1.5)"
