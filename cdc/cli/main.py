@@ -66,19 +66,27 @@ def uninstall(config_path: str) -> None:
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
     from cdc.config import load_config
+    from cdc.planning import pg_ddl
     from cdc.planning.pg_fit import pg_misfits
     from cdc.planning.resolve import resolve_plan
+    from cdc.postgres.dsn import is_postgres
 
     cfg = cli_base._loaded = cli_base._run(lambda: load_config(config_path, postgres=True))
     plan = _run(lambda: resolve_plan(cfg))
     n = sum(len(s.tables) for s in plan.sources)
     x = sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources)
-    misfits = _run(lambda: pg_misfits(cfg, plan))
+    misfits = [m.line() for m in _run(lambda: pg_misfits(cfg, plan))]
+    misfits += [
+        f"{t}: {r}: does not translate to PostgreSQL"
+        for t, target in cfg.targets.items()
+        if is_postgres(target)
+        for r in pg_ddl.refusals(plan, t)
+    ]
     if misfits:
         _fail(
             PlanError(
-                f"{len(misfits)} kind(s) of value in legacy columns that their PostgreSQL "
-                "types cannot carry exactly:\n  - " + "\n  - ".join(m.line() for m in misfits),
+                f"{len(misfits)} thing(s) PostgreSQL cannot hold as the legacy files do:\n  - "
+                + "\n  - ".join(misfits),
                 hint="`cdc docs postgres` says what each type carries; exclude or fix those "
                 "rows, or map the table to a SQLite target",
             )

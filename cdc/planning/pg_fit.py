@@ -93,13 +93,22 @@ def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> l
         for c in info.columns
         for reason, cond in _CONDITIONS[pg_type(c.decl_type, strict)]
     ]
+    if info.null_key:  # SQLite lets such a key hold NULL; a PostgreSQL key cannot
+        cond = " OR ".join(f"{q(k)} IS NULL" for k in info.key)
+        checks += [(_KeyCol(info.key), "key", "NULL in the key (no PostgreSQL key holds one)",
+                    f"({cond})")]  # fmt: skip
     found: list[ColumnMisfit] = []
     if checks:
         sums = ", ".join(f"coalesce(sum({cond}), 0)" for *_, cond in checks)
         counts = conn.execute(f"SELECT {sums} FROM {q(info.name)}").fetchone()
         for (c, pg, reason, cond), n in zip(checks, counts, strict=True):
             if n:
-                eg = _examples(conn, info, c.name, cond)
+                eg = (
+                    _examples(conn, info, c.name, cond)
+                    if not isinstance(c, _KeyCol)
+                    else [f"rowid={r} -> NULL" for (r,) in conn.execute(
+                        f"SELECT rowid FROM {q(info.name)} WHERE {cond} LIMIT {EXAMPLES}")]
+                )  # fmt: skip
                 found.append(_misfit(m, c, pg, reason, n, eg))
     for c in info.columns:
         pg = pg_type(c.decl_type, strict)
@@ -108,6 +117,13 @@ def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> l
             if n:
                 found.append(_misfit(m, c, pg, NOT_UTF8, n, eg))
     return found
+
+
+class _KeyCol:
+    """The key as one "column" of a misfit line."""
+
+    def __init__(self, key: list[str]) -> None:
+        self.name, self.decl_type = ",".join(key), "PRIMARY KEY"
 
 
 def _misfit(m: TableMapping, c, pg: str, reason: str, n: int, eg: list[str]) -> ColumnMisfit:  # noqa: ANN001

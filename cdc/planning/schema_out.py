@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 from cdc.inventory import TableInfo, affinity
-from cdc.planning import ddl
+from cdc.planning import ddl, pg_ddl
 from cdc.planning.plan import Plan, SourcePlan, TableMapping
+from cdc.postgres.dsn import is_postgres, redacted
 from cdc.sqlident import created_name
 
 
@@ -21,6 +22,11 @@ def write_schema(plan: Plan, out_dir: str | os.PathLike[str]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for target in sorted(plan.targets):
+        if is_postgres(plan.targets[target]):
+            path = out / f"{target}_schema.sql"
+            _write(path, _postgres_schema(plan, target))
+            written.append(path)
+            continue
         lines = [
             f"-- {target}: {plan.targets[target]}",
             "-- Written by `cdc schema`; the replicator creates the target from these statements.",
@@ -37,6 +43,24 @@ def write_schema(plan: Plan, out_dir: str | os.PathLike[str]) -> list[Path]:
     _write(path, comparison(plan))
     written.append(path)
     return written
+
+
+def _postgres_schema(plan: Plan, target: str) -> str:
+    """A PostgreSQL target's DDL (`cdc.planning.pg_ddl`), with what was left out or refused
+    written above each table for review."""
+    lines = [
+        f"-- {target}: PostgreSQL {redacted(plan.targets[target])}",
+        "-- Written by `cdc schema` for review (cdc docs postgres): replicating into",
+        "-- PostgreSQL is not built yet.",
+        "",
+    ]
+    for t in pg_ddl.target_ddl(plan, target):
+        lines.append(f"-- {t.what}")
+        lines += [f"-- REFUSED: {r}" for r in t.refused]
+        lines += [f"-- NOTE: {n}" for n in t.notes]
+        lines += [s.rstrip() + ";" for s in t.statements]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def comparison(plan: Plan) -> str:
