@@ -60,7 +60,7 @@ def test_check_refuses_them_and_other_commands_refuse_the_target(tmp_path: Path)
     cfg = _setup(tmp_path, "postgresql://cdc@db1/core")
     r = cdc_cmd("check", "-c", str(cfg))
     assert r.returncode == 3, (r.stdout, r.stderr)
-    assert "10 kind(s) of value" in r.stderr, r.stderr
+    assert "10 thing(s) PostgreSQL cannot hold" in r.stderr, r.stderr
     assert (
         "core: bot.fills.qty (INTEGER -> bigint): 1 x TEXT in a bigint column, e.g. id=2 -> 'five'"
         in r.stderr
