@@ -336,6 +336,7 @@ REVIEWED = {
     "cdc/planning/pg_fit.py: {cond}": "_CONDITIONS formatted with q()-quoted columns, or "
     "q()-quoted key columns IS NULL",
     "cdc/planning/pg_fit.py: {sums}": "sum() over those conditions",
+    "replicator/pg_apply.py: {want}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY",
     "cdc/pool/opening.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
     "cdc/demo/generator.py: {spec.journal}": "the demo's own journal mode constants",
     "cdc/demo/cutover_phase.py: {target_table}": "the demo's own fixed table name",

@@ -33,7 +33,7 @@ from cdc.inventory import TableInfo, is_strict
 from cdc.planning import ddl
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.types import pg_type
-from cdc.sqlident import created_name, index_terms, q, tokens, unquote
+from cdc.sqlident import created_name, index_terms, lit, q, tokens, unquote
 
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -71,6 +71,24 @@ def target_ddl(plan: Plan, target: str) -> list[PgTableDDL]:
     return out
 
 
+def table_ddl(plan: Plan, m: TableMapping) -> PgTableDDL:
+    """The DDL of the one target table `m` lands in (a merged table's, for every member)."""
+    if m.tag_column is not None:
+        return _merged(plan, m)
+    info = plan.source(m.source).info(m.table)
+    if info is None:
+        return PgTableDDL(
+            f"{m.source}.{m.table}", [], refused=[f"{m.source}.{m.table}: not in the plan"]
+        )
+    return _copied(plan, m, info)
+
+
+def rowid_alias(columns: list[str]) -> str:
+    """The name a keyless table's rowid gets as a column: one its columns leave free."""
+    low = {c.lower() for c in columns}
+    return next(n for n in ROWID_NAMES if n not in low)
+
+
 def refusals(plan: Plan, target: str) -> list[str]:
     return [r for t in target_ddl(plan, target) for r in t.refused]
 
@@ -83,7 +101,7 @@ def _copied(plan: Plan, m: TableMapping, info: TableInfo) -> PgTableDDL:
     defs = [_column(c, strict, notes, what) for c in info.columns]
     key = [q(k) for k in info.key]
     if not info.key:
-        alias = next(n for n in ROWID_NAMES if n not in {c.name.lower() for c in info.columns})
+        alias = rowid_alias([c.name for c in info.columns])
         defs.insert(0, f"{q(alias)} bigint NOT NULL")
         key = [q(alias)]
     elif info.autoincrement and len(info.key) == 1:
@@ -121,9 +139,24 @@ def _merged(plan: Plan, m: TableMapping) -> PgTableDDL:
     stmts = [
         f"CREATE TABLE IF NOT EXISTS {q(m.target_table)} (\n    " + ",\n    ".join(defs) + "\n)"
     ]
+    tags = [mm.tag for mm, i in members if i is not None]
+    uniques: dict[str, list[str]] = {}
     for mm, info in members:
-        if info is not None:
-            stmts += _indexes(plan, mm, info, m.tag_column, refused, f"{mm.source}.{mm.table}")
+        if info is None:
+            continue
+        for sql in _indexes(plan, mm, info, m.tag_column, refused, f"{mm.source}.{mm.table}"):
+            if sql.startswith("CREATE UNIQUE"):
+                uniques.setdefault(sql, []).append(mm.tag)
+            else:
+                stmts.append(sql)
+    for sql, having in uniques.items():
+        # Only its members' rows: the others' may repeat those values (as in ddl.py).
+        where = (
+            ""
+            if set(having) == set(tags)
+            else (f" WHERE {q(m.tag_column)} IN ({', '.join(lit(t) for t in having)})")
+        )
+        stmts.append(sql + where)
     return PgTableDDL(what, list(dict.fromkeys(stmts)), notes, refused)
 
 

@@ -1,0 +1,316 @@
+"""The change log applied into a PostgreSQL target, exactly once (issue 19, docs/postgres.md).
+
+The rule is the SQLite targets' (`replicator.apply`): a batch of log frames and the
+checkpoint that moves past them commit in one PostgreSQL transaction, so a crash, a
+killed process, a dropped connection or a server restart anywhere leaves the target
+either before the batch or after all of it; the next run starts from the checkpoint it
+reads back from the target itself, and nothing is applied twice.
+
+What it writes, by frame:
+- `TableSchema`: the target table (`cdc.planning.pg_ddl`, from the plan), recorded with
+  its shape in `_cdc_pg_shapes` (a restart mid-log finds the shapes there, past their
+  frames). A column a member or a bot adds later is added with its mapped type; any other
+  reshape is refused by name (not built yet).
+- `RowBatch`: each upsert as `INSERT ... ON CONFLICT (key) DO UPDATE`, after deleting the
+  rows that hold one of the new row's UNIQUE values under another key (what SQLite's
+  REPLACE does in a SQLite target); each delete by its key. Every value goes through
+  `cdc.postgres.types`: one that type cannot carry exactly stops the apply by name, never
+  converted (`cdc check` should have refused it: the legacy file changed since).
+- `TableReset`: the table's rows of that source are deleted; its fresh copy follows.
+- Marks and segment starts carry nothing for this target yet (the verifier's positions
+  come with the verifier across engines). A copy by reference and streamed values are
+  refused by name: set `daemon.snapshot_copy = "log"`; a value over the streaming size
+  cannot go yet.
+
+Not wired into the daemon yet: `cdc run` refuses a PostgreSQL target (cdc.config).
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from cdc.changelog.segments import LogEntry
+from cdc.errors import TargetBusyError, TargetError
+from cdc.events import (
+    CopyRange,
+    Op,
+    RowBatch,
+    RowEvent,
+    StreamedRowBatch,
+    TableReset,
+    TableSchema,
+    ValueChunk,
+)
+from cdc.inventory import is_strict
+from cdc.planning import pg_ddl
+from cdc.planning.plan import Plan, TableMapping
+from cdc.postgres.dsn import redacted
+from cdc.postgres.types import misfit, pg_type, to_pg
+from cdc.sqlident import q
+from checkpoints.store import Checkpoint
+
+CONSUMER = "replicator"
+_SETUP = (
+    "CREATE TABLE IF NOT EXISTS _cdc_checkpoint (consumer text PRIMARY KEY, "
+    "log_offset bigint NOT NULL, events bigint NOT NULL, updated_at double precision)",
+    "CREATE TABLE IF NOT EXISTS _cdc_pg_shapes (source text, tbl text, shape bytea NOT NULL, "
+    "PRIMARY KEY (source, tbl))",
+)
+
+
+class PgShape(msgspec.Struct, frozen=True):
+    """How rows of one source table are written into its PostgreSQL table."""
+
+    target_table: str
+    columns: list[str]
+    types: list[str]  # the PostgreSQL type of each column
+    key: list[str]  # the identity columns; [rowid alias] for a keyless table
+    keyless: bool = False  # the key is the rowid: the event's key, not a column of the row
+    tag_column: str | None = None
+    tag: str | None = None
+    uniques: list[list[str]] = []  # other UNIQUE column sets (the tag leading, if merged)
+
+
+class PgTarget:
+    """One PostgreSQL target: its connection, checkpoint and shapes."""
+
+    def __init__(self, name: str, dsn: str) -> None:
+        self.name, self.dsn = name, dsn
+        self.where = f"{name} ({redacted(dsn)})"
+        self.conn = None
+        self.shapes: dict[tuple[str, str], PgShape] = {}
+        self._connect()
+
+    def _connect(self) -> None:
+        import psycopg  # only where a PostgreSQL target is used: the pool stays light
+
+        try:
+            self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
+            with self.conn.transaction():
+                for sql in _SETUP:
+                    self.conn.execute(sql)
+                self.conn.execute(
+                    "INSERT INTO _cdc_checkpoint VALUES (%s, 0, 0, NULL) ON CONFLICT DO NOTHING",
+                    (CONSUMER,),
+                )
+                rows = self.conn.execute("SELECT source, tbl, shape FROM _cdc_pg_shapes")
+                self.shapes = {(s, t): msgspec.msgpack.decode(b, type=PgShape) for s, t, b in rows}
+        except psycopg.OperationalError as e:
+            self.close()
+            raise TargetBusyError(f"{self.where}: cannot connect: {e}") from e
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def load(self) -> Checkpoint:
+        if self.conn is None:
+            self._connect()
+        with self.conn.transaction():
+            off, n = self.conn.execute(
+                "SELECT log_offset, events FROM _cdc_checkpoint WHERE consumer = %s", (CONSUMER,)
+            ).fetchone()
+        return Checkpoint(CONSUMER, offset=off, events=n)
+
+    def apply(self, plan: Plan, entries: list[LogEntry], old: Checkpoint) -> Checkpoint:
+        """Apply `entries` (starting at `old.offset`) and the checkpoint past them, in one
+        transaction. A lost connection or a restarting server is a `TargetBusyError`:
+        nothing was committed, and the next call reconnects and reads the checkpoint."""
+        import psycopg
+
+        if not entries:
+            return old
+        if entries[0].offset != old.offset:
+            raise TargetError(
+                f"{self.where}: batch starts at {entries[0].offset}, checkpoint is {old.offset}"
+            )
+        if self.conn is None or self.conn.closed:
+            self._connect()
+        shapes = dict(self.shapes)
+        try:
+            with self.conn.transaction():
+                applied = sum(_frame(self, plan, e.frame, shapes) for e in entries)
+                self.conn.execute(
+                    "UPDATE _cdc_checkpoint SET log_offset = %s, events = events + %s, "
+                    "updated_at = %s WHERE consumer = %s AND log_offset = %s",
+                    (entries[-1].next_offset, applied, time.time(), CONSUMER, old.offset),
+                )
+        except psycopg.OperationalError as e:
+            self.close()
+            raise TargetBusyError(
+                f"{self.where}: connection lost while applying at offset {old.offset}: {e}",
+                hint="replication resumes from the target's own checkpoint",
+            ) from e
+        except psycopg.Error as e:
+            raise TargetError(f"{self.where}: apply failed at offset {old.offset}: {e}") from e
+        self.shapes = shapes
+        return Checkpoint(CONSUMER, offset=entries[-1].next_offset, events=old.events + applied)
+
+
+def _frame(t: PgTarget, plan: Plan, f: object, shapes: dict) -> int:
+    source, table = getattr(f, "source", None), getattr(f, "table", None)
+    m = plan.mapping(source, table) if source is not None and table is not None else None
+    if m is None or m.target != t.name:
+        return 0
+    if isinstance(f, TableSchema):
+        shapes[(m.source, m.table)] = _schema(t, plan, m, f, shapes.get((m.source, m.table)))
+        return 0
+    if isinstance(f, RowBatch) and not isinstance(f, StreamedRowBatch):
+        return _rows(t, m, f, shapes)
+    if isinstance(f, TableReset):
+        shape = shapes.get((m.source, m.table))
+        if shape is not None:
+            where, args = _tag(shape)
+            t.conn.execute(f"DELETE FROM {q(shape.target_table)}{where}", args)
+        return 0
+    if isinstance(f, CopyRange | ValueChunk | StreamedRowBatch):
+        what = "a copy by reference" if isinstance(f, CopyRange) else "a streamed value"
+        raise TargetError(
+            f"{t.where}: {m.source}.{m.table}: {what} cannot be applied into PostgreSQL yet",
+            hint='set daemon.snapshot_copy = "log"; values over the streaming size cannot go',
+        )
+    return 0
+
+
+def _tag(shape: PgShape) -> tuple[str, tuple]:
+    if shape.tag_column is None:
+        return "", ()
+    return f" WHERE {q(shape.tag_column)} = %s", (shape.tag,)
+
+
+def _schema(
+    t: PgTarget, plan: Plan, m: TableMapping, f: TableSchema, old: PgShape | None
+) -> PgShape:
+    made = pg_ddl.table_ddl(plan, m)
+    if made.refused:
+        raise TargetError(f"{t.where}: {'; '.join(made.refused)}: does not translate")
+    exists = t.conn.execute("SELECT to_regclass(%s)", (q(m.target_table),)).fetchone()[0]
+    if exists is None:
+        for sql in made.statements:
+            t.conn.execute(sql)
+    strict = is_strict(f.create_sql)
+    have = {
+        r[0]: r[1]
+        for r in t.conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s",
+            (m.target_table,),
+        )
+    }
+    for c in f.columns:
+        want = pg_type(c.decl_type, strict)
+        if c.name not in have:
+            t.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {want}")
+        elif have[c.name] != want:
+            raise TargetError(
+                f"{t.where}: {m.source}.{m.table}.{c.name} is now {want}, "
+                f"{m.target_table}.{c.name} is {have[c.name]}: a reshape PostgreSQL targets "
+                "cannot follow yet"
+            )
+    shape = _shape(plan, m, f, strict)
+    if old is not None and old.key != shape.key:
+        raise TargetError(f"{t.where}: the key of {m.source}.{m.table} changed: not followed yet")
+    t.conn.execute(
+        "INSERT INTO _cdc_pg_shapes VALUES (%s, %s, %s) ON CONFLICT (source, tbl) "
+        "DO UPDATE SET shape = EXCLUDED.shape",
+        (m.source, m.table, msgspec.msgpack.encode(shape)),
+    )
+    return shape
+
+
+def _shape(plan: Plan, m: TableMapping, f: TableSchema, strict: bool) -> PgShape:
+    info = plan.source(m.source).info(m.table)
+    lead = [m.tag_column] if m.tag_column else []
+    return PgShape(
+        target_table=m.target_table,
+        columns=[c.name for c in f.columns],
+        types=[pg_type(c.decl_type, strict) for c in f.columns],
+        key=lead + (list(f.key) or [pg_ddl.rowid_alias([c.name for c in f.columns])]),
+        keyless=not f.key,
+        tag_column=m.tag_column,
+        tag=m.tag,
+        uniques=[lead + list(u) for u in (info.unique_sets if info else [])],
+    )
+
+
+def _rows(t: PgTarget, m: TableMapping, b: RowBatch, shapes: dict) -> int:
+    shape = shapes.get((m.source, m.table))
+    if shape is None:
+        raise TargetError(f"{t.where}: rows of {m.source}.{m.table} before its schema")
+    ups = [e for e in b.events if e.op is not Op.DELETE]
+    dels = [e for e in b.events if e.op is Op.DELETE]
+    tag = [shape.tag] if shape.tag_column else []
+    nkey = len(shape.key) - len(tag)
+    key_conds = " AND ".join(f"{q(k)} = %s" for k in shape.key)
+    if dels:
+        with t.conn.cursor() as cur:
+            cur.executemany(
+                f"DELETE FROM {q(shape.target_table)} WHERE {key_conds}",
+                [tag + _values(t, m, shape, e, key_only=True) for e in dels],
+            )
+    if ups:
+        rows = [_values(t, m, shape, e) for e in ups]
+        cols = [q(c) for c in ([shape.tag_column] if tag else []) + _columns(shape)]
+        for u in shape.uniques:  # what a REPLACE deletes in a SQLite target
+            pos = [_columns(shape).index(c) for c in u[len(tag) :]]
+            keypos = list(range(nkey)) if shape.keyless else [
+                _columns(shape).index(k) for k in shape.key[len(tag) :]
+            ]  # fmt: skip
+            conds = " AND ".join(f"{q(c)} = %s" for c in u)
+            other = " OR ".join(f"{q(k)} <> %s" for k in shape.key[len(tag) :])
+            with t.conn.cursor() as cur:
+                cur.executemany(
+                    f"DELETE FROM {q(shape.target_table)} WHERE {conds} AND ({other})",
+                    [tag + [r[i] for i in pos] + [r[i] for i in keypos] for r in rows],
+                )
+        keys = ", ".join(q(k) for k in shape.key)
+        rest = [c for c in cols if c not in {q(k) for k in shape.key}]
+        action = (
+            "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
+            if rest
+            else "DO NOTHING"
+        )
+        sql = (
+            f"INSERT INTO {q(shape.target_table)} ({', '.join(cols)}) "
+            f"VALUES ({', '.join(['%s'] * len(cols))}) ON CONFLICT ({keys}) {action}"
+        )
+        with t.conn.cursor() as cur:
+            cur.executemany(sql, [tag + r for r in rows])
+    return len(b.events)
+
+
+def _columns(shape: PgShape) -> list[str]:
+    """The columns an upsert binds after the tag: the rowid of a keyless table, the row."""
+    return ([shape.key[-1]] if shape.keyless else []) + shape.columns
+
+
+def _values(
+    t: PgTarget, m: TableMapping, shape: PgShape, e: RowEvent, key_only: bool = False
+) -> list:
+    """The event's values as psycopg binds them, each checked against its column's type;
+    the key's only for a delete (a keyless table's key is its rowid)."""
+    if key_only and shape.keyless:
+        return [e.key[-1]]
+    if key_only:
+        own = shape.key[1:] if shape.tag_column else shape.key
+        types = [shape.types[shape.columns.index(k)] for k in own]
+        return [_fit(t, m, k, v, ty, e) for k, v, ty in zip(own, e.key, types, strict=True)]
+    row = [
+        _fit(t, m, c, v, ty, e)
+        for c, v, ty in zip(shape.columns, e.row or [], shape.types, strict=True)
+    ]
+    return ([e.key[-1]] if shape.keyless else []) + row
+
+
+def _fit(t: PgTarget, m: TableMapping, column: str, v: object, ty: str, e: RowEvent) -> object:
+    why = misfit(v, ty)
+    if why is not None:
+        raise TargetError(
+            f"{t.where}: {m.source}.{m.table}.{column} (key {e.key!r}): {why}: PostgreSQL "
+            "cannot carry it exactly; nothing of this batch was written",
+            hint="`cdc check` names every such value: fix those rows or change the plan",
+        )
+    return to_pg(v, ty)
