@@ -133,11 +133,16 @@ class PgTarget:
         try:
             with self.conn.transaction():
                 applied = sum(_frame(self, plan, e.frame, shapes) for e in entries)
-                self.conn.execute(
+                moved = self.conn.execute(
                     "UPDATE _cdc_checkpoint SET log_offset = %s, events = events + %s, "
                     "updated_at = %s WHERE consumer = %s AND log_offset = %s",
                     (entries[-1].next_offset, applied, time.time(), CONSUMER, old.offset),
-                )
+                ).rowcount
+                if moved != 1:  # another applier got there first: roll all of it back
+                    raise TargetError(
+                        f"{self.where}: the checkpoint moved from {old.offset} under this "
+                        "batch (another applier?); nothing of it was written"
+                    )
         except psycopg.OperationalError as e:
             self.close()
             raise TargetBusyError(

@@ -144,3 +144,22 @@ def test_kill_9_and_a_server_restart_converge_exactly_once(world, pg, pg_cluster
     finally:
         target.close()
     assert kills >= 3, kills
+
+
+def test_a_second_applier_with_a_stale_checkpoint_writes_nothing(world, pg) -> None:
+    """Two appliers read the same checkpoint (a daemon left running beside a new one):
+    the second's commit finds the checkpoint moved and rolls back, rather than applying
+    the batch twice."""
+    root, cfg, plan, cap = world
+    cap.sync()
+    one, two = PgTarget("core", pg), PgTarget("core", pg)
+    try:
+        cp = one.load()
+        entries = LogReader(cfg.log_dir).read(cp.offset, None, max_frames=4)
+        moved = one.apply(plan, entries, cp)
+        with pytest.raises(TargetError, match="checkpoint moved"):
+            two.apply(plan, entries, cp)
+        assert one.load() == moved
+    finally:
+        one.close()
+        two.close()
