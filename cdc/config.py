@@ -61,6 +61,8 @@ class RuleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     tag_column: str = "source"
     tag: str | None = None
     drop_foreign_keys: bool = False  # drop FKs that cannot hold in the target (docs/config.md)
+    # a PostgreSQL target: column -> its type instead of the one its affinity maps to
+    postgres_types: dict[str, str] = {}
 
 
 class DaemonSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -378,6 +380,16 @@ def _check_rules(cfg: Config) -> list[str]:
             problems.append(f"{key}.tag_column: a merge needs a tag column name")
         if not r.table:
             problems.append(f"{key}.table: empty pattern")
+        for col, ty in r.postgres_types.items():
+            from cdc.postgres.types import BY_AFFINITY  # here: the pool's import stays light
+
+            PG_TYPES = tuple(BY_AFFINITY.values())  # noqa: N806
+            if ty not in PG_TYPES:
+                problems.append(
+                    f"{key}.postgres_types.{col} {ty!r}: use one of "
+                    + ", ".join(f'"{t}"' for t in PG_TYPES)
+                    + " (the types whose values are carried exactly: `cdc docs postgres`)"
+                )
     return problems
 
 

@@ -47,7 +47,7 @@ from cdc.inventory import is_strict
 from cdc.planning import pg_ddl
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.dsn import redacted
-from cdc.postgres.types import misfit, pg_type, to_pg
+from cdc.postgres.types import misfit, to_pg
 from cdc.sqlident import q
 from checkpoints.store import Checkpoint
 
@@ -206,7 +206,7 @@ def _schema(
         )
     }
     for c in f.columns:
-        want = pg_type(c.decl_type, strict)
+        want = m.pg_type(c.name, c.decl_type, strict)
         if c.name not in have:
             t.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {want}")
         elif have[c.name] != want:
@@ -232,7 +232,7 @@ def _shape(plan: Plan, m: TableMapping, f: TableSchema, strict: bool) -> PgShape
     return PgShape(
         target_table=m.target_table,
         columns=[c.name for c in f.columns],
-        types=[pg_type(c.decl_type, strict) for c in f.columns],
+        types=[m.pg_type(c.name, c.decl_type, strict) for c in f.columns],
         key=lead + (list(f.key) or [pg_ddl.rowid_alias([c.name for c in f.columns])]),
         keyless=not f.key,
         tag_column=m.tag_column,

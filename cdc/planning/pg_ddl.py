@@ -2,8 +2,8 @@
 
 The same decisions as the SQLite targets' (`cdc.planning.ddl`), in PostgreSQL's terms:
 
-- Each column gets the type its affinity maps to (`cdc.postgres.types`), its NOT NULL,
-  and its DEFAULT when that is a constant or SQLite's CURRENT_TIMESTAMP/DATE/TIME (as the
+- Each column gets the type its affinity maps to (`cdc.postgres.types`), or the one its
+  rule names (`postgres_types`), and its DEFAULT when that is a constant or SQLite's CURRENT_TIMESTAMP/DATE/TIME (as the
   same text SQLite would store, in UTC); any other DEFAULT expression is left out and
   named in a comment above the table, for review.
 - The key is the declared key; a table without one gets SQLite's own identity, its rowid,
@@ -32,7 +32,6 @@ import msgspec
 from cdc.inventory import TableInfo, is_strict
 from cdc.planning import ddl
 from cdc.planning.plan import Plan, TableMapping
-from cdc.postgres.types import pg_type
 from cdc.sqlident import created_name, index_terms, lit, q, tokens, unquote
 
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
@@ -68,6 +67,18 @@ def target_ddl(plan: Plan, target: str) -> list[PgTableDDL]:
                     out.append(_merged(plan, m))
                 continue
             out.append(_copied(plan, m, info))
+        for fm in sp.fts:  # never left out silently: said, and refused by `cdc check`
+            if fm.target == target:
+                out.append(
+                    PgTableDDL(
+                        f"{sp.name}.{fm.table} (FTS)",
+                        [],
+                        refused=[
+                            f"{sp.name}.{fm.table}: an FTS table has no PostgreSQL "
+                            "counterpart here (exclude it; full-text search there is tsvector)"
+                        ],
+                    )
+                )
     return out
 
 
@@ -98,7 +109,7 @@ def _copied(plan: Plan, m: TableMapping, info: TableInfo) -> PgTableDDL:
     notes: list[str] = []
     refused: list[str] = []
     strict = is_strict(info.create_sql)
-    defs = [_column(c, strict, notes, what) for c in info.columns]
+    defs = [_column(c, m.pg_type(c.name, c.decl_type, strict), notes, what) for c in info.columns]
     key = [q(k) for k in info.key]
     if not info.key:
         alias = rowid_alias([c.name for c in info.columns])
@@ -126,13 +137,14 @@ def _merged(plan: Plan, m: TableMapping) -> PgTableDDL:
     notes: list[str] = []
     refused: list[str] = []
     seen: dict[str, str] = {}
-    for _, info in members:
+    for mm, info in members:
         if info is None:
             continue
         strict = is_strict(info.create_sql)
         for c in info.columns:
             if c.name.lower() not in seen:
-                seen[c.name.lower()] = _column(c, strict, notes, what, nullable=True)
+                pg = mm.pg_type(c.name, c.decl_type, strict)
+                seen[c.name.lower()] = _column(c, pg, notes, what)
     key = next((i.key for _, i in members if i is not None and i.key), [])
     defs = [f"{q(m.tag_column)} text NOT NULL", *seen.values()]
     defs.append(f"PRIMARY KEY ({', '.join(q(k) for k in [m.tag_column, *key])})")
@@ -160,8 +172,7 @@ def _merged(plan: Plan, m: TableMapping) -> PgTableDDL:
     return PgTableDDL(what, list(dict.fromkeys(stmts)), notes, refused)
 
 
-def _column(c, strict: bool, notes: list[str], what: str, nullable: bool = False) -> str:  # noqa: ANN001
-    pg = pg_type(c.decl_type, strict)
+def _column(c, pg: str, notes: list[str], what: str) -> str:  # noqa: ANN001
     words = [q(c.name), pg]
     if c.default is not None:
         d = _default(c.default, pg)

@@ -22,7 +22,6 @@ from cdc.config import Config
 from cdc.inventory import TableInfo, is_strict
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.dsn import is_postgres
-from cdc.postgres.types import pg_type
 from cdc.sqlident import q
 
 EXAMPLES = 3
@@ -89,9 +88,9 @@ def pg_misfits(cfg: Config, plan: Plan) -> list[ColumnMisfit]:
 def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> list[ColumnMisfit]:
     strict = is_strict(info.create_sql)
     checks = [
-        (c, pg_type(c.decl_type, strict), reason, cond.format(c=q(c.name)))
+        (c, m.pg_type(c.name, c.decl_type, strict), reason, cond.format(c=q(c.name)))
         for c in info.columns
-        for reason, cond in _CONDITIONS[pg_type(c.decl_type, strict)]
+        for reason, cond in _CONDITIONS[m.pg_type(c.name, c.decl_type, strict)]
     ]
     if info.null_key:  # SQLite lets such a key hold NULL; a PostgreSQL key cannot
         cond = " OR ".join(f"{q(k)} IS NULL" for k in info.key)
@@ -111,7 +110,7 @@ def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> l
                 )  # fmt: skip
                 found.append(_misfit(m, c, pg, reason, n, eg))
     for c in info.columns:
-        pg = pg_type(c.decl_type, strict)
+        pg = m.pg_type(c.name, c.decl_type, strict)
         if pg == "text":
             n, eg = _not_utf8(conn, info, c.name)
             if n:

@@ -13,6 +13,7 @@ import msgspec
 
 from cdc.errors import ConfigError
 from cdc.inventory import TableInfo
+from cdc.postgres.types import pg_type
 
 
 class TableMapping(msgspec.Struct, frozen=True):
@@ -25,6 +26,11 @@ class TableMapping(msgspec.Struct, frozen=True):
     tag_column: str | None = None  # set for merged tables
     tag: str | None = None
     drop_foreign_keys: bool = False
+    pg_types: dict[str, str] = {}  # a PostgreSQL target: column -> type, from its rule
+
+    def pg_type(self, column: str, decl_type: str, strict: bool) -> str:
+        """A column's PostgreSQL type: the rule's, or the one its affinity maps to."""
+        return self.pg_types.get(column) or pg_type(decl_type, strict)
 
 
 class SourcePlan(msgspec.Struct, frozen=True):

@@ -226,6 +226,12 @@ def _table_problems(t: TableInfo, rule: RuleConfig, name: str, path: str) -> lis
             f"table {t.name!r} of source {name!r}: a merge needs a declared primary "
             "key (this table is identified only by its rowid)"
         )
+    for col in rule.postgres_types:
+        if col not in t.column_names:
+            out.append(
+                f"table {t.name!r} of source {name!r}: `postgres_types` names no column "
+                f"{col!r} (columns: {', '.join(t.column_names)})"
+            )
     if rule.merge and rule.tag_column in t.column_names:
         out.append(
             f"table {t.name!r} of source {name!r} already has a column "
@@ -309,6 +315,7 @@ def _mapping(rule: RuleConfig, source: str, table: str) -> TableMapping:
         tag_column=rule.tag_column if rule.merge else None,
         tag=(rule.tag or source) if rule.merge else None,
         drop_foreign_keys=rule.drop_foreign_keys,
+        pg_types=dict(rule.postgres_types),
     )
 
 

@@ -95,3 +95,27 @@ def test_a_password_in_the_url_is_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError, match="carries a password") as e:
         load_config(_setup(tmp_path, url), postgres=True)
     assert "secret" not in str(e.value)
+
+
+def test_a_rule_keeps_a_column_as_text(tmp_path: Path) -> None:
+    """The corpus's common case: a DATETIME column (NUMERIC affinity) holding its times as
+    TEXT. `postgres_types` gives it `text`: those values fit, and a number written there
+    is then the misfit (nothing is converted)."""
+    make_db(
+        tmp_path / "m.db",
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, at DATETIME, n NUMERIC);"
+        "INSERT INTO notes VALUES (1, '2025-09-01 05:36:12', 1), (2, 1700000000, 2);",
+    )
+    text = (
+        f'state_dir = "state"\n[targets]\ncore = "postgresql://cdc@db1/core"\n'
+        f'[[sources]]\nname = "m"\npath = "{tmp_path}/m.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "core"\npostgres_types = {{ {cols} }}\n'
+    )
+    cfg = load_config(write_config(tmp_path, text.format(cols='at = "text"')), postgres=True)
+    got = [(m.column, m.pg_type, m.reason) for m in pg_misfits(cfg, resolve_plan(cfg))]
+    assert got == [("at", "text", "INTEGER in a text column")], got
+    with pytest.raises(ConfigError, match=r"postgres_types.at 'date'.*bigint"):
+        load_config(write_config(tmp_path, text.format(cols='at = "date"')), postgres=True)
+    cfg = load_config(write_config(tmp_path, text.format(cols='nope = "text"')), postgres=True)
+    plan = resolve_plan(cfg, strict=False)
+    assert any("`postgres_types` names no column 'nope'" in p for p in plan.problems), plan.problems

@@ -24,6 +24,7 @@ CREATE TABLE log(msg TEXT, level INTEGER);
 CREATE INDEX log_lower ON log(lower(msg));
 CREATE TABLE users(name TEXT PRIMARY KEY, email TEXT UNIQUE COLLATE NOCASE);
 CREATE TABLE trades(id TEXT PRIMARY KEY, amount NUMERIC);
+CREATE VIRTUAL TABLE notes_fts USING fts5(msg, content='log');
 CREATE INDEX trades_amount ON trades(amount);
 INSERT INTO fills(sym) VALUES ('SOL');
 INSERT INTO users VALUES (NULL, 'a@x'), ('ann', 'b@x');
@@ -99,6 +100,8 @@ def test_the_ddl_makes_the_tables_on_a_real_server(tmp_path: Path, pg) -> None:
     assert refused == [
         "a.log: index log_lower (on an expression, a collation, or partial)",
         "a.users: UNIQUE (email) compares under NOCASE",
+        "a.notes_fts: an FTS table has no PostgreSQL counterpart here (exclude it; "
+        "full-text search there is tsvector)",
     ], refused
     notes = [n for t in tables for n in t.notes]
     assert any("a.fills.note: DEFAULT lower('X') is not translated" in n for n in notes), notes
