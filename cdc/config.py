@@ -151,9 +151,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def load_config(path: str | os.PathLike[str], postgres: bool = False) -> Config:
     """Read, decode, check and absolutize a config file.
 
-    `postgres`: accept PostgreSQL targets. Only the commands that read no target take them
-    yet (`cdc check`, docs/postgres.md "Status"): everything else that opens a target
-    would take its URL for a file name."""
+    `postgres`: accept PostgreSQL targets. Only the commands built for them take them
+    (`cdc check`, `schema`, `install`, `run`, `status`; docs/postgres.md "Status"): any
+    other that opens a target would take its URL for a file name."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -189,8 +189,8 @@ def load_config(path: str | os.PathLike[str], postgres: bool = False) -> Config:
 
 def _not_yet(cfg: Config) -> list[str]:
     return [
-        f"`targets.{name}`: a PostgreSQL target is not replicated yet; `cdc check` says "
-        "whether its tables' values fit (`cdc docs postgres`)"
+        f"`targets.{name}`: a PostgreSQL target is taken only by `cdc check`, `schema`, "
+        "`install`, `run` and `status` so far (`cdc docs postgres`)"
         for name, target in cfg.targets.items()
         if is_postgres(target)
     ]

@@ -16,7 +16,9 @@ import apsw
 import msgspec
 
 from cdc.errors import TargetError
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import write_transaction
+from checkpoints.pg_store import pg_target_state
 
 TABLE = "_cdc_checkpoint"
 SOURCES = "_cdc_source_applied"
@@ -156,6 +158,8 @@ class CheckpointStore:
 def target_state(path: str) -> tuple[int, int, float | None, dict[str, int]]:
     """(applied log offset, events, when, through_seq per source) of a target, read
     without writing (0s when it has none yet): what `cdc status` and a cutover read."""
+    if is_postgres(path):
+        return pg_target_state(path)
     if not os.path.exists(path):
         return 0, 0, None, {}
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)

@@ -17,8 +17,8 @@ What it writes, by frame:
   `cdc.postgres.types`: one that type cannot carry exactly stops the apply by name, never
   converted (`cdc check` should have refused it: the legacy file changed since).
 - `TableReset`: the table's rows of that source are deleted; its fresh copy follows.
-- Marks and segment starts carry nothing for this target yet (the verifier's positions
-  come with the verifier across engines). A copy by reference and streamed values are
+- `SourceMark`: the source's position applied through (`_cdc_source_applied`, what
+  `cdc status` reads; `checkpoints.pg_store`). A copy by reference and streamed values are
   refused by name: set `daemon.snapshot_copy = "log"`; a value over the streaming size
   cannot go yet.
 
@@ -38,6 +38,7 @@ from cdc.events import (
     Op,
     RowBatch,
     RowEvent,
+    SourceMark,
     StreamedRowBatch,
     TableReset,
     TableSchema,
@@ -49,15 +50,9 @@ from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.dsn import redacted
 from cdc.postgres.types import misfit, to_pg
 from cdc.sqlident import q
+from checkpoints.pg_store import CONSUMER
+from checkpoints.pg_store import SETUP as _SETUP
 from checkpoints.store import Checkpoint
-
-CONSUMER = "replicator"
-_SETUP = (
-    "CREATE TABLE IF NOT EXISTS _cdc_checkpoint (consumer text PRIMARY KEY, "
-    "log_offset bigint NOT NULL, events bigint NOT NULL, updated_at double precision)",
-    "CREATE TABLE IF NOT EXISTS _cdc_pg_shapes (source text, tbl text, shape bytea NOT NULL, "
-    "PRIMARY KEY (source, tbl))",
-)
 
 
 class PgShape(msgspec.Struct, frozen=True):
@@ -129,6 +124,9 @@ class PgTarget:
             )
         if self.conn is None or self.conn.closed:
             self._connect()
+            now = self.load()
+            if now.offset != old.offset:  # it committed before the connection was lost
+                return now
         shapes = dict(self.shapes)
         try:
             with self.conn.transaction():
@@ -156,6 +154,15 @@ class PgTarget:
 
 
 def _frame(t: PgTarget, plan: Plan, f: object, shapes: dict) -> int:
+    if isinstance(f, SourceMark):  # the position `cdc status` reads, in the same commit
+        p = f.position
+        t.conn.execute(
+            "INSERT INTO _cdc_source_applied VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source) "
+            "DO UPDATE SET install_id = EXCLUDED.install_id, through_seq = EXCLUDED.through_seq, "
+            "events = EXCLUDED.events, updated_at = EXCLUDED.updated_at",
+            (f.source, p.install_id, p.through_seq, p.events, time.time()),
+        )
+        return 0
     source, table = getattr(f, "source", None), getattr(f, "table", None)
     m = plan.mapping(source, table) if source is not None and table is not None else None
     if m is None or m.target != t.name:

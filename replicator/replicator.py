@@ -15,7 +15,10 @@ from cdc.changelog.segments import LogReader
 from cdc.config import DaemonSettings
 from cdc.errors import TargetBusyError, TargetError
 from cdc.planning.plan import Plan
+from cdc.postgres.dsn import is_postgres
+from checkpoints.store import Checkpoint
 from replicator.apply import ApplyResult, apply_batch
+from replicator.pg_apply import PgTarget
 from replicator.target import TargetDB
 
 log = logging.getLogger(__name__)
@@ -26,14 +29,18 @@ class Replicator:
         self.plan = plan
         self.settings = settings
         self.reader = LogReader(log_dir)
-        self.targets: dict[str, TargetDB] = {}
+        self.targets: dict[str, TargetDB | PgTarget] = {}
         try:
             for name, path in sorted(plan.targets.items()):
-                self.targets[name] = TargetDB(name, path, settings.busy_timeout_ms)
+                self.targets[name] = (
+                    PgTarget(name, path)
+                    if is_postgres(path)
+                    else TargetDB(name, path, settings.busy_timeout_ms)
+                )
         except Exception:
             self.close()
             raise
-        self.checkpoints = {n: t.checkpoints.load() for n, t in self.targets.items()}
+        self.checkpoints = {n: _load(t) for n, t in self.targets.items()}
         self.last_results: dict[str, ApplyResult] = {}
         self.errors: dict[str, Exception] = {}
         self.durable: dict[str, int] = {}  # per target: the last checkpoint known durable
@@ -64,7 +71,11 @@ class Replicator:
             if not entries:
                 continue
             try:
-                res = apply_batch(target, self.plan, entries, cp, more)
+                if isinstance(target, PgTarget):
+                    moved = target.apply(self.plan, entries, cp)
+                    res = ApplyResult(moved.events - cp.events, moved)
+                else:
+                    res = apply_batch(target, self.plan, entries, cp, more)
             except TargetBusyError as e:
                 # Nothing was committed; the other targets go on, this one retries later.
                 if str(self.errors.get(name)) != str(e):  # said once, not at every retry
@@ -72,7 +83,7 @@ class Replicator:
                         "target %s: %s", name, e, extra={"target": name, "offset": cp.offset}
                     )
                 self.errors[name] = e
-                if isinstance(e.__cause__, apsw.FullError):
+                if isinstance(e.__cause__, apsw.FullError) and isinstance(target, TargetDB):
                     _give_back_wal(target)
                 continue
             if self.errors.pop(name, None) is not None:
@@ -108,6 +119,9 @@ class Replicator:
         """
         for name, t in self.targets.items():
             offset = self.checkpoints[name].offset
+            if isinstance(t, PgTarget):  # committed is durable there (synchronous_commit)
+                self.durable[name] = offset
+                continue
             try:
                 t.checkpoints.make_durable()
             except (apsw.FullError, apsw.BusyError) as e:
@@ -121,6 +135,10 @@ class Replicator:
                 continue
             self.durable[name] = offset
         return min((self.durable.get(n, 0) for n in self.checkpoints), default=0)
+
+
+def _load(t: TargetDB | PgTarget) -> Checkpoint:
+    return t.load() if isinstance(t, PgTarget) else t.checkpoints.load()
 
 
 def _give_back_wal(target) -> None:  # noqa: ANN001 - replicator.target.TargetDB

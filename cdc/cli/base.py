@@ -61,9 +61,11 @@ def _report(e: CdcError) -> None:
 _loaded: Config | None = None  # this command's config: names the key of a file error
 
 
-def _load(path: str) -> Config:
+def _load(path: str, postgres: bool = False) -> Config:
+    """`postgres`: the command takes PostgreSQL targets (`cdc check`, `schema`, `install`,
+    `run`, `status`); the others refuse a config that has one, by name."""
     global _loaded
-    _loaded = _run(lambda: load_config(path))
+    _loaded = _run(lambda: load_config(path, postgres=postgres))
     return _loaded
 
 

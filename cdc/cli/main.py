@@ -38,7 +38,7 @@ def install(config_path: str) -> None:
     """Check the mapping and install capture triggers in every legacy database."""
     from cdc.capture import install as ops
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     report = _run(lambda: ops.install(cfg))
     for s in report.sources:
         click.echo(
@@ -65,13 +65,12 @@ def uninstall(config_path: str) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
-    from cdc.config import load_config
     from cdc.planning import pg_ddl
     from cdc.planning.pg_fit import pg_misfits
     from cdc.planning.resolve import resolve_plan
     from cdc.postgres.dsn import is_postgres
 
-    cfg = cli_base._loaded = cli_base._run(lambda: load_config(config_path, postgres=True))
+    cfg = _load(config_path, postgres=True)
     plan = _run(lambda: resolve_plan(cfg))
     n = sum(len(s.tables) for s in plan.sources)
     x = sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources)
@@ -112,7 +111,7 @@ def run(config_path: str, metrics_addr: str | None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     serving = []
 
     def started(daemon) -> None:  # noqa: ANN001 - a cdc.daemon.Daemon
@@ -142,7 +141,7 @@ def status(config_path: str, as_json: bool, watch: float | None) -> None:
     from cdc.daemon.status import collect_status
     from cdc.daemon.status_view import render_status
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     prev, prev_t = None, 0.0
     try:
         while True:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cdc.cli.base import _run, cli, config_option
+from cdc.cli.base import _load, _run, cli, config_option
 
 
 @cli.command()
@@ -162,11 +162,10 @@ def plan_cmd(
 @click.option("--out", "out_dir", default=".", show_default=True, help="Folder to write into.")
 def schema(config_path: str, out_dir: str) -> None:
     """Write each target's DDL (<target>_schema.sql) and schema_comparison.md."""
-    from cdc.config import load_config
     from cdc.planning.resolve import resolve_plan
     from cdc.planning.schema_out import write_schema
 
-    cfg = _run(lambda: load_config(config_path, postgres=True))  # it reads no target
+    cfg = _load(config_path, postgres=True)  # it reads no target
     plan = _run(lambda: resolve_plan(cfg))
     for p in write_schema(plan, out_dir):
         click.echo(f"wrote {p}")

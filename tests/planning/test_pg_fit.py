@@ -65,8 +65,8 @@ def test_check_refuses_them_and_other_commands_refuse_the_target(tmp_path: Path)
         "core: bot.fills.qty (INTEGER -> bigint): 1 x TEXT in a bigint column, e.g. id=2 -> 'five'"
         in r.stderr
     )
-    r = cdc_cmd("install", "-c", str(cfg))
-    assert r.returncode == 2 and "a PostgreSQL target is not replicated yet" in r.stderr, r.stderr
+    r = cdc_cmd("verify", "-c", str(cfg))
+    assert r.returncode == 2 and "a PostgreSQL target is taken only by" in r.stderr, r.stderr
     assert not list(tmp_path.glob("postgresql*"))  # never taken for a file name
 
 
