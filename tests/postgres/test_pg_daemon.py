@@ -54,3 +54,31 @@ def test_cdc_run_replicates_into_postgresql(tmp_path: Path, pg, daemons) -> None
     assert set(seqs) == {"a", "b"}
     r = cdc_cmd("verify", "-c", str(cfg_path))
     assert r.returncode == 2 and "PostgreSQL target is taken only by" in r.stderr, r.stderr
+
+
+def test_a_mixed_plan_replicates_both_and_verifies_the_sqlite_side(
+    tmp_path: Path, pg, daemons
+) -> None:
+    """`log` goes to a SQLite target, the rest to PostgreSQL: both caught up; the verifier
+    proves the SQLite table equal and says the PostgreSQL ones are not proven."""
+    from cdc.config import load_config
+    from cdc.planning.resolve import resolve_plan
+    from verifier import select_tables, verify_tables
+
+    cfg_path = make_world(tmp_path, pg)
+    text = cfg_path.read_text().replace(
+        "[targets]\n", f'[targets]\ncache = "{tmp_path}/cache.db"\n'
+    )
+    cfg_path.write_text(text + '[[rules]]\ntable = "log"\ntarget = "cache"\n')
+    assert cdc_cmd("install", "-c", str(cfg_path)).returncode == 0
+    d = daemons(cfg_path)
+    _write(tmp_path, 0, 30)
+    d.wait_synced()
+    assert d.stop() == 0, d.output()
+    cfg, plan = load(cfg_path)
+    assert differences(cfg, plan, pg) == []  # the PostgreSQL side
+    c = load_config(cfg_path, postgres=True)
+    p = resolve_plan(c)
+    got = {t.name: (t.state, t.reason) for t in verify_tables(c, p, select_tables(p)).report.tables}
+    assert got["a.log"] == ("equal", None), got
+    assert got["a.fills"][0] == "skipped" and "PostgreSQL" in got["a.fills"][1], got

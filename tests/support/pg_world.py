@@ -112,6 +112,8 @@ def differences(cfg: Config, plan: Plan, dsn: str) -> list[str]:
         for sp in plan.sources:
             conn = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
             for m in sp.tables:
+                if plan.targets[m.target] != dsn:  # another target (a mixed plan)
+                    continue
                 info = sp.info(m.table)
                 cols = [c.name for c in info.columns]
                 types = [pg_type(c.decl_type) for c in info.columns]
