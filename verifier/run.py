@@ -185,8 +185,10 @@ class _Pass:
         tgt = self.targets[m.target]
         if self._not_compared(m):
             return self._cut_over(m)
-        if is_postgres(self.plan.targets[m.target]):
-            return _skipped(m, POSTGRES_NOT_YET)
+        if is_postgres(self.plan.targets[m.target]):  # across engines, its own protocol
+            from verifier.pg_table import verify_pg_table
+
+            return verify_pg_table(self.cfg, self.plan, m, self.settings)
         if tgt is None:
             return _skipped(m, f"target file {self.plan.targets[m.target]} does not exist")
         v = TableVerifier(src, tgt, m, self.settings, self.stop, self.on_chunk)

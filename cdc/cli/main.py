@@ -217,7 +217,7 @@ def _verify_cmd(config_path, tables, as_json, report_dir, chunk_rows, rate, do_r
     from verifier.report import render_summary, write_validation_reports
     from verifier.run import chosen_tables
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     plan = _run(lambda: with_finalized(cfg, resolve_plan(cfg)))  # finalized: named as such
     chosen = _run(lambda: chosen_tables(plan, list(tables)))
     settings = msgspec.structs.replace(

@@ -65,7 +65,7 @@ def test_check_refuses_them_and_other_commands_refuse_the_target(tmp_path: Path)
         "core: bot.fills.qty (INTEGER -> bigint): 1 x TEXT in a bigint column, e.g. id=2 -> 'five'"
         in r.stderr
     )
-    r = cdc_cmd("verify", "-c", str(cfg))
+    r = cdc_cmd("rollback", "core", "-c", str(cfg))
     assert r.returncode == 2 and "a PostgreSQL target is taken only by" in r.stderr, r.stderr
     assert not list(tmp_path.glob("postgresql*"))  # never taken for a file name
 
