@@ -19,7 +19,7 @@ import msgspec
 
 from cdc import exact_text
 from cdc.config import Config
-from cdc.inventory import TableInfo, is_strict
+from cdc.inventory import TableInfo, is_strict, key_collations
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.dsn import is_postgres
 from cdc.sqlident import q
@@ -97,6 +97,14 @@ def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> l
         checks += [(_KeyCol(info.key), "key", "NULL in the key (no PostgreSQL key holds one)",
                     f"({cond})")]  # fmt: skip
     found: list[ColumnMisfit] = []
+    colls = key_collations(conn, info.name, info.key) or []
+    odd = sorted({c for c in colls if c != "BINARY"})
+    if odd:  # no row needed: the next REPLACE by another spelling would show it
+        found.append(
+            _misfit(m, _KeyCol(info.key), "key", f"a key that compares under {'/'.join(odd)} "
+                    "(PostgreSQL keys compare bytes: a REPLACE by another spelling would leave "
+                    "both)", 0, [])
+        )  # fmt: skip
     if checks:
         sums = ", ".join(f"coalesce(sum({cond}), 0)" for *_, cond in checks)
         counts = conn.execute(f"SELECT {sums} FROM {q(info.name)}").fetchone()

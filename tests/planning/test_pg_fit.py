@@ -119,3 +119,24 @@ def test_a_rule_keeps_a_column_as_text(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, text.format(cols='nope = "text"')), postgres=True)
     plan = resolve_plan(cfg, strict=False)
     assert any("`postgres_types` names no column 'nope'" in p for p in plan.problems), plan.problems
+
+
+def test_a_key_under_nocase_is_refused(tmp_path: Path) -> None:
+    """SQLite's REPLACE of 'a' by 'A' under a NOCASE key deletes 'a' without a trigger;
+    a PostgreSQL key compares bytes and would keep both. Refused by name, with no row
+    needed to show it."""
+    make_db(tmp_path / "k.db", "CREATE TABLE t(name TEXT COLLATE NOCASE PRIMARY KEY, v);")
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            f'state_dir = "state"\n[targets]\ncore = "postgresql://cdc@db1/core"\n'
+            f'[[sources]]\nname = "k"\npath = "{tmp_path}/k.db"\n'
+            '[[rules]]\ntable = "*"\ntarget = "core"\n',
+        ),
+        postgres=True,
+    )
+    got = [m.line() for m in pg_misfits(cfg, resolve_plan(cfg))]
+    assert got == [
+        "core: k.t.name (PRIMARY KEY -> key): 0 x a key that compares under NOCASE "
+        "(PostgreSQL keys compare bytes: a REPLACE by another spelling would leave both)"
+    ], got
