@@ -65,22 +65,17 @@ def uninstall(config_path: str) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
-    from cdc.planning import pg_ddl
     from cdc.planning.pg_fit import pg_misfits
-    from cdc.planning.resolve import resolve_plan
-    from cdc.postgres.dsn import is_postgres
+    from cdc.planning.resolve import PG_REFUSED, resolve_plan
 
     cfg = _load(config_path, postgres=True)
-    plan = _run(lambda: resolve_plan(cfg))
+    plan = resolve_plan(cfg, strict=False)
+    if any(PG_REFUSED not in p for p in plan.problems):
+        plan = _run(lambda: resolve_plan(cfg))  # the problems, as every command says them
     n = sum(len(s.tables) for s in plan.sources)
     x = sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources)
-    misfits = [m.line() for m in _run(lambda: pg_misfits(cfg, plan))]
-    misfits += [
-        f"{t}: {r}: does not translate to PostgreSQL"
-        for t, target in cfg.targets.items()
-        if is_postgres(target)
-        for r in pg_ddl.refusals(plan, t)
-    ]
+    # what PostgreSQL cannot make, and the values it cannot hold: listed together
+    misfits = list(plan.problems) + [m.line() for m in _run(lambda: pg_misfits(cfg, plan))]
     if misfits:
         _fail(
             PlanError(

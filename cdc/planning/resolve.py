@@ -22,13 +22,17 @@ from cdc.errors import PlanError, SourceError
 from cdc.fsutil import safe_component
 from cdc.guard import is_guard, is_guard_conn
 from cdc.inventory import TableInfo, affinity, list_tables, rowid_note
-from cdc.planning import ddl
+from cdc.planning import ddl, pg_ddl
 from cdc.planning.plan import Plan, SourcePlan, TableMapping
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import open_legacy
 
 log = logging.getLogger(__name__)
 
 LOCKED_START_WAIT = 600.0  # seconds a starting daemon waits for a source a bot keeps locked
+
+
+PG_REFUSED = "does not translate to PostgreSQL"
 
 
 def resolve_plan(
@@ -63,6 +67,12 @@ def resolve_plan(
     plan = Plan(targets=dict(cfg.targets), sources=plans)
     problems.extend(ddl.check_names(plan))
     problems.extend(bigrows.width_problems(plan))  # tables a target cannot hold
+    problems.extend(  # what a PostgreSQL target cannot make as the legacy table behaves
+        f"{t}: {r}: {PG_REFUSED} (`cdc docs postgres`)"
+        for t, where in sorted(plan.targets.items())
+        if is_postgres(where)
+        for r in pg_ddl.refusals(plan, t)
+    )
     if problems and not strict:
         return Plan(
             targets=dict(cfg.targets),
