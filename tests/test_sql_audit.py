@@ -336,6 +336,9 @@ REVIEWED = {
     "cdc/planning/pg_fit.py: {cond}": "_CONDITIONS formatted with q()-quoted columns, or "
     "q()-quoted key columns IS NULL",
     "cdc/planning/pg_fit.py: {sums}": "sum() over those conditions",
+    "verifier/pg_table.py: {' AND '.join(conds)}": "range and tag conditions over q()-quoted "
+    'keys (with COLLATE BINARY or "C") and %s/? marks',
+    "verifier/pg_table.py: {where}": "WHERE over those conditions, or empty",
     "replicator/pg_apply.py: {want}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY",
     "cdc/pool/opening.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
     "cdc/demo/generator.py: {spec.journal}": "the demo's own journal mode constants",
