@@ -152,7 +152,7 @@ def load_config(path: str | os.PathLike[str], postgres: bool = False) -> Config:
     """Read, decode, check and absolutize a config file.
 
     `postgres`: accept PostgreSQL targets. Only the commands built for them take them
-    (`cdc check`, `schema`, `install`, `run`, `status`, `verify`; docs/postgres.md): any
+    (`cdc check`, `schema`, `install`, `run`, `status`, `verify`, `wait`; docs/postgres.md): any
     other that opens a target would take its URL for a file name."""
     path = Path(path)
     try:
@@ -190,7 +190,7 @@ def load_config(path: str | os.PathLike[str], postgres: bool = False) -> Config:
 def _not_yet(cfg: Config) -> list[str]:
     return [
         f"`targets.{name}`: a PostgreSQL target is taken only by `cdc check`, `schema`, "
-        "`install`, `run`, `status` and `verify` so far (`cdc docs postgres`)"
+        "`install`, `run`, `status`, `verify` and `wait` so far (`cdc docs postgres`)"
         for name, target in cfg.targets.items()
         if is_postgres(target)
     ]

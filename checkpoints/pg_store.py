@@ -14,6 +14,8 @@ SETUP = (
     "updated_at double precision)",
     "CREATE TABLE IF NOT EXISTS _cdc_pg_shapes (source text, tbl text, shape bytea NOT NULL, "
     "PRIMARY KEY (source, tbl))",
+    # tables whose initial copy the target has whole (forgotten at a reset)
+    "CREATE TABLE IF NOT EXISTS _cdc_snapshots (source text, tbl text, PRIMARY KEY (source, tbl))",
 )
 
 
@@ -39,3 +41,18 @@ def pg_target_state(dsn: str) -> tuple[int, int, float | None, dict[str, int]]:
     except psycopg.OperationalError:
         return 0, 0, None, {}
     return (row[0], row[1], row[2], seqs) if row else (0, 0, None, seqs)
+
+
+def pg_snapshots_done(dsn: str, source: str) -> set[str]:
+    """The tables of `source` whose initial copy the target has whole (none when the
+    server cannot be reached: "copying" is the safe answer)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as c:
+            if c.execute("SELECT to_regclass('_cdc_snapshots')").fetchone()[0] is None:
+                return set()
+            rows = c.execute("SELECT tbl FROM _cdc_snapshots WHERE source = %s", (source,))
+            return {r[0] for r in rows}
+    except psycopg.OperationalError:
+        return set()

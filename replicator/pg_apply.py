@@ -164,6 +164,12 @@ def _frame(t: PgTarget, plan: Plan, f: object, shapes: dict) -> int:
             "events = EXCLUDED.events, updated_at = EXCLUDED.updated_at",
             (f.source, p.install_id, p.through_seq, p.events, time.time()),
         )
+        done = [(f.source, c.table) for c in p.snapshots if c.done]
+        if done:
+            with t.conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO _cdc_snapshots VALUES (%s, %s) ON CONFLICT DO NOTHING", done
+                )
         return 0
     source, table = getattr(f, "source", None), getattr(f, "table", None)
     m = plan.mapping(source, table) if source is not None and table is not None else None
@@ -174,7 +180,10 @@ def _frame(t: PgTarget, plan: Plan, f: object, shapes: dict) -> int:
         return 0
     if isinstance(f, RowBatch) and not isinstance(f, StreamedRowBatch):
         return _rows(t, m, f, shapes)
-    if isinstance(f, TableReset):
+    if isinstance(f, TableReset):  # its fresh copy follows: not whole until that is done
+        t.conn.execute(
+            "DELETE FROM _cdc_snapshots WHERE source = %s AND tbl = %s", (m.source, m.table)
+        )
         shape = shapes.get((m.source, m.table))
         if shape is not None:
             where, args = _tag(shape)

@@ -43,6 +43,7 @@ from cdc.sqlconn import open_legacy
 from cdc.sqlident import q
 from replicator.pg_apply import PgShape
 from verifier.model import KeyDiff, TableResult
+from verifier.table import COPYING
 from verifier.values import chunk_digest, digest, encode, render_row
 
 
@@ -88,9 +89,13 @@ class _Table:
             "SELECT shape FROM _cdc_pg_shapes WHERE source = %s AND tbl = %s",
             (self.m.source, self.m.table),
         ).fetchone()
+        done = self.tgt.execute(
+            "SELECT 1 FROM _cdc_snapshots WHERE source = %s AND tbl = %s",
+            (self.m.source, self.m.table),
+        ).fetchone()
         self.tgt.rollback()
-        if not info.columns or row is None:
-            _end(self.r, "skipped", "not copied into the target yet")
+        if not info.columns or row is None or done is None:
+            _end(self.r, "skipped", COPYING)  # rows not there yet are no difference
             return
         self.shape = msgspec.msgpack.decode(row[0], type=PgShape)
         self.info = info

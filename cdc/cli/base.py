@@ -63,7 +63,7 @@ _loaded: Config | None = None  # this command's config: names the key of a file 
 
 def _load(path: str, postgres: bool = False) -> Config:
     """`postgres`: the command takes PostgreSQL targets (`cdc check`, `schema`, `install`,
-    `run`, `status`, `verify`); the others refuse a config that has one, by name."""
+    `run`, `status`, `verify`, `wait`); the others refuse a config that has one, by name."""
     global _loaded
     _loaded = _run(lambda: load_config(path, postgres=postgres))
     return _loaded

@@ -260,7 +260,7 @@ def wait(config_path: str, targets: tuple[str, ...], zero_lag: bool, timeout: fl
     from cdc.planning.resolve import resolve_plan
     from cdc.status_file import daemon_state, read_status
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     plan = _run(lambda: resolve_plan(cfg))
     unknown = [t for t in targets if t not in plan.targets]
     if unknown:

@@ -17,7 +17,9 @@ from cdc.capture import triggers as capture
 from cdc.config import Config
 from cdc.errors import SourceError
 from cdc.planning.plan import Plan
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import open_legacy
+from checkpoints.pg_store import pg_snapshots_done
 from checkpoints.store import SNAPSHOTS, target_state
 
 
@@ -41,6 +43,8 @@ def applied_seq(target_path: str, source: str) -> int:
 
 
 def snapshots_done(target_path: str, source: str) -> set[str]:
+    if is_postgres(target_path):
+        return pg_snapshots_done(target_path, source)
     try:
         conn = apsw.Connection(target_path, flags=apsw.SQLITE_OPEN_READONLY)
     except apsw.CantOpenError:

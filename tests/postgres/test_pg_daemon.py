@@ -40,6 +40,8 @@ def test_cdc_run_replicates_into_postgresql(tmp_path: Path, pg, daemons) -> None
     _write(tmp_path, 40, 40)  # while it is down
     d = daemons(cfg_path)
     _write(tmp_path, 80, 40)
+    r = cdc_cmd("wait", "--zero-lag", "core", "-c", str(cfg_path), "--timeout", "60")
+    assert r.returncode == 0, (r.stdout, r.stderr)  # caught up by capture sequences
     d.wait_synced()
     cfg, plan = load(cfg_path)
     assert differences(cfg, plan, pg) == []

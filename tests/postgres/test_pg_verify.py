@@ -94,3 +94,30 @@ def test_rows_ahead_of_the_target_are_unsettled_never_equal(synced) -> None:
     cap.sync()
     _apply_all(cfg, plan, synced[4])
     assert _verify(cfg, plan, "fills").state == "equal"
+
+
+def test_a_table_whose_initial_copy_is_not_applied_is_not_judged(tmp_path: Path, pg) -> None:
+    """Mid-copy the target lacks rows the snapshot has not brought yet: "skipped" (the
+    initial copy is in progress), not a false "diverged" and never "equal"; and the
+    cutover's lag check sees the copy missing."""
+    from cdc.cutover.lag import lag
+
+    cfg, plan = load(make_world(tmp_path, pg))
+    cap = Capture(cfg, plan)
+    h = next(h for h in cap.harvesters if h.plan.name == "a")
+    h.snapshot_chunk()  # a first chunk only (2 rows of fills)
+    target = PgTarget("core", pg)
+    try:
+        _apply_all(cfg, plan, target)
+        r = _verify(cfg, plan, "fills")
+        assert r.state == "skipped" and "initial copy" in r.reason, r
+        [a] = [s for s in lag(cfg, plan, ["core"]) if s.source == "a"]
+        assert "fills -> core" in a.copying, a
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert _verify(cfg, plan, "fills").state == "equal"
+        [a] = [s for s in lag(cfg, plan, ["core"]) if s.source == "a"]
+        assert a.copying == [] and a.behind == 0, a
+    finally:
+        target.close()
+        cap.close()
