@@ -18,7 +18,8 @@ The protocol is the SQLite verifier's, across engines:
   the target's after `cdc.postgres.types.from_pg`: equal means the same storage class and
   bytes. The digests are over those encodings, chunk by chunk, in key order.
 - Shape: every legacy column must be in the target table with the type the plan gives it
-  (`TableMapping.pg_type`); otherwise the table is diverged by its shape, rows unread.
+  (`TableMapping.pg_type`), and a copied table has no other column (but a keyless
+  table's rowid); otherwise the table is diverged by its shape, rows unread.
 - A legacy row whose key holds NULL (SQLite allows it in a rowid table) has no place in a
   PostgreSQL key: each is a difference.
 
@@ -124,6 +125,9 @@ class _Table:
                 out.append(f"column {q(c.name)}: legacy only")
             elif have[c.name] != ty:
                 out.append(f"column {q(c.name)}: {ty} by the plan, {have[c.name]} in target")
+        if self.m.tag_column is None:  # a merged table holds its other members' columns
+            mine = {c.name for c in self.info.columns} | set(self.shape.key)
+            out += [f"column {q(n)}: target only" for n in have if n not in mine]
         return out
 
     # -- chunks ----------------------------------------------------------------------------

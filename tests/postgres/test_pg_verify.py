@@ -121,3 +121,15 @@ def test_a_table_whose_initial_copy_is_not_applied_is_not_judged(tmp_path: Path,
     finally:
         target.close()
         cap.close()
+
+
+def test_a_column_only_the_target_has_is_a_shape_difference(synced, pg) -> None:
+    """A copied table's target column the legacy table lacks (a column the legacy side
+    renamed or dropped, which the PostgreSQL apply does not follow by rebuilding yet) is
+    named, not passed over; a merged table's other members' columns are expected."""
+    _, cfg, plan, _, _ = synced
+    with psycopg.connect(pg, autocommit=True) as c:
+        c.execute("ALTER TABLE fills ADD COLUMN old_name text")
+    r = _verify(cfg, plan, "fills")
+    assert r.state == "diverged" and 'column "old_name": target only' in r.shape, r
+    assert _verify(cfg, plan, "pos").state == "equal"  # b's `extra` column is expected
