@@ -9,8 +9,9 @@ reads back from the target itself, and nothing is applied twice.
 What it writes, by frame:
 - `TableSchema`: the target table (`cdc.planning.pg_ddl`, from the plan), recorded with
   its shape in `_cdc_pg_shapes` (a restart mid-log finds the shapes there, past their
-  frames). A column a member or a bot adds later is added with its mapped type; any other
-  reshape is refused by name (not built yet).
+  frames). A column a member or a bot adds later is added with its mapped type; a copied
+  table follows a column renamed, dropped or retyped once the harvester's reset emptied
+  it (`_narrow`); a changed key is refused by name.
 - `RowBatch`: each upsert as `INSERT ... ON CONFLICT (key) DO UPDATE`, after deleting the
   rows that hold one of the new row's UNIQUE values under another key (what SQLite's
   REPLACE does in a SQLite target); each delete by its key. Every value goes through
@@ -223,6 +224,8 @@ def _schema(
             (m.target_table,),
         )
     }
+    if m.tag_column is None:
+        _narrow(t, m, f, strict, have)
     for c in f.columns:
         want = m.pg_type(c.name, c.decl_type, strict)
         if c.name not in have:
@@ -230,8 +233,8 @@ def _schema(
         elif have[c.name] != want:
             raise TargetError(
                 f"{t.where}: {m.source}.{m.table}.{c.name} is now {want}, "
-                f"{m.target_table}.{c.name} is {have[c.name]}: a reshape PostgreSQL targets "
-                "cannot follow yet"
+                f"{m.target_table}.{c.name} is {have[c.name]}: a merged table keeps its "
+                "members' column types"
             )
     shape = _shape(plan, m, f, strict)
     if old is not None and old.key != shape.key:
@@ -242,6 +245,38 @@ def _schema(
         (m.source, m.table, msgspec.msgpack.encode(shape)),
     )
     return shape
+
+
+def _narrow(t: PgTarget, m: TableMapping, f: TableSchema, strict: bool, have: dict) -> None:
+    """A copied table whose legacy side renamed, dropped or retyped a column: the
+    harvester resets the table before such a schema, so it holds no rows now, and follows
+    it: the columns the legacy table no longer has are dropped, a retyped one changes type
+    (in `have`, which is updated). One that still holds rows is refused by name, rather
+    than keeping values in a column the legacy table no longer has."""
+    names = {c.name for c in f.columns}
+    keep = names | ({pg_ddl.rowid_alias(list(names))} if not f.key else set())
+    gone = [n for n in have if n not in keep]
+    retyped = [
+        (c.name, m.pg_type(c.name, c.decl_type, strict))
+        for c in f.columns
+        if c.name in have and have[c.name] != m.pg_type(c.name, c.decl_type, strict)
+    ]
+    if not gone and not retyped:
+        return
+    table = q(m.target_table)
+    if t.conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+        raise TargetError(
+            f"{t.where}: {m.source}.{m.table} changed its columns "
+            f"({', '.join(gone + [n for n, _ in retyped])}) while {m.target_table} still "
+            "holds its rows: not followed",
+            hint="the harvester resets a table before such a change; start this target over",
+        )
+    for n in gone:
+        t.conn.execute(f"ALTER TABLE {table} DROP COLUMN {q(n)}")
+        del have[n]
+    for n, ty in retyped:
+        t.conn.execute(f"ALTER TABLE {table} ALTER COLUMN {q(n)} TYPE {ty} USING NULL")
+        have[n] = ty
 
 
 def _shape(plan: Plan, m: TableMapping, f: TableSchema, strict: bool) -> PgShape:

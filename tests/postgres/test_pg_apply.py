@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from cdc.changelog.segments import LogReader
@@ -195,5 +196,36 @@ def test_a_large_batch_lands_exactly_the_copy_way(world, pg) -> None:
         _apply_all(cfg, plan, target, frames=1000)
         assert differences(cfg, plan, pg) == []
         assert target.load().events == count_log(cfg, plan).events
+    finally:
+        target.close()
+
+
+def test_a_column_the_legacy_table_renames_or_drops_is_followed(world, pg) -> None:
+    """The harvester resets a table before a narrowing schema; the PostgreSQL table then
+    holds none of its rows and follows: the old columns go, the new ones come, and the
+    rows copied again land exactly (the verifier would name a column left behind)."""
+    root, cfg, plan, cap = world
+    cap.sync()
+    target = PgTarget("core", pg)
+    try:
+        _apply_all(cfg, plan, target)
+        a = sqlite3.connect(root / "a.db", isolation_level=None)
+        a.execute("ALTER TABLE fills RENAME COLUMN qty TO amount")
+        a.execute("ALTER TABLE fills DROP COLUMN raw")
+        a.execute("INSERT INTO fills(sym, px, amount) VALUES ('NEW', 1.25, 7)")
+        a.close()
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        with psycopg.connect(pg) as c:
+            cols = [
+                r[0]
+                for r in c.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'fills' ORDER BY ordinal_position"
+                )
+            ]
+        assert "qty" not in cols and "raw" not in cols and "amount" in cols, cols
+        cfg2, plan2 = load(root / "cdc.toml")  # the plan as the legacy files are now
+        assert differences(cfg2, plan2, pg) == []
     finally:
         target.close()
