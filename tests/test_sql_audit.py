@@ -339,6 +339,8 @@ REVIEWED = {
     "verifier/pg_table.py: {' AND '.join(conds)}": "range and tag conditions over q()-quoted "
     'keys (with COLLATE BINARY or "C") and %s/? marks',
     "verifier/pg_table.py: {where}": "WHERE over those conditions, or empty",
+    "replicator/pg_apply.py: {ty}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY "
+    "(or a rule's, checked against them by the config)",
     "replicator/pg_apply.py: {want}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY",
     "cdc/pool/opening.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
     "cdc/demo/generator.py: {spec.journal}": "the demo's own journal mode constants",

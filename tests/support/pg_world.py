@@ -111,6 +111,7 @@ def differences(cfg: Config, plan: Plan, dsn: str) -> list[str]:
     with psycopg.connect(dsn) as pg:
         for sp in plan.sources:
             conn = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
+            conn.set_busy_timeout(10_000)  # a running daemon trims its capture table
             for m in sp.tables:
                 if plan.targets[m.target] != dsn:  # another target (a mixed plan)
                     continue
