@@ -27,7 +27,7 @@ from cdc.application.path_refs import PathSite, find_paths
 from cdc.application.pyscope import Folded, Module, tail_parts
 from cdc.application.sql_refs import SqlSite, SqlTable, find_sql
 from cdc.config import Config
-from cdc.errors import ConfigError
+from cdc.errors import ConfigError, UnreviewedReferences
 
 REVIEWED = re.compile(r"#\s*cdc-refs:\s*reviewed\b")
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "site-packages", "node_modules", ".tox"}
@@ -102,6 +102,22 @@ def _holds(r: Reference, stage: str | None) -> bool:
 def refs_gate(paths: list[str], cfg: Config, stage: str | None) -> RefsReport:
     """For a cutover: the references the stage would leave pointing at moved data."""
     return find_refs(paths, legacy_names(cfg), stage)
+
+
+def require_reviewed(paths: list[str], cfg: Config, stage: str) -> int:
+    """The cutover's gate (`cdc cutover --refs`), before any fence: the code the stage's
+    bots run must not still name what moves. Returns the files read."""
+    report = refs_gate(paths, cfg, stage)
+    left = report.unreviewed(stage)
+    if left:
+        first, src = left[0], " ".join(paths)
+        raise UnreviewedReferences(
+            f"{stage}: {len(left)} unreviewed reference(s) to its legacy files or tables in "
+            f"{src} (first: {first.file}:{first.line}: {first.action}); nothing was fenced",
+            hint=f"`cdc refs {src} --stage {stage}` lists them: change the code, or mark a "
+            "line `# cdc-refs: reviewed` once it is right",
+        )
+    return report.files_scanned
 
 
 def find_refs(paths: list[str], names: LegacyNames, stage: str | None = None) -> RefsReport:

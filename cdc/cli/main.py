@@ -66,12 +66,10 @@ def uninstall(config_path: str) -> None:
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
     from cdc.planning.pg_fit import pg_misfits
-    from cdc.planning.resolve import PG_REFUSED, resolve_plan
+    from cdc.planning.resolve import review_plan
 
     cfg = _load(config_path, postgres=True)
-    plan = resolve_plan(cfg, strict=False)
-    if any(PG_REFUSED not in p for p in plan.problems):
-        plan = _run(lambda: resolve_plan(cfg))  # the problems, as every command says them
+    plan = _run(lambda: review_plan(cfg))
     n = sum(len(s.tables) for s in plan.sources)
     x = sum(len(s.excluded) + len(s.uncapturable) for s in plan.sources)
     # what PostgreSQL cannot make, and the values it cannot hold: listed together
@@ -336,24 +334,10 @@ def cutover(
 
 
 def _refs_gate(cfg, target: str, src: list[str]) -> None:  # noqa: ANN001 - a Config
-    """Before any fence: the code the stage's bots run must not still name what moves."""
-    from cdc.application.refs import refs_gate
-    from cdc.errors import UnreviewedReferences
+    from cdc.application.refs import require_reviewed
 
-    report = refs_gate(src, cfg, target)
-    left = report.unreviewed(target)
-    if left:
-        first = left[0]
-        raise UnreviewedReferences(
-            f"{target}: {len(left)} unreviewed reference(s) to its legacy files or tables in "
-            f"{' '.join(src)} (first: {first.file}:{first.line}: {first.action}); nothing "
-            "was fenced",
-            hint=f"`cdc refs {' '.join(src)} --stage {target}` lists them: change the code, "
-            "or mark a line `# cdc-refs: reviewed` once it is right",
-        )
-    click.echo(
-        f"{target}: cdc refs: no unreviewed reference in {report.files_scanned} Python files"
-    )
+    n = require_reviewed(src, cfg, target)
+    click.echo(f"{target}: cdc refs: no unreviewed reference in {n} Python files")
 
 
 @cli.command()

@@ -162,13 +162,10 @@ def plan_cmd(
 @click.option("--out", "out_dir", default=".", show_default=True, help="Folder to write into.")
 def schema(config_path: str, out_dir: str) -> None:
     """Write each target's DDL (<target>_schema.sql) and schema_comparison.md."""
-    from cdc.planning.resolve import PG_REFUSED, resolve_plan
+    from cdc.planning.resolve import review_plan
     from cdc.planning.schema_out import write_schema
 
     cfg = _load(config_path, postgres=True)  # it reads no target
-    plan = resolve_plan(cfg, strict=False)
-    if any(PG_REFUSED not in p for p in plan.problems):
-        plan = _run(lambda: resolve_plan(cfg))  # the problems, as every command says them
-    # else only what PostgreSQL cannot make: written in the file, for review (-- REFUSED)
+    plan = _run(lambda: review_plan(cfg))  # what PostgreSQL cannot make: marked REFUSED
     for p in write_schema(plan, out_dir):
         click.echo(f"wrote {p}")

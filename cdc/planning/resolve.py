@@ -258,6 +258,16 @@ def _source_key(cfg: Config, path: str) -> str:
     return "source"
 
 
+def review_plan(cfg: Config) -> Plan:
+    """The plan for the commands that show what a PostgreSQL target cannot make rather than
+    stop at it (`cdc check` lists it with the values that do not fit, `cdc schema` writes
+    it marked REFUSED): lenient for those problems only, strict (PlanError) for any other."""
+    plan = resolve_plan(cfg, strict=False)
+    if any(PG_REFUSED not in p for p in plan.problems):
+        return resolve_plan(cfg)
+    return plan
+
+
 def excluded_by_rule(cfg: Config, source: str, table: str) -> bool:
     rule, _ = _match(cfg.rules, source, table)
     return rule is not None and rule.exclude
