@@ -190,7 +190,8 @@ def load_config(path: str | os.PathLike[str], postgres: bool = False) -> Config:
 def _not_yet(cfg: Config) -> list[str]:
     return [
         f"`targets.{name}`: a PostgreSQL target is taken only by `cdc check`, `schema`, "
-        "`install`, `run`, `status`, `verify` and `wait` so far (`cdc docs postgres`)"
+        "`install`, `run`, `status`, `verify`, `wait`, `cutover`, `rollback` and `finalize` "
+        "so far (`cdc docs postgres`)"
         for name, target in cfg.targets.items()
         if is_postgres(target)
     ]

@@ -48,6 +48,7 @@ from cdc.events import (
 from cdc.inventory import is_strict
 from cdc.planning import pg_ddl
 from cdc.planning.plan import Plan, TableMapping
+from cdc.postgres import way_back
 from cdc.postgres.dsn import redacted
 from cdc.postgres.types import misfit, to_pg
 from cdc.sqlident import q
@@ -87,6 +88,7 @@ class PgTarget:
         try:
             self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
             with self.conn.transaction():
+                way_back.mark_ours(self.conn)  # our writes pass a rollback's fences
                 for sql in _SETUP:
                     self.conn.execute(sql)
                 self.conn.execute(
@@ -226,6 +228,7 @@ def _schema(
     }
     if m.tag_column is None:
         _narrow(t, m, f, strict, have)
+    _loosen(t, m, f)
     for c in f.columns:
         want = m.pg_type(c.name, c.decl_type, strict)
         if c.name not in have:
@@ -277,6 +280,25 @@ def _narrow(t: PgTarget, m: TableMapping, f: TableSchema, strict: bool, have: di
     for n, ty in retyped:
         t.conn.execute(f"ALTER TABLE {table} ALTER COLUMN {q(n)} TYPE {ty} USING NULL")
         have[n] = ty
+
+
+def _loosen(t: PgTarget, m: TableMapping, f: TableSchema) -> None:
+    """A NOT NULL the legacy table no longer declares (a bot rebuilt it without) is
+    dropped here too: its next NULL would stop the apply. The key's stays (no key holds
+    NULL in PostgreSQL: `cdc check` counts such rows)."""
+    if not f.create_sql:
+        return
+    keep = pg_ddl.not_null_columns(f.create_sql) | {k.lower() for k in f.key}
+    mine = {c.name.lower() for c in f.columns}
+    declared = t.conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = %s AND is_nullable = 'NO'",
+        (m.target_table,),
+    )
+    key = set(way_back.key_columns(t.conn, m.target_table))
+    for (name,) in list(declared):
+        if name.lower() in mine and name.lower() not in keep and name not in key:
+            t.conn.execute(f"ALTER TABLE {q(m.target_table)} ALTER COLUMN {q(name)} DROP NOT NULL")
 
 
 def _shape(plan: Plan, m: TableMapping, f: TableSchema, strict: bool) -> PgShape:

@@ -324,6 +324,16 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
+    "cdc/postgres/way_back.py: {', '.join(keyed + picked)}": "q()-quoted key and column names "
+    "with a PostgreSQL type name read from the catalog (format_type)",
+    "cdc/postgres/way_back.py: {_fn('cap', t)}": "_fn(): a fixed prefix and hex digits",
+    "cdc/postgres/way_back.py: {_fn('cap', table)}": "_fn(): a fixed prefix and hex digits",
+    "cdc/postgres/way_back.py: {_fn('fence', t)}": "_fn(): a fixed prefix and hex digits",
+    "cdc/postgres/way_back.py: {_fn('trunc', t)}": "_fn(): a fixed prefix and hex digits",
+    "cdc/postgres/way_back.py: {_fn(prefix, t)}": "_fn(): a fixed prefix and hex digits",
+    "cdc/postgres/way_back.py: {name}": "_fn(): a fixed prefix and hex digits",
+    "cdc/postgres/way_back.py: {join}": "q()-quoted key names = key text cast to the catalog's "
+    "type name",
     "cdc/application/query_plans.py: {', '.join(cols)}": "a suggested index's terms: q()-quoted "
     "columns, each with a q()-quoted collation and DESC (_legacy_columns)",
     "cdc/planning/ddl.py: {', '.join([tag, *terms])}": "q(tag), then a member's unique terms: "

@@ -465,11 +465,13 @@ class Harvester(SchemaLook):
         """Whether this chunk goes as a key range the apply side copies inside SQLite
         (`CopyRange`), not as rows through the log. Not the rows whose key holds a NULL
         (no range reaches them), nor a file whose text is not UTF-8 (SQLite attaches a
-        file only to a connection of the same encoding). `"auto"`: only a table of more
+        file only to a connection of the same encoding), nor a table bound for a target
+        that takes rows only (PostgreSQL). `"auto"`: only a table of more
         than `AUTO_ROWS` rows, looked at once per table (a walk of that many keys):
         a smaller one costs the log little and stays replayable by `cdc rebuild`."""
         mode = self.settings.snapshot_copy
-        if mode == "log" or cur.nulls:
+        m = next((m for m in self.plan.tables if m.table == cur.table), None)
+        if mode == "log" or cur.nulls or (m is not None and m.rows_only):
             return False
         if self._utf8 is None:
             (enc,) = self.conn.execute("PRAGMA encoding").fetchone()

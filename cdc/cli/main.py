@@ -65,7 +65,7 @@ def uninstall(config_path: str) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the config and the table mapping against the legacy files, changing nothing."""
-    from cdc.planning.pg_fit import pg_misfits
+    from cdc.planning.pg_fit import pg_misfits, pg_orphans
     from cdc.planning.resolve import review_plan
 
     cfg = _load(config_path, postgres=True)
@@ -83,6 +83,8 @@ def check(config_path: str) -> None:
                 "rows, or map the table to a SQLite target",
             )
         )
+    for w in _run(lambda: pg_orphans(cfg, plan)):  # the keys are added NOT VALID
+        click.echo(f"warning: {w.line()}", err=True)
     click.echo(f"ok: {len(plan.sources)} sources, {n} tables mapped, {x} excluded")
 
 
@@ -319,7 +321,7 @@ def cutover(
     from cdc.cutover import cutover as co
     from cdc.planning.resolve import resolve_plan
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     plan = _run(lambda: resolve_plan(cfg))
     if do_abort:
         _run(lambda: co.abort(cfg, plan, target, echo=click.echo))
@@ -354,7 +356,7 @@ def rollback(config_path: str, target: str, do_abort: bool, drain_timeout: float
     from cdc.cutover import rollback as rb
     from cdc.planning.resolve import resolve_plan
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     plan = _run(lambda: resolve_plan(cfg))
     if do_abort:
         _run(lambda: rb.abort(cfg, plan, target, echo=click.echo))
@@ -379,7 +381,7 @@ def finalize(config_path: str, target: str, archive_dir: str | None) -> None:
     from cdc.cutover.finalize import finalize as run_finalize
     from cdc.planning.resolve import resolve_plan
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, postgres=True)
     plan = _run(lambda: resolve_plan(cfg))
     m = _run(lambda: run_finalize(cfg, plan, target, archive_dir, echo=click.echo))
     click.echo(f"{target}: finalized; {len(m.files)} files archived, {len(m.waiting)} waiting")

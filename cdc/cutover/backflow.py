@@ -39,6 +39,9 @@ from cdc.cutover.target_capture import TOUCHED, BackflowError, key_columns
 from cdc.events import Op, RowEvent
 from cdc.inventory import TableInfo, schema_version, table_info
 from cdc.planning.plan import Plan, TableMapping
+from cdc.postgres import way_back
+from cdc.postgres.connect import connect
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import (
     allow_writes,
     open_legacy,
@@ -100,9 +103,7 @@ class Backflow:
         self.routes: dict[str, dict[str | None, TableMapping]] = {}
         for m in maps:
             self.routes.setdefault(m.target_table, {})[m.tag] = m
-        self.tconn = open_target(self.path, self.settings.busy_timeout_ms)
-        self.tbusy = set_busy_timeout(self.tconn, self.settings.busy_timeout_ms)
-        self.install_id = capture.install_id(self.tconn)
+        self.install_id = self._open_target()
         if self.install_id is None:
             raise BackflowError(
                 f"{self.path}: the target's tables are not captured (cut over before the "
@@ -124,6 +125,12 @@ class Backflow:
         self._linfos: dict[tuple[str, str], TableInfo] = {}
         self._lversion: dict[str, int] = {}
         self._last_flush = time.monotonic()
+
+    def _open_target(self) -> str | None:
+        """Open the target; its capture's install id (None: not captured)."""
+        self.tconn = open_target(self.path, self.settings.busy_timeout_ms)
+        self.tbusy = set_busy_timeout(self.tconn, self.settings.busy_timeout_ms)
+        return capture.install_id(self.tconn)
 
     def close(self) -> None:
         for c in [self.tconn, *self.lconns.values()]:
@@ -153,6 +160,29 @@ class Backflow:
         the checkpoints of files with nothing to apply up to date at once. `fenced`: the
         target is fenced by a rollback, and a table changed under the fence is passed
         over (`cdc.backflow_kept`)."""
+        through, changed = self._read(fenced)
+        per_source = self._route(changed)
+        moved = 0
+        flush = eager or time.monotonic() - self._last_flush >= self.settings.trim_interval
+        for source in sorted(self.paths):
+            done = self.applied[source]
+            items = [
+                (m, info, [e for e in evs if e.seq > done])
+                for m, info, evs in per_source.get(source, [])
+            ]
+            items = [i for i in items if i[2]]
+            if items or (flush and done < through):
+                moved += self._apply(source, items, through)
+        self.read_through = through
+        self.events += moved
+        if flush:
+            self._last_flush = time.monotonic()
+            self._trim()
+        return moved
+
+    def _read(self, fenced: bool) -> tuple[int, list[tuple[TableInfo, list[RowEvent]]]]:
+        """The target's next batch of changes: how far it reaches, and per target table its
+        events (rows as they are now), in one read transaction."""
         t = self.tconn
         with read_transaction(t):
             tids = capture.installed_tables(t)
@@ -173,25 +203,7 @@ class Backflow:
                     evs = changes.read_changes(t, self._tinfos[name], tid, self.read_through, hi)
                     if evs:
                         changed.append((self._tinfos[name], evs))
-        through = hi if hi is not None else self.read_through
-        per_source = self._route(changed)
-        moved = 0
-        flush = eager or time.monotonic() - self._last_flush >= self.settings.trim_interval
-        for source in sorted(self.paths):
-            done = self.applied[source]
-            items = [
-                (m, info, [e for e in evs if e.seq > done])
-                for m, info, evs in per_source.get(source, [])
-            ]
-            items = [i for i in items if i[2]]
-            if items or (flush and done < through):
-                moved += self._apply(source, items, through)
-        self.read_through = through
-        self.events += moved
-        if flush:
-            self._last_flush = time.monotonic()
-            self._trim()
-        return moved
+        return (hi if hi is not None else self.read_through), changed
 
     def _refresh_target_infos(self) -> None:
         version = schema_version(self.tconn)
@@ -410,11 +422,7 @@ class Backflow:
 
 def legacy_applied(cfg: Config, plan: Plan, target: str) -> dict[str, int]:
     """Each legacy file's backflow checkpoint, read from the files (for `cdc rollback`)."""
-    tconn = open_target(plan.targets[target], cfg.daemon.busy_timeout_ms)
-    try:
-        iid = capture.install_id(tconn) or ""
-    finally:
-        tconn.close()
+    iid = target_install_id(cfg, plan.targets[target])
     out = {}
     for source in sorted({m.source for m in plan.stage(target)}):
         conn = open_legacy(plan.source(source).path, cfg.daemon.busy_timeout_ms, readonly=True)
@@ -423,3 +431,15 @@ def legacy_applied(cfg: Config, plan: Plan, target: str) -> dict[str, int]:
         finally:
             conn.close()
     return out
+
+
+def target_install_id(cfg: Config, path: str) -> str:
+    """The install id of a target's capture ("" when it has none)."""
+    if is_postgres(path):
+        with connect(path, autocommit=True) as conn:
+            return way_back.install_id(conn) or ""
+    tconn = open_target(path, cfg.daemon.busy_timeout_ms)
+    try:
+        return capture.install_id(tconn) or ""
+    finally:
+        tconn.close()

@@ -35,10 +35,7 @@ they were: nothing was written to the target by them yet).
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import apsw
@@ -55,8 +52,10 @@ from cdc.cutover.fence_proof import (
     prepare_proofs,
     verify_parallel,
 )
+from cdc.cutover.steps import Clock, CutoverError, Echo, moved, step_done
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
 from cdc.planning.plan import Plan, TableMapping
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.sqlident import q
 from cdc.stages.kept_out_apply import kept_out_of
@@ -67,20 +66,6 @@ from checkpoints.store import TABLE as CHECKPOINT
 from verifier.model import TableResult
 
 NEAR_ZERO = 1000  # changes a source may be behind when the fence goes up
-
-
-class CutoverError(CdcError):
-    """A cutover step could not complete; the record says where it stands."""
-
-    exit_code = 12
-
-
-def step_done(step: str) -> None:
-    if os.environ.get("CDC_TEST_KILL_AT") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-Echo = Callable[[str], None]
 
 
 def cutover(
@@ -100,7 +85,12 @@ def cutover(
     if rec is None or rec.state in ("aborted", "rolled_back"):
         rec = _new_round(cfg, plan, target, tables, rec, lag_timeout, echo)
     step_done("fencing")
-    _fence_and_finish(cfg, plan, target, rec, tables, drain_timeout, echo)
+    if is_postgres(rec.path):
+        from cdc.cutover import pg_cutover
+
+        pg_cutover.fence_and_finish(cfg, plan, rec, tables, drain_timeout, echo)
+    else:
+        _fence_and_finish(cfg, plan, target, rec, tables, drain_timeout, echo)
     step_done("done")
     return rec
 
@@ -202,7 +192,7 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]
     # First, so the replicator has caught up again before the fence: creating the target's
     # capture triggers holds its write lock (193 ms for analytics' 65 tables); done just
     # before the fence, that backlog doubled the drain under it (bench/README.md).
-    target_capture.capture_target(cfg, plan.targets[target], [m.target_table for m in tables])
+    _capture(cfg, plan.targets[target], [m.target_table for m in tables])
     # "Near zero", not zero: under a steady write load an instant with nothing in flight
     # may not come for a while, and the drain under the fence takes the rest (at the
     # daemon's 50-100k changes/s, NEAR_ZERO changes are a few ms of the pause).
@@ -237,8 +227,18 @@ def _preflight(cfg, plan, target, tables, lag_timeout, echo) -> tuple[int, dict]
         )
     proven = {f"{t.source}.{t.table}": t for t in report.tables if t.state == "equal"}
     echo(f"{target}: {len(proven)} of {len(tables)} tables verified equal before the fence")
-    _checkpoint_target(cfg, plan.targets[target])
+    if not is_postgres(plan.targets[target]):
+        _checkpoint_target(cfg, plan.targets[target])
     return pre_offset, proven
+
+
+def _capture(cfg: Config, path: str, tables: list[str]) -> None:
+    if is_postgres(path):
+        from cdc.cutover.pg_cutover import capture_pg_target
+
+        capture_pg_target(path, tables)
+    else:
+        target_capture.capture_target(cfg, path, tables)
 
 
 def _checkpoint_target(cfg: Config, path: str) -> None:
@@ -252,16 +252,6 @@ def _checkpoint_target(cfg: Config, path: str) -> None:
         conn.close()
 
 
-def _moved(plan: Plan, tables: list[TableMapping]) -> dict[str, dict[str, str]]:
-    """By legacy file, each table's new home, as a fence's message names it."""
-    by_source: dict[str, dict[str, str]] = {}
-    for m in tables:
-        where = f"{plan.targets[m.target]} (table {m.target_table}"
-        where += f", {m.tag_column} = '{m.tag}')" if m.tag_column else ")"
-        by_source.setdefault(m.source, {})[m.table] = where
-    return by_source
-
-
 def _stand(plan: Plan, rec: CutoverRecord, tables: list[TableMapping], conns) -> None:  # noqa: ANN001
     """The fences created ahead, unarmed (`fence.stand`), all files at once: fencing then
     only inserts rows, and changes no schema (which would have every statement prepared
@@ -271,7 +261,7 @@ def _stand(plan: Plan, rec: CutoverRecord, tables: list[TableMapping], conns) ->
         source, moved = item
         fence.stand(conns.legacy[source], plan.source(source).path, moved, stage=rec.target)
 
-    by_source = _moved(plan, tables)
+    by_source = moved(plan, tables)
     with ThreadPoolExecutor(max_workers=min(32, len(by_source))) as pool:
         list(pool.map(one, sorted(by_source.items())))
 
@@ -282,7 +272,7 @@ def _fence(cfg, plan, rec: CutoverRecord, tables, echo, conns, deadline) -> dict
     (`fence_proof.early_proofs`); returns those proofs by (source, table)."""
     # Normally in place since the preflight (a cheap check then): the way back needs it.
     target_capture.capture_target(cfg, rec.path, [m.target_table for m in tables])
-    by_source = _moved(plan, tables)
+    by_source = moved(plan, tables)
     t0 = time.monotonic()
     conns.cpu0 = time.process_time()
 
@@ -407,18 +397,6 @@ def _drain(conn: apsw.Connection, rec: CutoverRecord, deadline: float, timeout: 
                 f"(sequence {m.fence_seq}) within {timeout:.0f}s"
             )
         time.sleep(0.002)
-
-
-class Clock:
-    """Times the steps under a fence into `steps` (ms), for the record."""
-
-    def __init__(self, steps: dict[str, float]) -> None:
-        self.steps, self.t = steps, time.monotonic()
-
-    def lap(self, step: str) -> None:
-        now = time.monotonic()
-        self.steps[step] = round((now - self.t) * 1000.0, 2)
-        self.t = now
 
 
 def _carry_sequences(rec: CutoverRecord, conn: apsw.Connection) -> None:

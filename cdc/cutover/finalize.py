@@ -34,6 +34,7 @@ from cdc.cutover.cutover import step_done
 from cdc.errors import CdcError
 from cdc.fsutil import fsync_dir, makedirs_private, write_private
 from cdc.planning.plan import Plan, SourcePlan
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import open_legacy, open_target
 from cdc.stages.record import (
     MANIFEST,
@@ -223,6 +224,12 @@ def _end_rollback_window(cfg: Config, rec: CutoverRecord, echo) -> None:  # noqa
     """The target's capture (the way back) goes: after finalize there is no way back, and
     its capture table would only grow. Runs after the record says finalized, so the
     daemon's backflow has stopped reading it."""
+    if is_postgres(rec.path):
+        from cdc.cutover.pg_cutover import remove_target_capture
+
+        if remove_target_capture(rec.path, sorted({t.target_table for t in rec.tables})):
+            echo(f"{rec.path}: rollback window closed (capture of the target removed)")
+        return
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:
         if target_capture.remove_target_capture(conn):

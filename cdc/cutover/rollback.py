@@ -29,10 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cdc.capture import fence
 from cdc.config import Config
-from cdc.cutover import backflow, target_capture
+from cdc.cutover import backflow, pg_cutover, target_capture
 from cdc.cutover.cutover import Clock, CutoverError, Echo, step_done, verify_parallel
 from cdc.errors import CdcError, DaemonError
 from cdc.planning.plan import Plan
+from cdc.postgres.dsn import is_postgres
 from cdc.sqlconn import open_legacy, open_target, write_transaction
 from cdc.stages.record import CutoverRecord, RollbackInfo, read_record, save_record
 from cdc.status_file import daemon_running
@@ -131,6 +132,9 @@ def _verify_back(cfg, plan, rec: CutoverRecord, tables) -> list[TableResult]:  #
     only the way back changed the legacy tables, from those keys. So those keys are
     compared one by one, with the row counts; a table the bots did not touch is not read.
     Without that record (a target captured by an older version), everything in full."""
+    if is_postgres(rec.path):  # no record of the keys the bots touched there yet
+        rec.rollback.keys_checked = -1
+        return verify_parallel(cfg, plan, tables).tables
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:
         keys = target_capture.touched_keys(conn, sorted({t.target_table for t in rec.tables}))
@@ -169,17 +173,15 @@ def _fence_target(cfg: Config, plan: Plan, rec: CutoverRecord, echo: Echo) -> No
         homes.setdefault(t.target_table, []).append(
             f"{plan.source(t.source).path} (table {t.table})"
         )
-    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
-    try:
-        mark = fence.fence(
-            conn,
-            rec.target,
-            rec.path,
-            {tt: "; ".join(hs) for tt, hs in homes.items()},
-            note=TARGET_NOTE,
-        )
-    finally:
-        conn.close()
+    moved = {tt: "; ".join(hs) for tt, hs in homes.items()}
+    if is_postgres(rec.path):
+        mark = pg_cutover.fence_target(rec, moved, TARGET_NOTE)
+    else:
+        conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+        try:
+            mark = fence.fence(conn, rec.target, rec.path, moved, note=TARGET_NOTE)
+        finally:
+            conn.close()
     rec.rollback.fence = mark
     save_record(cfg.state_dir, rec)
     echo(
@@ -209,6 +211,9 @@ def _carry_sequences_back(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
     """Copied AUTOINCREMENT tables: the legacy counter becomes at least the target's, so an
     id the target handed out (even to a row deleted since) is not handed out again."""
     copied = [t for t in rec.tables if t.tag_column is None]
+    if is_postgres(rec.path):  # read in the target's fencing transaction
+        _write_sequences_back(cfg, plan, copied, rec.rollback.fence.sequences)
+        return
     conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchone():
@@ -224,6 +229,10 @@ def _carry_sequences_back(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
         }
     finally:
         conn.close()
+    _write_sequences_back(cfg, plan, copied, seqs)
+
+
+def _write_sequences_back(cfg: Config, plan: Plan, copied: list, seqs: dict[str, int]) -> None:
     for t in copied:
         if t.target_table not in seqs:
             continue
@@ -242,12 +251,13 @@ def _carry_sequences_back(cfg: Config, plan: Plan, rec: CutoverRecord) -> None:
 
 
 def _hand_back(cfg: Config, plan: Plan, rec: CutoverRecord, echo: Echo) -> None:
-    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
-    try:  # proven equal just now: the next rollback's record of touched keys starts empty
-        with write_transaction(conn):
-            target_capture.forget_touched(conn)
-    finally:
-        conn.close()
+    if not is_postgres(rec.path):  # PostgreSQL keeps no record of touched keys yet
+        conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+        try:  # proven equal just now: the next rollback's record of touched keys starts empty
+            with write_transaction(conn):
+                target_capture.forget_touched(conn)
+        finally:
+            conn.close()
     for source in sorted({t.source for t in rec.tables}):
         sp = plan.source(source)
         lc = open_legacy(sp.path, cfg.daemon.busy_timeout_ms)
@@ -269,11 +279,15 @@ def abort(cfg: Config, plan: Plan, target: str, echo: Echo = lambda _s: None) ->
             f"{target}: the rollback is already lifting the legacy fences",
             hint=f"finish it with `cdc rollback {target}`",
         )
-    conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
-    try:
-        fence.unfence(conn, rec.path, sorted({t.target_table for t in rec.tables}))
-    finally:
-        conn.close()
+    names = sorted({t.target_table for t in rec.tables})
+    if is_postgres(rec.path):
+        pg_cutover.unfence_target(rec.path, names)
+    else:
+        conn = open_target(rec.path, cfg.daemon.busy_timeout_ms)
+        try:
+            fence.unfence(conn, rec.path, names)
+        finally:
+            conn.close()
     rec.state, rec.rollback, rec.error = "done", None, None
     save_record(cfg.state_dir, rec)
     echo(f"{target}: rollback aborted; the bots write to {rec.path} again")

@@ -17,6 +17,7 @@ from cdc.config import Config
 from cdc.cutover import backflow
 from cdc.errors import CdcError
 from cdc.planning.plan import Plan
+from cdc.postgres.dsn import is_postgres
 from cdc.stages import backflow_kept
 from cdc.stages.record import CutoverRecord, read_record, read_records
 from cdc.status_file import BackflowRuntime
@@ -71,7 +72,7 @@ class BackflowThread:
         try:
             flow = self.flows.get(t)
             if flow is None:
-                flow = self.flows[t] = backflow.Backflow(self.cfg, self.plan, rec)
+                flow = self.flows[t] = _backflow(self.cfg, self.plan, rec)
             moved = flow.step(
                 eager=rec.state == "rolling_back",
                 fenced=backflow_kept.target_fenced(rec),
@@ -81,7 +82,7 @@ class BackflowThread:
             return moved
         except apsw.BusyError:
             return None  # a bot held a file past our busy timeout: retry
-        except (CdcError, apsw.Error, OSError) as e:
+        except (CdcError, apsw.Error, OSError, *_pg_errors()) as e:
             now = read_record(self.cfg.state_dir, t)
             if now is not None and (now.finalizing_at is not None or now.state == "finalized"):
                 log.info("backflow %s: stopped: `cdc finalize` closed the way back", t)
@@ -93,3 +94,20 @@ class BackflowThread:
             if t in self.flows:  # reopen: checkpoints are read again from the files
                 self.flows.pop(t).close()
             return None
+
+
+def _backflow(cfg: Config, plan: Plan, rec: CutoverRecord) -> backflow.Backflow:
+    if is_postgres(rec.path):
+        from cdc.cutover.pg_backflow import PgBackflow
+
+        return PgBackflow(cfg, plan, rec)
+    return backflow.Backflow(cfg, plan, rec)
+
+
+def _pg_errors() -> tuple[type[Exception], ...]:
+    """psycopg's errors, when a PostgreSQL target loaded it (a SQLite-only daemon never
+    imports it)."""
+    import sys
+
+    psycopg = sys.modules.get("psycopg")
+    return (psycopg.Error,) if psycopg is not None else ()

@@ -10,6 +10,11 @@ at the first failed insert, and never by a silent conversion.
 
 One pass per table counts every condition at once in SQL; only the UTF-8 check reads the
 TEXT values themselves (SQLite has no test for it), streamed.
+
+The foreign keys the DDL carries (`pg_foreign_keys.foreign_keys`) are counted too, apart: SQLite
+enforces none unless a connection asks for it, so a legacy row may reference no parent.
+Those are a warning, not a refusal (`pg_orphans`): the key is added NOT VALID after
+cutover, and only its VALIDATE fails on them, naming the key, until they are fixed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import msgspec
 from cdc import exact_text
 from cdc.config import Config
 from cdc.inventory import TableInfo, is_strict, key_collations
+from cdc.planning import pg_foreign_keys
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.dsn import is_postgres
 from cdc.sqlident import q
@@ -43,6 +49,10 @@ _CONDITIONS: dict[str, list[tuple[str, str]]] = {
         "typeof({c}) = 'real' AND {c} = round({c}) AND abs({c}) < 9e999")],
 }  # fmt: skip
 NOT_UTF8 = "TEXT that is not valid UTF-8"
+ORPHAN = (
+    "a reference no parent row holds (the key is added NOT VALID; VALIDATE fails until "
+    "they are fixed)"
+)
 
 
 class ColumnMisfit(msgspec.Struct, frozen=True):
@@ -83,6 +93,66 @@ def pg_misfits(cfg: Config, plan: Plan) -> list[ColumnMisfit]:
         finally:
             conn.close()
     return out
+
+
+def pg_orphans(cfg: Config, plan: Plan) -> list[ColumnMisfit]:
+    """Per foreign key a PostgreSQL target will hold, the legacy rows it finds no parent
+    for (a warning: the key is added NOT VALID). A reference holding a NULL is no orphan
+    (MATCH SIMPLE, in both engines); values match byte for byte, as PostgreSQL's will."""
+    out: list[ColumnMisfit] = []
+    for target, where in sorted(plan.targets.items()):
+        if not is_postgres(where):
+            continue
+        carried, _ = pg_foreign_keys.foreign_keys(plan, target)
+        for sp in plan.sources:
+            mine = [fk for fk in carried if fk.source == sp.name]
+            if not mine:
+                continue
+            conn = apsw.Connection(sp.path, flags=apsw.SQLITE_OPEN_READONLY)
+            try:
+                conn.execute("BEGIN")  # one snapshot for the counts and the examples
+                for fk in mine:
+                    info = sp.info(fk.table)
+                    if info is not None:
+                        out.extend(_orphans(conn, target, info, fk))
+            finally:
+                conn.close()
+    return out
+
+
+def _orphans(
+    conn: apsw.Connection, target: str, info: TableInfo, fk: pg_foreign_keys.PgForeignKey
+) -> list[ColumnMisfit]:
+    same = " AND ".join(
+        f"p.{q(r)} = c.{q(k)} COLLATE BINARY"
+        for k, r in zip(fk.columns, fk.ref_columns, strict=True)
+    )
+    cond = " AND ".join(f"c.{q(k)} IS NOT NULL" for k in fk.columns)
+    tail = (
+        f"FROM {q(fk.table)} AS c WHERE {cond} "
+        f"AND NOT EXISTS (SELECT 1 FROM {q(fk.ref_table)} AS p WHERE {same})"
+    )
+    (n,) = conn.execute(f"SELECT count(*) {tail}").fetchone()
+    if not n:
+        return []
+    names = info.key or [info.rowid_alias()]
+    key = [f"c.{q(k)}" for k in names]
+    rows = exact_text.select(
+        conn, [*key, *(f"c.{q(k)}" for k in fk.columns)], f"{tail} LIMIT {EXAMPLES}"
+    )
+    eg = []
+    for r in rows:
+        at, ref = r[: len(key)], r[len(key) :]
+        shown = _show(ref[0]) if len(ref) == 1 else f"({', '.join(_show(v) for v in ref)})"
+        where = ", ".join(f"{k}={_show(v)}" for k, v in zip(names, at, strict=True))
+        eg.append(f"{where} -> {shown}")
+    declared = f"REFERENCES {fk.ref_table}({', '.join(fk.ref_columns)})"
+    return [
+        ColumnMisfit(
+            target, fk.source, fk.table, ",".join(fk.columns), declared,
+            f"foreign key {fk.name}", ORPHAN, n, eg,
+        )
+    ]  # fmt: skip
 
 
 def _table_misfits(conn: apsw.Connection, m: TableMapping, info: TableInfo) -> list[ColumnMisfit]:

@@ -27,6 +27,9 @@ class TableMapping(msgspec.Struct, frozen=True):
     tag: str | None = None
     drop_foreign_keys: bool = False
     pg_types: dict[str, str] = {}  # a PostgreSQL target: column -> type, from its rule
+    # its target takes rows only, never a copy by reference (a PostgreSQL target: the
+    # apply cannot attach the legacy file there)
+    rows_only: bool = False
 
     def pg_type(self, column: str, decl_type: str, strict: bool) -> str:
         """A column's PostgreSQL type: the rule's, or the one its affinity maps to."""

@@ -205,7 +205,7 @@ def _map_source(
         if rule.exclude:
             excluded.append(t.name)
             continue
-        m = _mapping(rule, name, t.name)
+        m = _mapping(rule, name, t.name, is_postgres(cfg.targets.get(rule.target or "", "")))
         problems.extend(_table_problems(t, rule, name, path))
         landing.setdefault((m.target, m.target_table.lower()), []).append((m, rule))
         mapped.append(m)
@@ -325,7 +325,7 @@ def _check_hooks(conn, source: str) -> list[str]:  # noqa: ANN001 - apsw.Connect
 _FOLLOW = RuleConfig(table="*")  # an FTS table no rule names: it follows its content table
 
 
-def _mapping(rule: RuleConfig, source: str, table: str) -> TableMapping:
+def _mapping(rule: RuleConfig, source: str, table: str, rows_only: bool = False) -> TableMapping:
     as_name = (rule.as_ or table).replace("{table}", table).replace("{source}", source)
     return TableMapping(
         source=source,
@@ -336,6 +336,7 @@ def _mapping(rule: RuleConfig, source: str, table: str) -> TableMapping:
         tag=(rule.tag or source) if rule.merge else None,
         drop_foreign_keys=rule.drop_foreign_keys,
         pg_types=dict(rule.postgres_types),
+        rows_only=rows_only,
     )
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from cdc.inventory import TableInfo, affinity
-from cdc.planning import ddl, pg_ddl
+from cdc.planning import ddl, pg_ddl, pg_foreign_keys
 from cdc.planning.plan import Plan, SourcePlan, TableMapping
 from cdc.postgres.dsn import is_postgres, redacted
 from cdc.sqlident import created_name
@@ -50,11 +50,13 @@ def _postgres_schema(plan: Plan, target: str) -> str:
     written above each table for review."""
     lines = [
         f"-- {target}: PostgreSQL {redacted(plan.targets[target])}",
-        "-- Written by `cdc schema` for review (cdc docs postgres): replicating into",
-        "-- PostgreSQL is not built yet.",
+        "-- Written by `cdc schema` for review (cdc docs postgres): the apply makes each",
+        "-- table as written here; the foreign keys, last, are for after cutover.",
         "",
     ]
-    for t in pg_ddl.target_ddl(plan, target):
+    fks = pg_foreign_keys.foreign_key_ddl(plan, target)
+    extra = [fks] if fks.statements or fks.notes else []
+    for t in [*pg_ddl.target_ddl(plan, target), *extra]:
         lines.append(f"-- {t.what}")
         lines += [f"-- REFUSED: {r}" for r in t.refused]
         lines += [f"-- NOTE: {n}" for n in t.notes]

@@ -73,7 +73,7 @@ _forked_away: list[_Registry] = []  # a forked child's copy of its parent's pool
 def configure(config: str | os.PathLike[str] | Config) -> None:
     """Use this configuration (a `cdc.toml` path or a loaded `Config`) from now on. Pools of
     an earlier configuration are closed (lent connections as they come back)."""
-    cfg = config if isinstance(config, Config) else load_config(config)
+    cfg = config if isinstance(config, Config) else load_config(config, postgres=True)
     global _state
     with _state_lock:
         if _state is not None and _state.cfg == cfg:
@@ -118,7 +118,7 @@ def _registry() -> _Registry:
                     "cdc.pool is not configured",
                     hint="call cdc.pool.configure('cdc.toml') or set CDC_CONFIG",
                 )
-            _state = _Registry(load_config(path))
+            _state = _Registry(load_config(path, postgres=True))
             _install_process_hooks()
         return _state
 

@@ -16,6 +16,7 @@ from cdc.errors import ConfigError
 from cdc.pool.lending import CaptureFactory, Pool
 from cdc.pool.recorded import write_recorded
 from cdc.pool.stats import PoolMetrics, write_pool_metrics
+from cdc.postgres.dsn import is_postgres
 
 log = logging.getLogger("cdc.pool")  # the package's name: where operators look for it
 
@@ -36,6 +37,12 @@ class _Registry:
             p = self.pools.get(name)
             if p is None:
                 path, is_target = _locate(self.cfg, name)
+                if is_target and is_postgres(path):
+                    from cdc.pool.pg_pool import PgPool  # psycopg loaded only for one
+
+                    p = PgPool(name, path, self.cfg.pool, on_checkin=self.maybe_write)
+                    self.pools[name] = p
+                    return p
                 factory = None if is_target else _capture_factory(self.cfg, name)
                 p = Pool(name, path, self.cfg.pool, is_target, factory, on_checkin=self.maybe_write)
                 self.pools[name] = p

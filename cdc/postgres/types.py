@@ -11,7 +11,7 @@ class by value class).
 | affinity | PostgreSQL | carries | refuses |
 |---|---|---|---|
 | INTEGER | bigint | INTEGER (all of int64) | REAL, TEXT, BLOB |
-| REAL | double precision | REAL (bit for bit: -0.0, NaN, ±inf, subnormals) | TEXT, BLOB |
+| REAL | double precision | REAL (bit for bit: NaN, ±inf, subnormals; -0.0 as 0.0, as SQLite) | TEXT, BLOB |
 | TEXT | text | valid UTF-8 without NUL | NUL, invalid UTF-8, BLOB |
 | BLOB (no type) | bytea | BLOB (empty included) | INTEGER, REAL, TEXT |
 | NUMERIC | numeric | INTEGER; a REAL that is not a whole number, ±inf, NaN | a whole-number REAL, TEXT, BLOB |
@@ -103,6 +103,10 @@ def from_pg(v: object, pg: str) -> object:
         return None
     if pg == "bytea":
         return bytes(v)
+    if pg == "double precision" and v == 0.0:
+        # A REAL column of SQLite cannot hold -0.0 (it stores 0.0): a bot that writes
+        # -0.0 into PostgreSQL wrote the value a SQLite REAL column keeps as 0.0.
+        return 0.0
     if pg == "numeric":
         d = v if isinstance(v, Decimal) else Decimal(v)
         if d.is_finite() and d == d.to_integral_value():

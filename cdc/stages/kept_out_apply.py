@@ -171,6 +171,17 @@ def kept_out_of(state_dir: str, target: str, conn: apsw.Connection) -> list[Kept
     return sorted(out.values(), key=lambda k: (k.source, k.table, k.side))
 
 
+def kept_out_legacy(state_dir: str, target: str) -> list[KeptOut]:
+    """`kept_out_of` for a target that keeps no refusals of its own (PostgreSQL): what the
+    harvesters recorded."""
+    live = RecordWatch(state_dir).tables()
+    found = [k for k in read_kept(state_dir) if k.target == target and _holds(k, live)]
+    return sorted(
+        {(k.source, k.table, k.side): k for k in found}.values(),
+        key=lambda k: (k.source, k.table, k.side),
+    )
+
+
 def _holds(k: KeptOut, live: dict) -> bool:
     """A refusal on the way in holds while the stage's target is the live copy; one on
     the way back (`cdc.backflow_kept`) while the rollback window is open."""

@@ -11,6 +11,7 @@ import pytest
 
 from cdc.config import load_config
 from cdc.errors import ConfigError
+from cdc.planning import pg_fit
 from cdc.planning.pg_fit import pg_misfits
 from cdc.planning.resolve import resolve_plan
 from tests.conftest import cdc_cmd, make_db, write_config
@@ -65,7 +66,7 @@ def test_check_refuses_them_and_other_commands_refuse_the_target(tmp_path: Path)
         "core: bot.fills.qty (INTEGER -> bigint): 1 x TEXT in a bigint column, e.g. id=2 -> 'five'"
         in r.stderr
     )
-    r = cdc_cmd("rollback", "core", "-c", str(cfg))
+    r = cdc_cmd("uninstall", "-c", str(cfg))
     assert r.returncode == 2 and "a PostgreSQL target is taken only by" in r.stderr, r.stderr
     assert not list(tmp_path.glob("postgresql*"))  # never taken for a file name
 
@@ -140,3 +141,46 @@ def test_a_key_under_nocase_is_refused(tmp_path: Path) -> None:
         "core: k.t.name (PRIMARY KEY -> key): 0 x a key that compares under NOCASE "
         "(PostgreSQL keys compare bytes: a REPLACE by another spelling would leave both)"
     ], got
+
+
+def test_orphans_of_a_carried_foreign_key_are_counted_not_refused(tmp_path: Path) -> None:
+    """SQLite enforces no foreign key unless a connection asks: legacy rows may reference
+    no parent. The key is added NOT VALID after cutover (docs/postgres.md), so they are
+    counted by key with examples, a warning; a NULL reference is no orphan (MATCH SIMPLE,
+    in both engines), and the parent is matched byte for byte, as PostgreSQL will."""
+    make_db(
+        tmp_path / "o.db",
+        "CREATE TABLE acct(id INTEGER PRIMARY KEY, code TEXT UNIQUE);"
+        "CREATE TABLE fills(id INTEGER PRIMARY KEY, acct_id INTEGER REFERENCES acct(id));"
+        "CREATE TABLE notes(code TEXT COLLATE NOCASE, FOREIGN KEY (code) REFERENCES acct(code));"
+        "CREATE TABLE pairs(a INTEGER, b INTEGER, PRIMARY KEY (a, b));"
+        "CREATE TABLE legs(id TEXT PRIMARY KEY, a INTEGER, b INTEGER,"
+        " FOREIGN KEY (a, b) REFERENCES pairs(a, b));"
+        "INSERT INTO acct VALUES (1, 'A'), (2, 'B');"
+        "INSERT INTO fills VALUES (1, 1), (2, 99), (3, NULL), (4, 98), (5, 2), (6, 97), (7, 96);"
+        "INSERT INTO notes VALUES ('A'), ('a'), (NULL);"  # 'a' is no 'A' in PostgreSQL
+        "INSERT INTO pairs VALUES (1, 1);"
+        "INSERT INTO legs VALUES ('x', 1, 1), ('y', 1, 2), ('z', NULL, 2);",
+    )
+    cfg = write_config(
+        tmp_path,
+        f'state_dir = "state"\n[targets]\ncore = "postgresql://cdc@db1/core"\n'
+        f'[[sources]]\nname = "o"\npath = "{tmp_path}/o.db"\n'
+        '[[rules]]\ntable = "*"\ntarget = "core"\n',
+    )
+    loaded = load_config(cfg, postgres=True)
+    got = [m.line() for m in pg_fit.pg_orphans(loaded, resolve_plan(loaded))]
+    assert got == [
+        "core: o.fills.acct_id (REFERENCES acct(id) -> foreign key fills__fk_acct_id): "
+        "4 x a reference no parent row holds (the key is added NOT VALID; VALIDATE fails "
+        "until they are fixed), e.g. id=2 -> 99; id=4 -> 98; id=6 -> 97",
+        "core: o.legs.a,b (REFERENCES pairs(a, b) -> foreign key legs__fk_a_b): "
+        "1 x a reference no parent row holds (the key is added NOT VALID; VALIDATE fails "
+        "until they are fixed), e.g. id='y' -> (1, 2)",
+        "core: o.notes.code (REFERENCES acct(code) -> foreign key notes__fk_code): "
+        "1 x a reference no parent row holds (the key is added NOT VALID; VALIDATE fails "
+        "until they are fixed), e.g. rowid=2 -> 'a'",
+    ], got
+    r = cdc_cmd("check", "-c", str(cfg))  # a warning, never a refusal
+    assert r.returncode == 0, r.stderr
+    assert f"warning: {got[0]}" in r.stderr, r.stderr

@@ -229,3 +229,51 @@ def test_a_column_the_legacy_table_renames_or_drops_is_followed(world, pg) -> No
         assert differences(cfg2, plan2, pg) == []
     finally:
         target.close()
+
+
+def test_a_not_null_the_legacy_table_drops_is_dropped_too(tmp_path: Path, pg) -> None:
+    """A bot rebuilds a table without a NOT NULL it had (SQLite's way to drop one), then
+    writes a NULL there: the PostgreSQL table made with that NOT NULL follows, instead of
+    stopping the apply on the NULL."""
+    cfg_path = make_world(tmp_path, pg)
+    a = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    a.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL, n INTEGER)")
+    a.execute("INSERT INTO notes VALUES (1, 'x', 1)")
+    cfg, plan = load(cfg_path)
+    cap = Capture(cfg, plan)
+    target = PgTarget("core", pg)
+    try:
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        a.executescript(
+            "BEGIN; CREATE TABLE notes2(id INTEGER PRIMARY KEY, body TEXT, n INTEGER);"
+            "INSERT INTO notes2 SELECT * FROM notes; DROP TABLE notes;"
+            "ALTER TABLE notes2 RENAME TO notes; COMMIT;"
+        )
+        a.execute("INSERT INTO notes VALUES (2, NULL, 2)")
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert differences(*load(cfg_path), pg) == []
+    finally:
+        a.close()
+        target.close()
+        cap.close()
+
+
+def test_an_initial_copy_bound_for_postgresql_goes_through_the_log(tmp_path: Path, pg) -> None:
+    """A copy by reference is SQLite's (the apply attaches the legacy file): a table bound
+    for PostgreSQL is copied as rows whatever `snapshot_copy` says (under "auto", every
+    table over 100k rows would otherwise stop the apply)."""
+    cfg_path = make_world(tmp_path, pg)
+    text = cfg_path.read_text().replace('snapshot_copy = "log"', 'snapshot_copy = "reference"')
+    cfg_path.write_text(text)
+    cfg, plan = load(cfg_path)
+    cap = Capture(cfg, plan)
+    target = PgTarget("core", pg)
+    try:
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert differences(cfg, plan, pg) == []
+    finally:
+        target.close()
+        cap.close()

@@ -6,24 +6,12 @@ restart, and the server's rows exactly the legacy ones with each event applied o
 from __future__ import annotations
 
 import signal
-import sqlite3
 from pathlib import Path
 
 from tests.conftest import cdc_cmd
 from tests.support.logcount import count_log
+from tests.support.pg_world import bot_writes as _write
 from tests.support.pg_world import differences, load, make_world
-
-
-def _write(root: Path, first: int, n: int) -> None:
-    a = sqlite3.connect(root / "a.db", isolation_level=None, timeout=10)
-    b = sqlite3.connect(root / "b.db", isolation_level=None, timeout=10)
-    for i in range(first, first + n):
-        a.execute("INSERT INTO fills(sym, px, qty) VALUES (?, ?, ?)", (f"D{i}", -i / 3, i))
-        a.execute("INSERT OR REPLACE INTO fills(sym, px) VALUES ('ETH', ?)", (i + 0.5,))
-        a.execute("INSERT INTO log VALUES (?, ?)", (f"d{i}", i))
-        b.execute("INSERT OR REPLACE INTO pos VALUES (?, ?, ?)", (f"d{i % 7}", i * 0.25, None))
-    a.close()
-    b.close()
 
 
 def test_cdc_run_replicates_into_postgresql(tmp_path: Path, pg, daemons) -> None:
@@ -55,7 +43,7 @@ def test_cdc_run_replicates_into_postgresql(tmp_path: Path, pg, daemons) -> None
     assert set(seqs) == {"a", "b"}
     r = cdc_cmd("verify", "-c", str(cfg_path), "--report", str(tmp_path / "reports"))
     assert r.returncode == 0, (r.stdout, r.stderr)  # every table proven equal across engines
-    r = cdc_cmd("rollback", "core", "-c", str(cfg_path))
+    r = cdc_cmd("uninstall", "-c", str(cfg_path))
     assert r.returncode == 2 and "PostgreSQL target is taken only by" in r.stderr, r.stderr
 
 

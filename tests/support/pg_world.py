@@ -63,6 +63,19 @@ def make_world(root: Path, dsn: str) -> Path:
     return cfg
 
 
+def bot_writes(root: Path, first: int, n: int) -> None:
+    """What the bots of the world write: inserts, REPLACEs, a merged table's upserts."""
+    a = sqlite3.connect(root / "a.db", isolation_level=None, timeout=10)
+    b = sqlite3.connect(root / "b.db", isolation_level=None, timeout=10)
+    for i in range(first, first + n):
+        a.execute("INSERT INTO fills(sym, px, qty) VALUES (?, ?, ?)", (f"D{i}", -i / 3, i))
+        a.execute("INSERT OR REPLACE INTO fills(sym, px) VALUES ('ETH', ?)", (i + 0.5,))
+        a.execute("INSERT INTO log VALUES (?, ?)", (f"d{i}", i))
+        b.execute("INSERT OR REPLACE INTO pos VALUES (?, ?, ?)", (f"d{i % 7}", i * 0.25, None))
+    a.close()
+    b.close()
+
+
 def load(cfg_path: Path) -> tuple[Config, Plan]:
     cfg = load_config(cfg_path, postgres=True)
     return cfg, resolve_plan(cfg)
