@@ -6,6 +6,7 @@ stale bots, ours passing), a second cutover, and `cdc finalize` removing our obj
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -77,6 +78,11 @@ def test_cutover_to_postgresql_and_the_way_back(tmp_path: Path, pg, daemons) -> 
     assert got == [(new_id, 0.0)]  # -0.0: what a SQLite REAL column keeps of it
     cfg, plan = load(cfg_path)
     assert _eventually(lambda: differences(cfg, plan, pg) == []), differences(cfg, plan, pg)
+    r = cdc_cmd("status", "--json", "-c", str(cfg_path))
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    back = st["backflow"]["core"]
+    assert back["behind"] == 0 and back["last_error"] is None, back
 
     r = cdc_cmd("rollback", "core", "-c", str(cfg_path))
     assert r.returncode == 0, (r.stdout, r.stderr)
@@ -113,3 +119,38 @@ def _switched_bot_again(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("INSERT INTO fills(sym, qty) VALUES ('NEW2', 1)")
         c.execute("DELETE FROM pos WHERE bot = 'a' AND k = 'b'")
+
+
+@pytest.mark.parametrize(
+    "cut_at, back_at", [("fencing", "rolling_back"), ("fenced", "rollback_fenced")]
+)
+def test_a_killed_cutover_or_rollback_is_finished_by_running_it_again(
+    tmp_path: Path, pg, daemons, cut_at: str, back_at: str
+) -> None:
+    """SIGKILL right after a step of each (the record says where it stands): the same
+    command completes it, the bots' rows exact both ways, a switched bot's write kept."""
+    from tests.conftest import cdc_step
+
+    cfg_path = make_world(tmp_path, pg)
+    assert cdc_cmd("install", "-c", str(cfg_path)).returncode == 0
+    d = daemons(cfg_path)
+    _write(tmp_path, 0, 10)
+    d.wait_synced()
+    r = cdc_step("cutover", cfg_path, "core", kill_at=cut_at)
+    assert r.returncode == -9, (r.stdout, r.stderr)
+    if cut_at == "fenced":  # the fences stay up while the record says so
+        with pytest.raises(sqlite3.IntegrityError, match="sqlite-cdc:"):
+            _legacy(tmp_path, "INSERT INTO fills(sym) VALUES ('stale')")
+    r = cdc_step("cutover", cfg_path, "core")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    new_id = _switched_bot(pg)
+    got = _eventually(lambda: _legacy(tmp_path, "SELECT id FROM fills WHERE sym = 'NEW1'"))
+    assert got == [(new_id,)]
+    r = cdc_step("rollback", cfg_path, "core", kill_at=back_at)
+    assert r.returncode == -9, (r.stdout, r.stderr)
+    r = cdc_step("rollback", cfg_path, "core")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    cfg, plan = load(cfg_path)
+    assert differences(cfg, plan, pg) == []
+    _legacy(tmp_path, "INSERT INTO fills(sym) VALUES ('live again')")
+    assert d.stop() == 0, d.output()
