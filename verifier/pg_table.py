@@ -86,6 +86,14 @@ class _Table:
 
     def run(self) -> None:
         info = table_info(self.src, self.m.table)
+        made = self.tgt.execute(
+            "SELECT to_regclass('_cdc_pg_shapes') IS NOT NULL AND "
+            "to_regclass('_cdc_snapshots') IS NOT NULL"
+        ).fetchone()[0]
+        if not made:  # no apply has run into this database yet
+            self.tgt.rollback()
+            _end(self.r, "skipped", COPYING)
+            return
         row = self.tgt.execute(
             "SELECT shape FROM _cdc_pg_shapes WHERE source = %s AND tbl = %s",
             (self.m.source, self.m.table),

@@ -133,3 +133,16 @@ def test_a_column_only_the_target_has_is_a_shape_difference(synced, pg) -> None:
     r = _verify(cfg, plan, "fills")
     assert r.state == "diverged" and 'column "old_name": target only' in r.shape, r
     assert _verify(cfg, plan, "pos").state == "equal"  # b's `extra` column is expected
+
+
+def test_verify_before_the_first_apply_skips_rather_than_crashing(tmp_path: Path, pg) -> None:
+    """`cdc install`, then `cdc verify` before any daemon ran: the target has none of our
+    tables yet; every table is "skipped" (exit 11, not proven), as for a SQLite target,
+    never a traceback."""
+    from tests.conftest import cdc_cmd
+
+    cfg_path = make_world(tmp_path, pg)
+    assert cdc_cmd("install", "-c", str(cfg_path)).returncode == 0
+    r = cdc_cmd("verify", "-c", str(cfg_path))
+    assert r.returncode == 11, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
