@@ -53,8 +53,14 @@ class _NotYet(Exception):
 
 
 def verify_pg_table(
-    cfg: Config, plan: Plan, m: TableMapping, settings: VerifySettings | None = None
+    cfg: Config,
+    plan: Plan,
+    m: TableMapping,
+    settings: VerifySettings | None = None,
+    keys: list[list] | None = None,
 ) -> TableResult:
+    """`keys`, when given, gets every diverged key, storage classes intact (what `cdc
+    repair` re-sends through the log)."""
     settings = settings or cfg.verify
     r = TableResult(m.source, m.table, m.target, m.target_table, started_at=time.time())
     import psycopg
@@ -65,7 +71,10 @@ def verify_pg_table(
         return _end(r, "skipped", str(e))
     try:
         with psycopg.connect(plan.targets[m.target], connect_timeout=10) as tgt:
-            _Table(src, tgt, m, settings, r).run()
+            t = _Table(src, tgt, m, settings, r)
+            t.run()
+        if keys is not None:
+            keys.extend(t.keys)
     except psycopg.OperationalError as e:
         return _end(r, "skipped", f"the PostgreSQL target cannot be reached: {e}")
     finally:
@@ -83,6 +92,7 @@ class _Table:
     def __init__(self, src: apsw.Connection, tgt, m: TableMapping, settings, r) -> None:  # noqa: ANN001
         self.src, self.tgt, self.m, self.settings, self.r = src, tgt, m, settings, r
         self.digests: tuple[list[bytes], list[bytes]] = ([], [])
+        self.keys: list[list] = []  # every diverged key, exact (for repair)
 
     def run(self) -> None:
         info = table_info(self.src, self.m.table)
@@ -323,10 +333,11 @@ class _Table:
             self._diverged(sa, tb)
 
     def _diverged(self, sa, tb) -> None:  # noqa: ANN001
+        w = self.width
         self.r.diverged_count += 1
+        self.keys.append(list((sa or tb)[:w]))
         if len(self.r.diverged) >= self.settings.max_report_keys:
             return
-        w = self.width
         key = render_row((sa or tb)[:w])
         if sa is None:
             self.r.diverged.append(KeyDiff("extra", key, target=render_row(tb[w:])))

@@ -188,7 +188,11 @@ class _Pass:
         if is_postgres(self.plan.targets[m.target]):  # across engines, its own protocol
             from verifier.pg_table import verify_pg_table
 
-            return verify_pg_table(self.cfg, self.plan, m, self.settings)
+            keys: list[list] = []
+            r = verify_pg_table(self.cfg, self.plan, m, self.settings, keys)
+            if keys:
+                self.keys[(m.source, m.table)] = keys
+            return r
         if tgt is None:
             return _skipped(m, f"target file {self.plan.targets[m.target]} does not exist")
         v = TableVerifier(src, tgt, m, self.settings, self.stop, self.on_chunk)
