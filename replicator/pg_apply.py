@@ -35,6 +35,7 @@ import msgspec
 from cdc.changelog.segments import LogEntry
 from cdc.errors import TargetBusyError, TargetError
 from cdc.events import (
+    ColumnDef,
     CopyRange,
     Op,
     RowBatch,
@@ -232,7 +233,7 @@ def _schema(
     for c in f.columns:
         want = m.pg_type(c.name, c.decl_type, strict)
         if c.name not in have:
-            t.conn.execute(f"ALTER TABLE {q(m.target_table)} ADD COLUMN {q(c.name)} {want}")
+            _add_column(t, m, c, want)
         elif have[c.name] != want:
             raise TargetError(
                 f"{t.where}: {m.source}.{m.table}.{c.name} is now {want}, "
@@ -280,6 +281,22 @@ def _narrow(t: PgTarget, m: TableMapping, f: TableSchema, strict: bool, have: di
     for n, ty in retyped:
         t.conn.execute(f"ALTER TABLE {table} ALTER COLUMN {q(n)} TYPE {ty} USING NULL")
         have[n] = ty
+
+
+def _add_column(t: PgTarget, m: TableMapping, c: ColumnDef, want: str) -> None:
+    """A column the legacy table gained, with its DEFAULT: SQLite's rows already there
+    read the default without any write (no event comes for them), so PostgreSQL's must
+    hold it too. One that does not translate is refused by name while rows are there."""
+    table = q(m.target_table)
+    d = pg_ddl.default_sql(c.default, want) if c.default is not None else None
+    rows = t.conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+    if c.default is not None and d is None and rows:
+        raise TargetError(
+            f"{t.where}: {m.source}.{m.table} gained column {c.name} DEFAULT {c.default}, "
+            f"which PostgreSQL's {want} cannot take: the rows already there would differ"
+        )
+    extra = f" DEFAULT {d}" if d is not None else ""
+    t.conn.execute(f"ALTER TABLE {table} ADD COLUMN {q(c.name)} {want}{extra}")
 
 
 def _loosen(t: PgTarget, m: TableMapping, f: TableSchema) -> None:

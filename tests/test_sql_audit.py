@@ -324,6 +324,8 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
+    "replicator/pg_apply.py: {extra}": "' DEFAULT ' and pg_ddl.default_sql(): a number, a "
+    "quoted string literal, NULL, 0/1 or to_char(...) with a fixed format",
     "cdc/postgres/way_back.py: {', '.join(keyed + picked)}": "q()-quoted key and column names "
     "with a PostgreSQL type name read from the catalog (format_type)",
     "cdc/postgres/way_back.py: {_fn('cap', t)}": "_fn(): a fixed prefix and hex digits",

@@ -210,7 +210,7 @@ def _column(c, pg: str, notes: list[str], what: str, not_null: bool = False) -> 
     if not_null:
         words.append("NOT NULL")
     if c.default is not None:
-        d = _default(c.default, pg)
+        d = default_sql(c.default, pg)
         if d is None:
             notes.append(f"{what}.{c.name}: DEFAULT {c.default} is not translated (review)")
         else:
@@ -267,7 +267,10 @@ def _rowid_key(info: TableInfo, words: dict[str, list[str]]) -> str:
     )
 
 
-def _default(text: str, pg: str) -> str | None:
+def default_sql(text: str, pg: str) -> str | None:
+    """A legacy DEFAULT in PostgreSQL's terms, for a column of type `pg`: a constant, NULL,
+    TRUE/FALSE, or CURRENT_TIMESTAMP/DATE/TIME as SQLite's UTC text; None when it does not
+    translate (the apply also uses it for a column a bot adds: `replicator.pg_apply`)."""
     t = text.strip()
     while t.startswith("(") and t.endswith(")"):
         t = t[1:-1].strip()

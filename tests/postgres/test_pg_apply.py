@@ -277,3 +277,23 @@ def test_an_initial_copy_bound_for_postgresql_goes_through_the_log(tmp_path: Pat
     finally:
         target.close()
         cap.close()
+
+
+def test_a_column_added_with_a_default_holds_it_in_the_rows_already_there(world, pg) -> None:
+    """`ALTER TABLE ... ADD COLUMN c INTEGER DEFAULT 0`: SQLite's rows already there read 0
+    without any write (no capture row); the PostgreSQL column gets the same DEFAULT, so
+    they hold 0 there too, not NULL."""
+    root, cfg, plan, cap = world
+    cap.sync()
+    target = PgTarget("core", pg)
+    try:
+        _apply_all(cfg, plan, target)
+        a = sqlite3.connect(root / "a.db", isolation_level=None)
+        a.execute("ALTER TABLE fills ADD COLUMN hits INTEGER DEFAULT 0")
+        a.execute("ALTER TABLE fills ADD COLUMN tag TEXT DEFAULT 'it''s'")
+        a.close()
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert differences(*load(root / "cdc.toml"), pg) == []
+    finally:
+        target.close()
