@@ -35,6 +35,7 @@ from sqlglot.tokens import TokenType
 
 from cdc.application.path_refs import Literal
 from cdc.errors import ConfigError
+from cdc.postgres.dsn import is_postgres
 
 
 class Edit(msgspec.Struct, frozen=True):
@@ -64,6 +65,8 @@ def path_edit(lit: Literal, legacy_path: str, target_path: str) -> Edit | None:
     start = _body(lit)
     value = lit.value
     if start is None or value.startswith("file:") or "?" in value or "\\" in value:
+        return None
+    if is_postgres(target_path):  # a server: the code must connect to it (cdc.pool)
         return None
     parts = [p for p in value.split("/") if p not in ("", ".")]
     legacy = PurePosixPath(legacy_path.replace("\\", "/"))

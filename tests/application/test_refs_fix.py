@@ -5,6 +5,7 @@ run no longer finds them while everything else stays flagged."""
 from __future__ import annotations
 
 import ast
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -125,6 +126,15 @@ def test_write_needs_fix(app) -> None:
     root, config = app
     out = _invoke(str(root), "-c", str(config), "--write")
     assert out.exit_code == 2 and "--write applies --fix's rewrite" in out.output
+
+
+def test_a_postgresql_target_is_no_path_to_write_into_the_code() -> None:
+    """A legacy file whose tables go to PostgreSQL: the code must open a connection to the
+    server (`cdc.pool`), not a file; a path rewrite would name a file called
+    `postgresql:/...`. Left for review, never offered."""
+    lit = Literal(1, 0, '"trading.db"', "trading.db")
+    for folder in ("/srv/app/data", os.getcwd()):  # a URL reads as a path under the cwd
+        assert path_edit(lit, f"{folder}/trading.db", "postgresql://cdc@db1/core") is None
 
 
 def test_path_edit_never_leaves_the_proven_folder() -> None:
