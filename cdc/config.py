@@ -175,6 +175,7 @@ def load_config(path: str | os.PathLike[str], postgres: bool = False) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     if "config_path" in data:
         raise ConfigError(f"{path}: unknown key `config_path`")
+    data = _target_tables(data, str(path))
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as e:
@@ -195,6 +196,20 @@ def _not_yet(cfg: Config) -> list[str]:
         for name, target in cfg.targets.items()
         if is_postgres(target)
     ]
+
+
+def _target_tables(data: dict, where: str) -> dict:
+    """`[targets.NAME]` tables (a PostgreSQL target with its schema) as their URLs."""
+    from cdc.postgres.dsn import from_table
+
+    targets = data.get("targets")
+    if not isinstance(targets, dict) or not any(isinstance(v, dict) for v in targets.values()):
+        return data
+    try:
+        urls = {k: from_table(k, v) if isinstance(v, dict) else v for k, v in targets.items()}
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return {**data, "targets": urls}
 
 
 def config_from_dict(data: dict, base_dir: str | os.PathLike[str]) -> Config:

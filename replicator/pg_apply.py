@@ -90,6 +90,7 @@ class PgTarget:
             self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
             with self.conn.transaction():
                 way_back.mark_ours(self.conn)  # our writes pass a rollback's fences
+                way_back.make_schema(self.conn)
                 for sql in _SETUP:
                     self.conn.execute(sql)
                 self.conn.execute(

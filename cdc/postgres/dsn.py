@@ -47,3 +47,31 @@ def redacted(target: str) -> str:
     host = u.hostname or ""
     port = f":{u.port}" if u.port else ""
     return u._replace(netloc=f"{u.username}:***@{host}{port}").geturl()
+
+
+TABLE_KEYS = {"kind", "dsn", "schema"}
+
+
+def from_table(name: str, table: dict) -> str:
+    """`[targets.NAME]` with `kind = "postgres"`, `dsn` and an optional `schema`, as the one
+    URL every part of the product takes: the schema travels as the session's search_path
+    (libpq's `options`), so every unqualified name of ours and of the plan lands there.
+    Raises ValueError with the config check's words."""
+    from urllib.parse import quote
+
+    unknown = sorted(set(table) - TABLE_KEYS)
+    if unknown:
+        raise ValueError(f"`targets.{name}`: unknown key `{unknown[0]}` (kind, dsn, schema)")
+    if table.get("kind") != "postgres":
+        raise ValueError(f'`targets.{name}`: a target table needs `kind = "postgres"`')
+    dsn = table.get("dsn")
+    if not isinstance(dsn, str) or not is_postgres(dsn):
+        raise ValueError(f"`targets.{name}`: `dsn` must be a postgresql:// URL")
+    schema = table.get("schema")
+    if schema is None:
+        return dsn
+    if not isinstance(schema, str) or not schema or '"' in schema or "\\" in schema:
+        raise ValueError(f"`targets.{name}`: `schema` must be a name without quotes")
+    spaced = schema.replace(" ", "\\ ")  # libpq splits `options` at unescaped spaces
+    option = quote(f'-csearch_path="{spaced}"', safe="")
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={option}"

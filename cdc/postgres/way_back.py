@@ -65,6 +65,18 @@ def mark_ours(conn) -> None:  # noqa: ANN001 - a psycopg connection
     conn.execute(f"SELECT set_config('{OURS}', 'on', false)")
 
 
+def make_schema(conn) -> None:  # noqa: ANN001
+    """The schema a target's URL names (`[targets.X] schema`, the session's search_path),
+    made if it does not exist yet: everything of ours and of the plan is created there."""
+    if conn.execute("SELECT current_schema()").fetchone()[0] is not None:
+        return
+    (path,) = conn.execute("SELECT current_setting('search_path')").fetchone()
+    first = path.split(",")[0].strip()
+    name = first[1:-1].replace('""', '"') if first.startswith('"') else first
+    if name and not name.startswith("$"):
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q(name)}")
+
+
 def _fn(prefix: str, table: str) -> str:
     """A function or trigger name of ours for `table`, within PostgreSQL's 63 bytes."""
     return f"_cdc_{prefix}_" + hashlib.sha1(table.encode()).hexdigest()[:16]

@@ -297,3 +297,33 @@ def test_a_column_added_with_a_default_holds_it_in_the_rows_already_there(world,
         assert differences(*load(root / "cdc.toml"), pg) == []
     finally:
         target.close()
+
+
+def test_a_target_table_with_a_schema_replicates_into_that_schema(tmp_path: Path, pg) -> None:
+    """`[targets.core]` with `kind = "postgres"`, `dsn` and `schema`: every table of ours
+    and of the plan lives in that schema (made if missing), the rows exact."""
+    cfg_path = make_world(tmp_path, pg)
+    text = (
+        cfg_path.read_text().replace(f'[targets]\ncore = "{pg}"\n', "")
+        + f'\n[targets.core]\nkind = "postgres"\ndsn = "{pg}"\nschema = "Bots Core"\n'
+    )
+    cfg_path.write_text(text)
+    cfg, plan = load(cfg_path)
+    assert "search_path" in plan.targets["core"]
+    cap = Capture(cfg, plan)
+    target = PgTarget("core", plan.targets["core"])
+    try:
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert differences(cfg, plan, plan.targets["core"]) == []
+        with psycopg.connect(pg) as c:
+            where = dict(
+                c.execute(
+                    "SELECT tablename, schemaname FROM pg_tables WHERE tablename IN "
+                    "('fills', 'pos', '_cdc_checkpoint')"
+                ).fetchall()
+            )
+        assert where == {t: "Bots Core" for t in ("fills", "pos", "_cdc_checkpoint")}, where
+    finally:
+        target.close()
+        cap.close()
