@@ -11,6 +11,12 @@ install:
 demo: install
 	$(PY) -m cdc demo --dir cdc-demo --seconds 20
 
+# The same with the core target on PostgreSQL: a private cluster of the installed server
+# (Debian: apt install postgresql), started and removed by the demo itself.
+.PHONY: demo-postgres
+demo-postgres: install
+	$(PY) -m cdc demo --postgres --dir cdc-demo --seconds 20
+
 test: install
 	CDC_SOAK_SCALE=$(SOAK_SCALE) $(PY) -m pytest -q
 

@@ -434,11 +434,17 @@ def log_check(config_path: str, as_json: bool) -> None:
     help="Where to build the demo.",
 )
 @click.option("--seconds", default=20.0, show_default=True, help="How long the bots write.")
-def demo(root: str, seconds: float) -> None:
+@click.option(
+    "--postgres",
+    is_flag=True,
+    help="Put the core target on PostgreSQL: start a private cluster of the installed "
+    "server for the demo, and cut core over instead of cache.",
+)
+def demo(root: str, seconds: float, postgres: bool) -> None:
     """Build sample legacy DBs, run bots and the daemon, and prove the copies equal."""
     from cdc.demo.runner import run_demo
 
-    sys.exit(_run(lambda: run_demo(root, seconds, echo=click.echo)))
+    sys.exit(_run(lambda: run_demo(root, seconds, echo=click.echo, postgres=postgres)))
 
 
 # Command groups kept in their own modules; importing them registers them on `cli`.

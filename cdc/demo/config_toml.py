@@ -9,6 +9,10 @@ tables at start-up (`--alter`), and a table that appears in a live file must sti
 That also exercises the precedence rule the engine promises: a literal pattern beats a glob.
 A `[verify]` section makes the daemon's continuous verifier start a pass every few seconds, so
 the live phase of a short demo shows it proving the tables equal while the bots write.
+
+`cdc demo --postgres` gives `core` the URL of a database on the demo's private PostgreSQL
+cluster instead of a file (`core = "postgresql://cdc@127.0.0.1:<port>/core"`); the other
+targets stay SQLite files, as in a plan that moves one stage to a server first.
 """
 
 from __future__ import annotations
@@ -61,14 +65,18 @@ VERIFY = [
 """The demo's `[verify]` section: the daemon's continuous verifier, paced for a short demo."""
 
 
-def demo_config_toml(root: Path, files: Iterable[LegacyFile], state_dir: str = "state") -> str:
+def demo_config_toml(
+    root: Path, files: Iterable[LegacyFile], state_dir: str = "state", core: str | None = None
+) -> str:
     """The config text for `files`, meant to be saved as `root/cdc.toml`.
 
     Paths in it are relative to `root` (the config's folder), so the demo tree can be moved.
+    `core`: the target's PostgreSQL URL instead of its file (`cdc demo --postgres`).
     """
     root = Path(root)
+    targets = TARGETS | ({"core": core} if core else {})
     lines = [f"state_dir = {_s(state_dir)}", "", "[targets]"]
-    lines += [f"{name} = {_s(path)}" for name, path in TARGETS.items()]
+    lines += [f"{name} = {_s(path)}" for name, path in targets.items()]
     lines += ["", "[verify]", *VERIFY]
     rules: list[dict[str, object]] = []
     for f in files:
@@ -90,10 +98,12 @@ def demo_config_toml(root: Path, files: Iterable[LegacyFile], state_dir: str = "
     return "\n".join(lines) + "\n"
 
 
-def write_demo_config(root: Path, files: Iterable[LegacyFile], name: str = "cdc.toml") -> Path:
+def write_demo_config(
+    root: Path, files: Iterable[LegacyFile], name: str = "cdc.toml", core: str | None = None
+) -> Path:
     """Write `demo_config_toml` next to the legacy tree and return its path."""
     path = Path(root) / name
-    path.write_text(demo_config_toml(root, files), encoding="utf-8")
+    path.write_text(demo_config_toml(root, files, core=core), encoding="utf-8")
     return path
 
 

@@ -24,11 +24,20 @@ installed on the new table, snapshot, the other tables resumed from the change l
 the demo shows the moment it is captured, by the same daemon process, with no operator
 action (`cdc.demo.adoption`).
 
+`--postgres` (`postgres=True`) puts the `core` target on PostgreSQL: the demo starts a
+private cluster of the installed server (`cdc.demo.pg_server`), creates the `core` database
+there and names it in `cdc.toml`; `cdc check` counts the legacy values against PostgreSQL's
+types; the application phase compares the queries of the SQLite targets only (`cdc queries`
+reads SQLite files); and the cutover round is run on `core`, the PostgreSQL stage, with the
+switched bot writing through `cdc.pool` (`cdc.demo.pg_cutover_phase`). The server is stopped
+and its folder removed however the demo ends.
+
 The folder is wiped only if it is empty or carries the MARKER file a previous demo left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +63,8 @@ from cdc.demo.live import (
     _verified_by,
     _verifier_counts,
 )
+from cdc.demo.pg_cutover_phase import run_pg_cutover_round
+from cdc.demo.pg_server import sigterm_unwinds, start_server, stop_server
 from cdc.demo.report import _verify
 from cdc.demo.show import (
     Echo,
@@ -64,10 +75,12 @@ from cdc.demo.show import (
     _show_files,
     _show_inventory,
     _show_next,
+    _show_pg_check,
     _show_schema,
 )
 from cdc.planning.plan import Plan
 from cdc.planning.resolve import resolve_plan
+from cdc.postgres.cluster import Cluster, require_server_bin
 from verifier import VerifyReport
 
 # what cdc/cli/main.py and tests/cli/test_demo.py import from here; MARKER and DemoError live in folder.py
@@ -78,10 +91,21 @@ BOT_RATE = 50.0  # writes/s per bot: busy, but readable on a laptop
 BOT_GRACE = 60.0  # seconds a bot may outlive the demo if the demo itself is killed
 
 
-def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
-    """Build, replicate under live writes, verify; 0 only if every table ends up equal."""
-    demo = _Demo(prepare_root(root), seconds, echo)
+def run_demo(root: str, seconds: float, echo: Echo = print, postgres: bool = False) -> int:
+    """Build, replicate under live writes, verify; 0 only if every table ends up equal.
+
+    `postgres`: the `core` target on a private PostgreSQL cluster the demo starts, and the
+    cutover round on `core` instead of `cache` (`cdc demo --postgres`)."""
+    if postgres:
+        require_server_bin()  # no server installed: one error line, before the folder is touched
+    demo = _Demo(prepare_root(root), seconds, echo, postgres=postgres)
     t_start = time.monotonic()
+    with sigterm_unwinds() if postgres else contextlib.nullcontext():
+        return _run_phases(demo, t_start)
+
+
+def _run_phases(demo: _Demo, t_start: float) -> int:
+    echo = demo.echo
     try:
         echo(f"== sqlite-cdc demo in {demo.path} ==")
         echo("")
@@ -94,12 +118,15 @@ def run_demo(root: str, seconds: float, echo: Echo = print) -> int:
             _app_phase(demo)
             _cutover_phase(demo)
         _stop_daemon(demo)
-        return _verify_phase(demo, t_start)
+        _verify_phase(demo)
+        _stop_server(demo)
+        return _result(demo, t_start)
     finally:
         if demo.bots:
             stop_bots(demo.bots)
         if demo.daemon is not None:
             demo.daemon.stop()
+        _stop_server(demo)
 
 
 @dataclass
@@ -127,6 +154,10 @@ class _Demo:
     round_trip: bool = False
     app_failures: list[str] = field(default_factory=list)  # queries answering differently
     daemon_code: int = 0
+    report: VerifyReport | None = None  # the final `cdc verify`
+    bot_errors: int = 0
+    postgres: bool = False  # `--postgres`: core on a private PostgreSQL cluster
+    server: Cluster | None = None  # that cluster, while it runs
 
     @property
     def cfg_path(self) -> Path:
@@ -140,8 +171,11 @@ class _Demo:
 def _legacy_phase(demo: _Demo) -> list[LegacyFile]:
     echo, path = demo.echo, demo.path
     echo(f"[1/8] legacy databases (written by the demo's own generator, seed {SEED})")
+    core = None
+    if demo.postgres:
+        demo.server, core = start_server(echo)
     files = generate_legacy(path, seed=SEED)
-    write_demo_config(path, files)
+    write_demo_config(path, files, core=core)
     _show_files(files, echo)
     echo(f"  $ cdc inventory {path / 'legacy'} --out {path / 'plan'}")
     _show_inventory(path / "legacy", path / "plan", echo)
@@ -153,9 +187,11 @@ def _legacy_phase(demo: _Demo) -> list[LegacyFile]:
 def _install_phase(demo: _Demo) -> Plan:
     echo, path = demo.echo, demo.path
     echo(f"[2/8] $ cdc check, cdc schema --out {path / 'plan'}, cdc install  (-c {demo.cfg_path})")
-    demo.cfg = cfg = load_config(demo.cfg_path)
+    demo.cfg = cfg = load_config(demo.cfg_path, postgres=demo.postgres)
     plan = resolve_plan(cfg)
     _show_check(plan, echo)
+    if demo.postgres:
+        _show_pg_check(cfg, echo)
     _show_schema(plan, path / "plan", echo)
     _install(cfg, plan, echo)
     echo("")
@@ -281,8 +317,16 @@ def _app_phase(demo: _Demo) -> None:
 
 
 def _cutover_phase(demo: _Demo) -> None:
-    demo.echo("[7/8] cut over the cache stage, write as a switched bot, roll it back")
-    demo.round_trip = run_cutover_round(demo.cfg, resolve_plan(demo.cfg), demo.echo)
+    if demo.postgres:
+        demo.echo(
+            "[7/8] cut over the core stage (PostgreSQL), write as a switched bot, roll it back"
+        )
+        demo.round_trip = run_pg_cutover_round(
+            demo.cfg, resolve_plan(demo.cfg), demo.cfg_path, demo.echo
+        )
+    else:
+        demo.echo("[7/8] cut over the cache stage, write as a switched bot, roll it back")
+        demo.round_trip = run_cutover_round(demo.cfg, resolve_plan(demo.cfg), demo.echo)
     demo.echo("")
 
 
@@ -297,14 +341,25 @@ def _stop_daemon(demo: _Demo) -> None:
     echo("")
 
 
-def _verify_phase(demo: _Demo, t_start: float) -> int:
+def _verify_phase(demo: _Demo) -> None:
     echo, cfg = demo.echo, demo.cfg
     validation = demo.path / "validation"
     echo("[8/8] verify: every mapped table, legacy vs consolidated (keys, values, types)")
     echo(f"  $ cdc verify -c {demo.cfg_path} --report {validation}")
-    report = _verify(cfg, resolve_plan(cfg), validation, echo)
+    demo.report = _verify(cfg, resolve_plan(cfg), validation, echo)
+    demo.bot_errors = _show_bots(demo.bots, demo.codes, echo)
+
+
+def _stop_server(demo: _Demo) -> None:
+    """The private PostgreSQL cluster stopped and its folder removed (once)."""
+    server, demo.server = demo.server, None
+    if server is not None:
+        stop_server(server, demo.path, demo.echo)
+
+
+def _result(demo: _Demo, t_start: float) -> int:
+    echo, cfg, report, bot_errors = demo.echo, demo.cfg, demo.report, demo.bot_errors
     all_equal = report.verdict == "equal" and bool(report.tables)
-    bot_errors = _show_bots(demo.bots, demo.codes, echo)
     ok = (
         all_equal
         and demo.live_mismatches == 0

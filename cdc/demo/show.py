@@ -8,10 +8,14 @@ from pathlib import Path
 
 from cdc.config import Config
 from cdc.demo.bots import BotProcess
+from cdc.demo.folder import DemoError
 from cdc.demo.legacy_file import LegacyFile
 from cdc.planning.inventory_report import run_inventory, summary_lines
+from cdc.planning.pg_fit import pg_misfits, pg_orphans
 from cdc.planning.plan import Plan
+from cdc.planning.resolve import review_plan
 from cdc.planning.schema_out import write_schema
+from cdc.postgres.dsn import is_postgres
 
 Echo = Callable[[str], object]
 
@@ -58,6 +62,31 @@ def _show_check(plan: Plan, echo: Echo) -> None:
         echo(f"  merged (tagged by source): {', '.join(merged)}")
     if renamed:
         echo(_wrap("  renamed: ", ", ".join(renamed)))
+
+
+def _show_pg_check(cfg: Config, echo: Echo) -> None:
+    """`cdc check`'s census for a PostgreSQL target: every legacy value bound for it counted
+    against its PostgreSQL type. A misfit stops the demo as it stops `cdc check` (exit 3)."""
+    plan = review_plan(cfg)
+    misfits = list(plan.problems) + [m.line() for m in pg_misfits(cfg, plan)]
+    if misfits:
+        raise DemoError(
+            f"`cdc check`: {len(misfits)} thing(s) PostgreSQL cannot hold as the legacy files "
+            "do:\n  - " + "\n  - ".join(misfits),
+            hint="the demo's data should fit: this is a bug of the demo or of the census",
+        )
+    pg = [t for t, where in plan.targets.items() if is_postgres(where)]
+    bound = [m for s in plan.sources for m in s.tables if m.target in pg]
+    echo(
+        _wrap(
+            "  ",
+            f"PostgreSQL census (`cdc check`): every legacy value of the {len(bound)} tables "
+            f"bound for {', '.join(pg)} fits its PostgreSQL type (no `postgres_types` rule "
+            "needed: the demo's times are TEXT columns holding TEXT)",
+        )
+    )
+    for w in pg_orphans(cfg, plan):  # the keys are added NOT VALID, as `cdc check` warns
+        echo(_wrap("  warning: ", w.line()))
 
 
 def _show_daemon_log(log_path: Path, echo: Echo) -> None:
@@ -109,14 +138,18 @@ def _show_bots(bots: list[BotProcess], codes: list[int], echo: Echo) -> int:
 
 
 def _show_next(cfg_path: Path, root: Path, cfg: Config, echo: Echo) -> None:
-    core = Path(cfg.targets.get("core", next(iter(cfg.targets.values()))))
+    core = cfg.targets.get("core", next(iter(cfg.targets.values())))
+    look = (
+        f"psql {core} -c '\\dt'" if is_postgres(core) else f"sqlite3 {core} .tables",
+        "look at the consolidated data",
+    )
     steps = [
         (f"cdc status -c {cfg_path}", "positions and backlog, per source and target"),
         (f"cdc run -c {cfg_path}", "resume replication (Ctrl-C or SIGTERM stops it)"),
         (f"cdc verify -c {cfg_path} --report {root / 'validation'}", "prove it again, any time"),
         (f"cdc cutover cache -c {cfg_path}", "with `cdc run` going: cut the stage over for real"),
         (f"python -m cdc.demo.bots --root {root} --bot trader --seconds 30", "more writes"),
-        (f"sqlite3 {core} .tables", "look at the consolidated data"),
+        look,
         (f"cdc uninstall -c {cfg_path}", "remove every trigger from the legacy files"),
     ]
     w = max(len(cmd) for cmd, _ in steps)
@@ -124,6 +157,14 @@ def _show_next(cfg_path: Path, root: Path, cfg: Config, echo: Echo) -> None:
     for cmd, why in steps:
         echo(f"  {cmd:<{w}}  # {why}")
     echo(f"  logs: {root / 'daemon.log'} (daemon), {root / 'bot-stats'}/ (bots)")
+    if is_postgres(core):
+        echo(
+            _wrap(
+                "  ",
+                f"core's private PostgreSQL server was stopped and removed with the demo: the "
+                f"commands that read core need a server at {core} again",
+            )
+        )
 
 
 def _show_inventory(legacy: Path, out: Path, echo: Echo) -> None:
