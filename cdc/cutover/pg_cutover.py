@@ -204,7 +204,8 @@ def open_for_bots(conn, rec: CutoverRecord) -> None:  # noqa: ANN001
     does it again)."""
     names = sorted({t.target_table for t in rec.tables})
     with conn.transaction():
-        way_back.install(conn, names)  # a cheap check
+        if not way_back.is_capturing(conn, names):  # in place since the preflight
+            way_back.install(conn, names)
         way_back.unfence(conn, names)
 
 

@@ -135,6 +135,18 @@ def _capture_function(table: str, key: list[str]) -> str:
     )
 
 
+def is_capturing(conn, tables: list[str]) -> bool:  # noqa: ANN001
+    """Whether every one of `tables` has its capture trigger (one catalog read: what a
+    cutover checks under its fence instead of installing again)."""
+    if install_id(conn) is None:
+        return False
+    names = [_fn("cap", t) for t in tables]
+    (n,) = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)", (names,)
+    ).fetchone()
+    return n == len(set(names))
+
+
 def install_id(conn) -> str | None:  # noqa: ANN001
     if conn.execute(f"SELECT to_regclass('{META}')").fetchone()[0] is None:
         return None
@@ -172,28 +184,22 @@ def fence(conn, dsn: str, homes: dict[str, str], note: str) -> tuple[int, float,
 
 
 def unfence(conn, tables: list[str]) -> list[str]:  # noqa: ANN001
-    """Lift the fences of `tables` (those that had one), in the caller's transaction."""
-    lifted = []
+    """Lift the fences of `tables` (those that had one), in the caller's transaction (one
+    catalog read: a cutover does this under its fence)."""
+    lifted = set(fenced(conn, tables))
     for t in tables:
-        name = _fn("fence", t)
-        if conn.execute(
-            "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s)",
-            (name, q(t)),
-        ).fetchone():
-            conn.execute(f"DROP TRIGGER {name} ON {q(t)}")
-            lifted.append(t)
-    return lifted
+        if t in lifted:
+            conn.execute(f"DROP TRIGGER {_fn('fence', t)} ON {q(t)}")
+    return [t for t in tables if t in lifted]
 
 
 def fenced(conn, tables: list[str]) -> list[str]:  # noqa: ANN001
-    return [
-        t
-        for t in tables
-        if conn.execute(
-            "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s)",
-            (_fn("fence", t), q(t)),
-        ).fetchone()
-    ]
+    """The tables among `tables` whose fence trigger is in place."""
+    names = {_fn("fence", t): t for t in tables}
+    rows = conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgname = ANY(%s)", (list(names),)
+    ).fetchall()
+    return [names[r[0]] for r in rows]
 
 
 def identity_values(conn, tables: list[str]) -> dict[str, int]:  # noqa: ANN001
