@@ -28,6 +28,7 @@ Not wired into the daemon yet: `cdc run` refuses a PostgreSQL target (cdc.config
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import msgspec
@@ -81,6 +82,7 @@ class PgTarget:
         self.where = f"{name} ({redacted(dsn)})"
         self.conn = None
         self.shapes: dict[tuple[str, str], PgShape] = {}
+        self.staged: set[str] = set()  # this session's staging tables (`_staging`)
         self._connect()
 
     def _connect(self) -> None:
@@ -135,6 +137,7 @@ class PgTarget:
             if now.offset != old.offset:  # it committed before the connection was lost
                 return now
         shapes = dict(self.shapes)
+        staged = set(self.staged)  # a rolled-back transaction takes its new ones along
         try:
             with self.conn.transaction():
                 applied = sum(_frame(self, plan, e.frame, shapes) for e in entries)
@@ -150,12 +153,17 @@ class PgTarget:
                     )
         except psycopg.OperationalError as e:
             self.close()
+            self.staged = set()
             raise TargetBusyError(
                 f"{self.where}: connection lost while applying at offset {old.offset}: {e}",
                 hint="replication resumes from the target's own checkpoint",
             ) from e
         except psycopg.Error as e:
+            self.staged = staged
             raise TargetError(f"{self.where}: apply failed at offset {old.offset}: {e}") from e
+        except BaseException:
+            self.staged = staged
+            raise
         self.shapes = shapes
         return Checkpoint(CONSUMER, offset=entries[-1].next_offset, events=old.events + applied)
 
@@ -399,10 +407,8 @@ def _upsert_copied(t: PgTarget, shape: PgShape, rows: list[list]) -> None:
     REPLACE-like delete per UNIQUE and one INSERT ... SELECT (a batch holds each key once,
     so one statement may upsert them all). Measured: bench/README.md, PostgreSQL apply."""
     cols = [q(c) for c in _upsert_cols(shape)]
-    t.conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS _cdc_rows (LIKE {q(shape.target_table)}) ON COMMIT DROP"
-    )
-    with t.conn.cursor() as cur, cur.copy(f"COPY _cdc_rows ({', '.join(cols)}) FROM STDIN") as cp:
+    stage = _staging(t, shape, cols)
+    with t.conn.cursor() as cur, cur.copy(f"COPY {stage} ({', '.join(cols)}) FROM STDIN") as cp:
         for r in rows:
             cp.write_row(r)
     own = [q(k) for k in shape.key if k != shape.tag_column]
@@ -410,11 +416,26 @@ def _upsert_copied(t: PgTarget, shape: PgShape, rows: list[list]) -> None:
         same = " AND ".join(f"t.{q(c)} = n.{q(c)}" for c in u)
         other = " OR ".join(f"t.{k} <> n.{k}" for k in own)
         t.conn.execute(
-            f"DELETE FROM {q(shape.target_table)} AS t USING _cdc_rows AS n "
+            f"DELETE FROM {q(shape.target_table)} AS t USING {stage} AS n "
             f"WHERE {same} AND ({other})"
         )
-    t.conn.execute(_upsert_sql(shape, f"SELECT {', '.join(cols)} FROM _cdc_rows"))
-    t.conn.execute("DROP TABLE _cdc_rows")
+    t.conn.execute(_upsert_sql(shape, f"SELECT {', '.join(cols)} FROM {stage}"))
+    t.conn.execute(f"DELETE FROM {stage}")
+
+
+def _staging(t: PgTarget, shape: PgShape, cols: list[str]) -> str:
+    """The session's temporary table for one target table's rows, kept for the session
+    and emptied after each use: creating and dropping one per batch was most of a stream's
+    apply time (bench/README.md). Named by the table and its columns, so a new shape gets
+    its own; one made in a transaction that rolled back is gone with it, and made again."""
+    name = (
+        "_cdc_rows_"
+        + hashlib.sha1("\x00".join([shape.target_table, *cols]).encode()).hexdigest()[:16]
+    )
+    if name not in t.staged:
+        t.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (LIKE {q(shape.target_table)})")
+        t.staged.add(name)
+    return name
 
 
 def _columns(shape: PgShape) -> list[str]:

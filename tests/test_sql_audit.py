@@ -324,6 +324,10 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
+    "replicator/pg_apply.py: {name}": "_staging(): '_cdc_rows_' and hex digits",
+    "replicator/pg_apply.py: {stage}": "_staging(): '_cdc_rows_' and hex digits",
+    "replicator/pg_apply.py: {rows_from}": "VALUES (%s, ...) or SELECT of q()-quoted columns "
+    "FROM a _staging() name",
     "replicator/pg_apply.py: {extra}": "' DEFAULT ' and pg_ddl.default_sql(): a number, a "
     "quoted string literal, NULL, 0/1 or to_char(...) with a fixed format",
     "cdc/postgres/way_back.py: {', '.join(keyed + picked)}": "q()-quoted key and column names "
