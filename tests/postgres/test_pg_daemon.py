@@ -73,3 +73,28 @@ def test_a_mixed_plan_replicates_both_and_verifies_the_sqlite_side(
     got = {t.name: (t.state, t.reason) for t in verify_tables(c, p, select_tables(p)).report.tables}
     assert got["a.log"] == ("equal", None), got
     assert got["a.fills"] == ("equal", None) and got["b.pos"] == ("equal", None), got
+
+
+def test_the_server_restarted_under_a_running_daemon(tmp_path: Path, pg, pg_cluster, daemons):
+    """The PostgreSQL server stops while `cdc run` applies and bots write, and comes back:
+    the daemon keeps running, retries from the target's checkpoint, and the target ends
+    exactly the legacy rows with each event applied once."""
+    import time
+
+    cfg_path = make_world(tmp_path, pg)
+    assert cdc_cmd("install", "-c", str(cfg_path)).returncode == 0
+    d = daemons(cfg_path)
+    d.wait_synced()
+    _write(tmp_path, 0, 30)
+    pg_cluster.stop("immediate")  # a crash of the server, mid-batch or between
+    _write(tmp_path, 30, 30)
+    time.sleep(1.0)
+    pg_cluster.start()
+    _write(tmp_path, 60, 30)
+    d.wait_synced(timeout=120)
+    assert d.stop() == 0, d.output()
+    cfg, plan = load(cfg_path)
+    assert differences(cfg, plan, pg) == []
+    from checkpoints.pg_store import pg_target_state
+
+    assert pg_target_state(pg)[1] == count_log(cfg, plan).events  # each event applied once
