@@ -324,6 +324,8 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
+    "cdc/planning/pg_ddl.py: {cond}": "pg_partial.partial_condition(): q()-quoted columns, "
+    "lit() strings, numbers float() accepts, and fixed operators",
     "replicator/pg_apply.py: {name}": "_staging(): '_cdc_rows_' and hex digits",
     "replicator/pg_apply.py: {stage}": "_staging(): '_cdc_rows_' and hex digits",
     "replicator/pg_apply.py: {rows_from}": "VALUES (%s, ...) or SELECT of q()-quoted columns "

@@ -39,6 +39,7 @@ import msgspec
 
 from cdc.inventory import TableInfo, is_strict
 from cdc.planning import ddl
+from cdc.planning.pg_partial import partial_condition
 from cdc.planning.plan import Plan, TableMapping
 from cdc.sqlident import created_name, index_terms, lit, q, tokens, unquote
 
@@ -297,16 +298,21 @@ def _indexes(
         name = created_name(isql)
         words = [w.upper() for w in tokens(isql)]
         cols = [_plain_column(t) for t in index_terms(isql)]
-        if "WHERE" in words or None in cols:
+        unique = "UNIQUE" in words[:3]
+        where = ""
+        if "WHERE" in words and not unique and not tag:
+            cond = partial_condition(isql, _types(m, info))
+            where = f" WHERE ({cond})" if cond else ""
+        if ("WHERE" in words and not where) or None in cols:
             refused.append(f"{what}: index {name} (on an expression, a collation, or partial)")
             continue
-        unique = "UNIQUE" in words[:3]
         new = ddl.names(plan, m.target).indexes.get((m.source, m.table, name)) or (
             f"{m.target_table}__{name}"
         )
         head = "CREATE UNIQUE INDEX" if unique else "CREATE INDEX"
         out.append(
             f"{head} IF NOT EXISTS {q(new)} ON {q(m.target_table)} ({', '.join(lead + cols)})"
+            + where
         )
     for cols, colls in zip(info.unique_sets, info.unique_collations or [], strict=False):
         if any(c.upper() != "BINARY" for c in colls):
@@ -320,6 +326,12 @@ def _indexes(
             f"({', '.join(lead + [q(c) for c in cols])})"
         )
     return out
+
+
+def _types(m: TableMapping, info: TableInfo) -> dict[str, tuple[str, str]]:
+    """Column name, lower case -> (PostgreSQL type, spelling): a partial index's context."""
+    strict = is_strict(info.create_sql)
+    return {c.name.lower(): (m.pg_type(c.name, c.decl_type, strict), c.name) for c in info.columns}
 
 
 def _plain_column(term: str) -> str | None:

@@ -347,3 +347,39 @@ def test_schema_writes_the_foreign_keys_after_every_table(tmp_path: Path) -> Non
     assert last_table < first_fk and "FOREIGN KEY" not in text[:first_fk], text
     assert '"fills__fk_acct_id" FOREIGN KEY ("acct_id") REFERENCES "acct" ("id") NOT VALID;' in text
     assert "-- NOTE: a.lost(x) -> cached: dropped by its rule (drop_foreign_keys)" in text, text
+
+
+PARTIAL = """
+CREATE TABLE fills(id INTEGER PRIMARY KEY, sym TEXT, qty INTEGER, px REAL, note TEXT);
+CREATE INDEX open_fills ON fills(sym) WHERE qty > 0 AND (note IS NOT NULL OR px <= -1.5);
+CREATE INDEX by_sym ON fills(sym, px) WHERE sym IN ('SOL', 'it''s') AND NOT qty = 3;
+CREATE UNIQUE INDEX one_open ON fills(sym) WHERE qty > 0;
+CREATE INDEX liked ON fills(sym) WHERE sym LIKE 'S%';
+CREATE INDEX texty ON fills(sym) WHERE qty = '5';
+CREATE INDEX called ON fills(sym) WHERE abs(qty) > 1;
+"""
+
+
+def test_a_partial_index_translates_where_its_condition_means_the_same(tmp_path: Path, pg) -> None:
+    """A partial index whose WHERE compares plain columns with literals of their type
+    (=, <>, <, >, IS [NOT] NULL, IN, AND, OR, NOT) means the same in PostgreSQL: made.
+    Refused by name: a partial UNIQUE (a REPLACE in SQLite deletes only rows the condition
+    holds for, which the apply does not do), LIKE (SQLite's folds ASCII case), a string
+    compared with an INTEGER column (SQLite converts it), a function call."""
+    plan = _plan(
+        tmp_path, PARTIAL, "CREATE TABLE other(x);", '[[rules]]\ntable = "*"\ntarget = "core"\n'
+    )
+    [fills] = [t for t in pg_ddl.target_ddl(plan, "core") if t.what.startswith("a.fills")]
+    made = [s for s in fills.statements if s.startswith("CREATE INDEX")]
+    assert set(made) == {
+        'CREATE INDEX IF NOT EXISTS "open_fills" ON "fills" ("sym") '
+        'WHERE ("qty" > 0 AND ("note" IS NOT NULL OR "px" <= -1.5))',
+        'CREATE INDEX IF NOT EXISTS "by_sym" ON "fills" ("sym", "px") '
+        "WHERE (\"sym\" IN ('SOL', 'it''s') AND NOT \"qty\" = 3)",
+    }, made
+    refused = "\n".join(fills.refused)
+    for name in ("one_open", "liked", "texty", "called"):
+        assert f"index {name}" in refused, refused
+    with psycopg.connect(pg) as c:
+        for sql in fills.statements:
+            c.execute(sql)
