@@ -3,7 +3,9 @@ changes and the pipeline's own steps (a snapshot chunk, one harvest, an apply), 
 few steps drains the pipeline and compares (World.check).
 
 `run(seconds, ...)` runs it for a time budget: batches of examples with seeds derived from
-a base seed, until the time is up, collecting every distinct failure it meets.
+a base seed, until the time is up, collecting every distinct failure it meets. `world`
+chooses the World class (default: a SQLite target); one may bring its own `draws`
+(tests/fuzz/pg_world.py: a PostgreSQL target, values its column types carry).
 """
 
 from __future__ import annotations
@@ -32,17 +34,33 @@ from tests.fuzz.world import FuzzFailure, World
 CHECK_EVERY = int(os.environ.get("CDC_FUZZ_CHECK_EVERY", "3"))  # steps between two checks
 
 
-def make_machine(features: frozenset[str]) -> type[RuleBasedStateMachine]:
-    """A machine class bound to a set of feature families."""
+class Draws:
+    """What the machine draws: schemas, bot writes, transactions, schema changes. A World
+    class may carry its own (`World.draws`, a subclass of this)."""
+
+    schemas = staticmethod(schemas)
+    dml = staticmethod(dml)
+    transaction = staticmethod(transaction)
+    ddl = staticmethod(ddl)
+
+
+def make_machine(
+    features: frozenset[str], world: type[World] = World
+) -> type[RuleBasedStateMachine]:
+    """A machine class bound to a set of feature families and a World class."""
 
     class ReplicationFuzz(_Machine):
         F = features
+        W = world
+        D = getattr(world, "draws", Draws)
 
     return ReplicationFuzz
 
 
 class _Machine(RuleBasedStateMachine):
     F: frozenset[str] = frozenset()
+    W: type[World] = World
+    D: type[Draws] = Draws
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,7 +70,7 @@ class _Machine(RuleBasedStateMachine):
     @initialize(data=st.data())
     def setup(self, data) -> None:
         f = self.F
-        specs = data.draw(schemas(f), label="schema")
+        specs = data.draw(self.D.schemas(f), label="schema")
         sources = ["a", "b"] if "two_sources" in f and data.draw(st.booleans()) else ["a"]
         wal = set(data.draw(st.lists(st.sampled_from(sources), unique=True), label="wal"))
         daemon = {
@@ -61,7 +79,7 @@ class _Machine(RuleBasedStateMachine):
             # the initial copy through the log, or by reference (the apply reads the file)
             "snapshot_copy": data.draw(st.sampled_from(["reference", "log"]), label="copy"),
         }
-        self.world = World(f, specs, sources, wal, daemon)
+        self.world = self.W(f, specs, sources, wal, daemon)
         for _ in range(data.draw(st.integers(0, 4), label="rows before install")):
             self._write(data)
         self.world.start()
@@ -76,7 +94,7 @@ class _Machine(RuleBasedStateMachine):
     def _write(self, data) -> None:
         source, spec, shape = self._pick(data)
         if shape is not None and shape.writable:
-            self.world.run(source, data.draw(dml(spec, shape, self.F), label="dml"))
+            self.world.run(source, data.draw(self.D.dml(spec, shape, self.F), label="dml"))
 
     def _after_step(self) -> None:
         self.since_check += 1
@@ -101,14 +119,14 @@ class _Machine(RuleBasedStateMachine):
             and sh.writable
         ]
         if pairs:
-            self.world.run(source, data.draw(transaction(pairs, self.F), label="txn"))
+            self.world.run(source, data.draw(self.D.transaction(pairs, self.F), label="txn"))
         self._after_step()
 
     @rule(data=st.data())
     def schema_change(self, data) -> None:
         source, spec, shape = self._pick(data)
         if shape is not None:
-            stmt = data.draw(ddl(spec, shape, self.F), label="ddl")
+            stmt = data.draw(self.D.ddl(spec, shape, self.F), label="ddl")
             if stmt is not None:
                 self.world.run(source, stmt)
         self._after_step()
@@ -147,9 +165,17 @@ def fuzz_settings(examples: int, steps: int) -> settings:
     )
 
 
-def run_batch(features: frozenset[str], base_seed: int, examples: int, steps: int) -> None:
+def run_batch(
+    features: frozenset[str],
+    base_seed: int,
+    examples: int,
+    steps: int,
+    world: type[World] = World,
+) -> None:
     """One Hypothesis run of `examples` cases, reproducible from `base_seed`."""
-    test = get_state_machine_test(make_machine(features), settings=fuzz_settings(examples, steps))
+    test = get_state_machine_test(
+        make_machine(features, world), settings=fuzz_settings(examples, steps)
+    )
     seed(base_seed)(test)()
 
 
@@ -160,6 +186,7 @@ def run(
     examples: int = 10,
     steps: int = 25,
     keep_going: bool = False,
+    world: type[World] = World,
 ) -> list[str]:
     """Batches of `examples` cases (seeds base_seed, base_seed + 1, ...) until `seconds`
     have passed. Returns the failures (their shrunk reproduction); with `keep_going`
@@ -172,7 +199,7 @@ def run(
     n = base_seed
     while time.monotonic() < deadline:
         try:
-            run_batch(features, n, examples, steps)
+            run_batch(features, n, examples, steps, world)
         except (FuzzFailure, Flaky, Exception) as e:  # noqa: BLE001 - reported, not hidden
             text = f"seed {n}: " + describe(e)
             found.append(text)

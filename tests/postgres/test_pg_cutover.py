@@ -78,6 +78,7 @@ def test_cutover_to_postgresql_and_the_way_back(tmp_path: Path, pg, daemons) -> 
     assert got == [(new_id, 0.0)]  # -0.0: what a SQLite REAL column keeps of it
     cfg, plan = load(cfg_path)
     assert _eventually(lambda: differences(cfg, plan, pg) == []), differences(cfg, plan, pg)
+
     def way_back() -> dict | None:  # in the daemon's status file once it wrote it again
         r = cdc_cmd("status", "--json", "-c", str(cfg_path))
         assert r.returncode == 0, r.stderr
