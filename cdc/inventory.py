@@ -173,6 +173,17 @@ def key_collations(conn: apsw.Connection, name: str, key: list[str]) -> list[str
     return [(colls.get(k) or "BINARY").upper() for k in key]
 
 
+def generated_columns(conn: apsw.Connection, name: str) -> list[str]:
+    """The table's generated columns (VIRTUAL or STORED), which `table_info` leaves out:
+    a SQLite target computes them from the table's own SQL, a PostgreSQL one has none."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM pragma_table_xinfo(?) WHERE hidden IN (2, 3) ORDER BY cid", (name,)
+        )
+    ]
+
+
 def table_info(conn: apsw.Connection, name: str, without_rowid: bool | None = None) -> TableInfo:
     cols = conn.execute(
         'SELECT name, type, pk, hidden, dflt_value, "notnull" FROM pragma_table_xinfo(?) '

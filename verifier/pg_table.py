@@ -37,7 +37,7 @@ from cdc import exact_text
 from cdc.capture import triggers as capture
 from cdc.config import Config, VerifySettings
 from cdc.errors import SourceError
-from cdc.inventory import is_strict, table_info
+from cdc.inventory import generated_columns, is_strict, table_info
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.types import from_pg, to_pg
 from cdc.sqlconn import open_legacy
@@ -143,6 +143,11 @@ class _Table:
                 out.append(f"column {q(c.name)}: legacy only")
             elif have[c.name] != ty:
                 out.append(f"column {q(c.name)}: {ty} by the plan, {have[c.name]} in target")
+        out += [  # P1 (docs/fuzzing.md): computed in SQLite, absent from PostgreSQL
+            f"column {q(n)}: generated in the legacy table, not carried"
+            for n in generated_columns(self.src, self.m.table)
+            if n not in have
+        ]
         if self.m.tag_column is None:  # a merged table holds its other members' columns
             mine = {c.name for c in self.info.columns} | set(self.shape.key)
             out += [f"column {q(n)}: target only" for n in have if n not in mine]

@@ -143,7 +143,20 @@ def _copied(plan: Plan, m: TableMapping, info: TableInfo) -> PgTableDDL:
         f"CREATE TABLE IF NOT EXISTS {q(m.target_table)} (\n    " + ",\n    ".join(defs) + "\n)"
     ]
     stmts += _indexes(plan, m, info, None, refused, what)
+    refused += _generated(info, what)
     return PgTableDDL(what, stmts, notes, refused)
+
+
+def _generated(info: TableInfo, what: str) -> list[str]:
+    """P1 (docs/fuzzing.md): a generated column is computed by SQLite from the table's own
+    SQL; its expression is SQLite's, and PostgreSQL computes only STORED ones, with its
+    own functions: refused by name rather than a table without it."""
+    plain = {c.name.lower() for c in info.columns}
+    return [
+        f"{what}: generated column {name} (computed by SQLite, not carried to PostgreSQL)"
+        for name, words in _column_words(info.create_sql).items()
+        if name not in plain and "AS" in words
+    ]
 
 
 def _merged(plan: Plan, m: TableMapping) -> PgTableDDL:
@@ -167,6 +180,7 @@ def _merged(plan: Plan, m: TableMapping) -> PgTableDDL:
     for mm, info in members:
         if info is None:
             continue
+        refused += _generated(info, f"{mm.source}.{mm.table}")
         for sql in _indexes(plan, mm, info, m.tag_column, refused, f"{mm.source}.{mm.table}"):
             if sql.startswith("CREATE UNIQUE"):
                 uniques.setdefault(sql, []).append(mm.tag)

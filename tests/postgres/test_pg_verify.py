@@ -231,3 +231,36 @@ def test_the_quiet_proof_sees_a_legacy_change_the_target_lacks(synced) -> None:
     a.execute("UPDATE fills SET n = 12.5 WHERE sym = 'BTC'")
     a.close()
     assert _quiet(cfg, plan, "fills") is None
+
+
+def test_a_generated_column_postgresql_lacks_is_never_equal(synced, pg) -> None:
+    """P1 (docs/fuzzing.md): a generated column is not carried into PostgreSQL (its DDL
+    refuses a table that has one); one a bot adds later must make the table differ by its
+    shape, in the verifier and in the proof under a fence, never "equal"."""
+    root, cfg, plan, cap, target = synced
+    a = sqlite3.connect(root / "a.db", isolation_level=None)
+    a.execute("ALTER TABLE fills ADD COLUMN twice AS (qty * 2) VIRTUAL")
+    a.close()
+    cap.sync()
+    _apply_all(cfg, plan, target)
+    r = _verify(cfg, plan, "fills")
+    assert r.state == "diverged" and any("twice" in s for s in r.shape), r
+    assert _quiet(cfg, plan, "fills") is None
+
+
+def test_the_ddl_refuses_a_generated_column(tmp_path: Path) -> None:
+    from cdc.config import load_config
+    from cdc.planning import pg_ddl
+    from cdc.planning.resolve import resolve_plan
+    from tests.conftest import make_db, write_config
+
+    make_db(tmp_path / "g.db", "CREATE TABLE t(k INTEGER PRIMARY KEY, a TEXT, g AS (length(a)));")
+    cfg = write_config(
+        tmp_path,
+        f'state_dir = "state"\n[targets]\ncore = "postgresql://cdc@db1/core"\n'
+        f'[[sources]]\nname = "g"\npath = "{tmp_path}/g.db"\n[[rules]]\ntable = "*"\ntarget = "core"\n',
+    )
+    plan = resolve_plan(load_config(cfg, postgres=True), strict=False)
+    assert any("generated column g" in r for r in pg_ddl.refusals(plan, "core")), pg_ddl.refusals(
+        plan, "core"
+    )
