@@ -249,6 +249,8 @@ def _schema(
                 f"{m.target_table}.{c.name} is {have[c.name]}: a merged table keeps its "
                 "members' column types"
             )
+    if m.tag_column is not None and old is not None:
+        _member_defaults(t, m, f, old, strict)
     shape = _shape(plan, m, f, strict)
     if old is not None and old.key != shape.key:
         raise TargetError(f"{t.where}: the key of {m.source}.{m.table} changed: not followed yet")
@@ -295,8 +297,13 @@ def _narrow(t: PgTarget, m: TableMapping, f: TableSchema, strict: bool, have: di
 def _add_column(t: PgTarget, m: TableMapping, c: ColumnDef, want: str) -> None:
     """A column the legacy table gained, with its DEFAULT: SQLite's rows already there
     read the default without any write (no event comes for them), so PostgreSQL's must
-    hold it too. One that does not translate is refused by name while rows are there."""
+    hold it too. One that does not translate is refused by name while rows are there.
+    A merged table's column gets no DEFAULT: the other members' rows hold NULL there
+    (the member's own rows get theirs: `_member_defaults`)."""
     table = q(m.target_table)
+    if m.tag_column is not None:
+        t.conn.execute(f"ALTER TABLE {table} ADD COLUMN {q(c.name)} {want}")
+        return
     d = pg_ddl.default_sql(c.default, want) if c.default is not None else None
     rows = t.conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
     if c.default is not None and d is None and rows:
@@ -306,6 +313,41 @@ def _add_column(t: PgTarget, m: TableMapping, c: ColumnDef, want: str) -> None:
         )
     extra = f" DEFAULT {d}" if d is not None else ""
     t.conn.execute(f"ALTER TABLE {table} ADD COLUMN {q(c.name)} {want}{extra}")
+
+
+def _member_defaults(t: PgTarget, m: TableMapping, f: TableSchema, old: PgShape, strict: bool):
+    """P6/P7 (docs/fuzzing.md), as the SQLite apply does for F2: a merged member gained
+    a column with a DEFAULT: its older rows read that DEFAULT in its legacy file (no event
+    comes for them), the other members' rows do not. The union column has no DEFAULT;
+    the member's rows get the value SQLite gives them, read the way they read it (a row
+    made before the column, in a table as STRICT as theirs)."""
+    import apsw
+
+    for c in f.columns:
+        if c.name in old.columns or c.default is None:
+            continue
+        lite = apsw.Connection(":memory:")
+        try:
+            lite.execute(f"CREATE TABLE d(_ INTEGER){' STRICT' if strict else ''}")
+            lite.execute("INSERT INTO d VALUES (1)")
+            decl = q(c.decl_type) if c.decl_type else ""
+            lite.execute(f"ALTER TABLE d ADD COLUMN x {decl} DEFAULT {c.default}")
+            (value,) = lite.execute("SELECT x FROM d").fetchone()
+        except apsw.Error as e:
+            raise TargetError(
+                f"{t.where}: DEFAULT {c.default} of {m.source}.{m.table}.{c.name} cannot be "
+                f"read here ({e}): its older rows would differ"
+            ) from e
+        finally:
+            lite.close()
+        ty = m.pg_type(c.name, c.decl_type, strict)
+        why = misfit(value, ty)
+        if why:
+            raise TargetError(f"{t.where}: DEFAULT of {m.source}.{m.table}.{c.name}: {why}")
+        t.conn.execute(
+            f"UPDATE {q(m.target_table)} SET {q(c.name)} = %s WHERE {q(m.tag_column)} = %s",
+            (to_pg(value, ty), m.tag),
+        )
 
 
 def _loosen(t: PgTarget, m: TableMapping, f: TableSchema) -> None:

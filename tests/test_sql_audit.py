@@ -324,6 +324,9 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
+    "replicator/pg_apply.py: {c.default}": "a merged member's DEFAULT, the source's own "
+    "expression text from its schema, evaluated in a private in-memory SQLite database "
+    "(as replicator/target.py does)",
     "cdc/planning/pg_ddl.py: {cond}": "pg_partial.partial_condition(): q()-quoted columns, "
     "lit() strings, numbers float() accepts, and fixed operators",
     "replicator/pg_apply.py: {name}": "_staging(): '_cdc_rows_' and hex digits",

@@ -327,3 +327,35 @@ def test_a_target_table_with_a_schema_replicates_into_that_schema(tmp_path: Path
     finally:
         target.close()
         cap.close()
+
+
+def test_a_merged_members_default_stays_its_own(world, pg) -> None:
+    """P6/P7 (docs/fuzzing.md), F2 for PostgreSQL: member `a` adds `n1 DEFAULT 'x'`; a row
+    member `b` writes afterwards (b has no n1) holds NULL there, not a's DEFAULT; then `b`
+    adds n1 with its own DEFAULT: b's older rows read it in b's file, and hold it here."""
+    root, cfg, plan, cap = world
+    cap.sync()
+    target = PgTarget("core", pg)
+    a = sqlite3.connect(root / "a.db", isolation_level=None)
+    b = sqlite3.connect(root / "b.db", isolation_level=None)
+    try:
+        _apply_all(cfg, plan, target)
+        a.execute("ALTER TABLE pos ADD COLUMN n1 TEXT DEFAULT 'x'")
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        b.execute("INSERT INTO pos(k, v) VALUES ('new', 1.0)")
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        with psycopg.connect(pg) as c:
+            got = c.execute("SELECT bot, k, n1 FROM pos ORDER BY bot, k").fetchall()
+        assert [r for r in got if r[0] == "b"] == [("b", "a", None), ("b", "c", None),
+                                                  ("b", "new", None)], got  # fmt: skip
+        assert {r[2] for r in got if r[0] == "a"} == {"x"}, got  # a's older rows read it
+        b.execute("ALTER TABLE pos ADD COLUMN n1 TEXT DEFAULT 'y'")
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert differences(*load(root / "cdc.toml"), pg) == []
+    finally:
+        a.close()
+        b.close()
+        target.close()
