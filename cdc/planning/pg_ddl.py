@@ -121,6 +121,8 @@ def refusals(plan: Plan, target: str) -> list[str]:
 
 def _copied(plan: Plan, m: TableMapping, info: TableInfo) -> PgTableDDL:
     what = f"{m.source}.{m.table}"
+    if not info.key and info.rowid_unreachable():  # P4: the plan refuses it by name
+        return PgTableDDL(what, [], refused=[f"{what}: its columns take every rowid name"])
     notes: list[str] = []
     refused: list[str] = []
     strict = is_strict(info.create_sql)

@@ -383,3 +383,21 @@ def test_a_partial_index_translates_where_its_condition_means_the_same(tmp_path:
     with psycopg.connect(pg) as c:
         for sql in fills.statements:
             c.execute(sql)
+
+
+def test_a_table_shadowing_every_rowid_name_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """P4 (docs/fuzzing.md): a keyless table whose columns take rowid, oid and _rowid_ has
+    no name left for its rowid: the plan refuses it by name (as for a SQLite target), and
+    the PostgreSQL DDL does not crash on it."""
+    make_db(tmp_path / "a.db", "CREATE TABLE t0(rowid, oid, _rowid_); CREATE TABLE ok(x);")
+    make_db(tmp_path / "b.db", "CREATE TABLE other(y);")
+    cfg = write_config(
+        tmp_path,
+        f'state_dir = "state"\n[targets]\ncore = "postgresql://cdc@db1/core"\n'
+        f'[[sources]]\nname = "a"\npath = "{tmp_path}/a.db"\n'
+        f'[[sources]]\nname = "b"\npath = "{tmp_path}/b.db"\n[[rules]]\ntable = "*"\ntarget = "core"\n',
+    )
+    plan = resolve_plan(load_config(cfg, postgres=True), strict=False)
+    assert pg_ddl.target_ddl(plan, "core")  # no StopIteration
+    r = cdc_cmd("check", "-c", str(cfg))
+    assert r.returncode == 3 and "'t0'" in r.stderr and "Traceback" not in r.stderr, r.stderr
