@@ -33,7 +33,6 @@ from cdc.planning.plan import TableMapping
 from cdc.sqlident import q
 from verifier.model import TableResult
 
-ROWID = "rowid"  # the key of a keyless table, in both (the DDL names it the same way)
 
 
 def _pg_value(column: str, ty: str) -> str | None:
@@ -104,7 +103,9 @@ def legacy_shape(src: apsw.Connection, m: TableMapping) -> tuple[list[str], list
     digests) and the legacy expressions that read them."""
     info = table_info(src, m.table)
     strict = is_strict(info.create_sql)
-    names = (list(info.key) or [ROWID]) + [c.name for c in info.columns]
+    # a keyless table's rowid: the first of rowid, _rowid_, oid its columns leave free, in
+    # both (the DDL names the PostgreSQL key column the same way)
+    names = (list(info.key) or [info.rowid_alias()]) + [c.name for c in info.columns]
     by = {c.name: m.pg_type(c.name, c.decl_type, strict) for c in info.columns}
     types = [by.get(n, "bigint") for n in names]  # the rowid: bigint
     cols = [q(k) for k in info.key] or [info.rowid_alias()]

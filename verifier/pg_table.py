@@ -248,7 +248,7 @@ class _Table:
 
     # -- legacy side ---------------------------------------------------------------------------
     def _src_keys(self) -> list[str]:
-        return [f"{q(k)} COLLATE BINARY" for k in self.info.key] or ["rowid"]
+        return [f"{q(k)} COLLATE BINARY" for k in self.info.key] or [self.info.rowid_alias()]
 
     def _src_range(self, lo, hi) -> tuple[str, list]:  # noqa: ANN001
         keys = self._src_keys()
@@ -301,7 +301,7 @@ class _Table:
 
     def _source_rows(self, lo, hi) -> list[tuple]:  # noqa: ANN001
         where, args = self._src_range(lo, hi)
-        keys = [q(k) for k in self.info.key] or ["rowid"]
+        keys = [q(k) for k in self.info.key] or [self.info.rowid_alias()]
         cols = keys + [q(c.name) for c in self.info.columns]
         return exact_text.select(
             self.src,

@@ -264,3 +264,27 @@ def test_the_ddl_refuses_a_generated_column(tmp_path: Path) -> None:
     assert any("generated column g" in r for r in pg_ddl.refusals(plan, "core")), pg_ddl.refusals(
         plan, "core"
     )
+
+
+def test_a_keyless_table_with_a_column_named_rowid(tmp_path: Path, pg) -> None:
+    """P3 (docs/fuzzing.md): the user's `rowid` column is not the rowid; the verifier
+    reads the rowid by a name the columns leave free (`_rowid_`), as the DDL names the
+    PostgreSQL key: equal in chunks of one row, and the proof under a fence agrees."""
+    cfg_path = make_world(tmp_path, pg)
+    a = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    a.execute("CREATE TABLE odd(rowid BLOB, n INTEGER)")
+    a.executemany("INSERT INTO odd VALUES (?, ?)", [(b"\x07", 1), (b"\x01", 2), (None, 3)])
+    a.close()
+    cfg, plan = load(cfg_path)
+    cap = Capture(cfg, plan)
+    target = PgTarget("core", pg)
+    try:
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        settings = msgspec.structs.replace(cfg.verify, chunk_rows=1, settle_timeout=0.5)
+        r = verify_pg_table(cfg, plan, plan.mapping("a", "odd"), settings)
+        assert (r.state, r.source_rows) == ("equal", 3), r
+        assert _quiet(cfg, plan, "odd") is not None
+    finally:
+        target.close()
+        cap.close()
