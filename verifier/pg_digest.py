@@ -34,7 +34,6 @@ from cdc.sqlident import q
 from verifier.model import TableResult
 
 
-
 def _pg_value(column: str, ty: str) -> str | None:
     c = q(column)
     if ty == "bigint":
