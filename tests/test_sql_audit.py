@@ -324,7 +324,7 @@ def _zip_of(it: ast.AST, n: int) -> bool:
 
 # Interpolations reviewed by hand: what they hold, and why it is not a name from a file.
 REVIEWED = {
-    "replicator/pg_apply.py: {c.default}": "a merged member's DEFAULT, the source's own "
+    "replicator/pg_schema.py: {c.default}": "a merged member's DEFAULT, the source's own "
     "expression text from its schema, evaluated in a private in-memory SQLite database "
     "(as replicator/target.py does)",
     "cdc/planning/pg_ddl.py: {cond}": "pg_partial.partial_condition(): q()-quoted columns, "
@@ -333,7 +333,7 @@ REVIEWED = {
     "replicator/pg_apply.py: {stage}": "_staging(): '_cdc_rows_' and hex digits",
     "replicator/pg_apply.py: {rows_from}": "VALUES (%s, ...) or SELECT of q()-quoted columns "
     "FROM a _staging() name",
-    "replicator/pg_apply.py: {extra}": "' DEFAULT ' and pg_ddl.default_sql(): a number, a "
+    "replicator/pg_schema.py: {extra}": "' DEFAULT ' and pg_ddl.default_sql(): a number, a "
     "quoted string literal, NULL, 0/1 or to_char(...) with a fixed format",
     "cdc/postgres/way_back.py: {', '.join(keyed + picked)}": "q()-quoted key and column names "
     "with a PostgreSQL type name read from the catalog (format_type)",
@@ -360,9 +360,9 @@ REVIEWED = {
     "verifier/pg_table.py: {' AND '.join(conds)}": "range and tag conditions over q()-quoted "
     'keys (with COLLATE BINARY or "C") and %s/? marks',
     "verifier/pg_table.py: {where}": "WHERE over those conditions, or empty",
-    "replicator/pg_apply.py: {ty}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY "
+    "replicator/pg_schema.py: {ty}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY "
     "(or a rule's, checked against them by the config)",
-    "replicator/pg_apply.py: {want}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY",
+    "replicator/pg_schema.py: {want}": "a PostgreSQL type name from cdc.postgres.types.BY_AFFINITY",
     "cdc/pool/opening.py: {level}": "checked against OFF/NORMAL/FULL/EXTRA just before",
     "cdc/demo/generator.py: {spec.journal}": "the demo's own journal mode constants",
     "cdc/demo/cutover_phase.py: {target_table}": "the demo's own fixed table name",

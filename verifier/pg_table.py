@@ -42,7 +42,7 @@ from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.types import from_pg, to_pg
 from cdc.sqlconn import open_legacy
 from cdc.sqlident import q
-from replicator.pg_apply import PgShape
+from replicator.pg_schema import PgShape
 from verifier.model import KeyDiff, TableResult
 from verifier.table import COPYING
 from verifier.values import chunk_digest, digest, encode, render_row

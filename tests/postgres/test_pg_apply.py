@@ -359,3 +359,36 @@ def test_a_merged_members_default_stays_its_own(world, pg) -> None:
         a.close()
         b.close()
         target.close()
+
+
+def test_unique_sets_follow_the_legacy_schema_not_the_install_time_plan(tmp_path: Path, pg) -> None:
+    """P2 and P5 (docs/fuzzing.md): a UNIQUE column renamed after install (the apply read
+    its unique sets from the plan made at install, and stopped with a ValueError), and a
+    unique index dropped after install (it stayed in PostgreSQL: the next duplicate
+    stopped the apply). The REPLACE through the renamed UNIQUE still deletes what SQLite
+    deleted."""
+    cfg_path = make_world(tmp_path, pg)
+    a = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    a.execute("CREATE TABLE t1(k INTEGER PRIMARY KEY, a INT)")
+    a.execute("CREATE UNIQUE INDEX ix ON t1(a)")
+    a.execute("INSERT INTO t1 VALUES (1, 1)")
+    cfg, plan = load(cfg_path)
+    cap = Capture(cfg, plan)
+    target = PgTarget("core", pg)
+    try:
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        a.execute("ALTER TABLE fills RENAME COLUMN sym TO symbol")
+        a.execute("INSERT INTO fills(symbol, px) VALUES ('NEW', 1.25)")
+        a.execute("DROP INDEX ix")
+        a.execute("INSERT INTO t1 VALUES (2, 1)")  # a duplicate, allowed now
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        a.execute("INSERT OR REPLACE INTO fills(symbol, px) VALUES ('ETH', 9.5)")
+        cap.sync()
+        _apply_all(cfg, plan, target)
+        assert differences(*load(cfg_path), pg) == []
+    finally:
+        a.close()
+        target.close()
+        cap.close()

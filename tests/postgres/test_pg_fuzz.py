@@ -16,16 +16,13 @@ import time
 
 from tests.fuzz import machine, pg_world
 
-# Families of the open findings against PostgreSQL (docs/fuzzing.md, "Findings against
-# PostgreSQL"), left out here until their fix lands: P2 `unique_drift`, P5 `drop_unique`;
-# and F7's `merge_drift_index`, open for SQLite targets (tests/test_fuzz.py). P1 (`generated`) is fixed by refusing a
-# generated column at plan time: most of its cases would be rejects, so it is left out
-# of the bounded run too (40 s with it: 159 cases, 93 rejected, no failure).
+# Families left out here (docs/fuzzing.md, "Findings against PostgreSQL": P1-P7 are all
+# fixed): F7's `merge_drift_index`, open for SQLite targets (tests/test_fuzz.py); and P1's
+# `generated`, fixed by refusing a generated column at plan time, so most of its cases
+# would be rejects (40 s with it: 159 cases, 93 rejected, no failure).
 KNOWN_OPEN = ",".join(
     [
         "generated",
-        "unique_drift",
-        "drop_unique",
         "merge_drift_index",
     ]
 )
