@@ -52,7 +52,7 @@ from cdc.cutover.fence_proof import (
     prepare_proofs,
     verify_parallel,
 )
-from cdc.cutover.steps import Clock, CutoverError, Echo, moved, step_done
+from cdc.cutover.steps import Clock, CutoverError, Echo, moved, step_done, wait_fences_applied
 from cdc.errors import CdcError, ConfigError, DaemonError, TargetError
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres.dsn import is_postgres
@@ -381,22 +381,10 @@ def _drain(conn: apsw.Connection, rec: CutoverRecord, deadline: float, timeout: 
     """Wait until the target applied every source up to its fence sequence, polling on one
     connection (opened before the fence, see `Connections`: per poll, a new one cost the
     corpus's analytics drain 184 ms instead of 20)."""
-    while True:
-        applied = dict(
-            conn.execute(
-                f"SELECT source, through_seq FROM {SOURCES} WHERE consumer='replicator'"
-            ).fetchall()
-        )
-        behind = [m for m in rec.fences if applied.get(m.source, 0) < m.fence_seq]
-        if not behind:
-            return
-        if time.monotonic() > deadline:
-            m = behind[0]
-            raise TargetError(
-                f"{rec.target} did not apply {m.source} up to its fence "
-                f"(sequence {m.fence_seq}) within {timeout:.0f}s"
-            )
-        time.sleep(0.002)
+    sql = f"SELECT source, through_seq FROM {SOURCES} WHERE consumer='replicator'"
+    wait_fences_applied(
+        lambda: dict(conn.execute(sql).fetchall()), rec, deadline, timeout, poll=0.002
+    )
 
 
 def _carry_sequences(rec: CutoverRecord, conn: apsw.Connection) -> None:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cdc.capture import fence
 from cdc.config import Config
 from cdc.cutover.fence_proof import verify_parallel
-from cdc.cutover.steps import Clock, CutoverError, Echo, moved, step_done
+from cdc.cutover.steps import Clock, CutoverError, Echo, moved, step_done, wait_fences_applied
 from cdc.errors import CdcError, TargetError
 from cdc.planning.plan import Plan, TableMapping
 from cdc.postgres import way_back
@@ -158,19 +158,9 @@ def prove_quiet(cfg: Config, plan: Plan, tables: list[TableMapping]) -> tuple[li
 
 
 def _drain(conn, rec: CutoverRecord, timeout: float) -> None:  # noqa: ANN001
+    sql = "SELECT source, through_seq FROM _cdc_source_applied"
     deadline = time.monotonic() + timeout
-    while True:
-        applied = dict(conn.execute("SELECT source, through_seq FROM _cdc_source_applied"))
-        behind = [m for m in rec.fences if applied.get(m.source, 0) < m.fence_seq]
-        if not behind:
-            return
-        if time.monotonic() > deadline:
-            m = behind[0]
-            raise TargetError(
-                f"{rec.target} did not apply {m.source} up to its fence "
-                f"(sequence {m.fence_seq}) within {timeout:.0f}s"
-            )
-        time.sleep(0.005)
+    wait_fences_applied(lambda: dict(conn.execute(sql)), rec, deadline, timeout, poll=0.005)
 
 
 def _carry_identity(conn, rec: CutoverRecord) -> None:  # noqa: ANN001

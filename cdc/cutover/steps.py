@@ -46,3 +46,29 @@ class Clock:
         now = time.monotonic()
         self.steps[step] = round((now - self.t) * 1000.0, 2)
         self.t = now
+
+
+def wait_fences_applied(
+    applied: Callable[[], dict[str, int]],
+    rec,
+    deadline: float,
+    timeout: float,
+    poll: float,  # noqa: ANN001
+) -> None:
+    """Wait until the target applied every source of `rec` up to its fence sequence;
+    `applied` reads the target's sequence per source (each engine its own way, on a
+    connection opened before the fence)."""
+    from cdc.errors import TargetError
+
+    while True:
+        done = applied()
+        behind = [m for m in rec.fences if done.get(m.source, 0) < m.fence_seq]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            m = behind[0]
+            raise TargetError(
+                f"{rec.target} did not apply {m.source} up to its fence "
+                f"(sequence {m.fence_seq}) within {timeout:.0f}s"
+            )
+        time.sleep(poll)
